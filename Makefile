@@ -1,0 +1,45 @@
+# The two set-up commands: `make demo` and `make test`. Each makes its own virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test lint install sshd clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to 2.13.0 in pyproject.toml (its CPU build installs here; an unpinned torch pulls CUDA).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+data/digits/test_batch: | $(VENV)/.installed
+	$(BIN)/edgekit data digits data/digits
+
+runs/resnet20-digits.pt: deploy.toml data/digits/test_batch | $(VENV)/.installed
+	$(BIN)/edgekit train
+
+demo: install data/digits/test_batch runs/resnet20-digits.pt
+	$(BIN)/edgekit push local
+
+# OpenSSH's server for the SSH tests: installed when missing and we are root (the tests run it as us).
+sshd:
+	@if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing openssh-server"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; \
+	  else echo "sshd is missing: install openssh-server (the SSH tests will be skipped)"; fi; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/vermin -t=3.8- --no-tips --violations --eval-annotations device/
+
+test: install sshd lint
+	$(BIN)/python -m pytest -q -ra
+
+clean:
+	rm -rf $(VENV) .edgekit runs data *.egg-info

@@ -1,0 +1,105 @@
+"""ONNX Runtime backend: the CPU (or any execution provider present) where there is no TensorRT."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from ..benchmark import Plan, measure
+from .base import Backend, BackendUnavailable, Engine, Progress
+
+ENGINE_FILE = "model.ort.onnx"
+# Providers we never pick automatically: TensorRT has its own backend, the others need setup.
+_SKIP = {"TensorrtExecutionProvider", "AzureExecutionProvider"}
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)") from None
+    return onnxruntime
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name: engines optimised for one CPU may use instructions another lacks."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def choose_providers(available: List[str], requested: Any) -> List[str]:
+    """Requested providers in order (must exist), else every available one but the skipped, CPU last."""
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise BackendUnavailable("execution provider(s) {} not available here (have: {})".format(
+                ", ".join(missing), ", ".join(available)))
+        return list(requested)
+    chosen = [p for p in available if p not in _SKIP and p != "CPUExecutionProvider"]
+    return chosen + ["CPUExecutionProvider"]
+
+
+class OrtEngine(Engine):
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.input = session.get_inputs()[0].name
+        self.output = session.get_outputs()[0].name
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {self.input: inputs})[0]
+
+    def benchmark(self, batch: int, plan: Plan) -> Dict[str, Any]:
+        shape = [batch] + [int(d) for d in self.session.get_inputs()[0].shape[1:]]
+        data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        result = measure(lambda: self.run(data), batch, plan)
+        result["transfers"] = "host memory (CPU): no separate H2D/D2H"
+        return result
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self) -> None:
+        self.ort = _import_ort()
+
+    def describe(self) -> Dict[str, Any]:
+        return {"version": self.ort.__version__, "providers": self.ort.get_available_providers(),
+                "cpu": cpu_model()}
+
+    def identity(self) -> Dict[str, Any]:
+        return {"backend": self.name, "version": self.ort.__version__, "cpu": cpu_model(),
+                "machine": platform.machine()}
+
+    def _options(self, options: Dict[str, Any], optimised_path: str = "") -> Any:
+        so = self.ort.SessionOptions()
+        so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = int(options.get("threads", 0))
+        so.log_severity_level = 3
+        if optimised_path:
+            so.optimized_model_filepath = optimised_path
+        return so
+
+    def build(self, model: Path, engine_dir: Path, options: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
+        """'Building' for ONNX Runtime is running every graph optimisation once and saving the result."""
+        providers = choose_providers(self.ort.get_available_providers(), options.get("providers"))
+        progress("optimising graph with ONNX Runtime {} ({})".format(self.ort.__version__, ", ".join(providers)))
+        start = time.perf_counter()
+        target = engine_dir / ENGINE_FILE
+        self.ort.InferenceSession(str(model), sess_options=self._options(options, str(target)), providers=providers)
+        return {"file": ENGINE_FILE, "providers": providers, "build_s": time.perf_counter() - start,
+                "threads": int(options.get("threads", 0))}
+
+    def load(self, engine_dir: Path, meta: Dict[str, Any]) -> Engine:
+        session = self.ort.InferenceSession(str(engine_dir / meta["file"]), sess_options=self._options(meta),
+                                            providers=meta["providers"])
+        return OrtEngine(session)

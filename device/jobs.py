@@ -1,0 +1,216 @@
+"""Run one job: verify the bundle, build (or reuse) the engine, validate, benchmark, switch, report.
+
+A job is safe to run again from the start: the engine is built into a private directory and renamed
+into the cache, and ``current`` is switched only after validation passes. That is what makes the
+agent restart-safe: an interrupted job is simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, Tuple
+
+import numpy as np
+
+from . import __version__, telemetry
+from .backends import Backend, BackendUnavailable, get_backend
+from .benchmark import Plan
+from .engines import ENGINE_META, build_options, engine_key
+from .errors import JobError
+from .manifest import (
+    MANIFEST,
+    REFERENCE,
+    SIGNATURE,
+    Manifest,
+    ManifestError,
+    load_manifest_bytes,
+    model_for,
+    sha256_file,
+)
+from .signing import SignatureError, load_trusted_keys, verify
+from .spool import Spool, read_json, write_json_atomic
+from .validate import compare
+
+MAX_ATTEMPTS = 3
+Log = Callable[[str], None]
+
+
+class JobRunner:
+    """Runs jobs of one spool; ``log`` goes to the agent's own log (journald under systemd)."""
+
+    def __init__(self, spool: Spool, log: Log = lambda message: None) -> None:
+        self.spool = spool
+        self.log = log
+
+    def run(self, job: str) -> Dict[str, Any]:
+        state = self.spool.state(job) or {}
+        attempt = int(state.get("attempt", 0)) + 1
+        self.spool.set_state(job, "running", attempt=attempt, started=state.get("started", time.time()))
+        if attempt > 1:
+            self.event(job, "resume", "agent restarted during this job; running it again (attempt {})".format(attempt))
+        try:
+            if attempt > MAX_ATTEMPTS:
+                raise JobError("the job stopped the agent {} times; giving up".format(MAX_ATTEMPTS))
+            report = self._run(job)
+        except (JobError, ManifestError, SignatureError, BackendUnavailable) as exc:
+            return self.fail(job, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an agent must survive any bad job
+            self.log(traceback.format_exc())
+            return self.fail(job, "internal error: {}: {}".format(type(exc).__name__, exc))
+        self.spool.write_report(job, report)
+        self.spool.set_state(job, "done", attempt=attempt)
+        self.event(job, "done", "job finished")
+        return report
+
+    def event(self, job: str, kind: str, message: str, **data: Any) -> None:
+        self.spool.append_event(job, kind, message, **data)
+        self.log("[{}] {}".format(job, message))
+
+    def fail(self, job: str, message: str) -> Dict[str, Any]:
+        report = {"job": job, "status": "failed", "error": message, "agent_version": __version__,
+                  "current": None}
+        manifest = _try_manifest(self.spool.job_dir(job))
+        if manifest is not None:
+            report["model"] = manifest.model
+            report["current"] = self.spool.current(manifest.model)
+        self.spool.write_report(job, report)
+        self.spool.set_state(job, "failed", error=message)
+        self.event(job, "failed", message)
+        return report
+
+    # -- the steps --------------------------------------------------------------------------
+    def _run(self, job: str) -> Dict[str, Any]:
+        folder = self.spool.job_dir(job)
+        self.event(job, "stage", "verifying bundle", stage="verify")
+        manifest, signer = self.verify(folder)
+        files = self.resolve_files(manifest)
+        backend, fallback = self.select_backend(manifest)
+        options = build_options(manifest.precision, manifest.batch_sizes, manifest.build)
+        model_name = model_for(manifest)
+        if backend.name == "onnxruntime" and manifest.precision == "fp16":
+            raise JobError("precision fp16 needs the tensorrt backend; use fp32 or int8 with onnxruntime")
+        hashes = {name: manifest.files[name].sha256 for name in manifest.files if name != REFERENCE}
+        key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
+        engine_dir, meta, reused = self.build(job, backend, files[model_name], key, options)
+        engine = backend.load(engine_dir, meta)
+        try:
+            self.event(job, "stage", "validating against the host's reference outputs", stage="validate")
+            validation = self.validate(engine, files[REFERENCE], manifest)
+            if not validation["passed"]:
+                raise JobError("validation failed: {}; the active model was not changed".format(validation["reason"]))
+            before = telemetry.snapshot()
+            results = []
+            plan = Plan.from_manifest(manifest.benchmark)
+            for batch in manifest.batch_sizes:
+                self.event(job, "stage", "benchmarking batch {}".format(batch), stage="benchmark", batch=batch)
+                result = engine.benchmark(batch, plan)
+                if "warning" in result:
+                    self.event(job, "warning", result["warning"], batch=batch)
+                results.append(result)
+            after = telemetry.snapshot()
+        finally:
+            engine.close()
+        previous = self.spool.switch(manifest.model, engine_dir)
+        self.event(job, "stage", "switched {} to engine {}".format(manifest.model, key[:12]), stage="switch")
+        return {
+            "job": job, "status": "done", "model": manifest.model, "agent_version": __version__,
+            "signer": signer, "backend": backend.name, "backend_describe": backend.describe(),
+            "fallback": fallback, "precision": manifest.precision, "engine_key": key, "engine_reused": reused,
+            "engine": meta, "model_file": model_name, "model_size_bytes": manifest.files[model_name].size,
+            "validation": validation, "benchmarks": results,
+            "telemetry": {"device": telemetry.describe_host(), "before": before, "after": after},
+            "current": os.readlink(str(self.spool.models / manifest.model / "current")),
+            "previous": previous, "host": manifest.raw.get("host", {}),
+        }
+
+    def verify(self, folder: Path) -> Tuple[Manifest, str]:
+        """Signature first, then the manifest's own checks; nothing else in the bundle is trusted before."""
+        payload = _read(folder / MANIFEST, "manifest.json")
+        signature = _read(folder / SIGNATURE, "manifest.sig (the bundle is unsigned)")
+        signer = verify(payload, signature, load_trusted_keys(self.spool.trusted_keys))
+        return load_manifest_bytes(payload), signer
+
+    def resolve_files(self, manifest: Manifest) -> Dict[str, Path]:
+        """Each file from the content store, its size and hash checked now (a corrupt blob is dropped)."""
+        paths = {}
+        for entry in manifest.files.values():
+            path = self.spool.blob(entry.sha256)
+            if not path.is_file():
+                raise JobError("{} is missing from the device's store; push again".format(entry.name))
+            if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+                path.unlink()
+                raise JobError("{} is corrupted on the device (hash mismatch); it was removed, push again".format(
+                    entry.name))
+            paths[entry.name] = path
+        return paths
+
+    def select_backend(self, manifest: Manifest) -> Tuple[Backend, Any]:
+        try:
+            return get_backend(manifest.backend), None
+        except BackendUnavailable as exc:
+            if manifest.backend != "onnxruntime" and manifest.build.get("allow_fallback"):
+                reason = "{} unavailable ({}); fell back to onnxruntime as deploy.toml allows".format(
+                    manifest.backend, exc)
+                return get_backend("onnxruntime"), reason
+            message = "backend {} is not available on this device: {}".format(manifest.backend, exc)
+            raise BackendUnavailable(message) from None
+
+    def build(self, job: str, backend: Backend, model: Path, key: str,
+              options: Dict[str, Any]) -> Tuple[Path, Dict[str, Any], bool]:
+        """Reuse a cached engine or build a new one privately and rename it into the cache."""
+        final = self.spool.engines / key
+        meta = read_json(final / ENGINE_META)
+        if meta is not None:
+            self.event(job, "cache", "reusing cached engine {} (no build needed)".format(key[:12]), stage="build",
+                       reused=True)
+            return final, meta, True
+        self.event(job, "stage", "building {} engine".format(backend.name), stage="build", reused=False)
+        work = self.spool.engines / ".build-{}-{}".format(key[:16], os.getpid())
+        shutil.rmtree(str(work), ignore_errors=True)
+        work.mkdir()
+        meta = backend.build(model, work, options, lambda message: self.event(job, "progress", message))
+        meta.update({"key": key, "backend": backend.name, "identity": backend.identity(), "options": options,
+                     "built_at": time.time(), "job": job})
+        write_json_atomic(work / ENGINE_META, meta)
+        if final.exists():  # another run finished the same build first; keep that one
+            shutil.rmtree(str(work))
+        else:
+            os.rename(str(work), str(final))
+        self.event(job, "progress", "engine built in {:.1f}s".format(meta.get("build_s", 0.0)))
+        return final, meta, False
+
+    def validate(self, engine: Any, reference: Path, manifest: Manifest) -> Dict[str, Any]:
+        with np.load(str(reference), allow_pickle=False) as data:
+            inputs, outputs, labels = data["inputs"], data["outputs"], data["labels"]
+        expected = tuple(manifest.input_shape)
+        if tuple(inputs.shape[1:]) != expected:
+            raise JobError("reference inputs have shape {} but the manifest says {}".format(
+                list(inputs.shape[1:]), list(expected)))
+        step = max(manifest.batch_sizes)
+        actual = np.concatenate([engine.run(inputs[i:i + step]) for i in range(0, len(inputs), step)])
+        return compare(outputs, actual, labels, manifest.precision, manifest.validation)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise JobError("the job has no {}".format(what)) from None
+
+
+def _try_manifest(folder: Path) -> Any:
+    try:
+        return load_manifest_bytes((folder / MANIFEST).read_bytes())
+    except (OSError, ManifestError, json.JSONDecodeError):
+        return None
+
+
+def cleanup_builds(spool: Spool) -> None:
+    """Remove private build directories an earlier (killed) agent left behind."""
+    for path in spool.engines.glob(".build-*"):
+        shutil.rmtree(str(path), ignore_errors=True)

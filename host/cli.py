@@ -1,0 +1,286 @@
+"""The ``edgekit`` command line (typer + rich). Exit codes: 0 ok, 1 a failed check or job, 2 bad usage/config."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import EXIT_FAILED, CheckFailed, ConfigError, EdgekitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Prune, fold, quantise and ship CNNs to edge devices; build, validate and benchmark there.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets.")
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+if not console.is_terminal:  # pipes and CI logs: keep report rows on one line
+    console = Console(width=200)
+
+ConfigOption = typer.Option(Path("deploy.toml"), "--config", "-c", help="the project's deploy.toml")
+JsonOption = typer.Option(False, "--json", help="print the result as JSON")
+
+
+def _load(path: Path):
+    from .config import load_config
+
+    return load_config(path)
+
+
+def _emit(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _say(json_mode: bool):
+    return (lambda message: err.print(f"[dim]{message}[/dim]")) if json_mode else console.print
+
+
+@app.command()
+def init(directory: Path = typer.Argument(Path("."), help="where to write deploy.toml"),
+         arch: str = typer.Option("resnet20", help="zoo model or module:function")) -> None:
+    """Write a starter deploy.toml."""
+    from .models import list_models
+
+    target = directory / "deploy.toml"
+    if target.exists():
+        raise ConfigError(f"{target} already exists; edit it or choose another directory")
+    if ":" not in arch and arch not in list_models():
+        raise ConfigError(f"--arch {arch!r}: unknown model; choose one of {', '.join(list_models())}")
+    directory.mkdir(parents=True, exist_ok=True)
+    target.write_text(STARTER.format(name=directory.resolve().name or "model", arch=arch))
+    console.print(f"wrote {target}; next: `edgekit data digits data/digits`, `edgekit train`, `edgekit push local`")
+
+
+@data_app.command("digits")
+def data_digits(directory: Path = typer.Argument(..., help="where to write the CIFAR-format data set"),
+                json_mode: bool = JsonOption) -> None:
+    """Write scikit-learn's handwritten digits (real images) as a 3×32×32 CIFAR-format data set."""
+    from .data import channel_stats, write_digits
+
+    data = write_digits(directory)
+    mean, std = channel_stats(data.train)
+    result = {"path": str(directory), "train": len(data.train), "test": len(data.test), "mean": mean, "std": std}
+    if json_mode:
+        _emit(result)
+    else:
+        console.print(f"wrote {result['train']} training and {result['test']} test images to {directory}")
+
+
+@app.command()
+def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
+          json_mode: bool = JsonOption) -> None:
+    """Train the project's model on its data set and write model.checkpoint."""
+    from rich.progress import Progress
+
+    from .checkpoint import save_checkpoint
+    from .data import channel_stats, load_dataset
+    from .models import create_model
+    from .optimize import check_input_shape
+    from .train import top1
+    from .train import train as run_training
+
+    config = _load(config_path)
+    data = load_dataset(config.data.format, config.data_path, tuple(config.input.shape[1:]))
+    check_input_shape(config, data)
+    mean, std = (config.data.mean, config.data.std) if config.data.mean else channel_stats(data.train)
+    model = create_model(config.model.arch, config.model.num_classes, config.model.width, config.input.shape[0])
+    section = config.train
+    total = epochs or section.epochs
+    with Progress(console=err, transient=json_mode) as progress:
+        task = progress.add_task(f"training {config.model.arch}", total=total)
+        run_training(model, data.train, mean, std, epochs=total, batch_size=section.batch_size, lr=section.lr,
+                     momentum=section.momentum, weight_decay=section.weight_decay, augment=tuple(section.augment),
+                     seed=section.seed, progress=lambda e, n, loss: progress.update(
+                         task, completed=e, description=f"training {config.model.arch} (loss {loss:.3f})"))
+    accuracy = top1(model, data.test, mean, std)
+    meta = {"arch": config.model.arch, "width": config.model.width, "num_classes": config.model.num_classes,
+            "epochs": total, "top1": accuracy, "mean": mean, "std": std}
+    save_checkpoint(config.checkpoint, model, meta)
+    if json_mode:
+        _emit(dict(meta, checkpoint=str(config.checkpoint)))
+    else:
+        console.print(f"top-1 on {len(data.test)} held-out images: {accuracy:.2%}; saved {config.checkpoint}")
+
+
+@app.command("optimize")
+def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Option(False, help="ignore the cache"),
+                     json_mode: bool = JsonOption) -> None:
+    """Fold BN, export and verify ONNX, evaluate every stage; cached by content."""
+    from .optimize import optimize
+    from .report import stage_table
+
+    config = _load(config_path)
+    result = optimize(config, _say(json_mode), force=force)
+    if json_mode:
+        _emit({"directory": str(result.directory), "cached": result.cached, "stages": result.stages,
+               "files": sorted(result.files)})
+    else:
+        console.print(stage_table(result.stages))
+
+
+@app.command()
+def push(device: str = typer.Argument(..., help="device name from deploy.toml, or 'local'"),
+         config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
+    """Optimise, ship to DEVICE, build there, validate, benchmark, and print the latency report."""
+    from .push import budget_failures
+    from .push import push as run_push
+    from .report import latency_rows, print_report
+
+    config = _load(config_path)
+    say = _say(json_mode)
+    with err.status("working…") as status:
+        def on_event(event: dict) -> None:
+            status.update(f"[bold]{device}[/bold]: {event['message']}")
+            if not json_mode:
+                style = {"failed": "red", "warning": "yellow", "cache": "cyan"}.get(event["kind"], "dim")
+                console.print(f"[{style}]{device}: {event['message']}[/{style}]")
+
+        report, optimized = run_push(config, device, say, on_event)
+    failures = budget_failures(config, report) if report.get("status") == "done" else []
+    if json_mode:
+        _emit({"report": report, "rows": latency_rows(report, device), "budget_failures": failures,
+               "optimize": {"cached": optimized.cached, "directory": str(optimized.directory),
+                            "stages": optimized.stages}})
+    else:
+        print_report(console, report, device)
+        for failure in failures:
+            err.print(f"[red]budget exceeded: {failure}[/red]")
+    if report.get("status") != "done":
+        raise CheckFailed(f"job {report['job']} on {device} failed: {report.get('error')}")
+    if failures:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def devices(config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
+    """List the devices deploy.toml knows (plus the built-in 'local')."""
+    config = _load(config_path)
+    names = sorted(set(config.devices) | {"local"})
+    rows = [dict(name=n, **config.device(n).model_dump()) for n in names]
+    if json_mode:
+        _emit(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="devices")
+    for column in ("name", "kind", "host", "backend", "precision", "groups"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["kind"], row["host"] or "-", row["backend"], row["precision"],
+                      ",".join(row["groups"]) or "-")
+    console.print(table)
+
+
+@app.command()
+def status(device: str = typer.Argument(...), job: Optional[str] = typer.Argument(None, help="default: the last"),
+           config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
+    """Re-attach to a job on DEVICE: follow its events and print its report."""
+    from .history import History
+    from .push import follow
+    from .report import print_report
+    from .transports import open_transport
+
+    config = _load(config_path)
+    history = History(config.state_dir / "history.db")
+    if job is None:
+        last = history.latest(device)
+        if last is None:
+            raise ConfigError(f"no job on record for {device}; pass a job id")
+        job = last["job"]
+    transport = open_transport(device, config.device(device))
+    try:
+        if (transport.state(job) or {}).get("status") == "unknown":
+            raise ConfigError(f"device {device} has no job {job}")
+        report = follow(transport, job, lambda e: None if json_mode else console.print(f"[dim]{e['message']}[/dim]"))
+    finally:
+        transport.close()
+    history.record(device, report)
+    _emit(report) if json_mode else print_report(console, report, device)
+    if report.get("status") != "done":
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def report(job: Optional[str] = typer.Argument(None, help="job id; default: the last run"),
+           config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
+    """Print a stored report from the run history."""
+    from .history import History
+    from .report import print_report
+
+    config = _load(config_path)
+    history = History(config.state_dir / "history.db")
+    stored = history.get(job) if job else history.latest()
+    if stored is None:
+        raise ConfigError(f"no run {job!r} in the history" if job else "the run history is empty; run `edgekit push`")
+    _emit(stored) if json_mode else print_report(console, stored, stored["device"])
+
+
+@app.command()
+def compare(old: Optional[str] = typer.Argument(None, help="job id (default: the run before the last)"),
+            new: Optional[str] = typer.Argument(None, help="job id (default: the last run)"),
+            config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
+    """Compare two runs' median latencies side by side."""
+    from rich.table import Table
+
+    from .history import History
+    from .report import compare_rows
+
+    history = History(_load(config_path).state_dir / "history.db")
+    before = history.get(old) if old else history.latest(offset=1)
+    after = history.get(new) if new else history.latest()
+    if before is None or after is None:
+        raise ConfigError("need two runs in the history (or two job ids) to compare")
+    rows = compare_rows(before, after)
+    if json_mode:
+        _emit({"old": before["job"], "new": after["job"], "rows": rows})
+        return
+    table = Table(title=f"{before['job']} → {after['job']}")
+    for column in ("batch", "old p50 ms", "new p50 ms", "speed-up"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(str(row["batch"]), f"{row['old_p50_ms']:.3f}", f"{row['new_p50_ms']:.3f}",
+                      f"{row['speedup']:.2f}×" if row["speedup"] else "-")
+    console.print(table)
+
+
+STARTER = """\
+[project]
+name = "{name}"
+
+[model]
+arch = "{arch}"
+width = 1.0
+num_classes = 10
+checkpoint = "runs/model.pt"
+
+[data]
+format = "cifar"
+path = "data/digits"
+
+[input]
+shape = [3, 32, 32]
+batch_sizes = [1, 32]
+
+[train]
+epochs = 15
+augment = ["crop"]
+"""
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: every EdgekitError becomes one line on stderr and its exit code, never a traceback.
+
+    Usage errors are typer's own (exit 2); anything else raised is a bug and keeps its traceback.
+    """
+    try:
+        app(args=argv)
+    except EdgekitError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted; a job already published keeps running on the device (`edgekit status`)")
+        sys.exit(130)

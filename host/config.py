@@ -1,0 +1,212 @@
+"""deploy.toml → typed, validated configuration.
+
+Every error is one line naming the file and the key (``deploy.toml: model.width: ...``); relative
+paths resolve against the file's own directory, so a project works from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSection(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ModelSection(Strict):
+    arch: str = Field(min_length=1, description="zoo name or module:function")
+    width: float = Field(default=1.0, gt=0, le=8)
+    num_classes: int = Field(default=10, ge=2)
+    checkpoint: Path
+
+
+class DataSection(Strict):
+    format: Literal["cifar", "folder"] = "cifar"
+    path: Path
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+    @model_validator(mode="after")
+    def _stats(self) -> "DataSection":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (then they are computed from the training images)")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class InputSection(Strict):
+    name: str = "input"
+    shape: list[int] = Field(default=[3, 32, 32])
+    batch_sizes: list[int] = Field(default=[1, 32])
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, value: list[int]) -> list[int]:
+        if len(value) != 3 or any(d <= 0 for d in value):
+            raise ValueError(f"must be [channels, height, width] with positive sizes, got {value}")
+        return value
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, value: list[int]) -> list[int]:
+        if not value or any(b <= 0 or b > 4096 for b in value):
+            raise ValueError(f"must be a non-empty list of batch sizes between 1 and 4096, got {value}")
+        return sorted(set(value))
+
+
+class TrainSection(Strict):
+    epochs: int = Field(default=15, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    augment: list[Literal["crop", "flip"]] = Field(default=["crop", "flip"])
+    seed: int = 0
+
+
+class OptimizeSection(Strict):
+    fold_bn: bool = True
+    opset: int = Field(default=17, ge=13, le=21)
+    reference_samples: int = Field(default=64, ge=1, le=10000)
+
+
+class BenchmarkSection(Strict):
+    warmup_s: float = Field(default=0.2, ge=0)
+    duration_s: float = Field(default=3.0, gt=0)
+    min_iterations: int = Field(default=10, ge=1)
+    cv_warn_percent: float = Field(default=10.0, gt=0)
+
+
+class ValidationSection(Strict):
+    min_top1_agreement: Optional[float] = Field(default=None, ge=0, le=1)
+    min_cosine: Optional[float] = Field(default=None, ge=-1, le=1)
+
+
+class BudgetSection(Strict):
+    max_p99_ms: Optional[float] = Field(default=None, gt=0)
+    max_median_ms: Optional[float] = Field(default=None, gt=0)
+    min_host_accuracy: Optional[float] = Field(default=None, ge=0, le=1)
+
+
+class DeviceSection(Strict):
+    kind: Literal["local", "ssh"] = "ssh"
+    host: Optional[str] = None
+    user: Optional[str] = None
+    port: Optional[int] = Field(default=None, ge=1, le=65535)
+    root: str = "~/.edgekit"
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    precision: Precision = "fp32"
+    allow_fallback: bool = False
+    threads: int = Field(default=0, ge=0)
+    groups: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _host(self) -> "DeviceSection":
+        if self.kind == "ssh" and not self.host:
+            raise ValueError("an ssh device needs host = \"name-or-address\"")
+        return self
+
+
+class Config(Strict):
+    project: ProjectSection
+    model: ModelSection
+    data: DataSection
+    input: InputSection = InputSection()
+    train: TrainSection = TrainSection()
+    optimize: OptimizeSection = OptimizeSection()
+    benchmark: BenchmarkSection = BenchmarkSection()
+    validation: ValidationSection = ValidationSection()
+    budget: BudgetSection = BudgetSection()
+    devices: dict[str, DeviceSection] = Field(default_factory=dict)
+
+    # Set by load_config: where the file is, for paths and messages.
+    path: Path = Path("deploy.toml")
+
+    @property
+    def base(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, path: Path) -> Path:
+        return (self.base / Path(os.path.expanduser(str(path)))).resolve()
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.resolve(self.model.checkpoint)
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve(self.data.path)
+
+    @property
+    def state_dir(self) -> Path:
+        """Per-project host state: optimisation cache and run history."""
+        return self.base / ".edgekit"
+
+    def device(self, name: str) -> DeviceSection:
+        if name in self.devices:
+            return self.devices[name]
+        if name == "local":
+            return DeviceSection(kind="local", root=str(host_home() / "local-device"))
+        known = ", ".join(sorted(set(self.devices) | {"local"}))
+        raise ConfigError(f"{self.path.name}: no device {name!r} under [devices]; known devices: {known}")
+
+    def require_checkpoint(self) -> Path:
+        if not self.checkpoint.is_file():
+            raise ConfigError(f"{self.path.name}: model.checkpoint: {self.checkpoint} does not exist; "
+                              "run `edgekit train` first or fix the path")
+        return self.checkpoint
+
+
+def host_home() -> Path:
+    """The user's edgekit directory (signing key, local device); EDGEKIT_HOME moves it (tests do)."""
+    configured = os.environ.get("EDGEKIT_HOME")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("XDG_CONFIG_HOME", "~/.config")).expanduser() / "edgekit"
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key; check the spelling against the README's deploy.toml reference"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
+    return f"{key}: {message}{shown}"
+
+
+def load_config(path: Path | str = "deploy.toml") -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; run `edgekit init` to create one, or pass --config")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "path" in data:
+        raise ConfigError(f"{path}: path: unknown key")
+    try:
+        config = Config(**data, path=path.resolve())
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_error(exc)}") from None
+    for name, device in config.devices.items():
+        if name == "local" and device.kind != "local":
+            raise ConfigError(f"{path}: devices.local: the name 'local' is reserved for the built-in local device")
+    return config

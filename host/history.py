@@ -1,0 +1,48 @@
+"""Run history: one SQLite row per job with the full report, for `report`, `compare` and budgets."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    job TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    model TEXT,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    report TEXT NOT NULL
+)
+"""
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path))
+        self.db.execute(SCHEMA)
+
+    def record(self, device: str, report: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                            (report["job"], device, report.get("model"), report.get("status", "unknown"),
+                             time.time(), json.dumps(report)))
+
+    def get(self, job: str) -> Optional[dict[str, Any]]:
+        row = self.db.execute("SELECT device, report FROM runs WHERE job = ?", (job,)).fetchone()
+        return dict(json.loads(row[1]), device=row[0]) if row else None
+
+    def latest(self, device: Optional[str] = None, offset: int = 0) -> Optional[dict[str, Any]]:
+        query = "SELECT device, report FROM runs {} ORDER BY created DESC LIMIT 1 OFFSET ?".format(
+            "WHERE device = ?" if device else "")
+        row = self.db.execute(query, ((device, offset) if device else (offset,))).fetchone()
+        return dict(json.loads(row[1]), device=row[0]) if row else None
+
+    def list(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT job, device, model, status, created FROM runs ORDER BY created DESC LIMIT ?",
+                               (limit,)).fetchall()
+        return [dict(zip(("job", "device", "model", "status", "created"), row)) for row in rows]

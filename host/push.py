@@ -1,0 +1,111 @@
+"""``edgekit push``: optimise (cached), sign, upload what the device lacks, publish, follow, report."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from edgekit.device.spool import new_job_id
+
+from .bundle import make_manifest, manifest_bytes
+from .config import Config, host_home
+from .errors import CheckFailed
+from .history import History
+from .keys import load_or_create_key, public_line, sign
+from .optimize import Optimized, optimize
+from .transports import open_transport
+from .transports.base import Transport
+
+Say = Callable[[str], None]
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Shipment:
+    job: str
+    uploaded_bytes: int
+    skipped: int
+
+
+def ship(transport: Transport, optimized: Optimized, manifest: dict, signing_line: str, signature: bytes,
+         payload: bytes, say: Say) -> Shipment:
+    """Upload missing blobs (content-addressed), then publish the job in one atomic step."""
+    by_hash = {entry["sha256"]: optimized.files[entry["name"]] for entry in manifest["files"]}
+    missing = transport.missing(sorted(by_hash))
+    sent = 0
+
+    def count(size: int) -> None:
+        nonlocal sent
+        sent += size
+
+    for sha in missing:
+        transport.upload(sha, by_hash[sha], count)
+    say(f"uploaded {len(missing)} file(s), {sent / 1e6:.2f} MB; {len(by_hash) - len(missing)} already on the device")
+    job = new_job_id()
+    transport.publish(job, payload, signature)
+    return Shipment(job, sent, len(by_hash) - len(missing))
+
+
+def follow(transport: Transport, job: str, on_event: EventSink, poll: float = 0.1,
+           stall_timeout: float = 60.0) -> dict[str, Any]:
+    """Stream the job's events until its report is written; fail if nobody picks the job up."""
+    offset, waited = 0, time.monotonic()
+    while True:
+        events, offset = transport.events(job, offset)
+        for event in events:
+            on_event(event)
+        state = transport.state(job) or {}
+        if state.get("status") in ("done", "failed"):
+            report = transport.report(job)
+            if report is not None:
+                events, offset = transport.events(job, offset)
+                for event in events:
+                    on_event(event)
+                return report
+        if state.get("status") == "queued" and time.monotonic() - waited > stall_timeout \
+                and not transport.agent_alive():
+            raise CheckFailed(f"job {job} is queued but no agent is running on the device; "
+                              "start it (`systemctl start edgekit-agent`) and run `edgekit status` to follow")
+        time.sleep(poll)
+
+
+def push(config: Config, device_name: str, say: Say, on_event: EventSink) -> tuple[dict[str, Any], Optimized]:
+    device = config.device(device_name)
+    optimized = optimize(config, say)
+    manifest = make_manifest(config, device, optimized.files, dict(optimized.host, stages=optimized.stages))
+    key = load_or_create_key(host_home())
+    payload = manifest_bytes(manifest)
+    signature = sign(key, payload)
+    transport = open_transport(device_name, device)
+    try:
+        if device.kind == "local":
+            transport.trust(public_line(key))
+        transport.ensure_agent()
+        shipment = ship(transport, optimized, manifest, public_line(key), signature, payload, say)
+        say(f"published job {shipment.job} to {device_name}")
+        report = follow(transport, shipment.job, on_event)
+    finally:
+        transport.close()
+    report["uploaded_bytes"] = shipment.uploaded_bytes
+    History(config.state_dir / "history.db").record(device_name, report)
+    return report, optimized
+
+
+def budget_failures(config: Config, report: dict[str, Any]) -> list[str]:
+    """Budgets from deploy.toml that this report crosses (each becomes a failed check)."""
+    budget, failures = config.budget, []
+    for bench in report.get("benchmarks", []):
+        latency = bench["latency_ms"]
+        if budget.max_p99_ms and latency["p99"] > budget.max_p99_ms:
+            failures.append(f"batch {bench['batch']}: p99 {latency['p99']:.3f} ms > budget.max_p99_ms "
+                            f"{budget.max_p99_ms}")
+        if budget.max_median_ms and latency["median"] > budget.max_median_ms:
+            failures.append(f"batch {bench['batch']}: median {latency['median']:.3f} ms > budget.max_median_ms "
+                            f"{budget.max_median_ms}")
+    accuracy = report.get("host", {}).get("accuracy", {})
+    if budget.min_host_accuracy is not None and accuracy:
+        worst = min(accuracy.values())
+        if worst < budget.min_host_accuracy:
+            failures.append(f"host top-1 {worst:.4f} < budget.min_host_accuracy {budget.min_host_accuracy}")
+    return failures

@@ -1,0 +1,89 @@
+"""Reports as rows (pure) and as rich tables (presentation)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _mb(size: Optional[int]) -> str:
+    return f"{size / 1e6:.2f} MB" if size else "-"
+
+
+def host_accuracy(report: dict[str, Any]) -> Optional[float]:
+    accuracy = report.get("host", {}).get("accuracy", {})
+    if not accuracy:
+        return None
+    wanted = "INT8" if report.get("precision") == "int8" else "FP32"
+    matching = [v for k, v in accuracy.items() if wanted in k and "torch" not in k]
+    return matching[-1] if matching else list(accuracy.values())[-1]
+
+
+def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """One row per benchmarked batch size with what the latency table shows."""
+    if report.get("status") != "done":
+        return [{"device": device, "status": "failed", "error": report.get("error", "unknown error")}]
+    validation = report["validation"]
+    backend = report["backend"] + (" (fallback)" if report.get("fallback") else "")
+    rows = []
+    for bench in report["benchmarks"]:
+        latency = bench["latency_ms"]
+        rows.append({
+            "device": device, "status": "done", "backend": backend, "precision": report["precision"],
+            "batch": bench["batch"], "p50_ms": latency["median"], "p90_ms": latency["p90"], "p99_ms": latency["p99"],
+            "cv_percent": latency["cv_percent"], "images_per_s": bench["images_per_s"],
+            "validation": "passed" if validation["passed"] else "FAILED",
+            "top1_agreement": validation["top1_agreement"], "model_bytes": report.get("model_size_bytes"),
+            "host_top1": host_accuracy(report), "engine_reused": report.get("engine_reused"),
+        })
+    return rows
+
+
+def latency_table(rows: list[dict[str, Any]], title: str = "edgekit latency report") -> Table:
+    table = Table(title=title)
+    for column in ("device", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
+                   "validation", "model size", "host top-1"):
+        table.add_column(column, justify="right" if column[0] in "bpi" or "ms" in column else "left")
+    for row in rows:
+        if row["status"] != "done":
+            table.add_row(row["device"], "[red]failed[/red]", row["error"], *[""] * 8)
+            continue
+        table.add_row(row["device"], row["backend"], row["precision"], str(row["batch"]), f"{row['p50_ms']:.3f}",
+                      f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['images_per_s']:.0f}",
+                      ("[green]passed[/green]" if row["validation"] == "passed" else "[red]FAILED[/red]")
+                      + f" ({row['top1_agreement']:.1%})", _mb(row["model_bytes"]),
+                      f"{row['host_top1']:.2%}" if row["host_top1"] is not None else "-")
+    return table
+
+
+def stage_table(stages: list[dict[str, Any]]) -> Table:
+    table = Table(title="optimisation stages (top-1 on held-out data)")
+    for column in ("stage", "params", "MACs", "ONNX size", "top-1"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage in stages:
+        table.add_row(stage["stage"], f"{stage.get('params', 0):,}", f"{stage.get('macs', 0) / 1e6:.1f} M",
+                      _mb(stage.get("onnx_bytes")), f"{stage['top1']:.2%}")
+    return table
+
+
+def print_report(console: Console, report: dict[str, Any], device: str) -> None:
+    console.print(latency_table(latency_rows(report, device)))
+    for bench in report.get("benchmarks", []):
+        if "warning" in bench:
+            console.print(f"[yellow]warning (batch {bench['batch']}): {bench['warning']}[/yellow]")
+    if report.get("fallback"):
+        console.print(f"[yellow]{report['fallback']}[/yellow]")
+
+
+def compare_rows(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per batch size: median latency and throughput before and after, with the ratio."""
+    before = {b["batch"]: b for b in old.get("benchmarks", [])}
+    rows = []
+    for bench in new.get("benchmarks", []):
+        if bench["batch"] not in before:
+            continue
+        a, b = before[bench["batch"]]["latency_ms"]["median"], bench["latency_ms"]["median"]
+        rows.append({"batch": bench["batch"], "old_p50_ms": a, "new_p50_ms": b, "speedup": a / b if b else None})
+    return rows

@@ -1,0 +1,52 @@
+"""Training and top-1 evaluation in torch: SGD with momentum, cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .data import Split, batches
+
+Progress = Callable[[int, int, float], None]  # epoch, epochs, loss
+
+
+def train(model: nn.Module, split: Split, mean: list[float], std: list[float], *, epochs: int, batch_size: int,
+          lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, augment: tuple[str, ...] = (),
+          seed: int = 0, progress: Optional[Progress] = None,
+          loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> nn.Module:
+    """Train in place. ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (distillation uses it)."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                nesterov=momentum > 0)
+    steps = epochs * math.ceil(len(split) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+    criterion = nn.CrossEntropyLoss()
+    for epoch in range(epochs):
+        model.train()
+        total, count = 0.0, 0
+        for inputs, labels in batches(split, batch_size, mean, std, shuffle=True, augment=augment, seed=seed + epoch):
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(inputs)
+            loss = loss_fn(logits, labels, inputs) if loss_fn else criterion(logits, labels)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(labels)
+            count += len(labels)
+        if progress:
+            progress(epoch + 1, epochs, total / max(1, count))
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, mean: list[float], std: list[float], batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(inputs) for inputs, _ in batches(split, batch_size, mean, std)])
+
+
+def top1(model: nn.Module, split: Split, mean: list[float], std: list[float]) -> float:
+    logits = predict(model, split, mean, std)
+    return float((logits.argmax(1).numpy() == split.labels).mean())

@@ -1,0 +1,62 @@
+"""deploy.toml mistakes: one line naming the file and key, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgekit.host.config import load_config
+from edgekit.host.errors import ConfigError
+
+from .conftest import TINY_PROJECT, run_cli
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "deploy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_repository_demo_config_is_valid():
+    config = load_config(Path(__file__).parent.parent / "deploy.toml")
+    assert config.device("local").kind == "local" and config.input.shape == [3, 32, 32]
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("width = 0.25", "width = 0.25\nwidht = 2", "model.widht: unknown key"),
+    ("width = 0.25", 'width = "wide"', "model.width: Input should be a valid number"),
+    ("width = 0.25", "width = -1", "model.width: Input should be greater than 0"),
+    ("batch_sizes = [1, 8]", "batch_sizes = [0]", "input.batch_sizes: must be a non-empty list"),
+    ('name = "tiny"', 'name = "../evil"', "project.name: String should match pattern"),
+    ('[project]\nname = "tiny"', "", "project: required key is missing"),
+    ("[benchmark]", "[devices.jet]\nbackend = \"tensorrt\"\n[benchmark]", "devices.jet: an ssh device needs host"),
+])
+def test_bad_values_are_named_with_their_key(tmp_path, old, new, words):
+    path = write(tmp_path, TINY_PROJECT.replace(old, new, 1))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)) and words in message and "\n" not in message
+
+
+def test_cli_reports_config_errors_in_one_line_with_exit_code_2(tmp_path):
+    write(tmp_path, TINY_PROJECT.replace("width = 0.25", "width = -1"))
+    result = run_cli("optimize", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "model.width" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_checkpoint_is_one_line_naming_the_key(tmp_path):
+    write(tmp_path, TINY_PROJECT)
+    (tmp_path / "data").mkdir()
+    result = run_cli("push", "local", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model.checkpoint" in result.stderr and "edgekit train" in result.stderr
+
+
+def test_unknown_device_lists_the_known_ones(tmp_path):
+    config = load_config(write(tmp_path, TINY_PROJECT))
+    with pytest.raises(ConfigError, match="known devices: local"):
+        config.device("jetson")

@@ -1,0 +1,74 @@
+"""`edgekit push local` end to end through the real CLI: agent process, ONNX Runtime, real digits."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edgekit.device.spool import Spool
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def push(project: Path, *extra: str):
+    result = run_cli("push", "local", "--json", *extra, cwd=project)
+    data = json.loads(result.stdout) if result.stdout.strip() else None
+    return result, data
+
+
+def local_spool() -> Spool:
+    return Spool(Path(os.environ["EDGEKIT_HOME"]) / "local-device")
+
+
+def test_push_twice_reuses_the_optimised_model_and_the_engine(project):
+    first, data = push(project)
+    assert first.returncode == 0, first.stderr
+    report = data["report"]
+    assert report["status"] == "done" and report["validation"]["passed"]
+    assert not data["optimize"]["cached"] and not report["engine_reused"]
+    assert [row["batch"] for row in data["rows"]] == [1, 8] and all(row["p99_ms"] > 0 for row in data["rows"])
+    assert {"trained (torch FP32)", "ONNX FP32 (BN folded)"} <= set(report["host"]["accuracy"])
+
+    second, again = push(project)
+    assert second.returncode == 0, second.stderr
+    assert again["optimize"]["cached"] and again["report"]["engine_reused"]
+    assert again["report"]["uploaded_bytes"] == 0
+    assert "no host work needed" in second.stderr
+    events = (local_spool().jobs / again["report"]["job"] / "events.jsonl").read_text()
+    assert "reusing cached engine" in events and "building" not in events
+
+    table = run_cli("report", cwd=project)
+    assert table.returncode == 0 and "passed" in table.stdout and "onnxruntime" in table.stdout
+    compared = run_cli("compare", "--json", cwd=project)
+    assert compared.returncode == 0 and [r["batch"] for r in json.loads(compared.stdout)["rows"]] == [1, 8]
+
+
+def test_a_corrupted_file_on_the_device_fails_the_push_and_keeps_current(project):
+    assert push(project)[0].returncode == 0
+    spool = local_spool()
+    before = spool.current("tiny")
+    blob = max(spool.blobs.iterdir(), key=lambda p: p.stat().st_size)
+    blob.write_bytes(b"\0" * blob.stat().st_size)
+    failed = run_cli("push", "local", cwd=project)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    error_lines = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "corrupted on the device" in error_lines[0]
+    assert spool.current("tiny") == before
+    healed, data = push(project)  # the corrupt blob was dropped, so it is uploaded again
+    assert healed.returncode == 0 and data["report"]["uploaded_bytes"] > 0
+
+
+def test_a_wrong_input_shape_is_one_line_and_the_device_is_untouched(project):
+    assert push(project)[0].returncode == 0
+    before = local_spool().current("tiny")
+    config = project / "deploy.toml"
+    config.write_text(config.read_text().replace("[input]", "[input]\nshape = [3, 48, 48]"))
+    result = run_cli("push", "local", cwd=project)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "input.shape [3, 48, 48] does not match" in result.stderr and result.stderr.count("\n") == 1
+    assert local_spool().current("tiny") == before
