@@ -77,15 +77,14 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
     from rich.progress import Progress
 
     from .checkpoint import save_checkpoint
-    from .data import channel_stats, load_dataset
+    from .data import channel_stats
     from .models import create_model
-    from .optimize import check_input_shape
+    from .optimize import load_data
     from .train import top1
     from .train import train as run_training
 
     config = _load(config_path)
-    data = load_dataset(config.data.format, config.data_path, tuple(config.input.shape[1:]))
-    check_input_shape(config, data)
+    data = load_data(config)
     mean, std = (config.data.mean, config.data.std) if config.data.mean else channel_stats(data.train)
     model = create_model(config.model.arch, config.model.num_classes, config.model.width, config.input.shape[0])
     section = config.train

@@ -89,9 +89,17 @@ def check_input_shape(config: Config, data: Dataset) -> None:
                           f"images {list(data.shape)}; set input.shape = {list(data.shape)}")
 
 
-def load_project(config: Config) -> tuple[nn.Module, dict[str, Any], Dataset]:
+def load_data(config: Config) -> Dataset:
+    if not config.data_path.exists():
+        raise ConfigError(f"{config.path.name}: data.path: {config.data_path} does not exist; "
+                          f"run `edgekit data digits {config.data.path}` for the demo data set or fix the path")
     data = load_dataset(config.data.format, config.data_path, tuple(config.input.shape[1:]))
     check_input_shape(config, data)
+    return data
+
+
+def load_project(config: Config) -> tuple[nn.Module, dict[str, Any], Dataset]:
+    data = load_data(config)
     model, meta = load_model(config.require_checkpoint(), config.model.arch, config.model.num_classes,
                              config.model.width, config.input.shape[0])
     return model, meta, data

@@ -63,10 +63,14 @@ def follow(transport: Transport, job: str, on_event: EventSink, poll: float = 0.
                 for event in events:
                     on_event(event)
                 return report
-        if state.get("status") == "queued" and time.monotonic() - waited > stall_timeout \
-                and not transport.agent_alive():
-            raise CheckFailed(f"job {job} is queued but no agent is running on the device; "
-                              "start it (`systemctl start edgekit-agent`) and run `edgekit status` to follow")
+        if events:
+            waited = time.monotonic()
+        elif time.monotonic() - waited > stall_timeout:
+            if not transport.agent_alive():
+                raise CheckFailed(f"job {job} is {state.get('status', 'unknown')} but no agent is running on the "
+                                  "device; start it (`systemctl start edgekit-agent`), the job resumes, and "
+                                  "`edgekit status` follows it")
+            waited = time.monotonic()
         time.sleep(poll)
 
 

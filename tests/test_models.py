@@ -60,3 +60,35 @@ def test_width_multiplier_scales_parameters():
     small = sum(p.numel() for p in create_model("resnet20", width=0.5).parameters())
     large = sum(p.numel() for p in create_model("resnet20", width=2.0).parameters())
     assert large > 10 * small
+
+
+def test_user_models_come_from_module_function(tmp_path, monkeypatch):
+    (tmp_path / "mynet.py").write_text(
+        "from torch import nn\n"
+        "def build(num_classes=10, width=1.0, in_channels=3):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = create_model("mynet:build", num_classes=7)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    from edgekit.host.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot import"):
+        create_model("mynet:missing")
+
+
+def test_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path):
+    from edgekit.host.checkpoint import load_model, save_checkpoint
+    from edgekit.host.errors import ConfigError
+
+    model = create_model("resnet20", width=0.25).eval()
+    save_checkpoint(tmp_path / "ok.pt", model, {"arch": "resnet20"})
+    loaded, meta = load_model(tmp_path / "ok.pt", "resnet20", 10, 0.25, 3)
+    inputs = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(inputs), loaded(inputs)) and meta == {"arch": "resnet20"}
+    torch.save({"state_dict": model.state_dict(), "module": model}, tmp_path / "pickled.pt")
+    with pytest.raises(ConfigError, match="not a loadable weights-only checkpoint"):
+        load_model(tmp_path / "pickled.pt", "resnet20", 10, 0.25, 3)
+    with pytest.raises(ConfigError, match="does not match model resnet20"):
+        load_model(tmp_path / "ok.pt", "resnet20", 10, 0.5, 3)

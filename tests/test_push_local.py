@@ -72,3 +72,16 @@ def test_a_wrong_input_shape_is_one_line_and_the_device_is_untouched(project):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "input.shape [3, 48, 48] does not match" in result.stderr and result.stderr.count("\n") == 1
     assert local_spool().current("tiny") == before
+
+
+def test_status_reattaches_to_the_last_job_and_missing_data_names_the_key(project):
+    first, data = push(project)
+    assert first.returncode == 0
+    status = run_cli("status", "local", "--json", cwd=project)
+    assert status.returncode == 0 and json.loads(status.stdout)["job"] == data["report"]["job"]
+    unknown = run_cli("status", "local", "20990101T000000-abcdef", cwd=project)
+    assert unknown.returncode == 2 and "has no job" in unknown.stderr
+    config = project / "deploy.toml"
+    config.write_text(config.read_text().replace('path = "data"', 'path = "nowhere"'))
+    missing = run_cli("optimize", cwd=project)
+    assert missing.returncode == 2 and "data.path" in missing.stderr and "Traceback" not in missing.stderr
