@@ -48,8 +48,12 @@ def ship(transport: Transport, optimized: Optimized, manifest: dict, signing_lin
 
 
 def follow(transport: Transport, job: str, on_event: EventSink, poll: float = 0.1,
-           stall_timeout: float = 60.0) -> dict[str, Any]:
-    """Stream the job's events until its report is written; fail if nobody picks the job up."""
+           stall_timeout: float = 5.0) -> dict[str, Any]:
+    """Stream the job's events until its report is written.
+
+    When no event comes for ``stall_timeout`` seconds the agent is probed: a dead local agent is
+    started again (the job resumes), a dead remote one is an error that says how to go on.
+    """
     offset, waited = 0, time.monotonic()
     while True:
         events, offset = transport.events(job, offset)
@@ -66,7 +70,7 @@ def follow(transport: Transport, job: str, on_event: EventSink, poll: float = 0.
         if events:
             waited = time.monotonic()
         elif time.monotonic() - waited > stall_timeout:
-            if not transport.agent_alive():
+            if not transport.agent_alive() and not transport.revive_agent():
                 raise CheckFailed(f"job {job} is {state.get('status', 'unknown')} but no agent is running on the "
                                   "device; start it (`systemctl start edgekit-agent`), the job resumes, and "
                                   "`edgekit status` follows it")

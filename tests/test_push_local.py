@@ -85,3 +85,30 @@ def test_status_reattaches_to_the_last_job_and_missing_data_names_the_key(projec
     config.write_text(config.read_text().replace('path = "data"', 'path = "nowhere"'))
     missing = run_cli("optimize", cwd=project)
     assert missing.returncode == 2 and "data.path" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_push_survives_the_local_agent_being_killed_mid_job(project):
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import EDGEKIT
+
+    config = project / "deploy.toml"
+    config.write_text(config.read_text().replace("duration_s = 0.2", "duration_s = 3.0"))
+    pusher = subprocess.Popen([EDGEKIT, "push", "local", "--json"], cwd=project, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    spool, deadline = local_spool(), time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until the agent is benchmarking, then kill it
+        logs = list(spool.jobs.glob("*/events.jsonl")) if spool.jobs.is_dir() else []
+        if logs and "benchmarking" in logs[0].read_text():
+            break
+        time.sleep(0.02)
+    status = json.loads((spool.root / "agent.json").read_text())
+    os.kill(status["pid"], signal.SIGKILL)
+    out, err = pusher.communicate(timeout=300)
+    assert pusher.returncode == 0, err
+    report = json.loads(out)["report"]
+    assert report["status"] == "done" and report["validation"]["passed"]
+    assert "agent restarted during this job" in (spool.jobs / report["job"] / "events.jsonl").read_text()
+    assert json.loads((spool.root / "agent.json").read_text())["pid"] != status["pid"]

@@ -39,5 +39,9 @@ class Transport:
     def agent_alive(self) -> bool:
         raise NotImplementedError
 
+    def revive_agent(self) -> bool:
+        """Start a dead agent again where the host may (local); on real devices systemd does it."""
+        return False
+
     def close(self) -> None:
         """Release connections."""
