@@ -119,6 +119,9 @@ def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Optio
                "files": sorted(result.files)})
     else:
         console.print(stage_table(result.stages))
+        calibration = result.host.get("calibration") or {}
+        if calibration.get("fp_layers"):
+            console.print(f"mixed precision: kept in floating point: {', '.join(calibration['fp_layers'])}")
 
 
 @app.command()

@@ -84,6 +84,17 @@ class OptimizeSection(Strict):
     reference_samples: int = Field(default=64, ge=1, le=10000)
 
 
+class QuantizeSection(Strict):
+    enabled: bool = True
+    method: Literal["entropy", "percentile", "minmax", "mse"] = "entropy"
+    percentile: float = Field(default=99.99, gt=50, le=100)
+    images: int = Field(default=512, ge=1, le=100_000)
+    source: Optional[Path] = Field(default=None, description="default: the data set's training images")
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    max_accuracy_drop: Optional[float] = Field(default=0.01, ge=0, le=1)
+    mixed_precision: bool = True
+
+
 class BenchmarkSection(Strict):
     warmup_s: float = Field(default=0.2, ge=0)
     duration_s: float = Field(default=3.0, gt=0)
@@ -128,6 +139,7 @@ class Config(Strict):
     input: InputSection = InputSection()
     train: TrainSection = TrainSection()
     optimize: OptimizeSection = OptimizeSection()
+    quantize: QuantizeSection = QuantizeSection()
     benchmark: BenchmarkSection = BenchmarkSection()
     validation: ValidationSection = ValidationSection()
     budget: BudgetSection = BudgetSection()

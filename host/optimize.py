@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgekit.device import __version__
-from edgekit.device.manifest import MODEL_FP32, REFERENCE, sha256_file
+from edgekit.device.manifest import MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_QDQ, REFERENCE, sha256_file
 
 from .checkpoint import load_model
 from .config import Config
@@ -28,6 +28,7 @@ from .data import Dataset, channel_stats, load_dataset, normalize
 from .errors import ConfigError
 from .export import export_onnx, onnx_predict, verify_onnx
 from .fold import fold_batchnorm, max_difference
+from .quantize import quantize
 from .train import top1
 
 Say = Callable[[str], None]
@@ -68,7 +69,8 @@ def recipe(config: Config) -> dict[str, Any]:
     return {"model": config.model.model_dump(mode="json", exclude={"checkpoint"}),
             "input": config.input.model_dump(mode="json"),
             "data": config.data.model_dump(mode="json", exclude={"path"}),
-            "optimize": config.optimize.model_dump(mode="json")}
+            "optimize": config.optimize.model_dump(mode="json"),
+            "quantize": config.quantize.model_dump(mode="json")}
 
 
 def cache_key(config: Config) -> str:
@@ -168,10 +170,23 @@ def _run(config: Config, work: Path, say: Say) -> dict[str, Any]:
     np.savez(work / REFERENCE, inputs=test_inputs[:samples], outputs=logits[:samples],
              labels=data.test.labels[:samples].astype(np.int64))
     files = [MODEL_FP32, REFERENCE]
+    by_file = {MODEL_FP32: fp32_top1}
+    quant_info: dict[str, Any] = {}
+    if config.quantize.enabled:
+        clock = time.perf_counter()
+        quant = quantize(config, onnx_path, work, data, mean, std, fp32_top1, say)
+        timings["quantize_s"] = time.perf_counter() - clock
+        files += quant.files
+        by_file.update(quant.accuracy)
+        for name, label in ((MODEL_INT8_CPU, "ONNX INT8 CPU (U8S8)"), (MODEL_INT8_QDQ, "ONNX INT8 Q/DQ for TensorRT")):
+            stages.append(dict(stage=label, **count(model, shape), top1=quant.accuracy[name],
+                               onnx_bytes=(work / name).stat().st_size))
+        quant_info = dict(quant.info, fp_layers=quant.excluded, sensitivity=quant.sensitivity[:10])
     host = {
         "edgekit_version": __version__, "checkpoint_sha256": sha256_file(config.checkpoint),
         "recipe": recipe(config), "normalization": {"mean": mean, "std": std, "scale": 1 / 255},
-        "accuracy": {s["stage"]: s["top1"] for s in stages}, "test_images": len(data.test),
+        "accuracy": {s["stage"]: s["top1"] for s in stages}, "accuracy_by_file": by_file,
+        "calibration": quant_info, "test_images": len(data.test),
         "checkpoint_meta": {k: v for k, v in meta.items() if k != "pruning_history"},
     }
     return {"files": files, "stages": stages, "host": host, "timings": timings}

@@ -13,12 +13,8 @@ def _mb(size: Optional[int]) -> str:
 
 
 def host_accuracy(report: dict[str, Any]) -> Optional[float]:
-    accuracy = report.get("host", {}).get("accuracy", {})
-    if not accuracy:
-        return None
-    wanted = "INT8" if report.get("precision") == "int8" else "FP32"
-    matching = [v for k, v in accuracy.items() if wanted in k and "torch" not in k]
-    return matching[-1] if matching else list(accuracy.values())[-1]
+    """Host top-1 of the very model file the device ran."""
+    return report.get("host", {}).get("accuracy_by_file", {}).get(report.get("model_file", ""))
 
 
 def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
@@ -75,6 +71,9 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
             console.print(f"[yellow]warning (batch {bench['batch']}): {bench['warning']}[/yellow]")
     if report.get("fallback"):
         console.print(f"[yellow]{report['fallback']}[/yellow]")
+    fp_layers = report.get("host", {}).get("calibration", {}).get("fp_layers")
+    if report.get("precision") == "int8" and fp_layers:
+        console.print(f"mixed precision: {len(fp_layers)} layer(s) kept in floating point: {', '.join(fp_layers)}")
 
 
 def compare_rows(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,104 @@
+"""Shared benchmark plumbing: a trained model on the digits, side-by-side latency, table and JSON output.
+
+Latencies are measured interleaved (round-robin over the candidates, several rounds) so that noise on
+a shared machine hits every candidate alike; medians are reported, and ratios come from one run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.table import Table
+
+from edgekit.device.stats import summarize
+from edgekit.host.checkpoint import load_model, save_checkpoint
+from edgekit.host.data import Dataset, channel_stats, load_cifar, write_digits
+from edgekit.host.models import create_model
+from edgekit.host.train import top1, train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+console = Console(width=160)
+
+
+def digits(work: Path) -> Dataset:
+    if not (work / "digits" / "test_batch").exists():
+        write_digits(work / "digits")
+    return load_cifar(work / "digits")
+
+
+def trained(work: Path, arch: str, width: float, epochs: int, data: Dataset, lr: float = 0.05):
+    """Train once and keep the checkpoint in ``work`` so a re-run measures, not trains."""
+    mean, std = channel_stats(data.train)
+    path = work / f"{arch}-w{width}-e{epochs}.pt"
+    if path.exists():
+        model, _ = load_model(path, arch, 10, width, 3)
+        return model, mean, std
+    model = create_model(arch, 10, width)
+    start = time.perf_counter()
+    train(model, data.train, mean, std, epochs=epochs, batch_size=64, lr=lr, augment=("crop",),
+          progress=lambda e, n, loss: console.print(f"[dim]{arch} ×{width}: epoch {e}/{n} loss {loss:.3f}[/dim]"))
+    accuracy = top1(model, data.test, mean, std)
+    console.print(f"[dim]trained in {time.perf_counter() - start:.0f}s, top-1 {accuracy:.2%}[/dim]")
+    save_checkpoint(path, model, {"arch": arch, "width": width})
+    return model.eval(), mean, std
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def side_by_side(models: dict[str, Path], batch: int, rounds: int = 7, per_round: int = 10) -> dict[str, dict]:
+    """Median latency per model, candidates interleaved round by round."""
+    sessions = {name: session(path) for name, path in models.items()}
+    data = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    timings: dict[str, list[float]] = {name: [] for name in models}
+    for s in sessions.values():  # warm-up
+        for _ in range(3):
+            s.run(None, {s.get_inputs()[0].name: data})
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            feed = {s.get_inputs()[0].name: data}
+            for _ in range(per_round):
+                tick = time.perf_counter()
+                s.run(None, feed)
+                timings[name].append((time.perf_counter() - tick) * 1000)
+    return {name: summarize(values) for name, values in timings.items()}
+
+
+def accuracy(path: Path, inputs: np.ndarray, labels: np.ndarray) -> float:
+    s = session(path)
+    name = s.get_inputs()[0].name
+    logits = np.concatenate([s.run(None, {name: inputs[i:i + 128]})[0] for i in range(0, len(inputs), 128)])
+    return float((logits.argmax(1) == labels).mean())
+
+
+def timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = function()
+    return value, time.perf_counter() - start
+
+
+def report(name: str, title: str, columns: list[str], rows: list[list[Any]], data: dict[str, Any]) -> Path:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column == columns[0] else "right")
+    for row in rows:
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    data = dict(data, machine={"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                               "onnxruntime": ort.__version__, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    console.print(f"wrote {path}")
+    return path

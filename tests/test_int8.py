@@ -1,0 +1,120 @@
+"""INT8 artefacts on a real trained model and real digits: structure, placement, accuracy, mixed precision."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgekit.calibration.table import parse_trt_cache
+from edgekit.calibration.trt_qdq import check_trt_qdq
+from edgekit.device.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ
+from edgekit.host.config import load_config
+from edgekit.host.optimize import optimize
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def optimized(trained_project, tmp_path_factory):
+    root = tmp_path_factory.mktemp("int8")
+    shutil.copytree(trained_project, root / "p", ignore=shutil.ignore_patterns("home", ".edgekit"))
+    return optimize(load_config(root / "p" / "deploy.toml"), say=lambda m: None)
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def test_trt_model_follows_tensorrt_qdq_rules(optimized):
+    model = onnx.load(str(optimized.files[MODEL_INT8_QDQ]))
+    assert check_trt_qdq(model) == []
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    made_by = producers(model)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    for conv in convs:
+        weight_dq = made_by[conv.input[1]]
+        assert weight_dq.op_type == "DequantizeLinear"
+        axis = next(a.i for a in weight_dq.attribute if a.name == "axis")
+        scales = init[weight_dq.input[1]]
+        assert axis == 0 and scales.shape == (init[made_by[weight_dq.input[0]].input[0]].shape[0],)
+        if len(conv.input) > 2:
+            assert conv.input[2] in init and init[conv.input[2]].dtype == np.float32  # float bias
+        activation_dq = made_by[conv.input[0]]
+        assert init[activation_dq.input[1]].shape == ()  # per-tensor activation scale
+    zero_points = [init[n.input[2]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+
+
+def test_residual_adds_keep_the_conv_input_unquantised(optimized):
+    model = onnx.load(str(optimized.files[MODEL_INT8_QDQ]))
+    made_by = producers(model)
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    assert len(adds) == 9  # ResNet-20: nine residual blocks
+    for add in adds:
+        kinds = sorted(made_by[t].op_type for t in add.input)
+        assert kinds == ["Conv", "DequantizeLinear"], f"{add.name}: inputs from {kinds}"
+
+
+def test_cpu_model_has_uint8_activations_and_int8_weights(optimized):
+    model = onnx.load(str(optimized.files[MODEL_INT8_CPU]))
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantize and all(init[n.input[2]].dtype == np.uint8 for n in quantize)
+    weights = [init[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init
+               and init[n.input[0]].ndim == 4]
+    assert weights and all(w.dtype == np.int8 for w in weights)
+
+
+def test_calibration_files_agree_with_each_other(optimized):
+    table = json.loads(optimized.files[CALIBRATION_JSON].read_text())
+    header, scales = parse_trt_cache(optimized.files[CALIBRATION_CACHE].read_text())
+    assert table["method"] == "entropy" and table["images"] == 512 and header.endswith("-EntropyCalibration2")
+    assert "input" in scales
+    for name, scale in scales.items():
+        assert scale == pytest.approx(table["tensors"][name]["amax"] / 127, rel=1e-6)
+
+
+def test_int8_accuracy_is_measured_for_every_stage(optimized):
+    accuracy = optimized.host["accuracy_by_file"]
+    assert set(accuracy) == {"model.onnx", MODEL_INT8_CPU, MODEL_INT8_QDQ}
+    assert abs(accuracy[MODEL_INT8_CPU] - accuracy["model.onnx"]) <= 0.02
+    assert [s["stage"] for s in optimized.stages][-2:] == ["ONNX INT8 CPU (U8S8)", "ONNX INT8 Q/DQ for TensorRT"]
+
+
+def test_mixed_precision_names_the_layers_it_keeps_in_float(trained_project, tmp_path):
+    root = tmp_path / "p"
+    shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("home", ".edgekit"))
+    config = root / "deploy.toml"
+    # Calibration on images at a tenth of their brightness: ranges far too narrow, so INT8 loses accuracy.
+    from edgekit.host.data import load_cifar
+
+    np.save(root / "dim.npy", load_cifar(root / "data").train.images[:64] // 10)
+    config.write_text(config.read_text() + '\n[quantize]\nsource = "dim.npy"\nmax_accuracy_drop = 0.0\n')
+    result = optimize(load_config(config), say=lambda m: None)
+    calibration = result.host["calibration"]
+    assert calibration["sensitivity"] and calibration["fp_layers"]
+    assert calibration["fp_layers"][0] == calibration["sensitivity"][0]["node"]
+    model = onnx.load(str(result.files[MODEL_INT8_QDQ]))
+    kept = {n.name for n in model.graph.node} & set(calibration["fp_layers"])
+    assert check_trt_qdq(model, exclude=kept) == []
+    made_by = producers(model)
+    for node in model.graph.node:
+        if node.name in kept:
+            assert made_by.get(node.input[1]) is None  # weights stay float, no Q/DQ
+
+
+@pytest.mark.slow
+def test_push_local_int8_passes_validation(project):
+    config = project / "deploy.toml"
+    config.write_text(config.read_text() + '\n[devices.local]\nkind = "local"\nprecision = "int8"\n'
+                      f'root = "{project.parent / "home" / "local-device"}"\n')
+    result = run_cli("push", "local", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["report"]
+    assert report["precision"] == "int8" and report["model_file"] == MODEL_INT8_CPU
+    assert report["validation"]["passed"] and report["validation"]["tolerances"]["min_cosine"] == 0.99
