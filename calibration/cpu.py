@@ -7,7 +7,9 @@ observed [min, max] clipped to ±amax, so a post-ReLU tensor uses all 256 levels
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import tempfile
 from pathlib import Path
 
@@ -15,6 +17,19 @@ import numpy as np
 
 from .table import CalibrationTable
 from .trt_qdq import WEIGHTED
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """quantize_static logs 'consider pre-processing' on the root logger; our graph is already folded
+    and shape-inferred, so the advice is noise in the user's terminal."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def ort_ranges(table: CalibrationTable):
@@ -37,7 +52,7 @@ def write_cpu_int8(model_path: Path, table: CalibrationTable, output: Path,
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise RuntimeError("onnxruntime is too old to accept precomputed ranges; pip install -U onnxruntime")
-    with tempfile.TemporaryDirectory(prefix="edgekit-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgekit-int8-") as tmp, _quiet_root_logger():
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(ort_ranges(table), ranges)
         quantize_static(str(model_path), str(output), calibration_data_reader=None, quant_format=QuantFormat.QDQ,

@@ -46,7 +46,7 @@ def load_model(path: Path, arch: str, num_classes: int, width: float, in_channel
     if meta.get("pruning_history"):
         from .prune import apply_history
 
-        apply_history(model, meta["pruning_history"], in_channels)
+        apply_history(model, meta["pruning_history"], in_channels, int(meta.get("input_shape", [0, 32])[1]))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

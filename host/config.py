@@ -95,6 +95,27 @@ class QuantizeSection(Strict):
     mixed_precision: bool = True
 
 
+class PruneSection(Strict):
+    enabled: bool = False
+    method: Literal["magnitude", "bn_scale", "taylor"] = "magnitude"
+    norm: Literal[1, 2] = 2
+    ratio: float = Field(default=0.5, gt=0, lt=1)
+    scope: Literal["uniform", "global"] = "uniform"
+    max_layer_ratio: float = Field(default=0.9, gt=0, lt=1)
+    round_to: int = Field(default=8, ge=1, le=256)
+    protect: list[str] = Field(default_factory=list)
+    steps: int = Field(default=1, ge=1, le=50)
+    finetune_epochs: int = Field(default=5, ge=0)
+    lr: float = Field(default=0.01, gt=0)
+    distill: bool = False
+    distill_temperature: float = Field(default=4.0, gt=0)
+    distill_alpha: float = Field(default=0.7, ge=0, le=1)
+    max_accuracy_drop: Optional[float] = Field(default=0.01, ge=0, le=1)
+    sparsity_epochs: int = Field(default=3, ge=0)
+    sparsity_lambda: float = Field(default=1e-4, ge=0)
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+
+
 class BenchmarkSection(Strict):
     warmup_s: float = Field(default=0.2, ge=0)
     duration_s: float = Field(default=3.0, gt=0)
@@ -140,6 +161,7 @@ class Config(Strict):
     train: TrainSection = TrainSection()
     optimize: OptimizeSection = OptimizeSection()
     quantize: QuantizeSection = QuantizeSection()
+    prune: PruneSection = PruneSection()
     benchmark: BenchmarkSection = BenchmarkSection()
     validation: ValidationSection = ValidationSection()
     budget: BudgetSection = BudgetSection()

@@ -28,6 +28,7 @@ from .data import Dataset, channel_stats, load_dataset, normalize
 from .errors import ConfigError
 from .export import export_onnx, onnx_predict, verify_onnx
 from .fold import fold_batchnorm, max_difference
+from .latency import onnx_latency
 from .quantize import quantize
 from .train import top1
 
@@ -144,6 +145,12 @@ def _run(config: Config, work: Path, say: Say) -> dict[str, Any]:
     say(f"loaded {config.model.arch} from {config.checkpoint.name}; evaluating on {len(data.test)} held-out images")
     stages = [dict(stage="trained (torch FP32)", **count(model, shape), top1=top1(model, data.test, mean, std))]
     timings["load_evaluate_s"] = time.perf_counter() - clock
+    prune_info: dict[str, Any] = {}
+    if config.prune.enabled:
+        clock = time.perf_counter()
+        model, prune_stages, prune_info = prune_stage(config, model, meta, data, mean, std, work, say)
+        stages += prune_stages
+        timings["prune_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     sample = torch.from_numpy(normalize(data.test.images[:64], mean, std))
@@ -165,7 +172,7 @@ def _run(config: Config, work: Path, say: Say) -> dict[str, Any]:
     logits = onnx_predict(onnx_path, test_inputs)
     fp32_top1 = float((logits.argmax(1) == data.test.labels).mean())
     stages.append(dict(stage="ONNX FP32 (BN folded)", **count(model, shape), top1=fp32_top1,
-                       onnx_bytes=onnx_path.stat().st_size))
+                       onnx_bytes=onnx_path.stat().st_size, latency_ms=onnx_latency(onnx_path, shape)))
     samples = min(config.optimize.reference_samples, len(data.test))
     np.savez(work / REFERENCE, inputs=test_inputs[:samples], outputs=logits[:samples],
              labels=data.test.labels[:samples].astype(np.int64))
@@ -180,13 +187,87 @@ def _run(config: Config, work: Path, say: Say) -> dict[str, Any]:
         by_file.update(quant.accuracy)
         for name, label in ((MODEL_INT8_CPU, "ONNX INT8 CPU (U8S8)"), (MODEL_INT8_QDQ, "ONNX INT8 Q/DQ for TensorRT")):
             stages.append(dict(stage=label, **count(model, shape), top1=quant.accuracy[name],
-                               onnx_bytes=(work / name).stat().st_size))
+                               onnx_bytes=(work / name).stat().st_size,
+                               latency_ms=onnx_latency(work / name, shape)))
         quant_info = dict(quant.info, fp_layers=quant.excluded, sensitivity=quant.sensitivity[:10])
     host = {
         "edgekit_version": __version__, "checkpoint_sha256": sha256_file(config.checkpoint),
         "recipe": recipe(config), "normalization": {"mean": mean, "std": std, "scale": 1 / 255},
         "accuracy": {s["stage"]: s["top1"] for s in stages}, "accuracy_by_file": by_file,
-        "calibration": quant_info, "test_images": len(data.test),
+        "calibration": quant_info, "pruning": prune_info, "test_images": len(data.test),
         "checkpoint_meta": {k: v for k, v in meta.items() if k != "pruning_history"},
     }
     return {"files": files, "stages": stages, "host": host, "timings": timings}
+
+
+def onnx_stage(label: str, model: nn.Module, config: Config, data: Dataset, mean: list[float], std: list[float],
+               work: Path) -> dict[str, Any]:
+    """Fold, export to a scratch file and measure: one row of the stage table."""
+    shape = config.input.shape
+    folded, _ = fold_batchnorm(model)
+    scratch = work / "stage.onnx"
+    export_onnx(folded, scratch, shape, opset=config.optimize.opset, input_name=config.input.name)
+    logits = onnx_predict(scratch, normalize(data.test.images, mean, std))
+    row = dict(stage=label, **count(model, shape), top1=float((logits.argmax(1) == data.test.labels).mean()),
+               onnx_bytes=scratch.stat().st_size, latency_ms=onnx_latency(scratch, shape))
+    scratch.unlink()
+    return row
+
+
+def prune_stage(config: Config, model: nn.Module, meta: dict[str, Any], data: Dataset, mean: list[float],
+                std: list[float], work: Path, say: Say) -> tuple[nn.Module, list[dict], dict[str, Any]]:
+    """Prune → fine-tune (iteratively), with a stage row per step; saves ``pruned.pt`` (history + weights)."""
+    from .checkpoint import save_checkpoint
+    from .data import Split, batches
+    from .prune import PruneSpec, prune_model
+    from .train import train
+
+    section = config.prune
+    rng = np.random.default_rng(config.train.seed)
+    order = rng.permutation(len(data.train))
+    cut = max(1, int(len(order) * section.validation_fraction))
+    validation = Split(data.train.images[order[:cut]], data.train.labels[order[:cut]])
+    fitting = Split(data.train.images[order[cut:]], data.train.labels[order[cut:]])
+    baseline = top1(model, validation, mean, std)
+    rows = [onnx_stage("original ONNX FP32", model, config, data, mean, std, work)]
+    spec = PruneSpec(**{k: v for k, v in section.model_dump().items()
+                        if k in PruneSpec.__dataclass_fields__ and k != "protect"},
+                     protect=tuple(section.protect), augment=tuple(config.train.augment))
+
+    def fit(net: nn.Module, step: int, loss_fn: Any, after_backward: Any) -> tuple[int, float]:
+        epochs = section.sparsity_epochs if step == 0 else section.finetune_epochs
+        budget = section.max_accuracy_drop
+        stop = None
+        if step > 0 and budget is not None:
+            stop = lambda epoch: top1(net, validation, mean, std) >= baseline - budget  # noqa: E731
+        ran = train(net, fitting, mean, std, epochs=epochs, batch_size=config.train.batch_size, lr=section.lr,
+                    momentum=config.train.momentum, weight_decay=config.train.weight_decay,
+                    augment=tuple(config.train.augment), seed=config.train.seed + step, loss_fn=loss_fn,
+                    after_backward=after_backward, stop=stop) if epochs else 0
+        return ran, top1(net, validation, mean, std)
+
+    example = torch.zeros(1, *config.input.shape)
+    steps = prune_model(model, spec, example, lambda step: batches(fitting, 64, mean, std, shuffle=True, seed=step),
+                        fit, say)
+    for step in steps:
+        snapshot = rebuild(config, step.history)
+        snapshot.load_state_dict(step.state)
+        row = onnx_stage(f"pruned step {step.step}/{spec.steps}", snapshot, config, data, mean, std, work)
+        rows.append(dict(row, finetune_epochs=step.epochs, validation_top1=step.validation_top1))
+    final = steps[-1]
+    checkpoint_meta = dict(meta, pruning_history=final.history, pruned_from=config.model.arch,
+                           input_shape=config.input.shape)
+    save_checkpoint(work / "pruned.pt", model, checkpoint_meta)
+    info = {"method": spec.method, "ratio": spec.ratio, "scope": spec.scope, "steps": spec.steps,
+            "round_to": spec.round_to, "validation_baseline": baseline,
+            "finetune_epochs": [s.epochs for s in steps]}
+    return model.eval(), rows, info
+
+
+def rebuild(config: Config, history: list[list]) -> nn.Module:
+    """The pruned architecture from the factory plus a pruning history (no pickled modules)."""
+    from .models import create_model
+    from .prune import apply_history
+
+    model = create_model(config.model.arch, config.model.num_classes, config.model.width, config.input.shape[0])
+    return apply_history(model, history, config.input.shape[0], config.input.shape[1]).eval()

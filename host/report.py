@@ -55,12 +55,14 @@ def latency_table(rows: list[dict[str, Any]], title: str = "edgekit latency repo
 
 
 def stage_table(stages: list[dict[str, Any]]) -> Table:
-    table = Table(title="optimisation stages (top-1 on held-out data)")
-    for column in ("stage", "params", "MACs", "ONNX size", "top-1"):
+    table = Table(title="optimisation stages (top-1 on held-out data, host latency with ONNX Runtime)")
+    for column in ("stage", "params", "MACs", "ONNX size", "b1 ms", "b32 ms", "top-1"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for stage in stages:
+        latency = {int(k): v for k, v in stage.get("latency_ms", {}).items()}
         table.add_row(stage["stage"], f"{stage.get('params', 0):,}", f"{stage.get('macs', 0) / 1e6:.1f} M",
-                      _mb(stage.get("onnx_bytes")), f"{stage['top1']:.2%}")
+                      _mb(stage.get("onnx_bytes")), f"{latency[1]:.3f}" if 1 in latency else "-",
+                      f"{latency[32]:.3f}" if 32 in latency else "-", f"{stage['top1']:.2%}")
     return table
 
 

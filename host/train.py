@@ -16,8 +16,14 @@ Progress = Callable[[int, int, float], None]  # epoch, epochs, loss
 def train(model: nn.Module, split: Split, mean: list[float], std: list[float], *, epochs: int, batch_size: int,
           lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, augment: tuple[str, ...] = (),
           seed: int = 0, progress: Optional[Progress] = None,
-          loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> nn.Module:
-    """Train in place. ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (distillation uses it)."""
+          loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+          after_backward: Optional[Callable[[], None]] = None,
+          stop: Optional[Callable[[int], bool]] = None) -> int:
+    """Train in place and return the epochs run.
+
+    ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (distillation), ``after_backward`` edits
+    gradients (network slimming's L1 on BN scales), ``stop(epoch)`` ends training early (accuracy budget met).
+    """
     torch.manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 nesterov=momentum > 0)
@@ -32,13 +38,19 @@ def train(model: nn.Module, split: Split, mean: list[float], std: list[float], *
             logits = model(inputs)
             loss = loss_fn(logits, labels, inputs) if loss_fn else criterion(logits, labels)
             loss.backward()
+            if after_backward:
+                after_backward()
             optimizer.step()
             schedule.step()
             total += float(loss.detach()) * len(labels)
             count += len(labels)
         if progress:
             progress(epoch + 1, epochs, total / max(1, count))
-    return model.eval()
+        if stop and stop(epoch + 1):
+            model.eval()
+            return epoch + 1
+    model.eval()
+    return epochs
 
 
 @torch.no_grad()

@@ -1,0 +1,325 @@
+"""Structured channel pruning on torch-pruning's dependency graph, with hardware-aligned widths.
+
+torch-pruning finds which layers are coupled (residual adds, concatenations, depthwise and grouped
+convolutions) and scores channels; edgekit decides how many channels each group keeps: the nearest
+multiple of ``round_to`` (torch-pruning's own ``round_to`` rounds down and over-prunes around grouped
+convolutions), never more than ``max_layer_ratio`` of a layer's original width, and every width is
+checked afterwards. The result is saved as torch-pruning's pruning history (JSON) plus a state_dict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .errors import ConfigError
+
+Say = Callable[[str], None]
+
+
+# -- pure allocation --------------------------------------------------------------------------
+def aligned_width(target: float, current: int, round_to: int, ch_groups: int = 1) -> int:
+    """Kept channels: the multiple of lcm(round_to, ch_groups) nearest to ``target``, within [unit, current].
+
+    A layer narrower than one unit is left as it is (nothing to align to).
+    """
+    unit = round_to * ch_groups // math.gcd(round_to, ch_groups) if round_to > 1 else ch_groups
+    if current <= unit:
+        return current
+    kept = max(unit, int(math.floor(target / unit + 0.5)) * unit)
+    return min(kept, current - (current % unit) if current % unit else current)
+
+
+def kept_widths_uniform(original: dict[str, int], current: dict[str, int], ratio: float, step: int, steps: int,
+                        round_to: int, ch_groups: dict[str, int]) -> dict[str, int]:
+    """Per group, step ``step`` of ``steps`` on a straight line from the original width to (1-ratio)×it."""
+    result = {}
+    for name, width in original.items():
+        final = width * (1 - ratio)
+        target = width - (width - final) * step / steps
+        result[name] = min(current[name], aligned_width(target, width, round_to, ch_groups.get(name, 1)))
+    return result
+
+
+def cap_widths(kept: dict[str, int], original: dict[str, int], max_layer_ratio: float, round_to: int,
+               ch_groups: dict[str, int]) -> dict[str, int]:
+    """No layer loses more than ``max_layer_ratio`` of its original channels (rounded up to a unit)."""
+    capped = {}
+    for name, width in kept.items():
+        floor = original[name] * (1 - max_layer_ratio)
+        if width < floor:
+            unit = math.lcm(round_to, ch_groups.get(name, 1))
+            width = min(original[name], int(math.ceil(floor / unit)) * unit)
+        capped[name] = width
+    return capped
+
+
+def kept_widths_global(scores: dict[str, torch.Tensor], original: dict[str, int], current: dict[str, int],
+                       ratio: float, step: int, steps: int, round_to: int,
+                       ch_groups: dict[str, int]) -> dict[str, int]:
+    """One threshold over every group's (mean-normalised) channel scores, then per-group alignment."""
+    total = sum(original.values())
+    keep_total = total * (1 - ratio * step / steps)
+    ranked = torch.cat([s.flatten() for s in scores.values()])
+    drop = max(0, int(round(sum(current.values()) - keep_total)))
+    if drop == 0 or drop >= len(ranked):
+        return dict(current)
+    threshold = torch.kthvalue(ranked, drop).values
+    result = {}
+    for name, score in scores.items():
+        survivors = int((score > threshold).sum()) * ch_groups.get(name, 1)
+        result[name] = min(current[name], aligned_width(survivors, original[name], round_to, ch_groups.get(name, 1)))
+    return result
+
+
+# -- the dependency graph ---------------------------------------------------------------------
+@dataclass
+class PruneGroup:
+    name: str
+    group: Any
+    root: nn.Module
+    width: int
+    ch_groups: int
+
+
+def check_trainable(model: nn.Module) -> None:
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise ConfigError(f"the model has {len(frozen)} frozen parameter(s) (first: {frozen[0]}); torch-pruning "
+                          "would silently leave them unpruned. Set requires_grad=True on every parameter first")
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    """The last Conv/Linear: its outputs are the classes and must keep their number."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            last = module
+    if last is None:
+        raise ConfigError("the model has no Conv2d or Linear layer to prune")
+    return last
+
+
+def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as exc:  # noqa: BLE001 - torch-pruning raises many kinds on untraceable models
+        raise ConfigError(f"torch-pruning cannot trace this model ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160]}); protect the layer in prune.protect or disable pruning"
+                          ) from None
+
+
+def _channel_groups(group: Any) -> int:
+    counts = [1]
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups != module.out_channels:
+            counts.append(module.groups)
+        if isinstance(module, nn.GroupNorm):
+            counts.append(module.num_groups)
+    return max(counts)
+
+
+def prune_groups(graph: tp.DependencyGraph, model: nn.Module, protect: Iterable[str]) -> list[PruneGroup]:
+    names = dict(model.named_modules())
+    ignored = [classifier(model)]
+    for name in protect:
+        if name not in names:
+            raise ConfigError(f"prune.protect: the model has no layer {name!r}")
+        ignored.append(names[name])
+    module_names = {module: name for name, module in names.items()}
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        root = group[0][0].target.module
+        width = graph.get_pruner_of_module(root).get_out_channels(root)
+        groups.append(PruneGroup(module_names[root], group, root, width, _channel_groups(group)))
+    return groups
+
+
+def importance(method: str, norm: int) -> tp.importance.Importance:
+    if method == "magnitude":
+        return tp.importance.MagnitudeImportance(p=norm)
+    if method == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    if method == "taylor":
+        return tp.importance.TaylorImportance()
+    raise ConfigError(f"prune.method {method!r}: choose magnitude, bn_scale or taylor")
+
+
+def channel_scores(scorer: tp.importance.Importance, group: PruneGroup) -> torch.Tensor:
+    """One score per channel of a conv-group (averaged over channel groups, as they prune together)."""
+    score = scorer(group.group)
+    if score is None:
+        raise ConfigError(f"no importance for layer {group.name}: the method needs parameters it does not have "
+                          "(bn_scale needs BatchNorm after the layer)")
+    return score.view(group.ch_groups, -1).mean(0) if group.ch_groups > 1 else score
+
+
+def prune_to(graph: tp.DependencyGraph, group: PruneGroup, score: torch.Tensor, kept: int) -> None:
+    """Remove the lowest-scoring channels so that ``kept`` remain (indices repeated per channel group)."""
+    per_group = group.width // group.ch_groups
+    drop = per_group - kept // group.ch_groups
+    if drop <= 0:
+        return
+    lowest = torch.argsort(score)[:drop].tolist()
+    idxs = sorted(i + g * per_group for g in range(group.ch_groups) for i in lowest)
+    pruning = graph.get_pruning_group(group.root, graph.get_pruner_of_module(group.root).prune_out_channels, idxs)
+    if not graph.check_pruning_group(pruning):
+        raise ConfigError(f"pruning {group.name} to {kept} channels would leave a layer empty; lower prune.ratio")
+    pruning.prune()
+
+
+def history(graph: tp.DependencyGraph) -> list[list]:
+    """torch-pruning's history as plain JSON data (names, direction, integer indices)."""
+    plain = []
+    for name, is_out, idxs in graph.pruning_history():
+        plain.append([name, bool(is_out), [int(getattr(i, "idx", i)) for i in idxs]])
+    return plain
+
+
+def apply_history(model: nn.Module, recorded: list[list], in_channels: int, size: int = 32) -> nn.Module:
+    """Replay a saved history on a freshly built model, so a pruned checkpoint loads with weights_only."""
+    graph = build_graph(model.eval(), torch.zeros(1, in_channels, size, size))
+    graph.load_pruning_history([[name, is_out, list(idxs)] for name, is_out, idxs in recorded])
+    return model
+
+
+def widths(model: nn.Module) -> dict[str, int]:
+    return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def misaligned(before: dict[str, int], after: dict[str, int], round_to: int) -> list[str]:
+    """Layers whose width changed but is not a multiple of ``round_to``."""
+    return [f"{name}: {after[name]}" for name in after
+            if after[name] != before.get(name) and after[name] % round_to]
+
+
+# -- the driver: prune → fine-tune, step by step ----------------------------------------------
+@dataclass
+class PruneSpec:
+    method: str = "magnitude"
+    norm: int = 2
+    ratio: float = 0.5
+    scope: str = "uniform"
+    max_layer_ratio: float = 0.9
+    round_to: int = 8
+    protect: tuple[str, ...] = ()
+    steps: int = 1
+    finetune_epochs: int = 5
+    lr: float = 0.01
+    batch_size: int = 64
+    distill: bool = False
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.7
+    max_accuracy_drop: float | None = 0.01
+    sparsity_epochs: int = 3
+    sparsity_lambda: float = 1e-4
+    augment: tuple[str, ...] = ("crop",)
+
+
+@dataclass
+class PruneStep:
+    step: int
+    channels: int
+    epochs: int
+    validation_top1: float
+    state: dict[str, torch.Tensor]
+    history: list[list]
+
+
+Fit = Callable[[nn.Module, int, Any, Any], tuple[int, float]]
+
+
+def distillation_loss(teacher: nn.Module, temperature: float, alpha: float):
+    """Hinton et al.: (1-α)·CE + α·T²·KL(student/T ‖ teacher/T), teacher run on the same batch."""
+    criterion = nn.CrossEntropyLoss()
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft = torch.softmax(teacher(inputs) / temperature, dim=1)
+        kl = nn.functional.kl_div(torch.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
+        return (1 - alpha) * criterion(logits, labels) + alpha * temperature ** 2 * kl
+
+    return loss
+
+
+def sparsify_bn(model: nn.Module, strength: float) -> Callable[[], None]:
+    """Network slimming (Liu et al. 2017): add λ·sign(γ) to every BatchNorm scale's gradient."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    if not norms:
+        raise ConfigError("prune.method = \"bn_scale\" needs BatchNorm layers; the model has none")
+
+    def hook() -> None:
+        for norm in norms:
+            if norm.weight.grad is not None:
+                norm.weight.grad.add_(strength * torch.sign(norm.weight.data))
+
+    return hook
+
+
+def accumulate_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], limit: int = 8):
+    """Taylor importance reads weight×gradient: accumulate the loss gradient over a few batches."""
+    model.zero_grad(set_to_none=True)
+    criterion = nn.CrossEntropyLoss()
+    for index, (inputs, labels) in enumerate(batches):
+        if index >= limit:
+            break
+        criterion(model(inputs), labels).backward()
+
+
+def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_batches: Callable[[int], Iterable],
+                fit: Fit, say: Say) -> list[PruneStep]:
+    """Prune ``model`` in place over ``spec.steps`` steps.
+
+    ``fit(model, step, loss_fn, after_backward)`` trains (step 0: sparsity training; then fine-tuning,
+    which stops early once the accuracy budget is met) and returns (epochs run, validation top-1).
+    Each step keeps a copy of its weights and history, so every step can be evaluated and saved.
+    """
+    check_trainable(model)
+    if not 0 < spec.ratio < 1:
+        raise ConfigError(f"prune.ratio {spec.ratio} must be between 0 and 1 (it is the fraction of channels removed)")
+    teacher = None
+    if spec.distill:
+        import copy
+
+        teacher = copy.deepcopy(model).eval()
+    if spec.method == "bn_scale" and spec.sparsity_epochs:
+        say(f"sparsity training of BatchNorm scales for {spec.sparsity_epochs} epoch(s) (λ={spec.sparsity_lambda})")
+        fit(model, 0, None, sparsify_bn(model, spec.sparsity_lambda))
+    graph = build_graph(model.eval(), example)
+    before = widths(model)
+    groups = prune_groups(graph, model, spec.protect)
+    original = {g.name: g.width for g in groups}
+    ch_groups = {g.name: g.ch_groups for g in groups}
+    scorer = importance(spec.method, spec.norm)
+    steps = []
+    for step in range(1, spec.steps + 1):
+        if spec.method == "taylor":
+            accumulate_gradients(model, train_batches(step))
+        groups = prune_groups(graph, model, spec.protect)
+        scores = {g.name: channel_scores(scorer, g) for g in groups}
+        current = {g.name: g.width for g in groups}
+        if spec.scope == "global":
+            kept = kept_widths_global(scores, original, current, spec.ratio, step, spec.steps, spec.round_to, ch_groups)
+        else:
+            kept = kept_widths_uniform(original, current, spec.ratio, step, spec.steps, spec.round_to, ch_groups)
+        kept = cap_widths(kept, original, spec.max_layer_ratio, spec.round_to, ch_groups)
+        for group in groups:
+            prune_to(graph, group, scores[group.name], kept[group.name])
+        model.zero_grad(set_to_none=True)
+        bad = misaligned(before, widths(model), spec.round_to)
+        if bad:
+            raise ConfigError(f"pruned widths are not multiples of {spec.round_to}: {', '.join(bad[:5])}")
+        loss = distillation_loss(teacher, spec.distill_temperature, spec.distill_alpha) if teacher else None
+        say(f"step {step}/{spec.steps}: pruned to {sum(kept.values())} of {sum(original.values())} channels; "
+            "fine-tuning" + (" with distillation" if teacher else ""))
+        epochs, validation = fit(model, step, loss, None)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        steps.append(PruneStep(step, sum(kept.values()), epochs, validation, state, history(graph)))
+    return steps
