@@ -5,6 +5,10 @@ memory until the end (gigabytes for 512 images of a ResNet), entropy and percent
 pass, and its KL search is not TensorRT's. This collector streams: one pass, every float tensor, a
 running |x| histogram whose range doubles when a larger value arrives (doubling merges bins exactly),
 from which every method's threshold is computed afterwards.
+
+Min and max are computed exactly inside the graph (ReduceMin/ReduceMax); the histogram is built from
+every third element (a flattened stride-3 slice, co-prime with the power-of-two shapes of CNN tensors),
+which keeps the shape of the distribution while copying and binning a third of the data.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .methods import choose_amax
 from .table import CalibrationTable, TensorRange
 
 BINS = 2048
+SAMPLE_STEP = 3
 Progress = Callable[[int], None]
 
 
@@ -31,8 +36,8 @@ class TensorStats:
     edge: float
     counts: np.ndarray
 
-    def add(self, values: np.ndarray) -> None:
-        lo, hi = float(values.min()), float(values.max())
+    def add(self, values: np.ndarray, lo: float, hi: float) -> None:
+        """``values``: a sample of the tensor; ``lo``/``hi``: its exact extremes."""
         self.lowest, self.highest = min(self.lowest, lo), max(self.highest, hi)
         peak = max(abs(lo), abs(hi))
         self.absmax = max(self.absmax, peak)
@@ -65,14 +70,31 @@ def float_tensors(model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _augmented(model: onnx.ModelProto, names: list[str]) -> bytes:
+def _augmented(model: onnx.ModelProto, names: list[str], step: int) -> tuple[bytes, list[str]]:
+    """Add, per tensor, outputs for its exact min and max and a strided sample of its values."""
+    from onnx import helper, numpy_helper
+
     graph = onnx.ModelProto()
     graph.CopyFrom(model)
-    present = {o.name for o in graph.graph.output}
-    for name in names:
-        if name not in present:
-            graph.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    return graph.SerializeToString()
+    constants = {"flat": np.array([-1], np.int64), "start": np.array([0], np.int64),
+                 "end": np.array([np.iinfo(np.int64).max], np.int64), "axis": np.array([0], np.int64),
+                 "step": np.array([step], np.int64)}
+    for key, value in constants.items():
+        graph.graph.initializer.append(numpy_helper.from_array(value, f"edgekit_calib_{key}"))
+    outputs = []
+    for index, name in enumerate(names):
+        tag = f"edgekit_calib_{index}"
+        graph.graph.node.extend([
+            helper.make_node("ReduceMin", [name], [f"{tag}_min"], keepdims=0),
+            helper.make_node("ReduceMax", [name], [f"{tag}_max"], keepdims=0),
+            helper.make_node("Reshape", [name, "edgekit_calib_flat"], [f"{tag}_flat"]),
+            helper.make_node("Slice", [f"{tag}_flat", "edgekit_calib_start", "edgekit_calib_end",
+                                       "edgekit_calib_axis", "edgekit_calib_step"], [f"{tag}_sample"]),
+        ])
+        for suffix in ("min", "max", "sample"):
+            graph.graph.output.append(helper.make_empty_tensor_value_info(f"{tag}_{suffix}"))
+            outputs.append(f"{tag}_{suffix}")
+    return graph.SerializeToString(), outputs
 
 
 @dataclass
@@ -94,17 +116,18 @@ def collect(model_path: Path, batches: Iterable[np.ndarray], progress: Progress 
     options.log_severity_level = 3
     # No graph rewrites: the tensors we ask for must be the ones in the file.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(_augmented(model, names), sess_options=options,
-                                   providers=["CPUExecutionProvider"])
+    augmented, outputs = _augmented(model, names, SAMPLE_STEP)
+    session = ort.InferenceSession(augmented, sess_options=options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     stats: dict[str, TensorStats] = {}
     images = 0
     for batch in batches:
-        outputs = session.run(names, {input_name: batch})
-        for name, values in zip(names, outputs):
+        results = session.run(outputs, {input_name: batch})
+        for index, name in enumerate(names):
+            low, high, sample = results[3 * index:3 * index + 3]
             if name not in stats:
                 stats[name] = TensorStats(np.inf, -np.inf, 0.0, 0.0, np.zeros(BINS, np.int64))
-            stats[name].add(values)
+            stats[name].add(sample, float(low), float(high))
         images += len(batch)
         if progress:
             progress(len(batch))
