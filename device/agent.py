@@ -108,6 +108,21 @@ def status(root: Path) -> Dict[str, Any]:
     }
 
 
+def commit_blob(root: Path, sha: str) -> int:
+    """The upload's last step, run on the device: the hash is checked where the bytes landed."""
+    spool = Spool(root)
+    part = spool.blobs / "{}.part".format(sha)
+    if not part.is_file():
+        log("error: no upload {} to commit".format(part))
+        return 1
+    try:
+        spool.commit_blob(sha, part)
+    except ValueError as exc:
+        log("error: {}".format(exc))
+        return 1
+    return 0
+
+
 def install_service(root: str, output: Optional[str], system: bool, user: Optional[str]) -> str:
     agent = shutil.which("edgekit-agent") or os.path.join(os.path.dirname(sys.executable), "edgekit-agent")
     text = unit_text(os.path.abspath(agent), str(Path(root).expanduser().resolve()),
@@ -127,6 +142,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     run.add_argument("--once", action="store_true", help="exit when the queue is empty")
     info = sub.add_parser("status", help="print the agent's state, backends and device as JSON")
     info.add_argument("--root", default=DEFAULT_ROOT)
+    blob = sub.add_parser("commit-blob", help="move an uploaded blobs/<sha>.part into the store if its hash matches")
+    blob.add_argument("--root", default=DEFAULT_ROOT)
+    blob.add_argument("sha256")
     unit = sub.add_parser("install-service", help="write the systemd unit that starts the agent at boot")
     unit.add_argument("--root", default=DEFAULT_ROOT)
     unit.add_argument("--output", help="where to write the unit (default: print it)")
@@ -143,6 +161,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "status":
             print(json.dumps(status(Path(args.root).expanduser()), indent=2, sort_keys=True))
             return 0
+        if args.command == "commit-blob":
+            return commit_blob(Path(args.root).expanduser(), args.sha256)
         if args.command == "install-service":
             text = install_service(args.root, args.output, args.system, args.user)
             if not args.output:

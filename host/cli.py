@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Prune, fold, quantise and ship CNNs to edge devices; build, validate and benchmark there.")
 data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets.")
 app.add_typer(data_app, name="data")
+device_app = typer.Typer(no_args_is_help=True, help="Add, set up and check devices reached over SSH.")
+app.add_typer(device_app, name="device")
 console = Console()
 err = Console(stderr=True)
 if not console.is_terminal:  # pipes and CI logs: keep report rows on one line
@@ -125,14 +128,26 @@ def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Optio
 
 
 @app.command()
-def push(device: str = typer.Argument(..., help="device name from deploy.toml, or 'local'"),
+def push(device: Optional[str] = typer.Argument(None, help="device name from deploy.toml, or 'local'"),
+         all_devices: bool = typer.Option(False, "--all", help="every device in deploy.toml"),
+         group: Optional[str] = typer.Option(None, "--group", help="the devices of one group"),
+         parallel: int = typer.Option(4, min=1, max=32, help="devices pushed at once (fleets)"),
          config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
-    """Optimise, ship to DEVICE, build there, validate, benchmark, and print the latency report."""
+    """Optimise, ship to DEVICE (or a fleet), build there, validate, benchmark, and print the latency report."""
+    from .fleet import select_devices
+
+    config = _load(config_path)
+    names = select_devices(config, device, all_devices, group)
+    if len(names) == 1 and device:
+        return _push_one(config, names[0], json_mode)
+    _push_fleet(config, names, parallel, json_mode)
+
+
+def _push_one(config, device: str, json_mode: bool) -> None:
     from .push import budget_failures
     from .push import push as run_push
     from .report import latency_rows, print_report
 
-    config = _load(config_path)
     say = _say(json_mode)
     with err.status("working…") as status:
         def on_event(event: dict) -> None:
@@ -154,6 +169,24 @@ def push(device: str = typer.Argument(..., help="device name from deploy.toml, o
     if report.get("status") != "done":
         raise CheckFailed(f"job {report['job']} on {device} failed: {report.get('error')}")
     if failures:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _push_fleet(config, names: list[str], parallel: int, json_mode: bool) -> None:
+    from .fleet import push_fleet
+    from .report import latency_rows, latency_table
+
+    outcome = push_fleet(config, names, parallel, _say(json_mode),
+                         lambda device, event: None if json_mode or event["kind"] not in ("stage", "failed", "cache")
+                         else err.print(f"[dim]{device}: {event['message']}[/dim]"))
+    rows = [row for name in names for row in latency_rows(outcome[name], name)]
+    if json_mode:
+        _emit({"devices": outcome, "rows": rows})
+    else:
+        console.print(latency_table(rows, title=f"edgekit fleet report ({len(names)} devices)"))
+    failed = [name for name in names if outcome[name].get("status") != "done"]
+    if failed:
+        err.print(f"[red]error:[/red] {len(failed)} of {len(names)} device(s) failed: {', '.join(failed)}")
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -246,6 +279,102 @@ def compare(old: Optional[str] = typer.Argument(None, help="job id (default: the
     for row in rows:
         table.add_row(str(row["batch"]), f"{row['old_p50_ms']:.3f}", f"{row['new_p50_ms']:.3f}",
                       f"{row['speedup']:.2f}×" if row["speedup"] else "-")
+    console.print(table)
+
+
+@device_app.command("add")
+def device_add(name: str = typer.Argument(..., help="the device's name in deploy.toml"),
+               host: str = typer.Option(..., help="host name, address or ~/.ssh/config alias"),
+               user: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
+               trust: Optional[str] = typer.Option(None, help="the SHA256:... fingerprint you checked on the device"),
+               backend: str = typer.Option("onnxruntime", help="onnxruntime or tensorrt"),
+               config_path: Path = ConfigOption) -> None:
+    """Show DEVICE's host key fingerprint, record it once you confirm, and add the device to deploy.toml."""
+    from .fleet import append_device
+    from .ssh import fingerprint, resolve, scan_host_key, trust_host_key
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or name == "local":
+        raise ConfigError(f"device name {name!r}: use letters, digits, '.', '_' or '-' ('local' is built in)")
+    destination = resolve(host, user, port)
+    key = scan_host_key(destination)
+    seen = fingerprint(key)
+    console.print(f"{destination} offers a {key.get_name()} host key {seen}")
+    if trust is not None and trust != seen:
+        raise CheckFailed(f"the host key is {seen}, not the {trust} you passed: refusing to trust it")
+    if trust is None:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"not a terminal: pass --trust {seen} after checking the fingerprint on the device")
+        if not typer.confirm("Is this the device's key (compare with `ssh-keygen -lf` on it)?", default=False):
+            raise CheckFailed("host key not trusted; nothing was recorded")
+    path = trust_host_key(destination, key)
+    console.print(f"recorded the key in {path}")
+    if append_device(config_path, name, host, user, port, backend):
+        console.print(f"added [devices.{name}] to {config_path}; next: `edgekit device setup {name}`")
+
+
+@device_app.command("setup")
+def device_setup(name: str = typer.Argument(...),
+                 onnxruntime: bool = typer.Option(True, "--onnxruntime/--no-onnxruntime",
+                                                  help="ship ONNX Runtime for the CPU backend"),
+                 config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
+    """Install edgekit's agent on DEVICE (no internet needed there), trust this host's key, start the service."""
+    from .setup import install
+    from .transports.ssh import SSHTransport
+
+    config = _load(config_path)
+    device = config.device(name)
+    if device.kind != "ssh":
+        raise ConfigError(f"device {name!r} is {device.kind}; only ssh devices are set up")
+    transport = SSHTransport(name, device)
+    try:
+        result = install(transport, device, onnxruntime, _say(json_mode))
+    finally:
+        transport.close()
+    summary = {"device": name, "venv": result.venv, "service": result.service, "wheels": result.wheels,
+               "python": result.python.python, "machine": result.python.machine}
+    _emit(summary) if json_mode else console.print(f"{name}: agent installed in {result.venv}; {result.service}")
+
+
+@device_app.command("check")
+def device_check(name: str = typer.Argument(...), config_path: Path = ConfigOption,
+                 json_mode: bool = JsonOption) -> None:
+    """Reachable? Agent version and state, backends with versions, Jetson model and JetPack, free disk."""
+    from .setup import check
+    from .transports.ssh import SSHTransport
+
+    config = _load(config_path)
+    transport = SSHTransport(name, config.device(name))
+    try:
+        info = check(transport)
+    finally:
+        transport.close()
+    if json_mode:
+        _emit(info)
+    else:
+        _print_check(info)
+    if not info["agent_running"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_check(info: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{info['device']} ({info['destination']})", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("agent", f"{info['agent_version']} " + ("[green]running[/green]" if info["agent_running"]
+                                                          else "[red]not running[/red]"))
+    for backend, about in info["backends"].items():
+        text = (f"{about.get('version')} ({', '.join(about.get('providers', [])) or about.get('device', '')})"
+                if about.get("available") else f"[yellow]unavailable[/yellow]: {about.get('reason')}")
+        table.add_row(backend, text)
+    device = info["device_info"]
+    table.add_row("device", str(device.get("jetson_model") or f"{device.get('machine')} {device.get('system')}"))
+    if device.get("l4t") or device.get("jetpack"):
+        table.add_row("L4T / JetPack", f"{device.get('l4t') or '-'} / {device.get('jetpack') or '-'}")
+    free = info.get("free_disk_bytes")
+    table.add_row("free disk", f"{free / 1e9:.1f} GB" if free else "-")
+    table.add_row("active models", ", ".join(f"{k} → {v}" for k, v in info["models"].items()) or "none")
     console.print(table)
 
 

@@ -140,6 +140,8 @@ class DeviceSection(Strict):
     user: Optional[str] = None
     port: Optional[int] = Field(default=None, ge=1, le=65535)
     root: str = "~/.edgekit"
+    venv: str = Field(default="", description="the device's edgekit virtualenv; default <root>/venv")
+    python: str = Field(default="python3", description="the device interpreter the venv is made from")
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     precision: Precision = "fp32"
     allow_fallback: bool = False

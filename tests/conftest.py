@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,3 +96,46 @@ def project(tmp_path, trained_project, monkeypatch) -> Path:
     monkeypatch.setenv("EDGEKIT_HOME", str(home))
     yield root
     kill_agents(home)
+
+
+# -- SSH devices ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def ssh_lab(tmp_path_factory):
+    """A host-side home (~/.ssh with a client key, EDGEKIT_HOME) and a way to start sshd servers."""
+    from .sshd import SSHServer, device_user, free_port, keygen, sshd_binary
+
+    if sshd_binary() is None:
+        pytest.skip("OpenSSH server is not installed (make test installs it when run as root)")
+    probe = subprocess.run(["/usr/bin/env", "python3", "-c", "import numpy, venv"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("the device side needs python3 with numpy and venv (apt-get install python3-numpy python3-venv)")
+    user, device_home = device_user()
+    home = tmp_path_factory.mktemp("sshhome")
+    (home / ".ssh").mkdir(mode=0o700)
+    keygen(home / ".ssh" / "id_ed25519")
+    servers: list[SSHServer] = []
+
+    # sshd reads authorized_keys as the device user, who cannot enter pytest's 0700 temp directory
+    servers_dir = Path(tempfile.mkdtemp(prefix="edgekit-sshd-"))
+    os.chmod(servers_dir, 0o755)
+
+    def server(name: str = "dev") -> SSHServer:
+        started = SSHServer(servers_dir / name, free_port(), user).start(home / ".ssh" / "id_ed25519.pub")
+        servers.append(started)
+        return started
+
+    lab = type("Lab", (), {})()
+    lab.home, lab.user, lab.device_home, lab.server = home, user, device_home, server
+    lab.env = {"HOME": str(home), "EDGEKIT_HOME": str(home / "edgekit"), "SSH_AUTH_SOCK": ""}
+    yield lab
+    for started in servers:
+        started.stop()
+    shutil.rmtree(servers_dir, ignore_errors=True)
+    if os.geteuid() == 0:
+        subprocess.run(["pkill", "-u", user, "-f", "edgekit-agent"], capture_output=True)
+    else:
+        for status in device_home.glob(".edgekit-test-*/agent.json"):
+            try:
+                os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
+            except (ProcessLookupError, KeyError, ValueError):
+                pass

@@ -11,6 +11,6 @@ def open_transport(name: str, device: DeviceSection) -> Transport:
         from .local import LocalTransport
 
         return LocalTransport(device.root)
-    from ..errors import ConfigError
+    from .ssh import SSHTransport
 
-    raise ConfigError(f"device {name!r}: SSH devices are not supported by this version yet")
+    return SSHTransport(name, device)

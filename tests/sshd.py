@@ -1,0 +1,96 @@
+"""Real OpenSSH servers on 127.0.0.1 for the tests: random ports, generated keys, an unprivileged user.
+
+As root the devices log in as ``edgekit-dev`` (created if missing), so the agent runs unprivileged as
+on a Jetson; otherwise as the current user.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEVICE_USER = "edgekit-dev"
+
+
+def sshd_binary() -> str | None:
+    return shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+
+
+def device_user() -> tuple[str, Path]:
+    if os.geteuid() != 0:
+        return getpass.getuser(), Path.home()
+    try:
+        entry = pwd.getpwnam(DEVICE_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", DEVICE_USER], check=True)
+        entry = pwd.getpwnam(DEVICE_USER)
+    # A new account is locked ("!"), which sshd refuses even for keys without PAM; "*" means no password.
+    subprocess.run(["usermod", "-p", "*", DEVICE_USER], check=True)
+    return DEVICE_USER, Path(entry.pw_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+@dataclass
+class SSHServer:
+    directory: Path
+    port: int
+    user: str
+    process: subprocess.Popen | None = None
+
+    @property
+    def host_key(self) -> Path:
+        return self.directory / "host_key"
+
+    def start(self, authorized_keys: Path) -> "SSHServer":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o755)
+        if not self.host_key.exists():
+            keygen(self.host_key)
+        shutil.copy(authorized_keys, self.directory / "authorized_keys")
+        os.chmod(self.directory / "authorized_keys", 0o644)
+        config = self.directory / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
+            f"AuthorizedKeysFile {self.directory / 'authorized_keys'}", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "StrictModes no", "UsePAM no",
+            f"AllowUsers {self.user}", f"PidFile {self.directory / 'sshd.pid'}", "LogLevel ERROR",
+            "Subsystem sftp internal-sftp", "MaxStartups 50", "MaxSessions 50", "",
+        ]))
+        Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
+        self.process = subprocess.Popen([sshd_binary(), "-D", "-e", "-f", str(config)],
+                                        stdout=subprocess.DEVNULL, stderr=open(self.directory / "sshd.log", "ab"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                assert self.process.poll() is None, (self.directory / "sshd.log").read_text()
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=10)
+
+    def known_hosts_line(self) -> str:
+        kind, key = self.host_key.with_suffix(".pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {kind} {key}"

@@ -1,0 +1,192 @@
+"""Shipping over SSH to real OpenSSH servers on 127.0.0.1, the agent running as an unprivileged user."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli
+
+pytestmark = [pytest.mark.ssh, pytest.mark.slow]
+
+
+def ssh_fingerprint(server) -> str:
+    out = subprocess.run(["ssh-keygen", "-lf", str(server.host_key.with_suffix(".pub"))], capture_output=True,
+                         text=True, check=True).stdout
+    return out.split()[1]
+
+
+def add_device(project: Path, env: dict, lab, server, name: str, group: str | None = None) -> None:
+    result = run_cli("device", "add", name, "--host", "127.0.0.1", "--port", str(server.port), "--user", lab.user,
+                     "--trust", ssh_fingerprint(server), cwd=project, env=env)
+    assert result.returncode == 0, result.stderr
+    extra = ['root = "~/.edgekit-test-{}"'.format(name), 'venv = "~/.edgekit-test-venv"', 'python = "/usr/bin/python3"']
+    if group:
+        extra.append(f'groups = ["{group}"]')
+    config = project / "deploy.toml"
+    config.write_text(config.read_text() + "\n".join(extra) + "\n")
+
+
+@pytest.fixture(scope="module")
+def lab_project(ssh_lab, trained_project, tmp_path_factory):
+    project = tmp_path_factory.mktemp("sshproject") / "p"
+    shutil.copytree(trained_project, project, ignore=shutil.ignore_patterns("home", ".edgekit"))
+    env = dict(os.environ, **ssh_lab.env)
+    server = ssh_lab.server("main")
+    add_device(project, env, ssh_lab, server, "jet")
+    setup = run_cli("device", "setup", "jet", "--json", cwd=project, env=env)
+    assert setup.returncode == 0, setup.stderr
+    assert json.loads(setup.stdout)["wheels"][0].startswith("edgekit-")
+    return project, env, server
+
+
+def test_device_check_reports_agent_backends_and_disk(lab_project):
+    project, env, _ = lab_project
+    result = run_cli("device", "check", "jet", "--json", cwd=project, env=env)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["reachable"] and info["agent_running"] and info["agent_version"] == info["host_version"]
+    assert info["backends"]["onnxruntime"]["available"] and info["backends"]["onnxruntime"]["version"]
+    assert info["backends"]["tensorrt"]["available"] is False and info["free_disk_bytes"] > 0
+    table = run_cli("device", "check", "jet", cwd=project, env=env)
+    assert "running" in table.stdout and "onnxruntime" in table.stdout
+
+
+def test_push_over_ssh_then_a_repush_sends_no_model_bytes(lab_project):
+    project, env, _ = lab_project
+    first = run_cli("push", "jet", "--json", cwd=project, env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)["report"]
+    assert report["status"] == "done" and report["validation"]["passed"] and report["uploaded_bytes"] > 0
+    second = run_cli("push", "jet", "--json", cwd=project, env=env)
+    assert second.returncode == 0, second.stderr
+    again = json.loads(second.stdout)["report"]
+    assert again["uploaded_bytes"] == 0 and again["engine_reused"]
+    status = run_cli("status", "jet", "--json", cwd=project, env=env)
+    assert status.returncode == 0 and json.loads(status.stdout)["job"] == again["job"]
+
+
+def test_unknown_and_changed_host_keys_are_refused(lab_project, ssh_lab):
+    project, env, _ = lab_project
+    stranger = ssh_lab.server("stranger")
+    config = project / "deploy.toml"
+    original = config.read_text()
+    config.write_text(original + f'\n[devices.stranger]\nhost = "127.0.0.1"\nport = {stranger.port}\n'
+                                 f'user = "{ssh_lab.user}"\nroot = "~/.edgekit-test-stranger"\n')
+    try:
+        unknown = run_cli("push", "stranger", cwd=project, env=env)
+        assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+        assert "unknown ssh-ed25519 host key " + ssh_fingerprint(stranger) in unknown.stderr.replace("\n", "")
+        wrong = run_cli("device", "add", "stranger", "--host", "127.0.0.1", "--port", str(stranger.port),
+                        "--trust", "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", cwd=project, env=env)
+        assert wrong.returncode == 1 and "refusing to trust" in wrong.stderr
+        right = run_cli("device", "add", "stranger", "--host", "127.0.0.1", "--port", str(stranger.port),
+                        "--trust", ssh_fingerprint(stranger), cwd=project, env=env)
+        assert right.returncode == 0, right.stderr
+        stranger.stop()  # the device is "reinstalled": a new host key on the same address
+        stranger.host_key.unlink()
+        stranger.host_key.with_suffix(".pub").unlink()
+        stranger.start(ssh_lab.home / ".ssh" / "id_ed25519.pub")
+        changed = run_cli("push", "stranger", cwd=project, env=env)
+        assert changed.returncode == 1 and "HOST KEY CHANGED" in changed.stderr
+        assert ssh_fingerprint(stranger) in changed.stderr.replace("\n", "")
+    finally:
+        config.write_text(original)
+        stranger.stop()
+
+
+def test_tampered_unsigned_and_foreign_bundles_are_rejected_over_ssh(lab_project, monkeypatch, tmp_path):
+    from edgekit.host.bundle import make_manifest, manifest_bytes
+    from edgekit.host.config import load_config
+    from edgekit.host.keys import load_or_create_key, sign
+    from edgekit.host.optimize import optimize
+    from edgekit.host.push import follow
+    from edgekit.host.transports.ssh import SSHTransport
+
+    project, env, _ = lab_project
+    for key in ("HOME", "EDGEKIT_HOME", "SSH_AUTH_SOCK"):
+        monkeypatch.setenv(key, env[key])
+    assert run_cli("push", "jet", cwd=project, env=env).returncode == 0
+    config = load_config(project / "deploy.toml")
+    optimized = optimize(config, say=lambda m: None)
+    manifest = make_manifest(config, config.device("jet"), optimized.files, dict(optimized.host))
+    payload = manifest_bytes(manifest)
+    key = load_or_create_key(Path(env["EDGEKIT_HOME"]))
+    transport = SSHTransport("jet", config.device("jet"))
+    try:
+        before = transport.status()["models"]["tiny"]
+        cases = [(payload.replace(b'"fp32"', b'"int8"', 1), sign(key, payload), "altered after signing"),
+                 (payload, b"", "not an ed25519 signature"),
+                 (payload, sign(load_or_create_key(tmp_path / "other"), payload), "does not trust")]
+        for index, (body, signature, words) in enumerate(cases):
+            job = f"20990101T00000{index}-abcdef"
+            transport.publish(job, body, signature)
+            report = follow(transport, job, lambda event: None)
+            assert report["status"] == "failed" and words in report["error"]
+        assert transport.status()["models"]["tiny"] == before
+    finally:
+        transport.close()
+
+
+def test_an_upload_cut_off_half_way_resumes_where_it_stopped(lab_project, monkeypatch, tmp_path):
+    from edgekit.device.manifest import sha256_file
+    from edgekit.host.config import load_config
+    from edgekit.host.transports.ssh import SSHTransport
+
+    project, env, _ = lab_project
+    for key in ("HOME", "EDGEKIT_HOME", "SSH_AUTH_SOCK"):
+        monkeypatch.setenv(key, env[key])
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(3 * 1024 * 1024))
+    sha = sha256_file(blob)
+    device = load_config(project / "deploy.toml").device("jet")
+    first = SSHTransport("jet", device)
+    sent = []
+
+    def cut_off(size: int) -> None:
+        sent.append(size)
+        if len(sent) == 4:
+            first.client.close()  # the connection drops mid-upload
+            raise ConnectionResetError("connection lost")
+
+    with pytest.raises((ConnectionResetError, OSError)):
+        first.upload(sha, blob, cut_off)
+    second = SSHTransport("jet", device)
+    try:
+        partial = second.sftp.stat(second.path("blobs", f"{sha}.part")).st_size
+        assert 0 < partial < blob.stat().st_size
+        resumed = []
+        second.upload(sha, blob, resumed.append)
+        assert sum(resumed) == blob.stat().st_size - partial
+        assert sha not in second.missing([sha])
+    finally:
+        second.close()
+
+
+def test_a_fleet_of_three_gets_one_table_and_a_dead_device_does_not_stop_it(lab_project, ssh_lab):
+    project, env, _ = lab_project
+    config = project / "deploy.toml"
+    original = config.read_text()
+    try:
+        config.write_text(original.replace('root = "~/.edgekit-test-jet"', 'root = "~/.edgekit-test-jet"\n'
+                                                                            'groups = ["lab"]'))
+        for name in ("b", "c"):
+            add_device(project, env, ssh_lab, ssh_lab.server(name), name, group="lab")
+            assert run_cli("device", "setup", name, cwd=project, env=env).returncode == 0
+        fleet = run_cli("push", "--group", "lab", "--json", cwd=project, env=env)
+        assert fleet.returncode == 0, fleet.stderr
+        rows = json.loads(fleet.stdout)["rows"]
+        assert sorted({row["device"] for row in rows}) == ["b", "c", "jet"]
+        assert all(row["status"] == "done" and row["validation"] == "passed" for row in rows)
+        config.write_text(config.read_text() + '\n[devices.down]\nhost = "127.0.0.1"\nport = 9\n'
+                                                'groups = ["lab"]\n')
+        partial = run_cli("push", "--group", "lab", cwd=project, env=env)
+        assert partial.returncode == 1 and "1 of 4 device(s) failed: down" in partial.stderr
+        assert partial.stdout.count("passed") >= 6 and "cannot reach" in partial.stdout
+    finally:
+        config.write_text(original)
