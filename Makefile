@@ -25,13 +25,16 @@ runs/resnet20-digits.pt: deploy.toml data/digits/test_batch | $(VENV)/.installed
 demo: install data/digits/test_batch runs/resnet20-digits.pt
 	$(BIN)/edgekit push local
 
-# OpenSSH's server for the SSH tests: installed when missing and we are root (the tests run it as us).
+# The SSH tests' device: OpenSSH's server, and a system python3 with numpy and venv (what JetPack has).
+# Installed when missing and we are root; otherwise the SSH tests are skipped, visibly.
+SSH_PACKAGES := openssh-server python3-numpy python3-venv
 sshd:
-	@if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing openssh-server"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; \
-	  else echo "sshd is missing: install openssh-server (the SSH tests will be skipped)"; fi; \
+	@missing=$$(for p in $(SSH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing $$missing: the SSH tests will be skipped"; fi; \
 	fi
 
 lint: install

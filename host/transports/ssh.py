@@ -104,7 +104,11 @@ class SSHTransport(Transport):
         return [sha for sha in hashes if sha not in present]
 
     def upload(self, sha: str, path: Path, progress: BytesProgress) -> None:
-        """Append to ``<sha>.part`` from where an earlier, interrupted upload stopped."""
+        self.send_part(sha, path, progress)
+        self.commit(sha, path.name)
+
+    def send_part(self, sha: str, path: Path, progress: BytesProgress) -> str:
+        """Append to ``blobs/<sha>.part`` from where an earlier, interrupted upload stopped."""
         part = self.path("blobs", f"{sha}.part")
         size = path.stat().st_size
         try:
@@ -123,9 +127,13 @@ class SSHTransport(Transport):
                     break
                 target.write(block)
                 progress(len(block))
+        return part
+
+    def commit(self, sha: str, label: str) -> None:
+        """The device hashes the upload and moves it into the store, or deletes it."""
         code, _, err = self.run(self.agent_command("commit-blob", sha))
         if code != 0:
-            raise CheckFailed(f"upload of {path.name} to {self.device_name} failed: {err.strip().splitlines()[-1]}")
+            raise CheckFailed(f"upload of {label} to {self.device_name} failed: {err.strip().splitlines()[-1]}")
 
     def publish(self, job: str, manifest: bytes, signature: bytes) -> None:
         staging = self.path("incoming", f"{job}.part")
