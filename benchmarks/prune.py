@@ -35,7 +35,8 @@ path = "{data}"
 augment = ["crop"]
 [prune]
 enabled = true
-ratio = 0.5
+ratio = {ratio}
+scope = "{scope}"
 steps = 1
 finetune_epochs = {finetune}
 lr = 0.01
@@ -46,7 +47,8 @@ enabled = false
 """
 
 
-def run(arch: str, width: float, epochs: int, finetune: int, work: Path) -> dict:
+def run(arch: str, width: float, epochs: int, finetune: int, work: Path, ratio: float = 0.5,
+        scope: str = "uniform") -> dict:
     data = digits(work)
     model, mean, std = trained(work, arch, width, epochs, data)
     project = work / f"{arch}-w{width}"
@@ -54,7 +56,8 @@ def run(arch: str, width: float, epochs: int, finetune: int, work: Path) -> dict
     project.mkdir()
     save_checkpoint(project / "model.pt", model, {"arch": arch, "width": width, "mean": mean, "std": std})
     (project / "deploy.toml").write_text(PROJECT.format(name=f"{arch}-w{width}", arch=arch, width=width,
-                                                        data=work / "digits", finetune=finetune))
+                                                        data=work / "digits", finetune=finetune, ratio=ratio,
+                                                        scope=scope))
     result = optimize(load_config(project / "deploy.toml"), say=print, force=True)
     original = project / "original.onnx"
     export_onnx(fold_batchnorm(model)[0], original, [3, 32, 32])
@@ -75,13 +78,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--finetune", type=int, default=6)
     parser.add_argument("--models", default="resnet20:4,mobilenetv2:1")
+    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed")
+    parser.add_argument("--scope", default="uniform", choices=["uniform", "global"])
+    parser.add_argument("--name", default="prune", help="results/<name>.json")
     args = parser.parse_args()
     work = RESULTS / ".work"
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for item in args.models.split(","):
         arch, width = item.split(":")
-        results.append(run(arch, float(width), args.epochs, args.finetune, work))
+        results.append(run(arch, float(width), args.epochs, args.finetune, work, args.ratio, args.scope))
     rows = []
     checks = {}
     for r in results:
@@ -94,7 +100,8 @@ def main() -> None:
         checks[r["model"]] = {"macs_at_most_30_percent": r["macs_ratio"] <= 0.30,
                               "top1_within_1_point": r["top1_drop"] <= 0.01,
                               "b32_at_least_2.5x_faster": r["speedup_b32"] >= 2.5}
-    report("prune", "50% channel pruning + fine-tuning on digits (ONNX Runtime, medians, side by side)",
+    report(args.name, f"{args.ratio:.0%} {args.scope} channel pruning + fine-tuning on digits "
+           "(ONNX Runtime, medians, side by side)",
            ["model", "params", "MACs", "top-1", "b1 p50 ms", "b32 p50 ms", "b32 speed-up"], rows,
            {"args": vars(args), "results": results, "targets_met": checks})
     for model, model_checks in checks.items():

@@ -84,13 +84,28 @@ def serve(root: Path, poll: float, once: bool) -> int:
     while True:
         jobs = spool.queued()
         for job in jobs:
-            spool.claim(job)
-            spool.set_state(job, "claimed")
+            if not take(spool, job):
+                continue
             runner.run(job)
         if once and not jobs:
             return 0
         if not jobs:
             time.sleep(poll)
+
+
+def take(spool: Spool, job: str) -> bool:
+    """Claim a queued job; a job id that already ran is dropped (never crash the loop over one entry)."""
+    if (spool.jobs / job).exists():
+        log("error: job id {} was published again; the duplicate is dropped".format(job))
+        shutil.rmtree(str(spool.queue / job), ignore_errors=True)
+        return False
+    try:
+        spool.claim(job)
+    except OSError as exc:
+        log("error: cannot claim job {}: {}".format(job, exc))
+        return False
+    spool.set_state(job, "claimed")
+    return True
 
 
 def status(root: Path) -> Dict[str, Any]:

@@ -22,7 +22,9 @@ from .backends import Backend, BackendUnavailable, get_backend
 from .benchmark import Plan
 from .engines import ENGINE_META, build_options, engine_key
 from .errors import JobError
+from .jetson import TegrastatsSampler
 from .manifest import (
+    CALIBRATION_CACHE,
     MANIFEST,
     REFERENCE,
     SIGNATURE,
@@ -96,7 +98,8 @@ class JobRunner:
             raise JobError("precision fp16 needs the tensorrt backend; use fp32 or int8 with onnxruntime")
         hashes = {name: manifest.files[name].sha256 for name in manifest.files if name != REFERENCE}
         key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
-        engine_dir, meta, reused = self.build(job, backend, files[model_name], key, options)
+        engine_dir, meta, reused = self.build(job, backend, files[model_name], key,
+                                              self.backend_options(options, manifest, files, backend))
         engine = backend.load(engine_dir, meta)
         try:
             self.event(job, "stage", "validating against the host's reference outputs", stage="validate")
@@ -106,12 +109,15 @@ class JobRunner:
             before = telemetry.snapshot()
             results = []
             plan = Plan.from_manifest(manifest.benchmark)
-            for batch in manifest.batch_sizes:
-                self.event(job, "stage", "benchmarking batch {}".format(batch), stage="benchmark", batch=batch)
-                result = engine.benchmark(batch, plan)
-                if "warning" in result:
-                    self.event(job, "warning", result["warning"], batch=batch)
-                results.append(result)
+            extras = {k: bool(manifest.benchmark[k]) for k in ("cuda_graph", "profile_layers")
+                      if k in manifest.benchmark and backend.name == "tensorrt"}
+            with TegrastatsSampler() as sampler:
+                for batch in manifest.batch_sizes:
+                    self.event(job, "stage", "benchmarking batch {}".format(batch), stage="benchmark", batch=batch)
+                    result = engine.benchmark(batch, plan, **extras)
+                    if "warning" in result:
+                        self.event(job, "warning", result["warning"], batch=batch)
+                    results.append(result)
             after = telemetry.snapshot()
         finally:
             engine.close()
@@ -123,10 +129,23 @@ class JobRunner:
             "fallback": fallback, "precision": manifest.precision, "engine_key": key, "engine_reused": reused,
             "engine": meta, "model_file": model_name, "model_size_bytes": manifest.files[model_name].size,
             "validation": validation, "benchmarks": results,
-            "telemetry": {"device": telemetry.describe_host(), "before": before, "after": after},
+            "telemetry": {"device": telemetry.describe_host(), "before": before, "after": after,
+                          "during": sampler.result()},
             "current": os.readlink(str(self.spool.models / manifest.model / "current")),
             "previous": previous, "host": manifest.raw.get("host", {}),
         }
+
+    def backend_options(self, options: Dict[str, Any], manifest: Manifest, files: Dict[str, Path],
+                        backend: Backend) -> Dict[str, Any]:
+        """What the build needs besides the cache-key options: input, caches, the node table for errors."""
+        extra = dict(options, input_name=manifest.input_name, input_shape=manifest.input_shape,
+                     graph=manifest.raw.get("host", {}).get("graphs", {}).get(model_for(manifest)))
+        if backend.name == "tensorrt":
+            version = backend.identity().get("version", "unknown")
+            extra["timing_cache_path"] = str(self.spool.engines / "timing-tensorrt-{}.cache".format(version))
+            if CALIBRATION_CACHE in files:
+                extra["calibration_cache"] = str(files[CALIBRATION_CACHE])
+        return extra
 
     def verify(self, folder: Path) -> Tuple[Manifest, str]:
         """Signature first, then the manifest's own checks; nothing else in the bundle is trusted before."""

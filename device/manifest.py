@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -168,7 +168,7 @@ def load_manifest_bytes(payload: bytes) -> Manifest:
     return parse_manifest(data)
 
 
-def model_for(manifest: Manifest) -> Optional[str]:
+def model_for(manifest: Manifest) -> str:
     """Which ONNX file a backend builds from, given the requested precision."""
     if manifest.precision != "int8":
         return MODEL_FP32

@@ -33,18 +33,25 @@ def thermal_zones(root: Path = Path("/sys/class/thermal")) -> Dict[str, float]:
 
 
 def snapshot() -> Dict[str, Any]:
-    """Load and temperatures at one moment (taken before and after the benchmark)."""
+    """Load, temperatures and (on a Jetson) clocks, throttling and rail power at one moment."""
+    from .jetson import jetson_state
+
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"loadavg_1m": load[0] if load else None, "temperatures_c": thermal_zones() or None}
+    state = {"loadavg_1m": load[0] if load else None, "temperatures_c": thermal_zones() or None}
+    if read_text(Path("/proc/device-tree/model")):
+        state["jetson"] = jetson_state()
+    return state
 
 
 def describe_host() -> Dict[str, Any]:
     """Static facts: what machine ran the job."""
+    from .jetson import jetson_facts
+
     return {
         "hostname": socket.gethostname(),
         "machine": platform.machine(),
         "system": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
-        "jetson_model": read_text(Path("/proc/device-tree/model")),
+        "jetson": jetson_facts(),
     }

@@ -369,9 +369,11 @@ def _print_check(info: dict) -> None:
                 if about.get("available") else f"[yellow]unavailable[/yellow]: {about.get('reason')}")
         table.add_row(backend, text)
     device = info["device_info"]
-    table.add_row("device", str(device.get("jetson_model") or f"{device.get('machine')} {device.get('system')}"))
-    if device.get("l4t") or device.get("jetpack"):
-        table.add_row("L4T / JetPack", f"{device.get('l4t') or '-'} / {device.get('jetpack') or '-'}")
+    jetson = device.get("jetson") or {}
+    table.add_row("device", str(jetson.get("model") or f"{device.get('machine')} {device.get('system')}"))
+    if jetson.get("jetson"):
+        table.add_row("L4T / JetPack", f"{jetson.get('l4t') or 'missing'} / {jetson.get('jetpack') or 'missing'}")
+        table.add_row("nvpmodel", jetson.get("nvpmodel") or "missing")
     free = info.get("free_disk_bytes")
     table.add_row("free disk", f"{free / 1e9:.1f} GB" if free else "-")
     table.add_row("active models", ", ".join(f"{k} → {v}" for k, v in info["models"].items()) or "none")

@@ -125,6 +125,21 @@ def _channel_groups(group: Any) -> int:
     return max(counts)
 
 
+def feeds_part_of_grouped_conv(group: Any, graph: tp.DependencyGraph, width: int) -> bool:
+    """True when the group reaches a grouped conv's inputs through a concatenation (covering only part).
+
+    torch-pruning prunes a grouped conv's input channels as if the removed indices repeated in every
+    conv group; a concat branch covers only some groups, so pruning it would unbalance the groups and
+    corrupt the weights. Such groups are left at full width.
+    """
+    for dep, _ in group:
+        module = dep.target.module
+        if (isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups != module.out_channels
+                and graph.is_in_channel_pruning_fn(dep.handler) and module.in_channels != width):
+            return True
+    return False
+
+
 def prune_groups(graph: tp.DependencyGraph, model: nn.Module, protect: Iterable[str]) -> list[PruneGroup]:
     names = dict(model.named_modules())
     ignored = [classifier(model)]
@@ -137,6 +152,8 @@ def prune_groups(graph: tp.DependencyGraph, model: nn.Module, protect: Iterable[
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
         root = group[0][0].target.module
         width = graph.get_pruner_of_module(root).get_out_channels(root)
+        if feeds_part_of_grouped_conv(group, graph, width):
+            continue
         groups.append(PruneGroup(module_names[root], group, root, width, _channel_groups(group)))
     return groups
 

@@ -66,8 +66,27 @@ def stage_table(stages: list[dict[str, Any]]) -> Table:
     return table
 
 
+def backend_line(report: dict[str, Any]) -> str:
+    """Which backend ran, with the versions it reported, e.g. 'tensorrt 10.3.0 on Orin (8.7), CUDA 12060'."""
+    about = report.get("backend_describe", {})
+    parts = [report.get("backend", "?"), str(about.get("version", ""))]
+    if about.get("device"):
+        parts.append(f"on {about['device']} ({about.get('compute_capability', '?')})")
+    if about.get("cuda_runtime"):
+        parts.append(f"CUDA {about['cuda_runtime']}")
+    if about.get("cpu"):
+        parts.append(f"on {about['cpu']}")
+    jetson = report.get("telemetry", {}).get("device", {}).get("jetson") or {}
+    if jetson.get("jetson"):
+        parts.append(f"— {jetson.get('model')}, L4T {jetson.get('l4t') or '?'}, "
+                     f"JetPack {jetson.get('jetpack') or '?'}, nvpmodel {jetson.get('nvpmodel') or '?'}")
+    return " ".join(p for p in parts if p)
+
+
 def print_report(console: Console, report: dict[str, Any], device: str) -> None:
     console.print(latency_table(latency_rows(report, device)))
+    if report.get("status") == "done":
+        console.print(f"[dim]backend: {backend_line(report)}[/dim]")
     for bench in report.get("benchmarks", []):
         if "warning" in bench:
             console.print(f"[yellow]warning (batch {bench['batch']}): {bench['warning']}[/yellow]")

@@ -35,7 +35,7 @@ path = "data"
 batch_sizes = [1, 8]
 
 [train]
-epochs = 2
+epochs = 8
 augment = ["crop"]
 
 [optimize]
@@ -110,6 +110,8 @@ def ssh_lab(tmp_path_factory):
     if probe.returncode != 0:
         pytest.skip("the device side needs python3 with numpy and venv (apt-get install python3-numpy python3-venv)")
     user, device_home = device_user()
+    for stale in device_home.glob(".edgekit-test-*"):  # device roots of an earlier run
+        shutil.rmtree(stale, ignore_errors=True)
     home = tmp_path_factory.mktemp("sshhome")
     (home / ".ssh").mkdir(mode=0o700)
     keygen(home / ".ssh" / "id_ed25519")

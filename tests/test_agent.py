@@ -156,3 +156,16 @@ def test_device_package_imports_without_torch():
             "print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_republished_job_id_is_dropped_and_the_agent_keeps_serving(agent_root):
+    transport, manifest, key = agent_root
+    spool = transport.spool
+    job = publish(transport, manifest, key)
+    assert wait_report(spool, job)["status"] == "done"
+    transport.publish(job, manifest_bytes(manifest), sign(key, manifest_bytes(manifest)))  # same id again
+    deadline = time.monotonic() + 30
+    while (spool.queue / job).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (spool.queue / job).exists()
+    assert wait_report(spool, publish(transport, manifest, key))["status"] == "done"  # still serving

@@ -123,8 +123,10 @@ def test_tampered_unsigned_and_foreign_bundles_are_rejected_over_ssh(lab_project
         cases = [(payload.replace(b'"fp32"', b'"int8"', 1), sign(key, payload), "altered after signing"),
                  (payload, b"", "not an ed25519 signature"),
                  (payload, sign(load_or_create_key(tmp_path / "other"), payload), "does not trust")]
-        for index, (body, signature, words) in enumerate(cases):
-            job = f"20990101T00000{index}-abcdef"
+        from edgekit.device.spool import new_job_id
+
+        for body, signature, words in cases:
+            job = new_job_id()
             transport.publish(job, body, signature)
             report = follow(transport, job, lambda event: None)
             assert report["status"] == "failed" and words in report["error"]
@@ -179,7 +181,7 @@ def test_a_fleet_of_three_gets_one_table_and_a_dead_device_does_not_stop_it(lab_
             add_device(project, env, ssh_lab, ssh_lab.server(name), name, group="lab")
             assert run_cli("device", "setup", name, cwd=project, env=env).returncode == 0
         fleet = run_cli("push", "--group", "lab", "--json", cwd=project, env=env)
-        assert fleet.returncode == 0, fleet.stderr
+        assert fleet.returncode == 0, fleet.stderr + fleet.stdout[-3000:]
         rows = json.loads(fleet.stdout)["rows"]
         assert sorted({row["device"] for row in rows}) == ["b", "c", "jet"]
         assert all(row["status"] == "done" and row["validation"] == "passed" for row in rows)

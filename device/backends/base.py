@@ -22,7 +22,7 @@ class Engine:
     def run(self, inputs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def benchmark(self, batch: int, plan: Plan) -> Dict[str, Any]:
+    def benchmark(self, batch: int, plan: Plan, **options: Any) -> Dict[str, Any]:
         raise NotImplementedError
 
     def close(self) -> None:

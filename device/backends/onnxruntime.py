@@ -58,7 +58,7 @@ class OrtEngine(Engine):
     def run(self, inputs: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input: inputs})[0]
 
-    def benchmark(self, batch: int, plan: Plan) -> Dict[str, Any]:
+    def benchmark(self, batch: int, plan: Plan, **_: Any) -> Dict[str, Any]:
         shape = [batch] + [int(d) for d in self.session.get_inputs()[0].shape[1:]]
         data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         result = measure(lambda: self.run(data), batch, plan)
