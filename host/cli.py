@@ -156,7 +156,7 @@ def _push_one(config, device: str, json_mode: bool) -> None:
                 style = {"failed": "red", "warning": "yellow", "cache": "cyan"}.get(event["kind"], "dim")
                 console.print(f"[{style}]{device}: {event['message']}[/{style}]")
 
-        report, optimized = run_push(config, device, say, on_event)
+        report, optimized = run_push(config, device, say, on_event, _UploadBar(device, status))
     failures = budget_failures(config, report) if report.get("status") == "done" else []
     if json_mode:
         _emit({"report": report, "rows": latency_rows(report, device), "budget_failures": failures,
@@ -170,6 +170,34 @@ def _push_one(config, device: str, json_mode: bool) -> None:
         raise CheckFailed(f"job {report['job']} on {device} failed: {report.get('error')}")
     if failures:
         raise typer.Exit(EXIT_FAILED)
+
+
+class _UploadBar:
+    """A rich bar with bytes sent, total and rate while blobs go to the device (on stderr)."""
+
+    def __init__(self, device: str, status) -> None:
+        self.device, self.status, self.bar, self.task = device, status, None, None
+
+    def start(self, total_bytes: int, files: int) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        if not total_bytes:
+            return
+        self.status.stop()
+        self.bar = Progress(TextColumn(f"uploading {files} file(s) to {self.device}"), BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), console=err, transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("upload", total=total_bytes)
+
+    def advance(self, sent_bytes: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=sent_bytes)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+            self.status.start()
 
 
 def _push_fleet(config, names: list[str], parallel: int, json_mode: bool) -> None:

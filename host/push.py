@@ -21,6 +21,19 @@ Say = Callable[[str], None]
 EventSink = Callable[[dict[str, Any]], None]
 
 
+class UploadProgress:
+    """What the upload reports as it goes; the CLI draws a bar with bytes and rate, others ignore it."""
+
+    def start(self, total_bytes: int, files: int) -> None:
+        """Called once with what is about to be sent."""
+
+    def advance(self, sent_bytes: int) -> None:
+        """Called after each chunk."""
+
+    def finish(self) -> None:
+        """Called when every blob is on the device."""
+
+
 @dataclass
 class Shipment:
     job: str
@@ -28,9 +41,10 @@ class Shipment:
     skipped: int
 
 
-def ship(transport: Transport, optimized: Optimized, manifest: dict, signing_line: str, signature: bytes,
-         payload: bytes, say: Say) -> Shipment:
+def ship(transport: Transport, optimized: Optimized, manifest: dict, signature: bytes, payload: bytes, say: Say,
+         progress: UploadProgress | None = None) -> Shipment:
     """Upload missing blobs (content-addressed), then publish the job in one atomic step."""
+    progress = progress or UploadProgress()
     by_hash = {entry["sha256"]: optimized.files[entry["name"]] for entry in manifest["files"]}
     missing = transport.missing(sorted(by_hash))
     sent = 0
@@ -38,9 +52,14 @@ def ship(transport: Transport, optimized: Optimized, manifest: dict, signing_lin
     def count(size: int) -> None:
         nonlocal sent
         sent += size
+        progress.advance(size)
 
-    for sha in missing:
-        transport.upload(sha, by_hash[sha], count)
+    progress.start(sum(by_hash[sha].stat().st_size for sha in missing), len(missing))
+    try:
+        for sha in missing:
+            transport.upload(sha, by_hash[sha], count)
+    finally:
+        progress.finish()
     say(f"uploaded {len(missing)} file(s), {sent / 1e6:.2f} MB; {len(by_hash) - len(missing)} already on the device")
     job = new_job_id()
     transport.publish(job, payload, signature)
@@ -78,7 +97,8 @@ def follow(transport: Transport, job: str, on_event: EventSink, poll: float = 0.
         time.sleep(poll)
 
 
-def push(config: Config, device_name: str, say: Say, on_event: EventSink) -> tuple[dict[str, Any], Optimized]:
+def push(config: Config, device_name: str, say: Say, on_event: EventSink,
+         progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
     device = config.device(device_name)
     optimized = optimize(config, say)
     manifest = make_manifest(config, device, optimized.files, dict(optimized.host, stages=optimized.stages))
@@ -90,7 +110,7 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink) -> tup
         if device.kind == "local":
             transport.trust(public_line(key))
         transport.ensure_agent()
-        shipment = ship(transport, optimized, manifest, public_line(key), signature, payload, say)
+        shipment = ship(transport, optimized, manifest, signature, payload, say, progress)
         say(f"published job {shipment.job} to {device_name}")
         report = follow(transport, shipment.job, on_event)
     finally:

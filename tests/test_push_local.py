@@ -112,3 +112,38 @@ def test_push_survives_the_local_agent_being_killed_mid_job(project):
     assert report["status"] == "done" and report["validation"]["passed"]
     assert "agent restarted during this job" in (spool.jobs / report["job"] / "events.jsonl").read_text()
     assert json.loads((spool.root / "agent.json").read_text())["pid"] != status["pid"]
+
+
+def test_upload_progress_reports_exactly_the_bytes_the_device_lacks(project):
+    from edgekit.host.bundle import make_manifest, manifest_bytes
+    from edgekit.host.config import host_home, load_config
+    from edgekit.host.keys import load_or_create_key, sign
+    from edgekit.host.optimize import optimize
+    from edgekit.host.push import UploadProgress, ship
+    from edgekit.host.transports.local import LocalTransport
+
+    class Recorder(UploadProgress):
+        def __init__(self):
+            self.total, self.sent, self.files, self.finished = None, 0, None, False
+
+        def start(self, total_bytes, files):
+            self.total, self.files = total_bytes, files
+
+        def advance(self, sent_bytes):
+            self.sent += sent_bytes
+
+        def finish(self):
+            self.finished = True
+
+    config = load_config(project / "deploy.toml")
+    optimized = optimize(config, say=lambda m: None)
+    manifest = make_manifest(config, config.device("local"), optimized.files, dict(optimized.host))
+    payload = manifest_bytes(manifest)
+    transport = LocalTransport(config.device("local").root)
+    first, second = Recorder(), Recorder()
+    signature = sign(load_or_create_key(host_home()), payload)
+    ship(transport, optimized, manifest, signature, payload, lambda m: None, first)
+    assert first.finished and first.files == len(manifest["files"])
+    assert first.sent == first.total == sum(entry["size"] for entry in manifest["files"])
+    ship(transport, optimized, manifest, signature, payload, lambda m: None, second)
+    assert second.total == second.sent == 0 and second.files == 0

@@ -192,3 +192,30 @@ def test_a_fleet_of_three_gets_one_table_and_a_dead_device_does_not_stop_it(lab_
         assert partial.stdout.count("passed") >= 6 and "cannot reach" in partial.stdout
     finally:
         config.write_text(original)
+
+
+def test_proxyjump_from_ssh_config_is_followed(lab_project, ssh_lab):
+    project, env, server = lab_project
+    jump = ssh_lab.server("jump")
+    ssh_config = ssh_lab.home / ".ssh" / "config"
+    ssh_config.write_text(f"Host jumpbox\n  HostName 127.0.0.1\n  Port {jump.port}\n  User {ssh_lab.user}\n"
+                          f"Host behind\n  HostName 127.0.0.1\n  Port {server.port}\n  User {ssh_lab.user}\n"
+                          "  ProxyJump jumpbox\n")
+    config = project / "deploy.toml"
+    original = config.read_text()
+    try:
+        trusted = run_cli("device", "add", "jumpbox", "--host", "jumpbox", "--trust", ssh_fingerprint(jump),
+                          cwd=project, env=env)
+        assert trusted.returncode == 0, trusted.stderr
+        config.write_text(config.read_text() + '\n[devices.behind]\nhost = "behind"\nroot = "~/.edgekit-test-jet"\n'
+                                                'venv = "~/.edgekit-test-venv"\n')
+        through = run_cli("device", "check", "behind", "--json", cwd=project, env=env)
+        assert through.returncode == 0, through.stderr
+        assert json.loads(through.stdout)["agent_running"]
+        jump.stop()  # the jump host is really in the path: without it the device is unreachable
+        cut = run_cli("device", "check", "behind", cwd=project, env=env)
+        assert cut.returncode == 1 and "cannot reach" in cut.stderr
+    finally:
+        config.write_text(original)
+        ssh_config.unlink()
+        jump.stop()
