@@ -20,6 +20,7 @@ from rich.table import Table
 from edgekit.device.stats import summarize
 from edgekit.host.checkpoint import load_model, save_checkpoint
 from edgekit.host.data import Dataset, channel_stats, load_cifar, write_digits
+from edgekit.host.export import onnx_session
 from edgekit.host.models import create_model
 from edgekit.host.train import top1, train
 
@@ -50,16 +51,9 @@ def trained(work: Path, arch: str, width: float, epochs: int, data: Dataset, lr:
     return model.eval(), mean, std
 
 
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def side_by_side(models: dict[str, Path], batch: int, rounds: int = 7, per_round: int = 10) -> dict[str, dict]:
     """Median latency per model, candidates interleaved round by round."""
-    sessions = {name: session(path) for name, path in models.items()}
+    sessions = {name: onnx_session(path) for name, path in models.items()}
     data = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
     timings: dict[str, list[float]] = {name: [] for name in models}
     for s in sessions.values():  # warm-up
@@ -73,13 +67,6 @@ def side_by_side(models: dict[str, Path], batch: int, rounds: int = 7, per_round
                 s.run(None, feed)
                 timings[name].append((time.perf_counter() - tick) * 1000)
     return {name: summarize(values) for name, values in timings.items()}
-
-
-def accuracy(path: Path, inputs: np.ndarray, labels: np.ndarray) -> float:
-    s = session(path)
-    name = s.get_inputs()[0].name
-    logits = np.concatenate([s.run(None, {name: inputs[i:i + 128]})[0] for i in range(0, len(inputs), 128)])
-    return float((logits.argmax(1) == labels).mean())
 
 
 def timed(function: Callable[[], Any]) -> tuple[Any, float]:

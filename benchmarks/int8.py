@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, accuracy, digits, report, side_by_side, timed, trained
+from common import RESULTS, digits, report, side_by_side, timed, trained
 
 from edgekit.calibration.collect import collect, make_table
 from edgekit.calibration.cpu import write_cpu_int8
 from edgekit.calibration.trt_qdq import write_trt_qdq
 from edgekit.host.data import normalize
-from edgekit.host.export import export_onnx
+from edgekit.host.export import export_onnx, onnx_top1
 from edgekit.host.fold import fold_batchnorm
 
 
@@ -75,8 +75,8 @@ def main() -> None:
         ours_s, ort_s = statistics.median(ours_runs), statistics.median(ort_runs)
         models = {"FP32": fp32, "edgekit INT8 (U8S8)": out / "model.int8.cpu.onnx",
                   "ORT quantize_static default": out / "ort_default.onnx"}
-        top = {name: accuracy(path, test, data.test.labels) for name, path in models.items()}
-        top["edgekit INT8 Q/DQ (TensorRT form, run by ORT)"] = accuracy(out / "model.int8.qdq.onnx", test,
+        top = {name: onnx_top1(path, test, data.test.labels) for name, path in models.items()}
+        top["edgekit INT8 Q/DQ (TensorRT form, run by ORT)"] = onnx_top1(out / "model.int8.qdq.onnx", test,
                                                                        data.test.labels)
         latency = {batch: side_by_side(models, batch) for batch in (1, 32)}
     fp32_b32 = latency[32]["FP32"]["median"]

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .manifest import MANIFEST, SIGNATURE, is_safe_name, sha256_file
 
@@ -179,14 +179,6 @@ class Spool:
     def report(self, job: str) -> Optional[Dict[str, Any]]:
         return read_json(self.job_dir(job) / "report.json")
 
-    def where(self, job: str) -> str:
-        """queued, claimed or unknown: lets the host tell a slow agent from a missing job."""
-        if (self.queue / job).is_dir():
-            return "queued"
-        if (self.jobs / job).is_dir():
-            return "claimed"
-        return "unknown"
-
     # -- active models ----------------------------------------------------------------------
     def current(self, model: str) -> Optional[str]:
         link = self.models / model / "current"
@@ -228,6 +220,3 @@ def parse_event_chunk(chunk: bytes, offset: int) -> Tuple[List[Dict[str, Any]], 
     events = [json.loads(line) for line in chunk[:end].decode("utf-8").splitlines() if line.strip()]
     return events, offset + end
 
-
-def iter_dirs(path: Path) -> Iterator[Path]:
-    return (p for p in sorted(path.iterdir()) if p.is_dir())

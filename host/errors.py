@@ -1,6 +1,5 @@
 """User-facing errors: one line saying what is wrong, where, and what to do; the CLI maps them to exit codes."""
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 

@@ -38,9 +38,11 @@ def export_onnx(model: nn.Module, path: Path, shape: list[int], *, opset: int = 
 
 
 def onnx_session(path: Path, threads: int = 0):
+    """The host's ONNX Runtime session: every graph optimisation, as the device's ORT backend runs it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -51,6 +53,15 @@ def onnx_predict(path: Path, inputs: np.ndarray, batch_size: int = 256) -> np.nd
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: inputs[i:i + batch_size]})[0]
                            for i in range(0, len(inputs), batch_size)])
+
+
+def top1_of(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+def onnx_top1(path: Path, inputs: np.ndarray, labels: np.ndarray) -> float:
+    """Held-out top-1 of an ONNX model run by ONNX Runtime."""
+    return top1_of(onnx_predict(path, inputs), labels)
 
 
 def verify_onnx(model: nn.Module, path: Path, inputs: np.ndarray, rtol: float = 1e-3, atol: float = 1e-4) -> float:

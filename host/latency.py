@@ -8,17 +8,14 @@ import numpy as np
 
 from edgekit.device.benchmark import Plan, measure
 
+from .export import onnx_session
+
 STAGE_PLAN = Plan(warmup_s=0.1, duration_s=0.5, min_iterations=10)
 
 
 def onnx_latency(path: Path, shape: list[int], batches: tuple[int, ...] = (1, 32)) -> dict[int, float]:
     """Median ms per batch with all graph optimisations, as the device's ONNX Runtime backend runs it."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     name = session.get_inputs()[0].name
     result = {}
     for batch in batches:

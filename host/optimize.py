@@ -26,7 +26,7 @@ from .checkpoint import load_model
 from .config import Config
 from .data import Dataset, channel_stats, load_dataset, normalize
 from .errors import ConfigError
-from .export import export_onnx, onnx_predict, verify_onnx
+from .export import export_onnx, onnx_predict, onnx_top1, top1_of, verify_onnx
 from .fold import fold_batchnorm, max_difference
 from .latency import onnx_latency
 from .quantize import quantize
@@ -170,7 +170,7 @@ def _run(config: Config, work: Path, say: Say) -> dict[str, Any]:
 
     test_inputs = normalize(data.test.images, mean, std)
     logits = onnx_predict(onnx_path, test_inputs)
-    fp32_top1 = float((logits.argmax(1) == data.test.labels).mean())
+    fp32_top1 = top1_of(logits, data.test.labels)
     stages.append(dict(stage="ONNX FP32 (BN folded)", **count(model, shape), top1=fp32_top1,
                        onnx_bytes=onnx_path.stat().st_size, latency_ms=onnx_latency(onnx_path, shape)))
     samples = min(config.optimize.reference_samples, len(data.test))
@@ -207,8 +207,8 @@ def onnx_stage(label: str, model: nn.Module, config: Config, data: Dataset, mean
     folded, _ = fold_batchnorm(model)
     scratch = work / "stage.onnx"
     export_onnx(folded, scratch, shape, opset=config.optimize.opset, input_name=config.input.name)
-    logits = onnx_predict(scratch, normalize(data.test.images, mean, std))
-    row = dict(stage=label, **count(model, shape), top1=float((logits.argmax(1) == data.test.labels).mean()),
+    row = dict(stage=label, **count(model, shape),
+               top1=onnx_top1(scratch, normalize(data.test.images, mean, std), data.test.labels),
                onnx_bytes=scratch.stat().st_size, latency_ms=onnx_latency(scratch, shape))
     scratch.unlink()
     return row

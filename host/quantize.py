@@ -22,7 +22,7 @@ from edgekit.device.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_I
 from .config import Config
 from .data import IMAGE_SUFFIXES, Dataset, normalize
 from .errors import ConfigError
-from .export import onnx_predict
+from .export import onnx_predict, onnx_top1
 
 Say = Callable[[str], None]
 SENSITIVITY_IMAGES = 256
@@ -73,10 +73,6 @@ def _folder_images(folder: Path, shape: list[int], limit: int) -> np.ndarray:
     return np.stack(images)
 
 
-def top1(path: Path, inputs: np.ndarray, labels: np.ndarray) -> float:
-    return float((onnx_predict(path, inputs).argmax(1) == labels).mean())
-
-
 def weighted_nodes(path: Path) -> list[str]:
     import onnx
 
@@ -116,8 +112,8 @@ def quantize(config: Config, fp32: Path, work: Path, data: Dataset, mean: list[f
     calibrate_s = time.perf_counter() - clock
     say(f"calibrated {collected.images} images ({section.method}) and wrote both INT8 models in {calibrate_s:.1f}s")
     test = normalize(data.test.images, mean, std)
-    accuracy = {MODEL_INT8_CPU: top1(work / MODEL_INT8_CPU, test, data.test.labels),
-                MODEL_INT8_QDQ: top1(work / MODEL_INT8_QDQ, test, data.test.labels)}
+    accuracy = {MODEL_INT8_CPU: onnx_top1(work / MODEL_INT8_CPU, test, data.test.labels),
+                MODEL_INT8_QDQ: onnx_top1(work / MODEL_INT8_QDQ, test, data.test.labels)}
     result = QuantizeResult([MODEL_INT8_QDQ, MODEL_INT8_CPU, CALIBRATION_JSON, CALIBRATION_CACHE], accuracy,
                             info={"method": section.method, "images": collected.images, "calibrate_s": calibrate_s,
                                   "percentile": table.percentile})
@@ -152,7 +148,7 @@ def _mixed_precision(config: Config, fp32: Path, work: Path, table, images: np.n
             excluded.append(entry["node"])
         for name, writer in writers.items():
             writer(set(excluded), work / name)
-        result.accuracy = {name: top1(work / name, test, labels) for name in writers}
+        result.accuracy = {name: onnx_top1(work / name, test, labels) for name in writers}
         if fp32_top1 - min(result.accuracy.values()) <= budget:
             break
     result.excluded, result.sensitivity = excluded, ranking

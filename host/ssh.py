@@ -14,7 +14,7 @@ import getpass
 import hashlib
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +34,6 @@ class Destination:
     user: str = ""
     identity_files: tuple[str, ...] = ()
     proxy_jump: Optional[str] = None
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def known_hosts_name(self) -> str:
