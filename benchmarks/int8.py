@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=4.0)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating calibration timings (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating calibration timings (median)")
     parser.add_argument("--method", default="percentile", choices=["entropy", "percentile", "minmax", "mse"])
     args = parser.parse_args()
     work = RESULTS / ".work"

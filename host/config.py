@@ -104,6 +104,7 @@ class PruneSection(Strict):
     ratio: float = Field(default=0.5, gt=0, lt=1)
     scope: Literal["uniform", "global"] = "uniform"
     max_layer_ratio: float = Field(default=0.9, gt=0, lt=1)
+    cost_weight: float = Field(default=0.0, ge=0, le=2)
     round_to: int = Field(default=8, ge=1, le=256)
     protect: list[str] = Field(default_factory=list)
     steps: int = Field(default=1, ge=1, le=50)
@@ -113,9 +114,16 @@ class PruneSection(Strict):
     distill_temperature: float = Field(default=4.0, gt=0)
     distill_alpha: float = Field(default=0.7, ge=0, le=1)
     max_accuracy_drop: Optional[float] = Field(default=0.01, ge=0, le=1)
+    early_stop: bool = True
     sparsity_epochs: int = Field(default=3, ge=0)
     sparsity_lambda: float = Field(default=1e-4, ge=0)
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _cost_weight(self) -> "PruneSection":
+        if self.cost_weight and self.scope != "uniform":
+            raise ValueError('cost_weight shapes uniform pruning only; set scope = "uniform" or remove cost_weight')
+        return self
 
 
 class BenchmarkSection(Strict):

@@ -238,7 +238,7 @@ def prune_stage(config: Config, model: nn.Module, meta: dict[str, Any], data: Da
         epochs = section.sparsity_epochs if step == 0 else section.finetune_epochs
         budget = section.max_accuracy_drop
         stop = None
-        if step > 0 and budget is not None:
+        if step > 0 and budget is not None and section.early_stop:
             stop = lambda epoch: top1(net, validation, mean, std) >= baseline - budget  # noqa: E731
         ran = train(net, fitting, mean, std, epochs=epochs, batch_size=config.train.batch_size, lr=section.lr,
                     momentum=config.train.momentum, weight_decay=config.train.weight_decay,
@@ -259,7 +259,7 @@ def prune_stage(config: Config, model: nn.Module, meta: dict[str, Any], data: Da
                            input_shape=config.input.shape)
     save_checkpoint(work / "pruned.pt", model, checkpoint_meta)
     info = {"method": spec.method, "ratio": spec.ratio, "scope": spec.scope, "steps": spec.steps,
-            "round_to": spec.round_to, "validation_baseline": baseline,
+            "round_to": spec.round_to, "cost_weight": spec.cost_weight, "validation_baseline": baseline,
             "finetune_epochs": [s.epochs for s in steps]}
     return model.eval(), rows, info
 

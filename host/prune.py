@@ -35,12 +35,39 @@ def aligned_width(target: float, current: int, round_to: int, ch_groups: int = 1
     return min(kept, current - (current % unit) if current % unit else current)
 
 
-def kept_widths_uniform(original: dict[str, int], current: dict[str, int], ratio: float, step: int, steps: int,
-                        round_to: int, ch_groups: dict[str, int]) -> dict[str, int]:
+def cost_weighted_ratios(original: dict[str, int], costs: dict[str, float], ratio: float, weight: float,
+                         cap: float) -> dict[str, float]:
+    """Per-group ratios ∝ (cost per channel)^weight, scaled so that ``ratio`` of all channels still go.
+
+    ``weight`` 0 is plain uniform pruning. A channel of an early, high-resolution layer costs tens of
+    times the MACs and memory traffic of one at 4×4, yet uniform pruning removes both alike; a
+    positive weight moves the cut towards where the time is spent without changing how many channels
+    are removed. Each ratio is capped at ``cap``; the scale is found by bisection.
+    """
+    if weight == 0 or not original:
+        return {name: ratio for name in original}
+    mean = sum(costs.values()) / len(costs)
+    relative = {name: (costs[name] / mean) ** weight if mean > 0 else 1.0 for name in original}
+    total = sum(original.values())
+
+    def removed(scale: float) -> float:
+        return sum(min(cap, ratio * scale * relative[n]) * w for n, w in original.items())
+
+    low, high = 0.0, 1.0
+    while removed(high) < ratio * total and high < 1e6:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if removed(middle) < ratio * total else (low, middle)
+    return {name: min(cap, ratio * high * relative[name]) for name in original}
+
+
+def kept_widths_uniform(original: dict[str, int], current: dict[str, int], ratios: dict[str, float], step: int,
+                        steps: int, round_to: int, ch_groups: dict[str, int]) -> dict[str, int]:
     """Per group, step ``step`` of ``steps`` on a straight line from the original width to (1-ratio)×it."""
     result = {}
     for name, width in original.items():
-        final = width * (1 - ratio)
+        final = width * (1 - ratios[name])
         target = width - (width - final) * step / steps
         result[name] = min(current[name], aligned_width(target, width, round_to, ch_groups.get(name, 1)))
     return result
@@ -191,6 +218,43 @@ def prune_to(graph: tp.DependencyGraph, group: PruneGroup, score: torch.Tensor, 
     pruning.prune()
 
 
+def channel_costs(model: nn.Module, example: torch.Tensor, graph: tp.DependencyGraph,
+                  groups: list[PruneGroup]) -> dict[str, float]:
+    """MACs that one channel of each group accounts for: its row in every layer it is an output of,
+    its column in every layer it feeds (a depthwise conv counts once)."""
+    macs: dict[nn.Module, float] = {}
+
+    def record(module: nn.Module, _: Any, output: torch.Tensor) -> None:
+        spatial = output.shape[2] * output.shape[3] if output.dim() == 4 else 1
+        macs[module] = float(module.weight[0].numel() * module.weight.shape[0] * spatial)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    costs = {}
+    for group in groups:
+        seen: set[nn.Module] = set()
+        cost = 0.0
+        for dep, _ in group.group:
+            module = dep.target.module
+            if module not in macs or module in seen:
+                continue
+            seen.add(module)
+            outputs = module.weight.shape[0]
+            depthwise = isinstance(module, nn.Conv2d) and 1 < module.groups == outputs
+            if depthwise or graph.is_out_channel_pruning_fn(dep.handler):
+                cost += macs[module] / outputs
+            elif graph.is_in_channel_pruning_fn(dep.handler):
+                inputs = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+                cost += macs[module] / inputs
+        costs[group.name] = cost
+    return costs
+
+
 def history(graph: tp.DependencyGraph) -> list[list]:
     """torch-pruning's history as plain JSON data (names, direction, integer indices)."""
     plain = []
@@ -225,6 +289,7 @@ class PruneSpec:
     ratio: float = 0.5
     scope: str = "uniform"
     max_layer_ratio: float = 0.9
+    cost_weight: float = 0.0
     round_to: int = 8
     protect: tuple[str, ...] = ()
     steps: int = 1
@@ -314,6 +379,8 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
     groups = prune_groups(graph, model, spec.protect)
     original = {g.name: g.width for g in groups}
     ch_groups = {g.name: g.ch_groups for g in groups}
+    ratios = cost_weighted_ratios(original, channel_costs(model, example, graph, groups) if spec.cost_weight else {},
+                                  spec.ratio, spec.cost_weight, spec.max_layer_ratio)
     scorer = importance(spec.method, spec.norm)
     steps = []
     for step in range(1, spec.steps + 1):
@@ -325,7 +392,7 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
         if spec.scope == "global":
             kept = kept_widths_global(scores, original, current, spec.ratio, step, spec.steps, spec.round_to, ch_groups)
         else:
-            kept = kept_widths_uniform(original, current, spec.ratio, step, spec.steps, spec.round_to, ch_groups)
+            kept = kept_widths_uniform(original, current, ratios, step, spec.steps, spec.round_to, ch_groups)
         kept = cap_widths(kept, original, spec.max_layer_ratio, spec.round_to, ch_groups)
         for group in groups:
             prune_to(graph, group, scores[group.name], kept[group.name])

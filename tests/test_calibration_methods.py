@@ -85,3 +85,58 @@ def test_trt_cache_round_trips_every_scale_to_float32_precision():
         assert scales[name] == struct.unpack(">f", struct.pack(">f", value.amax / 127.0))[0]
     assert "input: " + struct.pack(">f", 2.5 / 127).hex() in text
     assert CalibrationTable.from_json(table.to_json()).ranges == table.ranges
+
+
+def _relu_graph(path):
+    """input → Conv → Relu → Flatten: the Relu and Flatten outputs are derived, the Conv output observed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(1).standard_normal((4, 2, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["relu"]),
+         helper.make_node("Flatten", ["relu"], ["flat"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 8, 8])],
+        [helper.make_tensor_value_info("flat", TensorProto.FLOAT, ["n", 256]),
+         helper.make_tensor_value_info("conv", TensorProto.FLOAT, ["n", 4, 8, 8])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_relu_statistics_derived_from_the_input_equal_observed_ones(tmp_path):
+    import onnxruntime as ort
+
+    from edgekit.calibration.collect import BINS, TensorStats, collect, sample_step
+
+    _relu_graph(tmp_path / "m.onnx")
+    batches = [np.random.default_rng(i).standard_normal((5, 2, 8, 8)).astype(np.float32) * (i + 1) for i in range(4)]
+    collected = collect(tmp_path / "m.onnx", iter(batches))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    observed = TensorStats.empty()
+    highest = 0.0
+    for batch in batches:  # bin the Relu output directly, on the Conv output's range (which it inherits)
+        relu, conv = session.run(["flat", "conv"], {"x": batch})
+        observed.add(relu.ravel()[::sample_step(4 * 8 * 8)], float(conv.min()), float(conv.max()))
+        highest = max(highest, float(relu.max()))
+    derived = collected.stats["relu"]
+    assert derived.lowest == 0.0 and derived.highest == pytest.approx(highest)
+    assert derived.edge == observed.edge
+    assert np.array_equal(derived.counts, observed.counts)
+    assert np.array_equal(collected.stats["flat"].counts, derived.counts)
+    assert collected.stats["conv"].signed[:BINS].sum() > 0 and derived.signed[:BINS].sum() == 0
+
+
+def test_signed_histogram_folds_to_the_absolute_one_and_doubling_is_exact():
+    from edgekit.calibration.collect import BINS, TensorStats
+
+    values = np.random.default_rng(0).standard_normal(50_000).astype(np.float32)
+    stats = TensorStats.empty()
+    stats.add(values, float(values.min()), float(values.max()))
+    expected, _ = np.histogram(np.abs(values), bins=BINS, range=(0, stats.edge))
+    # float32 binning may put a value within ~1e-4 of a bin edge on its other side: a handful of 50,000
+    assert stats.counts.sum() == len(values) and np.abs(stats.counts - expected).sum() <= 25
+    wider = TensorStats.empty()
+    wider.add(values, float(values.min()), float(values.max()))
+    wider._grow(stats.edge * 3)
+    assert wider.edge == 4 * stats.edge
+    assert np.array_equal(wider.counts[:BINS // 4], stats.counts.reshape(-1, 4).sum(axis=1))

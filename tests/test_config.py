@@ -31,6 +31,7 @@ def test_the_repository_demo_config_is_valid():
     ('name = "tiny"', 'name = "../evil"', "project.name: String should match pattern"),
     ('[project]\nname = "tiny"', "", "project: required key is missing"),
     ("[benchmark]", "[devices.jet]\nbackend = \"tensorrt\"\n[benchmark]", "devices.jet: an ssh device needs host"),
+    ("[benchmark]", "[prune]\nscope = \"global\"\ncost_weight = 0.2\n[benchmark]", "prune: cost_weight shapes uniform"),
 ])
 def test_bad_values_are_named_with_their_key(tmp_path, old, new, words):
     path = write(tmp_path, TINY_PROJECT.replace(old, new, 1))

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from edgekit.host.checkpoint import load_model, save_checkpoint
@@ -19,7 +20,9 @@ from edgekit.host.prune import (
     aligned_width,
     build_graph,
     cap_widths,
+    cost_weighted_ratios,
     kept_widths_uniform,
+    misaligned,
     prune_model,
     widths,
 )
@@ -42,9 +45,35 @@ def test_widths_round_to_the_nearest_multiple_not_down():
     assert aligned_width(30, 6, 8) == 6  # narrower than a unit: left alone
     assert aligned_width(20, 64, 8, ch_groups=3) == 24  # multiple of lcm(8, 3)
     original = {"a": 64, "b": 96}
-    assert kept_widths_uniform(original, original, 0.5, 1, 2, 8, {}) == {"a": 48, "b": 72}
-    assert kept_widths_uniform(original, {"a": 48, "b": 72}, 0.5, 2, 2, 8, {}) == {"a": 32, "b": 48}
+    half = {"a": 0.5, "b": 0.5}
+    assert kept_widths_uniform(original, original, half, 1, 2, 8, {}) == {"a": 48, "b": 72}
+    assert kept_widths_uniform(original, {"a": 48, "b": 72}, half, 2, 2, 8, {}) == {"a": 32, "b": 48}
     assert cap_widths({"a": 8, "b": 48}, original, 0.75, 8, {}) == {"a": 16, "b": 48}
+
+
+def test_cost_weight_moves_the_cut_to_costly_layers_and_keeps_the_channel_count():
+    original = {"early": 64, "middle": 128, "late": 256}
+    costs = {"early": 9000.0, "middle": 2000.0, "late": 500.0}
+    assert cost_weighted_ratios(original, costs, 0.5, 0.0, 0.9) == {n: 0.5 for n in original}
+    ratios = cost_weighted_ratios(original, costs, 0.5, 0.3, 0.9)
+    assert ratios["early"] > ratios["middle"] > ratios["late"]
+    removed = sum(ratios[n] * w for n, w in original.items())
+    assert removed == pytest.approx(0.5 * sum(original.values()), rel=1e-6)
+    capped = cost_weighted_ratios(original, costs, 0.5, 2.0, 0.75)
+    assert capped["early"] == 0.75 and max(capped.values()) <= 0.75
+    assert sum(capped[n] * w for n, w in original.items()) == pytest.approx(0.5 * 448, rel=1e-6)
+
+
+def test_cost_weighted_pruning_of_mobilenetv2_cuts_more_macs_than_uniform():
+    uniform, weighted = create_model("mobilenetv2", width=1.0).eval(), create_model("mobilenetv2", width=1.0).eval()
+    before = widths(weighted)
+    prune(uniform, ratio=0.5, round_to=16)
+    prune(weighted, ratio=0.5, round_to=16, cost_weight=0.2)
+    channels = [sum(w for n, w in widths(m).items() if n != "classifier") for m in (uniform, weighted)]
+    assert abs(channels[0] - channels[1]) <= 0.02 * channels[0]  # still half the channels
+    macs = [tp.utils.count_ops_and_params(m, EXAMPLE)[0] for m in (uniform, weighted)]
+    assert macs[1] < 0.8 * macs[0]
+    assert misaligned(before, widths(weighted), 16) == []
 
 
 @pytest.mark.parametrize("arch", ZOO)
