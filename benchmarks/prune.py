@@ -115,8 +115,8 @@ def main() -> None:
         checks[r["model"]] = {"macs_at_most_30_percent": r["macs_ratio"] <= 0.30,
                               "top1_within_1_point": r["top1_drop"] <= 0.01,
                               "b32_at_least_2.5x_faster": r["speedup_b32"] >= 2.5}
-    report(args.name, f"{args.ratio:.0%} {args.scope} channel pruning + fine-tuning on digits "
-           "(ONNX Runtime, medians, side by side)",
+    report(args.name, f"{args.ratio:.0%} {args.scope} channel pruning (cost_weight {args.cost_weight:g}, round_to "
+           f"{args.round_to}) + fine-tuning on digits (ONNX Runtime, medians, side by side)",
            ["model", "params", "MACs", "top-1", "b1 p50 ms", "b32 p50 ms", "b32 speed-up"], rows,
            {"args": vars(args), "results": results, "targets_met": checks})
     for model, model_checks in checks.items():
