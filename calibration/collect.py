@@ -88,7 +88,13 @@ class TensorStats:
             self.edge *= 2
 
     def relu_of(self) -> TensorStats:
-        """Statistics of max(x, 0) from those of x: negatives fall into the bin of 0."""
+        """Statistics of max(x, 0) from those of x: negatives fall into the bin of 0.
+
+        The histogram keeps x's range, which is at most twice the ReLU's peak when x is roughly
+        symmetric; on ResNet-20 ×4 every method's threshold came within 0.11% of observing the ReLU
+        output itself. (Clip is not derived this way: a tensor clipped at 6 that reaches 40 would be
+        left with a few hundred bins.)
+        """
         signed = self.signed.copy()
         signed[BINS] += signed[:BINS].sum()
         signed[:BINS] = 0
