@@ -203,15 +203,12 @@ def collect(model_path: Path, batches: Iterable[np.ndarray], progress: Progress 
     session = ort.InferenceSession(augmented, sess_options=options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     stats = {name: TensorStats.empty() for name in observed}
-
-    def accumulate(results: list[np.ndarray]) -> None:
+    images = 0
+    for batch in batches:
+        results = session.run(outputs, {input_name: batch})
         for index, name in enumerate(observed):
             low, high, sample = results[3 * index:3 * index + 3]
             stats[name].add(sample, float(low), float(high))
-
-    images = 0
-    for batch in batches:
-        accumulate(session.run(outputs, {input_name: batch}))
         images += len(batch)
         if progress:
             progress(len(batch))

@@ -40,7 +40,7 @@ def cost_weighted_ratios(original: dict[str, int], costs: dict[str, float], rati
     """Per-group ratios ∝ (cost per channel)^weight, scaled so that ``ratio`` of all channels still go.
 
     ``weight`` 0 is plain uniform pruning. A channel of an early, high-resolution layer costs tens of
-    times the MACs and memory traffic of one at 4×4, yet uniform pruning removes both alike; a
+    times the MACs (and memory traffic) of one at 4×4, yet uniform pruning removes both alike; a
     positive weight moves the cut towards where the time is spent without changing how many channels
     are removed. Each ratio is capped at ``cap``; the scale is found by bisection.
     """
@@ -218,10 +218,8 @@ def prune_to(graph: tp.DependencyGraph, group: PruneGroup, score: torch.Tensor, 
     pruning.prune()
 
 
-def channel_costs(model: nn.Module, example: torch.Tensor, graph: tp.DependencyGraph,
-                  groups: list[PruneGroup]) -> dict[str, float]:
-    """MACs that one channel of each group accounts for: its row in every layer it is an output of,
-    its column in every layer it feeds (a depthwise conv counts once)."""
+def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, float]:
+    """MACs of every Conv2d/Linear at ``example``'s size, from one forward pass."""
     macs: dict[nn.Module, float] = {}
 
     def record(module: nn.Module, _: Any, output: torch.Tensor) -> None:
@@ -235,24 +233,27 @@ def channel_costs(model: nn.Module, example: torch.Tensor, graph: tp.DependencyG
     finally:
         for hook in hooks:
             hook.remove()
-    costs = {}
-    for group in groups:
-        seen: set[nn.Module] = set()
-        cost = 0.0
-        for dep, _ in group.group:
-            module = dep.target.module
-            if module not in macs or module in seen:
-                continue
-            seen.add(module)
-            outputs = module.weight.shape[0]
-            depthwise = isinstance(module, nn.Conv2d) and 1 < module.groups == outputs
-            if depthwise or graph.is_out_channel_pruning_fn(dep.handler):
-                cost += macs[module] / outputs
-            elif graph.is_in_channel_pruning_fn(dep.handler):
-                inputs = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
-                cost += macs[module] / inputs
-        costs[group.name] = cost
-    return costs
+    return macs
+
+
+def channel_cost(group: PruneGroup, graph: tp.DependencyGraph, macs: dict[nn.Module, float]) -> float:
+    """MACs one channel of the group accounts for: its row in every layer it is an output of, its
+    column in every layer it feeds (a depthwise conv counts once)."""
+    seen: set[nn.Module] = set()
+    cost = 0.0
+    for dep, _ in group.group:
+        module = dep.target.module
+        if module not in macs or module in seen:
+            continue
+        seen.add(module)
+        outputs = module.weight.shape[0]
+        depthwise = isinstance(module, nn.Conv2d) and 1 < module.groups == outputs
+        if depthwise or graph.is_out_channel_pruning_fn(dep.handler):
+            cost += macs[module] / outputs
+        elif graph.is_in_channel_pruning_fn(dep.handler):
+            inputs = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+            cost += macs[module] / inputs
+    return cost
 
 
 def history(graph: tp.DependencyGraph) -> list[list]:
@@ -379,8 +380,11 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
     groups = prune_groups(graph, model, spec.protect)
     original = {g.name: g.width for g in groups}
     ch_groups = {g.name: g.ch_groups for g in groups}
-    ratios = cost_weighted_ratios(original, channel_costs(model, example, graph, groups) if spec.cost_weight else {},
-                                  spec.ratio, spec.cost_weight, spec.max_layer_ratio)
+    costs = {}
+    if spec.cost_weight:
+        macs = layer_macs(model, example)
+        costs = {g.name: channel_cost(g, graph, macs) for g in groups}
+    ratios = cost_weighted_ratios(original, costs, spec.ratio, spec.cost_weight, spec.max_layer_ratio)
     scorer = importance(spec.method, spec.norm)
     steps = []
     for step in range(1, spec.steps + 1):
