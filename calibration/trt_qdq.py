@@ -1,8 +1,9 @@
 """Write ``model.int8.qdq.onnx``: explicit INT8 in the form TensorRT wants.
 
 - symmetric int8, zero-point 0 everywhere; activations per-tensor (scale = amax/127 from the table);
-- weights per-channel on the output-channel axis (axis 0 for Conv and transposed Gemm), Q→DQ on the
-  float weight so every TensorRT version folds it;
+- weights per-channel on the output-channel axis (axis 0 for Conv and transposed Gemm, axis 1 for a
+  one-group ConvTranspose, per-tensor for a grouped one: see ``weight_axis``), Q→DQ on the float weight
+  so every TensorRT version folds it;
 - biases stay float (TensorRT quantises them itself);
 - one Q/DQ pair per activation tensor, shared by its quantised consumers;
 - an Add fed by an INT8 Conv keeps that input unquantised (TensorRT fuses Conv+Add) and quantises
@@ -25,10 +26,17 @@ from .table import CalibrationTable
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def weight_axis(node: onnx.NodeProto) -> int:
-    """The output-channel axis of the node's weight."""
+def weight_axis(node: onnx.NodeProto) -> int | None:
+    """The output-channel axis of the node's weight; None where only per-tensor is valid.
+
+    ConvTranspose weights are (C_in, C_out/group, k...): NVIDIA's own Q/DQ toolkit for TensorRT
+    (pytorch-quantization, QUANT_DESC_8BIT_CONVTRANSPOSE2D_WEIGHT_PER_CHANNEL) quantises them per
+    channel on axis 1, the output channels — which holds only with one group; with several groups
+    axis 1 indexes C_out/group, not TensorRT's K, so those weights are quantised per tensor.
+    """
     if node.op_type == "ConvTranspose":
-        return 1
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return 1 if group == 1 else None
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
@@ -68,17 +76,19 @@ class _Writer:
         self.dequantized[tensor] = output
         return output
 
-    def weight(self, name: str, axis: int) -> str:
+    def weight(self, name: str, axis: int | None) -> str:
+        """Per-channel Q→DQ on ``axis``, or per-tensor (scalar scale, no axis) when ``axis`` is None."""
         values = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
         reduce = tuple(d for d in range(values.ndim) if d != axis)
         amax = np.abs(values).max(axis=reduce)
         scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
         scale = self._constant(f"{name}_scale", scales)
-        zero = self._constant(f"{name}_zero_point", np.zeros(len(scales), dtype=np.int8))
+        zero = self._constant(f"{name}_zero_point", np.zeros(scales.shape, dtype=np.int8))
         quantized, output = f"{name}_QuantizeLinear", f"{name}_DequantizeLinear"
+        axis_attr = {} if axis is None else {"axis": axis}
         self.new_nodes += [
-            helper.make_node("QuantizeLinear", [name, scale, zero], [quantized], name=f"{name}_Q", axis=axis),
-            helper.make_node("DequantizeLinear", [quantized, scale, zero], [output], name=f"{name}_DQ", axis=axis),
+            helper.make_node("QuantizeLinear", [name, scale, zero], [quantized], name=f"{name}_Q", **axis_attr),
+            helper.make_node("DequantizeLinear", [quantized, scale, zero], [output], name=f"{name}_DQ", **axis_attr),
         ]
         return output
 
@@ -155,8 +165,8 @@ def write_trt_qdq(model_path: Path, table: CalibrationTable, output: Path,
 def check_trt_qdq(model: onnx.ModelProto, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Structural rules of the TensorRT model; returns the violations (empty when it is right).
 
-    Every zero-point is int8 0, no int32 bias is dequantised, and both inputs of every Conv not in
-    ``exclude`` come from a DequantizeLinear.
+    Every zero-point is int8 0, no int32 bias is dequantised, and both inputs of every Conv and
+    ConvTranspose not in ``exclude`` come from a DequantizeLinear.
     """
     problems = []
     init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -169,7 +179,7 @@ def check_trt_qdq(model: onnx.ModelProto, exclude: set[str] | frozenset[str] = f
             if node.op_type == "DequantizeLinear" and init.get(node.input[0]) is not None \
                     and init[node.input[0]].dtype == np.int32:
                 problems.append(f"{node.name}: int32 bias dequantisation")
-        if node.op_type == "Conv" and node.name not in exclude:
+        if node.op_type in ("Conv", "ConvTranspose") and node.name not in exclude:
             for slot in (0, 1):
                 source = producers.get(node.input[slot])
                 if source is None or source.op_type != "DequantizeLinear":

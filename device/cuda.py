@@ -1,28 +1,45 @@
-"""CUDA memory, streams and events for the TensorRT runner, behind one small interface.
+"""CUDA memory, streams, events and graphs for the TensorRT runner, behind one small interface.
 
 cuda-python (``cuda.bindings.runtime`` in new releases, ``cuda.cudart`` in older ones) is preferred;
-pycuda is the fallback JetPack users often already have. Only what the runner needs is wrapped.
+pycuda is the fallback JetPack users often already have. A binding counts as usable only after a real
+call reached the driver: an unpinned ``pip install cuda-python`` imports fine on a Jetson whose driver is
+older than its CUDA major and fails on the first call (``cudaErrorInsufficientDriver``), so importing
+proves nothing. Every failure becomes ``CudaUnavailable("CUDA unavailable: ...")`` naming each binding
+tried, which the backend turns into a clean failed job or the configured fallback.
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 
 class CudaUnavailable(RuntimeError):
-    """Neither cuda-python nor pycuda can be used on this device."""
+    """Neither cuda-python nor pycuda can reach a CUDA driver on this device."""
+
+
+class CudaError(RuntimeError):
+    """A CUDA call returned an error; the message names the call and the error."""
 
 
 class Cuda:
     name = "base"
 
+    def version(self) -> str:
+        """The binding's own version (what `device check` shows)."""
+        return "unknown"
+
+    def probe(self) -> None:
+        """Make one real call that needs the driver; raise when it fails."""
+        raise NotImplementedError
+
     def device(self) -> Tuple[str, Tuple[int, int]]:
         raise NotImplementedError
 
-    def runtime_version(self) -> Optional[int]:
+    def driver_version(self) -> Optional[int]:
+        """The installed driver's CUDA version (e.g. 12060): what engines depend on."""
         return None
 
     def malloc(self, nbytes: int) -> int:
@@ -53,28 +70,35 @@ class Cuda:
     def record(self, event: Any, stream: Any) -> None:
         raise NotImplementedError
 
+    def wait_event(self, stream: Any, event: Any) -> None:
+        """Make ``stream`` wait for ``event`` (trtexec's input → compute → output stream chain)."""
+        raise NotImplementedError
+
+    def event_sync(self, event: Any) -> None:
+        raise NotImplementedError
+
     def elapsed_ms(self, start: Any, end: Any) -> float:
         raise NotImplementedError
 
-    def capture_graph(self, stream: Any, work: Callable[[], None]) -> Any:
-        """A CUDA graph of ``work`` on ``stream``, or None where this binding cannot capture."""
-        return None
+    def capture_graph(self, stream: Any, work: Callable[[], None]) -> Tuple[Any, str]:
+        """(graph, "") for a CUDA graph of ``work`` on ``stream``, or (None, why not): never raises."""
+        return None, "{} cannot capture CUDA graphs".format(self.name)
 
     def launch_graph(self, graph: Any, stream: Any) -> None:
         raise NotImplementedError
+
+    def destroy_graph(self, graph: Any) -> None:
+        """Free a graph from ``capture_graph``."""
 
     def close(self) -> None:
         """Free everything allocated through this object."""
 
 
-def _check(result: Any) -> Any:
-    """cuda-python returns (error, value...) tuples; raise on error, return the value(s)."""
-    error, values = result[0], result[1:]
-    if int(error) != 0:
-        raise RuntimeError("CUDA error {}".format(error))
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else values
+def _error_name(rt: Any, error: Any) -> str:
+    try:
+        return rt.cudaGetErrorName(error)[1].decode()
+    except Exception:  # noqa: BLE001 - the name is a nicety; the number is enough
+        return "CUDA error {}".format(int(error))
 
 
 class CudaPython(Cuda):
@@ -84,98 +108,156 @@ class CudaPython(Cuda):
         try:
             from cuda.bindings import runtime as cudart
         except ImportError:
-            from cuda import cudart  # older cuda-python
+            from cuda import cudart  # cuda-python < 12.6
         self.rt = cudart
         self.device_allocations: List[int] = []
         self.host_allocations: List[int] = []
+        self.streams: List[Any] = []
+        self.events: List[Any] = []
+
+    def _check(self, call: str, *args: Any) -> Any:
+        """cuda-python returns (error, value...) tuples; raise CudaError naming the call, else the value(s)."""
+        result = getattr(self.rt, call)(*args)
+        error, values = result[0], result[1:]
+        if int(error) != 0:
+            raise CudaError("{} failed: {}".format(call, _error_name(self.rt, error)))
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else values
+
+    def version(self) -> str:
+        for module in ("cuda.bindings", "cuda"):
+            try:
+                return str(__import__(module, fromlist=["__version__"]).__version__)
+            except (ImportError, AttributeError):
+                continue
+        return "unknown"
+
+    def probe(self) -> None:
+        if int(self._check("cudaDriverGetVersion")) == 0:
+            raise CudaError("no CUDA driver found (cudaDriverGetVersion reports 0)")
+        if not self._check("cudaGetDeviceCount"):
+            raise CudaError("the CUDA driver reports no GPU")
 
     def device(self) -> Tuple[str, Tuple[int, int]]:
-        props = _check(self.rt.cudaGetDeviceProperties(0))
+        props = self._check("cudaGetDeviceProperties", 0)
         name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
         return name.strip("\x00 "), (int(props.major), int(props.minor))
 
-    def runtime_version(self) -> Optional[int]:
-        return int(_check(self.rt.cudaRuntimeGetVersion()))
+    def driver_version(self) -> Optional[int]:
+        return int(self._check("cudaDriverGetVersion"))
 
     def malloc(self, nbytes: int) -> int:
-        ptr = int(_check(self.rt.cudaMalloc(nbytes)))
+        ptr = int(self._check("cudaMalloc", nbytes))
         self.device_allocations.append(ptr)
         return ptr
 
     def host_array(self, shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
-        ptr = int(_check(self.rt.cudaMallocHost(nbytes)))
+        ptr = int(self._check("cudaMallocHost", nbytes))
         self.host_allocations.append(ptr)
         buffer = (ctypes.c_byte * nbytes).from_address(ptr)
         return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
     def stream(self) -> Any:
-        return _check(self.rt.cudaStreamCreate())
+        stream = self._check("cudaStreamCreate")
+        self.streams.append(stream)
+        return stream
 
     def stream_handle(self, stream: Any) -> int:
         return int(stream)
 
     def htod(self, device_ptr: int, host: np.ndarray, stream: Any) -> None:
-        _check(self.rt.cudaMemcpyAsync(device_ptr, host.ctypes.data, host.nbytes,
-                                       self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
+        self._check("cudaMemcpyAsync", device_ptr, host.ctypes.data, host.nbytes,
+                    self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
 
     def dtoh(self, host: np.ndarray, device_ptr: int, stream: Any) -> None:
-        _check(self.rt.cudaMemcpyAsync(host.ctypes.data, device_ptr, host.nbytes,
-                                       self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+        self._check("cudaMemcpyAsync", host.ctypes.data, device_ptr, host.nbytes,
+                    self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
 
     def sync(self, stream: Any) -> None:
-        _check(self.rt.cudaStreamSynchronize(stream))
+        self._check("cudaStreamSynchronize", stream)
 
     def event(self) -> Any:
-        return _check(self.rt.cudaEventCreate())
+        event = self._check("cudaEventCreate")
+        self.events.append(event)
+        return event
 
     def record(self, event: Any, stream: Any) -> None:
-        _check(self.rt.cudaEventRecord(event, stream))
+        self._check("cudaEventRecord", event, stream)
+
+    def wait_event(self, stream: Any, event: Any) -> None:
+        self._check("cudaStreamWaitEvent", stream, event, 0)
+
+    def event_sync(self, event: Any) -> None:
+        self._check("cudaEventSynchronize", event)
 
     def elapsed_ms(self, start: Any, end: Any) -> float:
-        _check(self.rt.cudaEventSynchronize(end))
-        return float(_check(self.rt.cudaEventElapsedTime(start, end)))
+        return float(self._check("cudaEventElapsedTime", start, end))
 
-    def capture_graph(self, stream: Any, work: Callable[[], None]) -> Any:
-        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
-        _check(self.rt.cudaStreamBeginCapture(stream, mode))
-        work()
-        graph = _check(self.rt.cudaStreamEndCapture(stream))
+    def capture_graph(self, stream: Any, work: Callable[[], None]) -> Tuple[Any, str]:
+        """cudaGraphInstantiateWithFlags: one signature in CUDA 11, 12 and 13 (cudaGraphInstantiate has two)."""
+        graph = None
         try:
-            return _check(self.rt.cudaGraphInstantiate(graph, 0))
-        except TypeError:  # CUDA 11 signature
-            return _check(self.rt.cudaGraphInstantiate(graph, None, None, 0))[0]
+            self._check("cudaStreamBeginCapture", stream,
+                        self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+            try:
+                work()
+            finally:
+                graph = self._check("cudaStreamEndCapture", stream)
+            return (graph, self._check("cudaGraphInstantiateWithFlags", graph, 0)), ""
+        except Exception as exc:  # noqa: BLE001 - like trtexec: no graph, plain enqueue instead
+            if graph is not None:
+                self.rt.cudaGraphDestroy(graph)
+            return None, "CUDA graph capture failed ({}); timed without a graph".format(exc)
 
     def launch_graph(self, graph: Any, stream: Any) -> None:
-        _check(self.rt.cudaGraphLaunch(graph, stream))
+        self._check("cudaGraphLaunch", graph[1], stream)
+
+    def destroy_graph(self, graph: Any) -> None:
+        self.rt.cudaGraphExecDestroy(graph[1])
+        self.rt.cudaGraphDestroy(graph[0])
 
     def close(self) -> None:
+        for event in self.events:
+            self.rt.cudaEventDestroy(event)
+        for stream in self.streams:
+            self.rt.cudaStreamDestroy(stream)
         for ptr in self.device_allocations:
             self.rt.cudaFree(ptr)
         for ptr in self.host_allocations:
             self.rt.cudaFreeHost(ptr)
-        self.device_allocations, self.host_allocations = [], []
+        self.device_allocations, self.host_allocations, self.streams, self.events = [], [], [], []
 
 
 class PyCuda(Cuda):
     name = "pycuda"
 
     def __init__(self) -> None:
+        import pycuda
         import pycuda.driver as driver
 
-        driver.init()
+        self.module = pycuda
         self.driver = driver
-        self.context = driver.Device(0).make_context()
+        self.context = None  # type: Any
         self.keep: List[Any] = []
+
+    def version(self) -> str:
+        return str(getattr(self.module, "VERSION_TEXT", "unknown"))
+
+    def probe(self) -> None:
+        self.driver.init()
+        if self.driver.Device.count() == 0:
+            raise CudaError("no CUDA device found")
+        self.context = self.driver.Device(0).make_context()
 
     def device(self) -> Tuple[str, Tuple[int, int]]:
         device = self.driver.Device(0)
         return device.name(), tuple(device.compute_capability())  # type: ignore[return-value]
 
-    def runtime_version(self) -> Optional[int]:
-        major, minor, _ = self.driver.get_version()
-        return major * 1000 + minor * 10
+    def driver_version(self) -> Optional[int]:
+        return int(self.driver.get_driver_version())
 
     def malloc(self, nbytes: int) -> int:
         allocation = self.driver.mem_alloc(nbytes)
@@ -206,23 +288,90 @@ class PyCuda(Cuda):
     def record(self, event: Any, stream: Any) -> None:
         event.record(stream)
 
+    def wait_event(self, stream: Any, event: Any) -> None:
+        stream.wait_for_event(event)
+
+    def event_sync(self, event: Any) -> None:
+        event.synchronize()
+
     def elapsed_ms(self, start: Any, end: Any) -> float:
-        end.synchronize()
         return float(end.time_since(start))
+
+    def capture_graph(self, stream: Any, work: Callable[[], None]) -> Tuple[Any, str]:
+        """pycuda 2021.1+ has stream capture; older ones say so instead of silently ignoring ``cuda_graph``."""
+        if not hasattr(stream, "begin_capture"):
+            return None, "pycuda {} has no stream capture (2021.1+ does); timed without a graph".format(
+                self.version())
+        try:
+            stream.begin_capture()
+            try:
+                work()
+            finally:
+                graph = stream.end_capture()
+            return (graph, graph.instance()), ""
+        except Exception as exc:  # noqa: BLE001 - like trtexec: no graph, plain enqueue instead
+            return None, "CUDA graph capture failed ({}); timed without a graph".format(exc)
+
+    def launch_graph(self, graph: Any, stream: Any) -> None:
+        graph[1].launch(stream)
 
     def close(self) -> None:
         for allocation in self.keep:
             allocation.free()
         self.keep = []
-        self.context.pop()
+        if self.context is not None:
+            self.context.pop()
+            self.context = None
+
+
+BINDINGS = (CudaPython, PyCuda)
+
+
+def try_binding(factory: Callable[[], Cuda]) -> Tuple[Optional[Cuda], Dict[str, Any]]:
+    """Import a binding and make one driver call: (binding or None, what `device check` shows)."""
+    name = getattr(factory, "name", str(factory))
+    try:
+        binding = factory()
+    except ImportError as exc:
+        return None, {"binding": name, "usable": False, "reason": "not installed ({})".format(exc)}
+    except Exception as exc:  # noqa: BLE001 - a broken install is "not usable", never a crash
+        return None, {"binding": name, "usable": False, "reason": "{}: {}".format(type(exc).__name__, exc)}
+    info = {"binding": name, "version": binding.version()}
+    try:
+        binding.probe()
+    except Exception as exc:  # noqa: BLE001 - any driver error means this binding cannot run engines
+        binding.close()
+        info.update(usable=False, reason=str(exc))
+        return None, info
+    info.update(usable=True, driver=binding.driver_version())
+    return binding, info
+
+
+def cuda_bindings() -> List[Dict[str, Any]]:
+    """Each binding's state (installed? version? reaches the driver?) for `edgekit device check`."""
+    report = []
+    for factory in BINDINGS:
+        binding, info = try_binding(factory)
+        if binding is not None:
+            binding.close()
+        report.append(info)
+    return report
+
+
+def unavailable_message(report: List[Dict[str, Any]]) -> str:
+    """One line naming every binding tried and why it failed, and what to do."""
+    parts = ["{}{}: {}".format(i["binding"], " " + i["version"] if i.get("version") else "", i["reason"])
+             for i in report]
+    return ("CUDA unavailable: {}; install the cuda-python release matching the device's CUDA "
+            "(`edgekit device setup` does)".format("; ".join(parts)))
 
 
 def load_cuda() -> Cuda:
-    """cuda-python, else pycuda; CudaUnavailable names both when neither works."""
-    reasons = []
-    for factory in (CudaPython, PyCuda):
-        try:
-            return factory()
-        except Exception as exc:  # noqa: BLE001 - import and driver errors both mean "not usable"
-            reasons.append("{}: {}".format(factory.name, exc))
-    raise CudaUnavailable("no CUDA Python binding works ({}); install cuda-python".format("; ".join(reasons)))
+    """The first binding that reaches the driver (cuda-python, then pycuda); else CudaUnavailable."""
+    report = []
+    for factory in BINDINGS:
+        binding, info = try_binding(factory)
+        if binding is not None:
+            return binding
+        report.append(info)
+    raise CudaUnavailable(unavailable_message(report))

@@ -7,3 +7,7 @@ class JobError(Exception):
 
 class ConfigError(Exception):
     """The agent's own configuration is wrong; the service must not restart in a loop."""
+
+
+class StaleEngine(JobError):
+    """A cached engine the runtime cannot load (another runtime build or driver): the job rebuilds it once."""

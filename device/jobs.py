@@ -21,7 +21,7 @@ from . import __version__, telemetry
 from .backends import Backend, BackendUnavailable, get_backend
 from .benchmark import Plan
 from .engines import ENGINE_META, build_options, engine_key
-from .errors import JobError
+from .errors import JobError, StaleEngine
 from .jetson import TegrastatsSampler
 from .manifest import (
     CALIBRATION_CACHE,
@@ -98,9 +98,15 @@ class JobRunner:
             raise JobError("precision fp16 needs the tensorrt backend; use fp32 or int8 with onnxruntime")
         hashes = {name: manifest.files[name].sha256 for name in manifest.files if name != REFERENCE}
         key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
-        engine_dir, meta, reused = self.build(job, backend, files[model_name], key,
-                                              self.backend_options(options, manifest, files, backend))
-        engine = backend.load(engine_dir, meta)
+        build_options_ = self.backend_options(options, manifest, files, backend)
+        engine_dir, meta, reused = self.build(job, backend, files[model_name], key, build_options_)
+        try:
+            engine = backend.load(engine_dir, meta)
+        except StaleEngine as exc:  # a cached engine this runtime cannot load: rebuild it once
+            self.event(job, "warning", "{}; rebuilding it".format(exc))
+            shutil.rmtree(str(engine_dir), ignore_errors=True)
+            engine_dir, meta, reused = self.build(job, backend, files[model_name], key, build_options_)
+            engine = backend.load(engine_dir, meta)
         try:
             self.event(job, "stage", "validating against the host's reference outputs", stage="validate")
             validation = self.validate(engine, files[REFERENCE], manifest)
@@ -109,7 +115,7 @@ class JobRunner:
             before = telemetry.snapshot()
             results = []
             plan = Plan.from_manifest(manifest.benchmark)
-            extras = {k: bool(manifest.benchmark[k]) for k in ("cuda_graph", "profile_layers")
+            extras = {k: bool(manifest.benchmark[k]) for k in ("cuda_graph", "profile_layers", "cross_check")
                       if k in manifest.benchmark and backend.name == "tensorrt"}
             with TegrastatsSampler() as sampler:
                 for batch in manifest.batch_sizes:
@@ -143,6 +149,7 @@ class JobRunner:
         if backend.name == "tensorrt":
             version = backend.identity().get("version", "unknown")
             extra["timing_cache_path"] = str(self.spool.engines / "timing-tensorrt-{}.cache".format(version))
+            extra["model_paths"] = {name: str(path) for name, path in files.items() if name.endswith(".onnx")}
             if CALIBRATION_CACHE in files:
                 extra["calibration_cache"] = str(files[CALIBRATION_CACHE])
         return extra

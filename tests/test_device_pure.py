@@ -47,11 +47,14 @@ def test_malformed_manifests_name_the_field(change, words):
         parse_manifest(manifest(**change))
 
 
-def test_nearest_rank_percentiles_and_summary():
+def test_percentiles_and_median_follow_trtexec():
     values = list(range(1, 101))  # 1..100 ms
-    assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
+    # float32 like trtexec: (1 - 0.99f) * 100 = 0.99999 -> nothing excluded -> the maximum
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 100 and percentile(values, 100) == 100
+    assert percentile(list(range(1, 11)), 90) == 9  # (1 - 0.9f) * 10 = 1.0000002 -> one excluded
     stats = summarize(values)
-    assert stats["min"] == 1 and stats["max"] == 100 and stats["median"] == 50 and stats["p90"] == 90
+    assert stats["min"] == 1 and stats["max"] == 100 and stats["median"] == 50.5 and stats["p90"] == 90
+    assert summarize([3, 1, 2])["median"] == 2
     assert stats["cv_percent"] == pytest.approx(np.std(values) / np.mean(values) * 100)
     assert throughput(32, 100, 2.0) == {"qps": 50.0, "images_per_s": 1600.0}
 

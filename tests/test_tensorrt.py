@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -56,7 +57,7 @@ def test_version_capabilities():
 def test_options_become_builder_settings_per_version():
     v85, v103 = TrtVersion.parse("8.5.2"), TrtVersion.parse("10.3.0")
     fp32 = plan_build(BASE, v85)
-    assert fp32.flags == () and fp32.model_file == "model.onnx" and fp32.explicit_batch_flag
+    assert fp32.flags == () and fp32.model_file == "model.onnx" and fp32.network_flags == ("EXPLICIT_BATCH",)
     assert fp32.profile == ("input", (1, 3, 32, 32), (32, 3, 32, 32), (32, 3, 32, 32))
     assert fp32.workspace_bytes == 1024 << 20
     assert plan_build(dict(BASE, precision="fp16"), v103).flags == ("FP16",)
@@ -75,14 +76,15 @@ def test_options_become_builder_settings_per_version():
 
 def test_dla_settings_are_checked_against_the_device():
     v = TrtVersion.parse("8.5.2")
-    dla = plan_build(dict(BASE, precision="fp16", dla_core=1), v, dla_cores=2)
+    one = dict(BASE, batch_sizes=[8])  # DLA: static shapes only
+    dla = plan_build(dict(one, precision="fp16", dla_core=1), v, dla_cores=2)
     assert dla.dla_core == 1 and "GPU_FALLBACK" in dla.flags
     with pytest.raises(PlanError, match="no DLA cores"):
-        plan_build(dict(BASE, precision="fp16", dla_core=0), v, dla_cores=0)
+        plan_build(dict(one, precision="fp16", dla_core=0), v, dla_cores=0)
     with pytest.raises(PlanError, match="DLA cores 0..1"):
-        plan_build(dict(BASE, precision="fp16", dla_core=2), v, dla_cores=2)
+        plan_build(dict(one, precision="fp16", dla_core=2), v, dla_cores=2)
     with pytest.raises(PlanError, match="FP16 or INT8 only"):
-        plan_build(dict(BASE, dla_core=0), v, dla_cores=2)
+        plan_build(dict(one, dla_core=0), v, dla_cores=2)
 
 
 def test_host_cache_is_restamped_for_the_device_and_keeps_every_scale():
@@ -226,9 +228,9 @@ def test_tensorrt_job_fails_clearly_or_falls_back_when_tensorrt_is_missing(proje
 
 # -- real TensorRT: run wherever it imports ----------------------------------------------------
 @pytest.mark.tensorrt
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed on this machine")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tensorrt_builds_runs_and_validates_resnet20(project, precision):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine")
     from .conftest import run_cli
 
     config = project / "deploy.toml"

@@ -1,11 +1,12 @@
 """TensorRT backend: build an engine natively on the device, run and benchmark it like trtexec.
 
-Written against TensorRT's documented Python API for 8.5 and later (JetPack 5: 8.5, JetPack 6.0: 8.6,
-JetPack 6.1/6.2: 10.3): ONNX parser, builder config (memory pool, flags, optimisation level,
-optimisation profile, timing cache, DLA with GPU fallback, progress monitor on 10+), and the
-name-based tensor API (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``). Every
-decision is made by the pure ``trt_plan`` module; this file only carries it out. Nothing here reports
-a figure that TensorRT did not produce.
+Written against TensorRT's Python API for 8.5 and later (JetPack 5: 8.5, JetPack 6.0: 8.6, JetPack
+6.1/6.2: 10.3, TensorRT 11): ONNX parser, builder config (memory pool, flags where the version still has
+them, optimisation level, optimisation profile, timing cache, DLA with GPU fallback, progress monitor on
+10+), and the name-based tensor API (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``).
+Every decision is made by the pure ``trt_plan`` module; every name used here is checked against the
+names NVIDIA's own bindings expose (tests/test_api_conformance.py). Nothing here reports a figure that
+TensorRT did not produce.
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ import numpy as np
 
 from ..benchmark import Plan
 from ..cuda import CudaUnavailable, load_cuda
-from ..errors import JobError
-from ..stats import summarize, throughput
+from ..errors import JobError, StaleEngine
+from ..gpu_timing import measure_gpu
+from ..jetson import jetson_facts
 from ..trt_plan import (
     BuildPlan,
     PlanError,
     TrtVersion,
     describe_parser_error,
+    dla_placement,
     engine_identity,
     plan_build,
     restamp_cache,
+    run_chunks,
 )
+from ..trtexec import cross_check
 from .base import Backend, BackendUnavailable, Engine, Progress
 
 ENGINE_FILE = "engine.plan"
@@ -56,62 +61,76 @@ class TensorRTBackend(Backend):
             raise BackendUnavailable("TensorRT {} is too old; edgekit needs 8.5+ (JetPack 5)".format(self.version))
         try:
             self.cuda = load_cuda()
+            self.device_name, self.capability = self.cuda.device()
         except CudaUnavailable as exc:
             raise BackendUnavailable(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a driver error after the probe is still "CUDA unavailable"
+            raise BackendUnavailable("CUDA unavailable: {}: {}".format(type(exc).__name__, exc)) from None
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
-        self.device_name, self.capability = self.cuda.device()
+        self._dla_cores: Optional[int] = None
 
     def dla_cores(self) -> int:
-        builder = self.trt.Builder(self.logger)
-        return int(getattr(builder, "num_DLA_cores", 0))
+        if self._dla_cores is None:
+            self._dla_cores = int(getattr(self.trt.Builder(self.logger), "num_DLA_cores", 0))
+        return self._dla_cores
 
     def describe(self) -> Dict[str, Any]:
-        return {"version": str(self.version), "device": self.device_name,
-                "compute_capability": "{}.{}".format(*self.capability), "cuda_runtime": self.cuda.runtime_version(),
-                "cuda_binding": self.cuda.name, "dla_cores": self.dla_cores(),
-                "implicit_int8": self.version.implicit_int8}
+        return {"version": self.version.full, "device": self.device_name,
+                "compute_capability": "{}.{}".format(*self.capability), "cuda_driver": self.cuda.driver_version(),
+                "cuda_binding": "{} {}".format(self.cuda.name, self.cuda.version()), "dla_cores": self.dla_cores(),
+                "implicit_int8": self.version.implicit_int8, "strongly_typed": self.version.strongly_typed}
 
     def identity(self) -> Dict[str, Any]:
-        return engine_identity(self.version, self.device_name, self.capability, None, self.cuda.runtime_version())
+        return engine_identity(self.version, self.device_name, self.capability, None, self.cuda.driver_version(),
+                               jetson_facts().get("l4t"))
 
     # -- build --------------------------------------------------------------------------------
     def plan(self, options: Dict[str, Any]) -> BuildPlan:
         try:
-            return plan_build(options, self.version, self.dla_cores() if options.get("dla_core") is not None else 0)
+            cores = self.dla_cores() if options.get("dla_core") is not None else 0
+            return plan_build(options, self.version, cores, sorted(options.get("model_paths", {})))
         except PlanError as exc:
             raise JobError(str(exc)) from None
 
     def build(self, model: Path, engine_dir: Path, options: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
         trt = self.trt
         plan = self.plan(options)
+        model = Path(options.get("model_paths", {}).get(plan.model_file, model))
         for warning in plan.warnings:
             progress("warning: " + warning)
         builder = trt.Builder(self.logger)
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if plan.explicit_batch_flag else 0
+        flags = 0
+        for flag in plan.network_flags:
+            flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, flag))
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse(model.read_bytes()):
-            raise JobError("TensorRT cannot parse the model: " + "; ".join(
-                self._parser_errors(parser, options.get("graph"))))
+            raise JobError("TensorRT cannot parse {}: {}".format(plan.model_file, "; ".join(
+                self._parser_errors(parser, options.get("graph")))))
         config = builder.create_builder_config()
         self._configure(builder, config, plan, options, engine_dir)
+        placement = self._placement(network, config, plan, progress)
         monitor = self._progress(config, plan, progress)
-        progress("building TensorRT {} engine ({}, {})".format(
-            self.version, plan.precision, "DLA core {}".format(plan.dla_core) if plan.dla_core is not None else "GPU"))
+        progress("building TensorRT {} engine ({}{}, {})".format(
+            self.version.full, plan.precision, ", strongly typed" if plan.strongly_typed else "",
+            "DLA core {}".format(plan.dla_core) if plan.dla_core is not None else "GPU"))
         start = time.perf_counter()
         try:
             serialized = builder.build_serialized_network(network, config)
         finally:
+            build_s = time.perf_counter() - start
             monitor.stop()
         if serialized is None:
             raise JobError("TensorRT could not build the engine; the agent log has TensorRT's messages")
         (engine_dir / ENGINE_FILE).write_bytes(bytes(serialized))
         self._save_timing_cache(config, options)
-        return {"file": ENGINE_FILE, "build_s": time.perf_counter() - start, "trt_version": str(self.version),
+        return {"file": ENGINE_FILE, "build_s": build_s, "trt_version": self.version.full,
+                "placement": placement,
                 "plan": {"flags": list(plan.flags), "precision": plan.precision, "int8_mode": plan.int8_mode,
                          "dla_core": plan.dla_core, "workspace_bytes": plan.workspace_bytes,
                          "optimization_level": plan.optimization_level, "profile": list(plan.profile),
-                         "model_file": plan.model_file, "warnings": list(plan.warnings)}}
+                         "model_file": plan.model_file, "strongly_typed": plan.strongly_typed,
+                         "warnings": list(plan.warnings)}}
 
     def _parser_errors(self, parser: Any, graph: Optional[List[List[str]]]) -> List[str]:
         errors = []
@@ -146,6 +165,19 @@ class TensorRTBackend(Backend):
             config.int8_calibrator = _cache_calibrator(trt, text.encode())
             config.set_calibration_profile(profile)
 
+    def _placement(self, network: Any, config: Any, plan: BuildPlan, progress: Progress) -> Optional[Dict[str, Any]]:
+        """Which layers the builder can put on the DLA (the rest fall back to the GPU), said before building."""
+        if plan.dla_core is None:
+            return None
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        placement = dla_placement([(layer.name, bool(config.can_run_on_DLA(layer))) for layer in layers],
+                                  plan.dla_core)
+        if placement["dla_layers"] == 0:
+            raise JobError("no layer of this model can run on DLA core {}; drop dla_core to build for the GPU"
+                           .format(plan.dla_core))
+        progress(placement["summary"])
+        return placement
+
     def _save_timing_cache(self, config: Any, options: Dict[str, Any]) -> None:
         path = options.get("timing_cache_path")
         if not path:
@@ -165,10 +197,14 @@ class TensorRTBackend(Backend):
         runtime = self.trt.Runtime(self.logger)
         if meta["plan"].get("dla_core") is not None:
             runtime.DLA_core = meta["plan"]["dla_core"]
-        engine = runtime.deserialize_cuda_engine((engine_dir / meta["file"]).read_bytes())
+        path = engine_dir / meta["file"]
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
-            raise JobError("TensorRT could not load the engine (built by another version or device?)")
-        return TrtEngine(self.trt, self.cuda, runtime, engine, int(meta["plan"]["profile"][3][0]))
+            raise StaleEngine("TensorRT {} could not load the cached engine {} (built by another TensorRT build or "
+                              "driver?)".format(self.version.full, path))
+        profile = meta["plan"]["profile"]
+        return TrtEngine(self.trt, self.cuda, runtime, engine, int(profile[1][0]), int(profile[3][0]), path,
+                         meta["plan"].get("dla_core"))
 
 
 class _Heartbeat:
@@ -230,112 +266,96 @@ def _cache_calibrator(trt: Any, cache: bytes) -> Any:
 
 
 class TrtEngine(Engine):
-    """Buffers for the largest batch, pinned host memory, one stream, events around each phase."""
+    """Buffers for the largest batch in the engine's own I/O types, pinned host memory, trtexec's three streams."""
 
-    def __init__(self, trt: Any, cuda: Any, runtime: Any, engine: Any, max_batch: int) -> None:
+    def __init__(self, trt: Any, cuda: Any, runtime: Any, engine: Any, min_batch: int, max_batch: int,
+                 path: Optional[Path] = None, dla_core: Optional[int] = None) -> None:
         self.trt, self.cuda, self.runtime, self.engine = trt, cuda, runtime, engine
+        self.path, self.dla_core = path, dla_core
         self.context = engine.create_execution_context()
-        self.stream = cuda.stream()
+        self.streams = {"input": cuda.stream(), "compute": cuda.stream(), "output": cuda.stream()}
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise JobError("edgekit runs single-input, single-output classifiers; the engine has {} inputs and "
                            "{} outputs".format(len(self.inputs), len(self.outputs)))
-        self.max_batch = max_batch
-        shape = tuple(engine.get_tensor_shape(self.inputs[0]))
-        self.chw = tuple(int(d) for d in shape[1:])
-        self.context.set_input_shape(self.inputs[0], (max_batch,) + self.chw)
+        self.min_batch, self.max_batch = min_batch, max_batch
+        self.chw = tuple(int(d) for d in tuple(engine.get_tensor_shape(self.inputs[0]))[1:])
+        self.in_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.inputs[0])))
+        self.out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.outputs[0])))
+        self._shape(max_batch)
         out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.outputs[0]))
-        self.host_in = cuda.host_array((max_batch,) + self.chw, np.float32)
-        self.host_out = cuda.host_array(out_shape, np.float32)
+        self.host_in = cuda.host_array((max_batch,) + self.chw, self.in_dtype)
+        self.host_out = cuda.host_array(out_shape, self.out_dtype)
         self.dev_in = cuda.malloc(self.host_in.nbytes)
         self.dev_out = cuda.malloc(self.host_out.nbytes)
         self.context.set_tensor_address(self.inputs[0], self.dev_in)
         self.context.set_tensor_address(self.outputs[0], self.dev_out)
 
     def _shape(self, batch: int) -> None:
-        if batch > self.max_batch:
-            raise JobError("batch {} is larger than the engine's profile ({})".format(batch, self.max_batch))
-        self.context.set_input_shape(self.inputs[0], (batch,) + self.chw)
+        if not self.min_batch <= batch <= self.max_batch:
+            raise JobError("batch {} is outside the engine's profile ({}..{})".format(
+                batch, self.min_batch, self.max_batch))
+        if not self.context.set_input_shape(self.inputs[0], (batch,) + self.chw):
+            raise JobError("TensorRT rejected input shape {} for {}".format(
+                [batch] + list(self.chw), self.inputs[0]))
 
     def _slices(self, batch: int) -> Any:
-        per_out = self.host_out.shape[0]
-        return self.host_in[:batch], self.host_out[:batch] if per_out >= batch else self.host_out
+        return self.host_in[:batch], self.host_out[:batch]
+
+    def _enqueue(self, stream: Any) -> None:
+        if not self.context.execute_async_v3(self.cuda.stream_handle(stream)):
+            raise JobError("TensorRT execution failed")
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
-        batch = len(inputs)
-        self._shape(batch)
-        host_in, host_out = self._slices(batch)
-        host_in[...] = inputs
-        handle = self.cuda.stream_handle(self.stream)
-        self.cuda.htod(self.dev_in, host_in, self.stream)
-        if not self.context.execute_async_v3(handle):
-            raise JobError("TensorRT execution failed")
-        self.cuda.dtoh(host_out, self.dev_out, self.stream)
-        self.cuda.sync(self.stream)
-        return np.array(host_out, copy=True)
+        """Any number of samples: chunks of the profile's maximum, the last padded up to its minimum."""
+        results = []
+        stream = self.streams["compute"]
+        for start, stop, size in run_chunks(len(inputs), self.min_batch, self.max_batch):
+            self._shape(size)
+            host_in, host_out = self._slices(size)
+            host_in[:stop - start] = inputs[start:stop]
+            host_in[stop - start:] = inputs[stop - 1:stop]  # padding rows: a copy of the last sample
+            self.cuda.htod(self.dev_in, host_in, stream)
+            self._enqueue(stream)
+            self.cuda.dtoh(host_out, self.dev_out, stream)
+            self.cuda.sync(stream)
+            results.append(np.array(host_out[:stop - start], dtype=np.float32, copy=True))
+        return np.concatenate(results)
 
-    def benchmark(self, batch: int, plan: Plan, cuda_graph: bool = False, profile_layers: bool = False
-                  ) -> Dict[str, Any]:
-        """trtexec's split: H2D, GPU compute and D2H from CUDA events, enqueue time on the host."""
+    def benchmark(self, batch: int, plan: Plan, cuda_graph: bool = False, profile_layers: bool = False,
+                  cross_check: bool = False) -> Dict[str, Any]:
+        """trtexec's loop and definitions (gpu_timing); optional CUDA graph, per-layer profile, trtexec run."""
         self._shape(batch)
         host_in, host_out = self._slices(batch)
-        host_in[...] = np.random.default_rng(0).standard_normal(host_in.shape).astype(np.float32)
-        handle = self.cuda.stream_handle(self.stream)
-        graph = None
+        host_in[...] = np.random.default_rng(0).standard_normal(host_in.shape).astype(self.in_dtype)
+        compute = self.streams["compute"]
+        graph, note = None, ""
         if cuda_graph:
-            self.context.execute_async_v3(handle)  # one run first: TensorRT allocates on the first enqueue
-            self.cuda.sync(self.stream)
-            graph = self.cuda.capture_graph(self.stream, lambda: self.context.execute_async_v3(handle))
-        events = [self.cuda.event() for _ in range(4)]
-        samples: Dict[str, List[float]] = {"latency": [], "h2d": [], "compute": [], "d2h": [], "enqueue": []}
-
-        def once() -> None:
-            self.cuda.record(events[0], self.stream)
-            self.cuda.htod(self.dev_in, host_in, self.stream)
-            self.cuda.record(events[1], self.stream)
-            tick = time.perf_counter()
+            self._enqueue(compute)  # one run first: TensorRT allocates on the first enqueue
+            self.cuda.sync(compute)
+            graph, note = self.cuda.capture_graph(compute, lambda: self._enqueue(compute))
+        launch = (lambda stream: self.cuda.launch_graph(graph, stream)) if graph is not None else self._enqueue
+        try:
+            result = measure_gpu(self.cuda, self.streams, launch,
+                                 lambda stream: self.cuda.htod(self.dev_in, host_in, stream),
+                                 lambda stream: self.cuda.dtoh(host_out, self.dev_out, stream), batch, plan)
+        finally:
             if graph is not None:
-                self.cuda.launch_graph(graph, self.stream)
-            else:
-                self.context.execute_async_v3(handle)
-            samples["enqueue"].append((time.perf_counter() - tick) * 1000.0)
-            self.cuda.record(events[2], self.stream)
-            self.cuda.dtoh(host_out, self.dev_out, self.stream)
-            self.cuda.record(events[3], self.stream)
-            self.cuda.sync(self.stream)
-            samples["latency"].append(self.cuda.elapsed_ms(events[0], events[3]))
-            samples["h2d"].append(self.cuda.elapsed_ms(events[0], events[1]))
-            samples["compute"].append(self.cuda.elapsed_ms(events[1], events[2]))
-            samples["d2h"].append(self.cuda.elapsed_ms(events[2], events[3]))
-
-        start = time.perf_counter()
-        while time.perf_counter() - start < plan.warmup_s:
-            once()
-        for values in samples.values():
-            del values[:]
-        begin = time.perf_counter()
-        while len(samples["latency"]) < plan.min_iterations or time.perf_counter() - begin < plan.duration_s:
-            once()
-        wall = time.perf_counter() - begin
-        result: Dict[str, Any] = {"batch": batch, "iterations": len(samples["latency"]), "wall_s": wall,
-                                  "latency_ms": summarize(samples["latency"]),
-                                  "h2d_ms": summarize(samples["h2d"]), "gpu_compute_ms": summarize(samples["compute"]),
-                                  "d2h_ms": summarize(samples["d2h"]), "enqueue_ms": summarize(samples["enqueue"]),
-                                  "cuda_graph": graph is not None, "transfers": "included (pinned host memory)",
-                                  "source": "TensorRT {} via {}".format(self.trt.__version__, self.cuda.name)}
-        result.update(throughput(batch, len(samples["latency"]), wall))
-        compute_cv = result["gpu_compute_ms"]["cv_percent"]
-        if compute_cv > plan.cv_warn_percent:
-            result["warning"] = ("GPU compute time varies (CV {:.1f}% > {}%): clocks are not locked "
-                                 "(run jetson_clocks) or the device throttles").format(compute_cv, plan.cv_warn_percent)
+                self.cuda.destroy_graph(graph)
+        result.update(cuda_graph=graph is not None,
+                      source="TensorRT {} via {}".format(self.trt.__version__, self.cuda.name))
+        if note:
+            result["cuda_graph_note"] = note
         if profile_layers:
-            result["layers_ms"] = self._profile_layers(handle)
+            result["layers_ms"] = self._profile_layers(compute)
+        if cross_check:
+            result["trtexec"] = cross_check_engine(self, batch, plan, graph is not None, result)
         return result
 
-    def _profile_layers(self, handle: int, runs: int = 10) -> Dict[str, float]:
-        """Mean time per layer as TensorRT's profiler reports it."""
+    def _profile_layers(self, stream: Any, runs: int = 10) -> Dict[str, float]:
+        """Mean time per layer as TensorRT's profiler reports it; the profiler is detached afterwards."""
         trt = self.trt
         totals: Dict[str, float] = {}
 
@@ -347,10 +367,26 @@ class TrtEngine(Engine):
                 totals[layer_name] = totals.get(layer_name, 0.0) + ms
 
         self.context.profiler = Profiler()
-        for _ in range(runs):
-            self.context.execute_async_v3(handle)
-            self.cuda.sync(self.stream)
+        try:
+            for _ in range(runs):
+                self._enqueue(stream)
+                self.cuda.sync(stream)
+        finally:
+            self.context.profiler = None  # later timings must not pay for profiling
         return {name: value / runs for name, value in sorted(totals.items(), key=lambda kv: -kv[1])}
 
     def close(self) -> None:
+        """Context before engine before runtime (TensorRT's documented order), then the CUDA memory."""
+        for name in ("context", "engine", "runtime"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, None)
         self.cuda.close()
+
+
+def cross_check_engine(runner: TrtEngine, batch: int, plan: Plan, cuda_graph: bool,
+                       ours: Dict[str, Any]) -> Dict[str, Any]:
+    """trtexec on the same engine file and shape; the comparison, or why it could not run."""
+    if runner.path is None:
+        return {"ran": False, "reason": "the engine file is unknown"}
+    return cross_check(runner.path, runner.inputs[0], (batch,) + runner.chw, plan, cuda_graph, runner.dla_core,
+                       TrtVersion.parse(runner.trt.__version__), ours)

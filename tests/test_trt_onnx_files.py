@@ -1,0 +1,109 @@
+"""The ONNX files written for TensorRT: Q/DQ rules for transposed convolutions, FP16-typed files for 11."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgekit.calibration.table import CalibrationTable, TensorRange
+from edgekit.calibration.trt_qdq import check_trt_qdq, write_trt_qdq
+from edgekit.host.fp16 import needs_typed_files, write_fp16, write_qdq_fp16
+
+
+class Decoder(torch.nn.Module):
+    """Conv → ConvTranspose (one group) → grouped ConvTranspose → pooling → Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.up = torch.nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.grouped = torch.nn.ConvTranspose2d(6, 4, 3, padding=1, groups=2)
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = torch.relu(self.up(x))
+        x = self.grouped(x)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory) -> tuple[Path, np.ndarray, CalibrationTable]:
+    folder = tmp_path_factory.mktemp("decoder")
+    torch.manual_seed(0)
+    path = folder / "model.onnx"
+    torch.onnx.export(Decoder().eval(), (torch.randn(2, 3, 8, 8),), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}}, opset_version=17,
+                      dynamo=False)
+    inputs = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    return path, inputs, ranges_of(path, inputs)
+
+
+def ranges_of(path: Path, inputs: np.ndarray) -> CalibrationTable:
+    """Max |x| of every tensor on the inputs (min/max calibration, enough for these checks)."""
+    model = onnx.load(str(path))
+    names = [out for node in model.graph.node for out in node.output]
+    for name in names:
+        model.graph.output.append(onnx.ValueInfoProto(name=name))
+    values = ort.InferenceSession(model.SerializeToString()).run(names, {"input": inputs})
+    ranges = {"input": float(np.abs(inputs).max())}
+    ranges.update({n: float(np.abs(v).max()) for n, v in zip(names, values)})
+    return CalibrationTable("minmax", len(inputs), {n: TensorRange(a, -a, a) for n, a in ranges.items()})
+
+
+def run(path: Path, inputs: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path)).run(None, {"input": inputs})[0]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_transposed_conv_weights_follow_nvidias_rule(decoder, tmp_path):
+    path, inputs, table = decoder
+    out = tmp_path / "model.int8.qdq.onnx"
+    summary = write_trt_qdq(path, table, out)
+    model = onnx.load(str(out))
+    assert not check_trt_qdq(model)
+    nodes = {n.name: n for n in model.graph.node}
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    deconvs = [n for n in model.graph.node if n.op_type == "ConvTranspose"]
+    assert len(deconvs) == 2 and all(n.name in summary["quantized"] for n in deconvs)
+    one_group, grouped = (nodes[n.input[1].replace("_DequantizeLinear", "_DQ")] for n in deconvs)
+    axis = {a.name: a.i for a in one_group.attribute}
+    assert axis == {"axis": 1} and init[one_group.input[1]].shape == (6,)  # C_out of the one-group deconv
+    assert not list(grouped.attribute) and init[grouped.input[1]].shape == ()  # grouped: per tensor
+    assert cosine(run(out, inputs), run(path, inputs)) > 0.99
+
+
+def test_fp16_files_for_strongly_typed_builds(decoder, tmp_path):
+    path, inputs, table = decoder
+    fp16 = write_fp16(path, tmp_path / "model.fp16.onnx")
+    model = onnx.load(str(fp16))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 I/O kept
+    weights = [i for i in model.graph.initializer if i.name.endswith("weight")]
+    assert weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
+    assert cosine(run(fp16, inputs), run(path, inputs)) > 0.9999
+
+    qdq = write_trt_qdq(path, table, tmp_path / "model.int8.qdq.onnx") and tmp_path / "model.int8.qdq.onnx"
+    typed = write_qdq_fp16(qdq, tmp_path / "model.int8.qdq.fp16.onnx")
+    model = onnx.load(str(typed))
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 19
+    init = {i.name: i for i in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq and all(init[n.input[1]].data_type == onnx.TensorProto.FLOAT16 for n in dq)
+    assert cosine(run(typed, inputs), run(qdq, inputs)) > 0.999
+
+
+def test_typed_files_only_where_a_device_needs_them():
+    assert needs_typed_files("tensorrt", "fp16", "explicit", None)
+    assert needs_typed_files("tensorrt", "int8", "explicit", 11)
+    assert not needs_typed_files("tensorrt", "int8", "explicit", 10)
+    assert not needs_typed_files("tensorrt", "fp32", "explicit", None)
+    assert not needs_typed_files("onnxruntime", "int8", "explicit", None)
