@@ -396,6 +396,10 @@ def _print_check(info: dict) -> None:
         text = (f"{about.get('version')} ({', '.join(about.get('providers', [])) or about.get('device', '')})"
                 if about.get("available") else f"[yellow]unavailable[/yellow]: {about.get('reason')}")
         table.add_row(backend, text)
+    for binding in info.get("cuda", []):
+        state = (f"[green]works[/green] (driver {binding.get('driver')})" if binding.get("usable")
+                 else f"[yellow]unusable[/yellow]: {binding.get('reason')}")
+        table.add_row(f"CUDA: {binding['binding']}", f"{binding.get('version') or ''} {state}".strip())
     device = info["device_info"]
     jetson = device.get("jetson") or {}
     table.add_row("device", str(jetson.get("model") or f"{device.get('machine')} {device.get('system')}"))

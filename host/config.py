@@ -131,6 +131,7 @@ class BenchmarkSection(Strict):
     duration_s: float = Field(default=3.0, gt=0)
     min_iterations: int = Field(default=10, ge=1)
     cv_warn_percent: float = Field(default=10.0, gt=0)
+    cross_check: bool = Field(default=False, description="TensorRT: also run trtexec on the engine, flag >5% apart")
 
 
 class ValidationSection(Strict):

@@ -111,6 +111,11 @@ def install(transport: SSHTransport, device: DeviceSection, with_onnxruntime: bo
         wheels = [build_wheel(Path(tmp))]
         if with_onnxruntime:
             wheels += download_onnxruntime(python, Path(tmp))
+        if device.backend == "tensorrt":
+            from .transports.cuda_wheels import cuda_python_wheels
+
+            wheels += cuda_python_wheels(transport.run, python.python, python.pip_platforms, Path(tmp), say,
+                                         transport.device_name)
         for wheel in wheels:
             transport.sftp.put(str(wheel), posixpath.join(dist, wheel.name))
             shipped.append(wheel.name)
@@ -176,4 +181,5 @@ def check(transport: SSHTransport) -> dict:
             "host_version": __version__, "agent_version": status.get("version"), "agent_running": status["running"],
             "queued": status.get("queued", []), "unfinished": status.get("unfinished", []),
             "models": status.get("models", {}), "backends": status.get("backends", {}),
+            "cuda": status.get("cuda", []),
             "device_info": status.get("device", {}), "free_disk_bytes": status.get("free_disk_bytes")}

@@ -352,6 +352,9 @@ class TrtEngine(Engine):
             result["layers_ms"] = self._profile_layers(compute)
         if cross_check:
             result["trtexec"] = cross_check_engine(self, batch, plan, graph is not None, result)
+            if result["trtexec"].get("flagged"):
+                flagged = "trtexec cross-check: " + "; ".join(result["trtexec"]["flagged"])
+                result["warning"] = "; ".join(w for w in (result.get("warning"), flagged) if w)
         return result
 
     def _profile_layers(self, stream: Any, runs: int = 10) -> Dict[str, float]:
