@@ -58,3 +58,34 @@ def needs_typed_files(backend: str, precision: str, int8_mode: str, trt_major: i
     if backend != "tensorrt" or precision == "fp32" or (precision == "int8" and int8_mode != "explicit"):
         return False
     return trt_major is None or trt_major >= 11
+
+
+def known_trt_major(last_report: dict | None) -> int | None:
+    """The TensorRT major the device ran in its last report (None when it never ran TensorRT)."""
+    if not last_report or last_report.get("backend") != "tensorrt":
+        return None
+    version = str((last_report.get("backend_describe") or {}).get("version") or "")
+    return int(version.split(".")[0]) if version[:1].isdigit() else None
+
+
+def add_typed_files(files: dict[str, Path], backend: str, precision: str, int8_mode: str, trt_major: int | None,
+                    say=lambda message: None) -> dict[str, Path]:
+    """``files`` plus the FP16-typed ONNX this device needs, written once next to the file they come from."""
+    from edgekit.device.manifest import MODEL_FP16, MODEL_FP32, MODEL_INT8_QDQ, MODEL_INT8_QDQ_FP16
+
+    if not needs_typed_files(backend, precision, int8_mode, trt_major):
+        return dict(files)
+    wanted = {"fp16": (MODEL_FP16, MODEL_FP32, write_fp16), "int8": (MODEL_INT8_QDQ_FP16, MODEL_INT8_QDQ,
+                                                                     write_qdq_fp16)}[precision]
+    name, source_name, writer = wanted
+    if source_name not in files:
+        return dict(files)
+    source = files[source_name]
+    target = source.parent / "typed" / name  # the stage folder is keyed by content: the file stays valid
+    if not target.is_file():
+        target.parent.mkdir(exist_ok=True)
+        partial = target.with_suffix(".part")
+        writer(source, partial)
+        partial.replace(target)
+        say(f"wrote {name} (FP16 types for TensorRT 11's strongly typed build)")
+    return dict(files, **{name: target})

@@ -107,3 +107,22 @@ def test_typed_files_only_where_a_device_needs_them():
     assert not needs_typed_files("tensorrt", "int8", "explicit", 10)
     assert not needs_typed_files("tensorrt", "fp32", "explicit", None)
     assert not needs_typed_files("onnxruntime", "int8", "explicit", None)
+
+
+def test_typed_files_are_added_once_for_the_devices_that_need_them(decoder, tmp_path):
+    from edgekit.host.fp16 import add_typed_files, known_trt_major
+
+    path, _, _ = decoder
+    source = tmp_path / "stage" / "model.onnx"
+    source.parent.mkdir()
+    source.write_bytes(path.read_bytes())
+    said = []
+    files = add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", None, said.append)
+    typed = files["model.fp16.onnx"]
+    assert typed.is_file() and len(said) == 1
+    stamp = typed.stat().st_mtime_ns
+    assert add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", 11)["model.fp16.onnx"] == typed
+    assert typed.stat().st_mtime_ns == stamp  # written once
+    assert "model.fp16.onnx" not in add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", 10)
+    assert known_trt_major({"backend": "tensorrt", "backend_describe": {"version": "11.0.0.114"}}) == 11
+    assert known_trt_major({"backend": "onnxruntime"}) is None and known_trt_major(None) is None
