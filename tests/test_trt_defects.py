@@ -219,3 +219,25 @@ def make_engine(trt, cuda, low: int = 1, high: int = 8):
     from edgekit.device.backends.tensorrt import TrtEngine
 
     return TrtEngine(trt, cuda, trt.Runtime(), trt.Engine(cuda, low, high, (3, 4, 4)), low, high)
+
+
+@pytest.mark.slow
+def test_push_with_a_driverless_cuda_binding_fails_clearly_or_falls_back(project, stand_in_tensorrt):
+    """End to end, the agent a real process: TensorRT "present", cuda-python real but without a driver."""
+    pytest.importorskip("cuda.bindings")
+    from .conftest import run_cli
+
+    env = dict(os.environ, PYTHONPATH=str(stand_in_tensorrt))
+    config = project / "deploy.toml"
+    root = project.parent / "home" / "local-device"
+    base = config.read_text()
+    config.write_text(base + f'\n[devices.local]\nkind = "local"\nbackend = "tensorrt"\nroot = "{root}"\n')
+    failed = run_cli("push", "local", "--json", cwd=project, env=env)
+    assert failed.returncode == 1 and "CUDA unavailable: cuda-python" in failed.stderr
+    assert "Traceback" not in failed.stderr and "internal error" not in failed.stderr
+    config.write_text(base + f'\n[devices.local]\nkind = "local"\nbackend = "tensorrt"\nallow_fallback = true\n'
+                             f'root = "{root}"\n')
+    fallback = run_cli("push", "local", "--json", cwd=project, env=env)
+    assert fallback.returncode == 0, fallback.stderr
+    report = json.loads(fallback.stdout)["report"]
+    assert report["backend"] == "onnxruntime" and "CUDA unavailable" in report["fallback"]

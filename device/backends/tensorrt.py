@@ -71,7 +71,11 @@ class TensorRTBackend(Backend):
 
     def dla_cores(self) -> int:
         if self._dla_cores is None:
-            self._dla_cores = int(getattr(self.trt.Builder(self.logger), "num_DLA_cores", 0))
+            try:
+                builder = self.trt.Builder(self.logger)
+            except Exception as exc:  # noqa: BLE001 - `status` must say why, never crash
+                raise BackendUnavailable("TensorRT cannot create a builder: {}".format(exc)) from None
+            self._dla_cores = int(getattr(builder, "num_DLA_cores", 0))
         return self._dla_cores
 
     def describe(self) -> Dict[str, Any]:
