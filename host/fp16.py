@@ -16,6 +16,7 @@ outputs already checks on the device.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
@@ -69,8 +70,8 @@ def known_trt_major(last_report: dict | None) -> int | None:
 
 
 def add_typed_files(files: dict[str, Path], backend: str, precision: str, int8_mode: str, trt_major: int | None,
-                    say=lambda message: None) -> dict[str, Path]:
-    """``files`` plus the FP16-typed ONNX this device needs, written once next to the file they come from."""
+                    store: Path, say=lambda message: None) -> dict[str, Path]:
+    """``files`` plus the FP16-typed ONNX this device needs, written once under ``store`` per source content."""
     from edgekit.device.manifest import MODEL_FP16, MODEL_FP32, MODEL_INT8_QDQ, MODEL_INT8_QDQ_FP16
 
     if not needs_typed_files(backend, precision, int8_mode, trt_major):
@@ -80,12 +81,35 @@ def add_typed_files(files: dict[str, Path], backend: str, precision: str, int8_m
     name, source_name, writer = wanted
     if source_name not in files:
         return dict(files)
+    from edgekit.device.manifest import sha256_file
+
     source = files[source_name]
-    target = source.parent / "typed" / name  # the stage folder is keyed by content: the file stays valid
+    target = store / sha256_file(source)[:32] / name  # keyed by the source's content: never stale
     if not target.is_file():
-        target.parent.mkdir(exist_ok=True)
-        partial = target.with_suffix(".part")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".{}.part".format(os.getpid()))
         writer(source, partial)
         partial.replace(target)
         say(f"wrote {name} (FP16 types for TensorRT 11's strongly typed build)")
     return dict(files, **{name: target})
+
+
+def typed_files_for(config, device_name: str, device, files: dict[str, Path], say=lambda message: None
+                    ) -> dict[str, Path]:
+    """What ``push`` adds for this device: the typed ONNX it needs, judged by its last TensorRT reports."""
+    if device.backend != "tensorrt" or device.precision == "fp32":
+        return {}
+    from .history import History
+
+    history = History(config.state_dir / "history.db")
+    major = None
+    for offset in range(20):  # the newest report that says which TensorRT the device runs
+        report = history.latest(device_name, offset)
+        if report is None:
+            break
+        major = known_trt_major(report)
+        if major is not None:
+            break
+    added = add_typed_files(files, device.backend, device.precision, device.int8_mode, major,
+                            config.state_dir / "typed-onnx", say)
+    return {name: path for name, path in added.items() if name not in files}

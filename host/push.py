@@ -11,6 +11,7 @@ from edgekit.device.spool import new_job_id
 from .bundle import make_manifest, manifest_bytes
 from .config import Config, host_home
 from .errors import CheckFailed
+from .fp16 import typed_files_for
 from .history import History
 from .keys import load_or_create_key, public_line, sign
 from .optimize import Optimized, optimize
@@ -101,6 +102,7 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
          progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
     device = config.device(device_name)
     optimized = optimize(config, say)
+    optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
     manifest = make_manifest(config, device, optimized.files, dict(optimized.host, stages=optimized.stages))
     key = load_or_create_key(host_home())
     payload = manifest_bytes(manifest)

@@ -117,12 +117,32 @@ def test_typed_files_are_added_once_for_the_devices_that_need_them(decoder, tmp_
     source.parent.mkdir()
     source.write_bytes(path.read_bytes())
     said = []
-    files = add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", None, said.append)
+    store = tmp_path / "typed"
+    files = add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", None, store, said.append)
     typed = files["model.fp16.onnx"]
     assert typed.is_file() and len(said) == 1
     stamp = typed.stat().st_mtime_ns
-    assert add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", 11)["model.fp16.onnx"] == typed
+    assert add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", 11, store)["model.fp16.onnx"] \
+        == typed
     assert typed.stat().st_mtime_ns == stamp  # written once
-    assert "model.fp16.onnx" not in add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", 10)
+    assert "model.fp16.onnx" not in add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", 10, store)
     assert known_trt_major({"backend": "tensorrt", "backend_describe": {"version": "11.0.0.114"}}) == 11
     assert known_trt_major({"backend": "onnxruntime"}) is None and known_trt_major(None) is None
+
+
+def test_push_adds_typed_files_unless_the_device_last_ran_tensorrt_before_11(decoder, tmp_path):
+    from types import SimpleNamespace
+
+    from edgekit.host.config import DeviceSection
+    from edgekit.host.fp16 import typed_files_for
+    from edgekit.host.history import History
+
+    path, _, _ = decoder
+    config = SimpleNamespace(state_dir=tmp_path / "state")
+    device = DeviceSection(kind="local", backend="tensorrt", precision="fp16")
+    assert list(typed_files_for(config, "orin", device, {"model.onnx": path})) == ["model.fp16.onnx"]
+    History(config.state_dir / "history.db").record("orin", {"job": "j1", "status": "done", "backend": "tensorrt",
+                                                             "backend_describe": {"version": "10.3.0.30"}})
+    assert typed_files_for(config, "orin", device, {"model.onnx": path}) == {}
+    assert typed_files_for(config, "orin", DeviceSection(kind="local", backend="tensorrt"), {"model.onnx": path}) \
+        == {}
