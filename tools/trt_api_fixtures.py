@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -176,6 +177,9 @@ def main() -> int:
     parser.add_argument("--only", choices=("tensorrt", "cuda", "source"), help="record one kind only")
     parser.add_argument("--trt-source", type=Path, help="git clone of NVIDIA/TensorRT for the 8.5/8.6 names")
     args = parser.parse_args()
+    missing = [tool for tool in ("gcc", "readelf", "nm") if shutil.which(tool) is None]
+    if missing and args.only in (None, "tensorrt"):
+        parser.error(f"{', '.join(missing)} not found: the TensorRT wheels need them (apt-get install gcc binutils)")
     if args.only in (None, "tensorrt"):
         for version in latest_per_minor(registry_versions("tensorrt-cu12-bindings"), (10, 11)):
             write("tensorrt-" + ".".join(version.split(".")[:2]), record_tensorrt(version))
