@@ -241,3 +241,32 @@ def test_push_with_a_driverless_cuda_binding_fails_clearly_or_falls_back(project
     assert fallback.returncode == 0, fallback.stderr
     report = json.loads(fallback.stdout)["report"]
     assert report["backend"] == "onnxruntime" and "CUDA unavailable" in report["fallback"]
+
+
+@pytest.mark.slow
+def test_job_rebuilds_a_cached_engine_that_no_longer_loads(project, monkeypatch):
+    """Defect 8, job level: the first load says StaleEngine (another runtime build); the job rebuilds once."""
+    from edgekit.device import jobs
+    from edgekit.device.backends.onnxruntime import OnnxRuntimeBackend
+    from edgekit.device.errors import StaleEngine
+
+    from .test_agent import prepare, publish
+
+    loads = []
+
+    class Upgraded(OnnxRuntimeBackend):
+        def load(self, engine_dir, meta):
+            loads.append(engine_dir)
+            if len(loads) == 1:
+                raise StaleEngine("cannot load the cached engine {}".format(engine_dir))
+            return super().load(engine_dir, meta)
+
+    monkeypatch.setattr(jobs, "get_backend", lambda name: Upgraded())
+    transport, manifest, key = prepare(project)
+    job = publish(transport, manifest, key)
+    transport.spool.claim(job)
+    report = jobs.JobRunner(transport.spool).run(job)
+    assert report["status"] == "done", report.get("error")
+    assert len(loads) == 2 and report["engine_reused"] is False
+    events = (transport.spool.jobs / job / "events.jsonl").read_text()
+    assert "rebuilding it" in events
