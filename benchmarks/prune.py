@@ -28,7 +28,7 @@ from edgekit.host.checkpoint import save_checkpoint
 from edgekit.host.config import load_config
 from edgekit.host.export import export_onnx
 from edgekit.host.fold import fold_batchnorm
-from edgekit.host.optimize import optimize
+from edgekit.host.pipeline import optimize
 
 PROJECT = """\
 [project]
@@ -73,10 +73,10 @@ def run(arch: str, width: float, epochs: int, finetune: int, work: Path, ratio: 
     result = optimize(load_config(project / "deploy.toml"), say=print, force=True)
     original = project / "original.onnx"
     export_onnx(fold_batchnorm(model)[0], original, [3, 32, 32])
-    latency = {batch: side_by_side({"original": original, "pruned": result.directory / "model.onnx"}, batch)
+    latency = {batch: side_by_side({"original": original, "pruned": result.files["model.onnx"]}, batch)
                for batch in (1, 32)}
     stages = {s["stage"]: s for s in result.stages}
-    before, after = stages["original ONNX FP32"], stages["ONNX FP32 (BN folded)"]
+    before, after = stages["trained (FP32 baseline)"], stages["ONNX FP32 (BN folded)"]
     return {"model": f"{arch} ×{width:g}", "macs": [before["macs"], after["macs"]],
             "params": [before["params"], after["params"]], "top1": [before["top1"], after["top1"]],
             "finetune_epochs": result.host["pruning"]["finetune_epochs"], "latency_ms": latency,

@@ -24,6 +24,7 @@ MODEL_INT8_QDQ_FP16 = "model.int8.qdq.fp16.onnx"  # Q/DQ INT8, FP16 elsewhere, F
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_CACHE = "calibration.cache"
 REFERENCE = "reference.npz"
+MODEL_BASELINE = "model.baseline.onnx"  # the unpruned FP32 model, benchmarked beside the final one
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("onnxruntime", "tensorrt")

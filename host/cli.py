@@ -82,7 +82,7 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
     from .checkpoint import save_checkpoint
     from .data import channel_stats
     from .models import create_model
-    from .optimize import load_data
+    from .pipeline import load_data
     from .train import top1
     from .train import train as run_training
 
@@ -112,7 +112,7 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
 def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Option(False, help="ignore the cache"),
                      json_mode: bool = JsonOption) -> None:
     """Fold BN, export and verify ONNX, evaluate every stage; cached by content."""
-    from .optimize import optimize
+    from .pipeline import optimize
     from .report import stage_table
 
     config = _load(config_path)
@@ -146,7 +146,7 @@ def push(device: Optional[str] = typer.Argument(None, help="device name from dep
 def _push_one(config, device: str, json_mode: bool) -> None:
     from .push import budget_failures
     from .push import push as run_push
-    from .report import latency_rows, print_report
+    from .report import latency_rows, print_report, stage_table
 
     say = _say(json_mode)
     with err.status("working…") as status:
@@ -163,6 +163,7 @@ def _push_one(config, device: str, json_mode: bool) -> None:
                "optimize": {"cached": optimized.cached, "directory": str(optimized.directory),
                             "stages": optimized.stages}})
     else:
+        console.print(stage_table(optimized.stages))
         print_report(console, report, device)
         for failure in failures:
             err.print(f"[red]budget exceeded: {failure}[/red]")

@@ -30,7 +30,7 @@ def select_devices(config: Config, device: Optional[str], all_devices: bool, gro
 def push_fleet(config: Config, names: list[str], parallel: int, say: Callable[[str], None],
                on_event: FleetSink) -> dict[str, dict[str, Any]]:
     """Optimise once, then push to every device at most ``parallel`` at a time; failures become reports."""
-    from .optimize import optimize
+    from .pipeline import optimize
     from .push import push
 
     optimize(config, say)  # once, before the threads: they all find it cached

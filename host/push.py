@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from edgekit.device.manifest import MODEL_BASELINE
 from edgekit.device.spool import new_job_id
 
 from .bundle import make_manifest, manifest_bytes
@@ -14,7 +15,7 @@ from .errors import CheckFailed
 from .fp16 import typed_files_for
 from .history import History
 from .keys import load_or_create_key, public_line, sign
-from .optimize import Optimized, optimize
+from .pipeline import Optimized, optimize
 from .transports import open_transport
 from .transports.base import Transport
 
@@ -103,7 +104,8 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     device = config.device(device_name)
     optimized = optimize(config, say)
     optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
-    manifest = make_manifest(config, device, optimized.files, dict(optimized.host, stages=optimized.stages))
+    files = {name: path for name, path in optimized.files.items() if name != MODEL_BASELINE}
+    manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages))
     key = load_or_create_key(host_home())
     payload = manifest_bytes(manifest)
     signature = sign(key, payload)

@@ -55,14 +55,24 @@ def latency_table(rows: list[dict[str, Any]], title: str = "edgekit latency repo
 
 
 def stage_table(stages: list[dict[str, Any]]) -> Table:
-    table = Table(title="optimisation stages (top-1 on held-out data, host latency with ONNX Runtime)")
-    for column in ("stage", "params", "MACs", "ONNX size", "b1 ms", "b32 ms", "top-1"):
-        table.add_column(column, justify="left" if column == "stage" else "right")
+    """One row per pipeline stage (INT8 evaluation: one per file): what it made, its accuracy, its time."""
+    table = Table(title="host pipeline (top-1 on held-out data, host latency with ONNX Runtime)")
+    for column in ("stage", "", "time", "params", "MACs", "ONNX size", "b1 ms", "b32 ms", "top-1", "note"):
+        table.add_column(column, justify="left" if column in ("stage", "", "note") else "right")
+    shown: set[str] = set()
     for stage in stages:
         latency = {int(k): v for k, v in stage.get("latency_ms", {}).items()}
-        table.add_row(stage["stage"], f"{stage.get('params', 0):,}", f"{stage.get('macs', 0) / 1e6:.1f} M",
-                      _mb(stage.get("onnx_bytes")), f"{latency[1]:.3f}" if 1 in latency else "-",
-                      f"{latency[32]:.3f}" if 32 in latency else "-", f"{stage['top1']:.2%}")
+        step = stage.get("step", "")
+        first = step not in shown
+        shown.add(step)
+        status = stage.get("status", "")
+        timing = (f"{stage['wall_s']:.1f}s" if status == "ran" else "cached") if first and "wall_s" in stage else ""
+        table.add_row(stage["stage"], step if first else "", timing,
+                      f"{stage['params']:,}" if "params" in stage else "",
+                      f"{stage['macs'] / 1e6:.1f} M" if "macs" in stage else "",
+                      _mb(stage.get("onnx_bytes")) if "onnx_bytes" in stage else "",
+                      f"{latency[1]:.3f}" if 1 in latency else "", f"{latency[32]:.3f}" if 32 in latency else "",
+                      f"{stage['top1']:.2%}" if stage.get("top1") is not None else "", stage.get("note", ""))
     return table
 
 

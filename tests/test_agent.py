@@ -18,7 +18,7 @@ from edgekit.device.spool import Spool, new_job_id, read_json
 from edgekit.host.bundle import make_manifest, manifest_bytes
 from edgekit.host.config import load_config
 from edgekit.host.keys import load_or_create_key, public_line, sign
-from edgekit.host.optimize import optimize
+from edgekit.host.pipeline import optimize
 from edgekit.host.transports.local import LocalTransport
 
 from .conftest import AGENT

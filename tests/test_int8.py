@@ -14,7 +14,7 @@ from edgekit.calibration.table import parse_trt_cache
 from edgekit.calibration.trt_qdq import check_trt_qdq
 from edgekit.device.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ
 from edgekit.host.config import load_config
-from edgekit.host.optimize import optimize
+from edgekit.host.pipeline import optimize
 
 from .conftest import run_cli
 

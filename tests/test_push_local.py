@@ -32,7 +32,7 @@ def test_push_twice_reuses_the_optimised_model_and_the_engine(project):
     assert report["status"] == "done" and report["validation"]["passed"]
     assert not data["optimize"]["cached"] and not report["engine_reused"]
     assert [row["batch"] for row in data["rows"]] == [1, 8] and all(row["p99_ms"] > 0 for row in data["rows"])
-    assert {"trained (torch FP32)", "ONNX FP32 (BN folded)"} <= set(report["host"]["accuracy"])
+    assert {"trained (FP32 baseline)", "ONNX FP32 (BN folded)"} <= set(report["host"]["accuracy"])
 
     second, again = push(project)
     assert second.returncode == 0, second.stderr
@@ -118,7 +118,7 @@ def test_upload_progress_reports_exactly_the_bytes_the_device_lacks(project):
     from edgekit.host.bundle import make_manifest, manifest_bytes
     from edgekit.host.config import host_home, load_config
     from edgekit.host.keys import load_or_create_key, sign
-    from edgekit.host.optimize import optimize
+    from edgekit.host.pipeline import optimize
     from edgekit.host.push import UploadProgress, ship
     from edgekit.host.transports.local import LocalTransport
 

@@ -104,7 +104,7 @@ def test_tampered_unsigned_and_foreign_bundles_are_rejected_over_ssh(lab_project
     from edgekit.host.bundle import make_manifest, manifest_bytes
     from edgekit.host.config import load_config
     from edgekit.host.keys import load_or_create_key, sign
-    from edgekit.host.optimize import optimize
+    from edgekit.host.pipeline import optimize
     from edgekit.host.push import follow
     from edgekit.host.transports.ssh import SSHTransport
 

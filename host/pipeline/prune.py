@@ -1,0 +1,111 @@
+"""Stage 2, prune + fine-tune (``[prune]``): structured channel pruning, saved as history + weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .load import count
+from .runner import Context, Lazy, Output, Stage
+
+PRUNED = "pruned.pt"
+
+
+def rebuild(ctx: Context, history: list[list]) -> Any:
+    """The pruned architecture from the factory plus a pruning history (no pickled modules)."""
+    from ..models import create_model
+    from ..prune import apply_history
+
+    config = ctx.config
+    model = create_model(config.model.arch, config.model.num_classes, config.model.width, config.input.shape[0])
+    return apply_history(model, history, config.input.shape[0], config.input.shape[1]).eval()
+
+
+class PruneStage(Stage):
+    name = "prune"
+    title = "prune + fine-tune"
+    reads = ("prune",)
+
+    def run(self, ctx: Context, out: Path) -> Output:
+        if not ctx.config.prune.enabled:
+            return Output(info={"enabled": False})
+        model, info = prune(ctx, ctx.get("model"), ctx.get("data"), out)
+        ctx.put("model", model)
+        steps = info["step_rows"]
+        rows = [dict(stage=f"pruned step {s['step']}/{len(steps)}", params=s["params"], macs=s["macs"],
+                     note=f"validation top-1 {s['validation_top1']:.2%} after {s['finetune_epochs']} epoch(s)")
+                for s in steps[:-1]]
+        rows.append(dict(stage=f"pruned {info['ratio']:.0%} + fine-tuned", params=steps[-1]["params"],
+                         macs=steps[-1]["macs"], top1=info["test_top1"], note=info["note"]))
+        return Output(rows=rows, info=info)  # pruned.pt stays in the stage directory: it is not shipped
+
+    def restore(self, ctx: Context, out: Path, info: dict[str, Any]) -> None:
+        if info.get("enabled", True):
+            ctx.put("model", Lazy(lambda: _load_pruned(ctx, out / PRUNED)))
+
+
+def _load_pruned(ctx: Context, path: Path) -> Any:
+    from ..checkpoint import load_model
+
+    config = ctx.config
+    return load_model(path, config.model.arch, config.model.num_classes, config.model.width,
+                      config.input.shape[0])[0]
+
+
+def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str, Any]]:
+    """Prune → fine-tune (iteratively) on a split of the training images; saves ``pruned.pt``."""
+    import torch
+
+    from ..checkpoint import save_checkpoint
+    from ..data import Split, batches
+    from ..prune import PruneSpec, prune_model
+    from ..train import top1, train
+
+    config, say = ctx.config, ctx.say
+    section = config.prune
+    mean, std = ctx.info["load"]["mean"], ctx.info["load"]["std"]
+    rng = np.random.default_rng(config.train.seed)
+    order = rng.permutation(len(data.train))
+    cut = max(1, int(len(order) * section.validation_fraction))
+    validation = Split(data.train.images[order[:cut]], data.train.labels[order[:cut]])
+    fitting = Split(data.train.images[order[cut:]], data.train.labels[order[cut:]])
+    baseline = top1(model, validation, mean, std)
+    spec = PruneSpec(**{k: v for k, v in section.model_dump().items()
+                        if k in PruneSpec.__dataclass_fields__ and k != "protect"},
+                     protect=tuple(section.protect), augment=tuple(config.train.augment))
+
+    def fit(net: Any, step: int, loss_fn: Any, after_backward: Any) -> tuple[int, float]:
+        epochs = section.sparsity_epochs if step == 0 else section.finetune_epochs
+        budget = section.max_accuracy_drop
+        stop = None
+        if step > 0 and budget is not None and section.early_stop:
+            stop = lambda epoch: top1(net, validation, mean, std) >= baseline - budget  # noqa: E731
+        ran = train(net, fitting, mean, std, epochs=epochs, batch_size=config.train.batch_size, lr=section.lr,
+                    momentum=config.train.momentum, weight_decay=config.train.weight_decay,
+                    augment=tuple(config.train.augment), seed=config.train.seed + step, loss_fn=loss_fn,
+                    after_backward=after_backward, stop=stop) if epochs else 0
+        return ran, top1(net, validation, mean, std)
+
+    example = torch.zeros(1, *config.input.shape)
+    steps = prune_model(model, spec, example, lambda step: batches(fitting, 64, mean, std, shuffle=True, seed=step),
+                        fit, say)
+    shape = config.input.shape
+    history = []
+    for step in steps:
+        snapshot = rebuild(ctx, step.history)
+        snapshot.load_state_dict(step.state)
+        history.append(dict(step=step.step, **count(snapshot, shape), finetune_epochs=step.epochs,
+                            validation_top1=step.validation_top1))
+    final = steps[-1]
+    meta = dict(ctx.info["load"]["checkpoint_meta"], pruning_history=final.history, pruned_from=config.model.arch,
+                input_shape=shape)
+    save_checkpoint(out / PRUNED, model, meta)
+    epochs = sum(s.epochs for s in steps)
+    info = {"method": spec.method, "ratio": spec.ratio, "scope": spec.scope, "steps": spec.steps,
+            "round_to": spec.round_to, "cost_weight": spec.cost_weight, "validation_baseline": baseline,
+            "finetune_epochs": [s.epochs for s in steps], "step_rows": history,
+            "test_top1": top1(model.eval(), data.test, mean, std),
+            "note": f"{spec.method}, {spec.steps} step(s), {epochs} fine-tune epoch(s), round_to {spec.round_to}"}
+    return model.eval(), info
