@@ -63,7 +63,8 @@ def test_each_change_reruns_exactly_its_stages_on_a_real_project(trained_project
         return [name for name, row in {r["step"]: r for r in result.stages}.items() if row["status"] == "ran"]
 
     assert ran() == ["load", "fold", "export", "calibrate", "evaluate"]  # prune is off: no row
-    assert ran("\n[benchmark]\nduration_s = 9.0\n[devices.jetson]\nhost = \"j\"\n") == []
+    deploy.write_text(deploy.read_text().replace("duration_s = 0.2", "duration_s = 0.3"))
+    assert ran("\n[budget]\nmax_p99_ms = 9.0\n[devices.jetson]\nhost = \"j\"\n") == []
     text = deploy.read_text().replace("images = 64", "images = 32")
     deploy.write_text(text)
     assert ran() == ["calibrate", "evaluate"]
