@@ -85,7 +85,7 @@ def test_calibration_files_agree_with_each_other(optimized):
 
 def test_int8_accuracy_is_measured_for_every_stage(optimized):
     accuracy = optimized.host["accuracy_by_file"]
-    assert set(accuracy) == {"model.onnx", MODEL_INT8_CPU, MODEL_INT8_QDQ}
+    assert set(accuracy) == {"model.baseline.onnx", "model.onnx", MODEL_INT8_CPU, MODEL_INT8_QDQ}
     assert abs(accuracy[MODEL_INT8_CPU] - accuracy["model.onnx"]) <= 0.02
     assert [s["stage"] for s in optimized.stages][-2:] == ["ONNX INT8 CPU (U8S8)", "ONNX INT8 Q/DQ for TensorRT"]
 
