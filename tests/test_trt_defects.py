@@ -25,8 +25,18 @@ FAST = Plan(warmup_s=0.0, duration_s=0.0, min_iterations=6)
 
 
 # -- 1. a binding that imports but cannot reach a driver is not "CUDA" --------------------------------
-def test_cuda_python_without_driver_is_unavailable_and_pycuda_is_tried():
+@pytest.fixture(autouse=True)
+def no_cuda_driver(request):
+    """These tests need cuda-python installed and no CUDA driver (this project's CI); skip visibly elsewhere."""
+    if "driver" not in request.keywords and "stand_in_tensorrt" not in request.fixturenames:
+        return
     pytest.importorskip("cuda.bindings", reason="cuda-python is in the dev extra")
+    if CudaPython().rt.cudaDriverGetVersion()[1]:
+        pytest.skip("a CUDA driver is present: the driverless paths cannot be exercised here")
+
+
+@pytest.mark.driver
+def test_cuda_python_without_driver_is_unavailable_and_pycuda_is_tried():
     with pytest.raises(CudaUnavailable) as failure:
         load_cuda()
     message = str(failure.value)
@@ -70,8 +80,8 @@ def test_agent_status_never_crashes_and_shows_each_binding(stand_in_tensorrt, tm
 
 
 # -- 2. CUDA graphs: one signature for every CUDA major, failure falls back, graphs freed ------------
+@pytest.mark.driver
 def test_graph_capture_failure_returns_a_note_instead_of_raising():
-    pytest.importorskip("cuda.bindings")
     graph, note = CudaPython().capture_graph(0, lambda: None)
     assert graph is None and note.startswith("CUDA graph capture failed")
 
