@@ -36,7 +36,7 @@ from .manifest import (
 )
 from .signing import SignatureError, load_trusted_keys, verify
 from .spool import Spool, read_json, write_json_atomic
-from .validate import compare
+from .validate import FP32_REFERENCE, compare, reference_key
 
 MAX_ATTEMPTS = 3
 Log = Callable[[str], None]
@@ -109,9 +109,11 @@ class JobRunner:
             engine = backend.load(engine_dir, meta)
         try:
             self.event(job, "stage", "validating against the host's reference outputs", stage="validate")
-            validation = self.validate(engine, files[REFERENCE], manifest)
+            validation = self.validate(engine, files[REFERENCE], manifest, model_name, backend.name)
             if not validation["passed"]:
-                raise JobError("validation failed: {}; the active model was not changed".format(validation["reason"]))
+                raise JobError("validation failed against the host's outputs of {}: {}; the active model was not "
+                               "changed. {}".format(validation["reference"], validation["reason"],
+                                                    validation_advice(validation)))
             before = telemetry.snapshot()
             results = []
             plan = Plan.from_manifest(manifest.benchmark)
@@ -210,16 +212,31 @@ class JobRunner:
         self.event(job, "progress", "engine built in {:.1f}s".format(meta.get("build_s", 0.0)))
         return final, meta, False
 
-    def validate(self, engine: Any, reference: Path, manifest: Manifest) -> Dict[str, Any]:
+    def validate(self, engine: Any, reference: Path, manifest: Manifest, model_name: str = "",
+                 backend: str = "") -> Dict[str, Any]:
+        """The engine against the host's outputs of the same model file (older bundles: the FP32 outputs)."""
         with np.load(str(reference), allow_pickle=False) as data:
-            inputs, outputs, labels = data["inputs"], data["outputs"], data["labels"]
+            key = reference_key(model_name) if reference_key(model_name) in data.files else FP32_REFERENCE
+            inputs, outputs, labels = data["inputs"], data[key], data["labels"]
+        same_runtime = key != FP32_REFERENCE and backend == manifest.raw.get("host", {}).get("reference_runtime")
         expected = tuple(manifest.input_shape)
         if tuple(inputs.shape[1:]) != expected:
             raise JobError("reference inputs have shape {} but the manifest says {}".format(
                 list(inputs.shape[1:]), list(expected)))
         step = max(manifest.batch_sizes)
         actual = np.concatenate([engine.run(inputs[i:i + step]) for i in range(0, len(inputs), step)])
-        return compare(outputs, actual, labels, manifest.precision, manifest.validation)
+        result = compare(outputs, actual, labels, manifest.precision, manifest.validation, same_runtime)
+        result["reference"] = model_name if key != FP32_REFERENCE else "model.onnx (FP32)"
+        return result
+
+
+def validation_advice(validation: Dict[str, Any]) -> str:
+    """The next step after a failed validation."""
+    if validation.get("same_runtime"):
+        return ("The device runs the same file in the same runtime yet computes differently (a different CPU "
+                "instruction set can saturate INT8 kernels): use precision = \"fp32\" on this device, or report it")
+    return ("The device's runtime departs from the host's results: keep more layers in floating point "
+            "(lower quantize.max_accuracy_drop), use precision = \"fp16\" (TensorRT) or \"fp32\"")
 
 
 def _read(path: Path, what: str) -> bytes:

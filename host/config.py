@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +31,7 @@ class ModelSection(Strict):
     width: float = Field(default=1.0, gt=0, le=8)
     num_classes: int = Field(default=10, ge=2)
     checkpoint: Path
+    output: Union[int, str] = Field(default=0, description="the classifier's output: index of a tuple or dict key")
 
 
 class DataSection(Strict):
@@ -76,6 +77,9 @@ class TrainSection(Strict):
     weight_decay: float = Field(default=5e-4, ge=0)
     augment: list[Literal["crop", "flip"]] = Field(default=["crop", "flip"])
     seed: int = 0
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="torch work on the host: auto = CUDA when present, else CPU")
+    amp: bool = Field(default=False, description="mixed precision (float16 on CUDA, bfloat16 on the CPU)")
 
 
 class OptimizeSection(Strict):
@@ -114,6 +118,7 @@ class PruneSection(Strict):
     distill_temperature: float = Field(default=4.0, gt=0)
     distill_alpha: float = Field(default=0.7, ge=0, le=1)
     max_accuracy_drop: Optional[float] = Field(default=0.01, ge=0, le=1)
+    allow_accuracy_drop: bool = Field(default=False, description="push even when pruning misses max_accuracy_drop")
     early_stop: bool = True
     sparsity_epochs: int = Field(default=3, ge=0)
     sparsity_lambda: float = Field(default=1e-4, ge=0)

@@ -11,30 +11,41 @@ import torch
 from torch import nn
 
 from .errors import CheckFailed, ConfigError
+from .outputs import ExportOrder, OutputKey, export_names, select
 
 
 def export_onnx(model: nn.Module, path: Path, shape: list[int], *, opset: int = 17, input_name: str = "input",
-                output_name: str = "logits") -> None:
+                output: OutputKey = 0) -> list[str]:
     """TorchScript-based exporter (``dynamo=False``): opset 17 graphs without the dynamo down-conversion.
 
     torch 2.13's dynamo exporter emits opset 18 and fails converting ReduceMean down to 17, which
-    TensorRT 8.5 (JetPack 5) needs; the TorchScript exporter writes opset 17 directly.
+    TensorRT 8.5 (JetPack 5) needs; the TorchScript exporter writes opset 17 directly. BatchNorm is
+    exported as it is (``TrainingMode.PRESERVE`` on an eval-mode model): the exporter's own eval
+    peephole would fold Conv+BN silently and ignore ``fold_bn = false``; folding is ``fold.py``'s job.
+    Every output is exported, the classifier's (``output``) first as ``logits``; returns the names.
     """
     sample = torch.zeros(1, *shape)
+    model = model.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model(sample)
-            torch.onnx.export(model.eval(), (sample,), str(path), input_names=[input_name],
-                              output_names=[output_name], opset_version=opset, dynamo=False,
-                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+            names = export_names(model, sample, output)
+            ordered = ExportOrder(model, output).eval()
+            torch.onnx.export(ordered, (sample,), str(path), input_names=[input_name], output_names=names,
+                              opset_version=opset, dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
+                              dynamic_axes={name: {0: "batch"} for name in [input_name, *names]})
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise ConfigError(f"input.shape {shape}: the model cannot take this input ({first}); "
                           "fix input.shape in deploy.toml") from None
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds on unsupported code
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"ONNX export failed ({type(exc).__name__}: {first}); make the forward pass exportable "
+                          "(tensors in, tensors out, no data-dependent Python control flow) or report it") from None
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(onnx.shape_inference.infer_shapes(graph, check_type=True, strict_mode=True), str(path))
+    return names
 
 
 def onnx_session(path: Path, threads: int = 0):
@@ -64,10 +75,11 @@ def onnx_top1(path: Path, inputs: np.ndarray, labels: np.ndarray) -> float:
     return top1_of(onnx_predict(path, inputs), labels)
 
 
-def verify_onnx(model: nn.Module, path: Path, inputs: np.ndarray, rtol: float = 1e-3, atol: float = 1e-4) -> float:
-    """ONNX Runtime must reproduce torch on real inputs; returns the max abs difference."""
+def verify_onnx(model: nn.Module, path: Path, inputs: np.ndarray, rtol: float = 1e-3, atol: float = 1e-4,
+                output: OutputKey = 0) -> float:
+    """ONNX Runtime's classifier output must reproduce torch's on real inputs; returns the max abs difference."""
     with torch.no_grad():
-        expected = model.eval()(torch.from_numpy(inputs)).numpy()
+        expected = select(model.eval()(torch.from_numpy(inputs)), output).numpy()
     actual = onnx_predict(path, inputs)
     difference = float(np.max(np.abs(expected - actual)))
     if not np.allclose(expected, actual, rtol=rtol, atol=atol):

@@ -10,7 +10,7 @@ checked afterwards. The result is saved as torch-pruning's pruning history (JSON
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -18,6 +18,8 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import ConfigError
+from .outputs import OutputKey, check_classifier, named_outputs, output_layers, select
+from .prune_probe import Cut, channel_mixers, culprits
 
 Say = Callable[[str], None]
 
@@ -121,17 +123,6 @@ def check_trainable(model: nn.Module) -> None:
                           "would silently leave them unpruned. Set requires_grad=True on every parameter first")
 
 
-def classifier(model: nn.Module) -> nn.Module:
-    """The last Conv/Linear: its outputs are the classes and must keep their number."""
-    last = None
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            last = module
-    if last is None:
-        raise ConfigError("the model has no Conv2d or Linear layer to prune")
-    return last
-
-
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example)
@@ -168,8 +159,9 @@ def feeds_part_of_grouped_conv(group: Any, graph: tp.DependencyGraph, width: int
 
 
 def prune_groups(graph: tp.DependencyGraph, model: nn.Module, protect: Iterable[str]) -> list[PruneGroup]:
+    """Prunable groups rooted at a Conv/Linear; a group touching a protected layer's outputs is left whole."""
     names = dict(model.named_modules())
-    ignored = [classifier(model)]
+    ignored = []
     for name in protect:
         if name not in names:
             raise ConfigError(f"prune.protect: the model has no layer {name!r}")
@@ -204,15 +196,23 @@ def channel_scores(scorer: tp.importance.Importance, group: PruneGroup) -> torch
     return score.view(group.ch_groups, -1).mean(0) if group.ch_groups > 1 else score
 
 
-def prune_to(graph: tp.DependencyGraph, group: PruneGroup, score: torch.Tensor, kept: int) -> None:
-    """Remove the lowest-scoring channels so that ``kept`` remain (indices repeated per channel group)."""
+def cut_for(graph: tp.DependencyGraph, group: PruneGroup, score: torch.Tensor, kept: int) -> Cut | None:
+    """The lowest-scoring channels to remove so that ``kept`` remain (indices repeated per channel group)."""
     per_group = group.width // group.ch_groups
     drop = per_group - kept // group.ch_groups
     if drop <= 0:
-        return
+        return None
     lowest = torch.argsort(score)[:drop].tolist()
     idxs = sorted(i + g * per_group for g in range(group.ch_groups) for i in lowest)
-    pruning = graph.get_pruning_group(group.root, graph.get_pruner_of_module(group.root).prune_out_channels, idxs)
+    return group.root, graph.get_pruner_of_module(group.root).prune_out_channels, idxs
+
+
+def prune_to(graph: tp.DependencyGraph, group: PruneGroup, score: torch.Tensor, kept: int) -> None:
+    """Remove the lowest-scoring channels so that ``kept`` remain."""
+    cut = cut_for(graph, group, score, kept)
+    if cut is None:
+        return
+    pruning = graph.get_pruning_group(*cut)
     if not graph.check_pruning_group(pruning):
         raise ConfigError(f"pruning {group.name} to {kept} channels would leave a layer empty; lower prune.ratio")
     pruning.prune()
@@ -304,6 +304,8 @@ class PruneSpec:
     sparsity_epochs: int = 3
     sparsity_lambda: float = 1e-4
     augment: tuple[str, ...] = ("crop",)
+    output: OutputKey = 0
+    num_classes: int | None = None
 
 
 @dataclass
@@ -314,18 +316,19 @@ class PruneStep:
     validation_top1: float
     state: dict[str, torch.Tensor]
     history: list[list]
+    protected: dict[str, str] = field(default_factory=dict)
 
 
 Fit = Callable[[nn.Module, int, Any, Any], tuple[int, float]]
 
 
-def distillation_loss(teacher: nn.Module, temperature: float, alpha: float):
+def distillation_loss(teacher: nn.Module, temperature: float, alpha: float, output: OutputKey = 0):
     """Hinton et al.: (1-α)·CE + α·T²·KL(student/T ‖ teacher/T), teacher run on the same batch."""
     criterion = nn.CrossEntropyLoss()
 
     def loss(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            soft = torch.softmax(teacher(inputs) / temperature, dim=1)
+            soft = torch.softmax(select(teacher(inputs), output) / temperature, dim=1)
         kl = nn.functional.kl_div(torch.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
         return (1 - alpha) * criterion(logits, labels) + alpha * temperature ** 2 * kl
 
@@ -346,27 +349,35 @@ def sparsify_bn(model: nn.Module, strength: float) -> Callable[[], None]:
     return hook
 
 
-def accumulate_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], limit: int = 8):
+def accumulate_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], limit: int = 8,
+                         output: OutputKey = 0, device: torch.device | None = None):
     """Taylor importance reads weight×gradient: accumulate the loss gradient over a few batches."""
     model.zero_grad(set_to_none=True)
     criterion = nn.CrossEntropyLoss()
     for index, (inputs, labels) in enumerate(batches):
         if index >= limit:
             break
-        criterion(model(inputs), labels).backward()
+        if device is not None:
+            inputs, labels = inputs.to(device), labels.to(device)
+        criterion(select(model(inputs), output), labels).backward()
 
 
 def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_batches: Callable[[int], Iterable],
-                fit: Fit, say: Say) -> list[PruneStep]:
+                fit: Fit, say: Say, batch: torch.Tensor | None = None) -> list[PruneStep]:
     """Prune ``model`` in place over ``spec.steps`` steps.
 
     ``fit(model, step, loss_fn, after_backward)`` trains (step 0: sparsity training; then fine-tuning,
     which stops early once the accuracy budget is met) and returns (epochs run, validation top-1).
-    Each step keeps a copy of its weights and history, so every step can be evaluated and saved.
+    ``batch`` (real images; ``example`` when absent) is run after every step and by the probe that
+    finds layers torch-pruning cannot follow. The layers producing the model's outputs are found from
+    the graph and never pruned. Each step keeps a copy of its weights and history.
     """
     check_trainable(model)
     if not 0 < spec.ratio < 1:
         raise ConfigError(f"prune.ratio {spec.ratio} must be between 0 and 1 (it is the fraction of channels removed)")
+    batch = example if batch is None else batch
+    reference = shapes_of(model, batch, spec)
+    protect = list(dict.fromkeys([*spec.protect, *output_layers(model.eval(), example)]))
     teacher = None
     if spec.distill:
         import copy
@@ -375,9 +386,19 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
     if spec.method == "bn_scale" and spec.sparsity_epochs:
         say(f"sparsity training of BatchNorm scales for {spec.sparsity_epochs} epoch(s) (λ={spec.sparsity_lambda})")
         fit(model, 0, None, sparsify_bn(model, spec.sparsity_lambda))
-    graph = build_graph(model.eval(), example)
+    build = lambda net: build_graph(net.eval(), example)  # noqa: E731
+    auto = {name: reason for name, reason in channel_mixers(model.eval(), example).items() if name not in protect}
+    auto.update(unfollowable(model, batch, protect + list(auto), spec, build))
+    if auto:
+        say(f"left {len(auto)} layer group(s) unpruned that torch-pruning cannot follow: "
+            + "; ".join(f"{name} ({reason})" for name, reason in list(auto.items())[:4]))
+    protect += list(auto)
+    graph = build(model)
     before = widths(model)
-    groups = prune_groups(graph, model, spec.protect)
+    groups = prune_groups(graph, model, protect)
+    if not groups:
+        raise ConfigError("nothing left to prune: every layer is protected, produces an output or cannot be "
+                          "followed by torch-pruning; disable pruning (prune.enabled = false)")
     original = {g.name: g.width for g in groups}
     ch_groups = {g.name: g.ch_groups for g in groups}
     costs = {}
@@ -389,8 +410,8 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
     steps = []
     for step in range(1, spec.steps + 1):
         if spec.method == "taylor":
-            accumulate_gradients(model, train_batches(step))
-        groups = prune_groups(graph, model, spec.protect)
+            accumulate_gradients(model, train_batches(step), output=spec.output, device=example.device)
+        groups = prune_groups(graph, model, protect)
         scores = {g.name: channel_scores(scorer, g) for g in groups}
         current = {g.name: g.width for g in groups}
         if spec.scope == "global":
@@ -401,13 +422,70 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
         for group in groups:
             prune_to(graph, group, scores[group.name], kept[group.name])
         model.zero_grad(set_to_none=True)
+        check_still_runs(model, batch, reference, [g.name for g in groups if kept[g.name] < current[g.name]], spec)
         bad = misaligned(before, widths(model), spec.round_to)
         if bad:
             raise ConfigError(f"pruned widths are not multiples of {spec.round_to}: {', '.join(bad[:5])}")
-        loss = distillation_loss(teacher, spec.distill_temperature, spec.distill_alpha) if teacher else None
+        loss = (distillation_loss(teacher, spec.distill_temperature, spec.distill_alpha, spec.output)
+                if teacher else None)
         say(f"step {step}/{spec.steps}: pruned to {sum(kept.values())} of {sum(original.values())} channels; "
             "fine-tuning" + (" with distillation" if teacher else ""))
         epochs, validation = fit(model, step, loss, None)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        steps.append(PruneStep(step, sum(kept.values()), epochs, validation, state, history(graph)))
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        steps.append(PruneStep(step, sum(kept.values()), epochs, validation, state, history(graph), dict(auto)))
     return steps
+
+
+def shapes_of(model: nn.Module, batch: torch.Tensor, spec: PruneSpec) -> list[tuple[str, list[int]]]:
+    """The model's output shapes on ``batch``; the classifier's must be [batch, num_classes]."""
+    with torch.no_grad():
+        result = model.eval()(batch)
+    if spec.num_classes is not None:
+        check_classifier(result, spec.output, spec.num_classes)
+    return [(name, list(tensor.shape)) for name, tensor in named_outputs(result)]
+
+
+def check_still_runs(model: nn.Module, batch: torch.Tensor, reference: list[tuple[str, list[int]]],
+                     pruned: list[str], spec: PruneSpec) -> None:
+    """A forward pass on real images after a pruning step: same outputs, same shapes, else one line."""
+    suggestion = f"prune.protect = {pruned[:6]!r}" if pruned else "prune.enabled = false"
+    try:
+        after = shapes_of(model, batch, spec)
+    except ConfigError as exc:
+        raise ConfigError(f"after pruning, {exc}; add the layers feeding it to {suggestion}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the user's forward raises
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ConfigError(f"the pruned model no longer runs ({type(exc).__name__}: {first}); the layers just pruned "
+                          f"were {', '.join(pruned[:6]) or 'none'}: set {suggestion}") from None
+    if after != reference:
+        raise ConfigError(f"pruning changed the model's output shapes from {reference} to {after}; set {suggestion}")
+
+
+def unfollowable(model: nn.Module, batch: torch.Tensor, protect: list[str], spec: PruneSpec,
+                 build: Callable[[nn.Module], tp.DependencyGraph]) -> dict[str, str]:
+    """Groups whose pruning breaks the model or changes its function, found on a copy (prune_probe)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def plan(net: nn.Module, graph: tp.DependencyGraph, names: list[str]) -> list[Cut]:
+        cuts = []
+        for group in prune_groups(graph, net, protect):
+            if group.name not in names:
+                continue
+            score = torch.rand(group.width // group.ch_groups, generator=generator).to(batch.device)
+            kept = aligned_width(group.width * (1 - spec.ratio), group.width, spec.round_to, group.ch_groups)
+            cut = cut_for(graph, group, score, kept)
+            if cut is not None:
+                cuts.append(cut)
+        return cuts
+
+    found: dict[str, str] = {}
+    names = [g.name for g in prune_groups(build(model), model, protect)]
+    for _ in range(3):  # culprits found one by one; a pair that only fails together shows up next round
+        more, whole = culprits(model, batch, [n for n in names if n not in found], plan, build)
+        found.update(more)
+        if whole.ok:
+            return found
+        if not more:
+            break
+    raise ConfigError(f"pruning breaks the model ({whole.reason}) and no single layer explains it; "
+                      "protect layers with prune.protect = [...] or set prune.enabled = false")
