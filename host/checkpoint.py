@@ -22,7 +22,8 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     json.dumps(meta)  # metadata must stay plain data
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}  # trained on a GPU too
+    torch.save({"state_dict": state, "meta": meta}, tmp)
     tmp.replace(path)
 
 

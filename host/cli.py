@@ -79,10 +79,12 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
     """Train the project's model on its data set and write model.checkpoint."""
     from rich.progress import Progress
 
+    from .accelerator import resolve
     from .checkpoint import save_checkpoint
     from .data import channel_stats
     from .models import create_model
     from .pipeline import load_data
+    from .pipeline.load import check_interface
     from .train import top1
     from .train import train as run_training
 
@@ -91,14 +93,17 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
     mean, std = (config.data.mean, config.data.std) if config.data.mean else channel_stats(data.train)
     model = create_model(config.model.arch, config.model.num_classes, config.model.width, config.input.shape[0])
     section = config.train
+    check_interface(config, model)
     total = epochs or section.epochs
     with Progress(console=err, transient=json_mode) as progress:
         task = progress.add_task(f"training {config.model.arch}", total=total)
         run_training(model, data.train, mean, std, epochs=total, batch_size=section.batch_size, lr=section.lr,
                      momentum=section.momentum, weight_decay=section.weight_decay, augment=tuple(section.augment),
-                     seed=section.seed, progress=lambda e, n, loss: progress.update(
+                     seed=section.seed, device=resolve(section.device), amp=section.amp, output=config.model.output,
+                     progress=lambda e, n, loss: progress.update(
                          task, completed=e, description=f"training {config.model.arch} (loss {loss:.3f})"))
-    accuracy = top1(model, data.test, mean, std)
+    accuracy = top1(model, data.test, mean, std, output=config.model.output)
+    model.cpu()
     meta = {"arch": config.model.arch, "width": config.model.width, "num_classes": config.model.num_classes,
             "epochs": total, "top1": accuracy, "mean": mean, "std": std}
     save_checkpoint(config.checkpoint, model, meta)

@@ -63,3 +63,21 @@ def check_before_upload(reference: Path, model_file: str, precision: str, overri
                           f"rule against the FP32 model: {verdict['reason']}); nothing was uploaded. "
                           f"{advice(precision, model_file).capitalize()}")
     return verdict
+
+
+class Fidelity:
+    """The device's rule for INT8 files against the FP32 model on the reference images: what quantisation
+    must meet (beside the label budget) before a file is good enough to ship."""
+
+    def __init__(self, fp32: Path, inputs: np.ndarray, labels: np.ndarray, overrides: Mapping[str, Any]) -> None:
+        self.inputs, self.labels, self.overrides = inputs, labels, dict(overrides)
+        self.reference = onnx_predict(fp32, inputs)
+
+    def failures(self, files: Mapping[str, Path], precision: str = "int8") -> dict[str, str]:
+        """{file: why it would fail} for the files the device would reject."""
+        failed = {}
+        for name, path in files.items():
+            verdict = compare(self.reference, onnx_predict(path, self.inputs), self.labels, precision, self.overrides)
+            if not verdict["passed"]:
+                failed[name] = verdict["reason"]
+        return failed

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from edgekit.device.manifest import MODEL_BASELINE
+from edgekit.device.manifest import MODEL_BASELINE, REFERENCE, model_for, parse_manifest
 from edgekit.device.spool import new_job_id
 
 from .bundle import make_manifest, manifest_bytes
@@ -16,6 +16,7 @@ from .fp16 import typed_files_for
 from .history import History
 from .keys import load_or_create_key, public_line, sign
 from .pipeline import Optimized, optimize
+from .prevalidate import check_before_upload
 from .transports import open_transport
 from .transports.base import Transport
 
@@ -106,6 +107,8 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
     files = {name: path for name, path in optimized.files.items() if name != MODEL_BASELINE}
     manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages))
+    check_before_upload(files[REFERENCE], model_for(parse_manifest(manifest)), device.precision,
+                        manifest["target"]["validation"], device_name)
     key = load_or_create_key(host_home())
     payload = manifest_bytes(manifest)
     signature = sign(key, payload)

@@ -23,6 +23,7 @@ from .config import Config
 from .data import IMAGE_SUFFIXES, Dataset, normalize
 from .errors import ConfigError
 from .export import onnx_predict, onnx_top1
+from .prevalidate import Fidelity
 
 Say = Callable[[str], None]
 SENSITIVITY_IMAGES = 256
@@ -118,27 +119,39 @@ def quantize(config: Config, fp32: Path, work: Path, data: Dataset, mean: list[f
                             info={"method": section.method, "images": collected.images, "calibrate_s": calibrate_s,
                                   "percentile": table.percentile})
     budget = section.max_accuracy_drop
-    if budget is None or fp32_top1 - min(accuracy.values()) <= budget:
+    samples = min(config.optimize.reference_samples, len(test))
+    overrides = config.validation.model_dump(exclude_none=True)
+    fidelity = Fidelity(fp32, test[:samples], data.test.labels[:samples], overrides)
+    unfaithful = fidelity.failures({name: work / name for name in accuracy})
+    result.info["unfaithful"] = unfaithful
+    if (budget is None or fp32_top1 - min(accuracy.values()) <= budget) and not unfaithful:
         return result
+    for name, reason in unfaithful.items():
+        say(f"{name} would fail the device's validation against the FP32 model ({reason})")
     if not section.mixed_precision:
         say(f"INT8 loses {fp32_top1 - min(accuracy.values()):.2%} top-1, over quantize.max_accuracy_drop {budget}")
         return result
-    return _mixed_precision(config, fp32, work, table, images, test, data.test.labels, fp32_top1, result, say)
+    return _mixed_precision(config, fp32, work, table, images, test, data.test.labels, fp32_top1, result, say,
+                            fidelity)
 
 
 def _mixed_precision(config: Config, fp32: Path, work: Path, table, images: np.ndarray, test: np.ndarray,
-                     labels: np.ndarray, fp32_top1: float, result: QuantizeResult, say: Say) -> QuantizeResult:
-    """Leave the most sensitive layers in floating point, one at a time, until the budget is met.
+                     labels: np.ndarray, fp32_top1: float, result: QuantizeResult, say: Say,
+                     fidelity: Fidelity) -> QuantizeResult:
+    """Leave the most sensitive layers in floating point, one at a time, until the budget is met and every
+    INT8 file passes the device's validation rule against the FP32 model (``prevalidate.Fidelity``).
 
     Layers are ranked with the writer of the model that misses the budget by more; both models then
     keep the same layers in float.
     """
-    budget = config.quantize.max_accuracy_drop or 0.0
+    budget = config.quantize.max_accuracy_drop
+    budget = 1.0 if budget is None else budget
     writers: dict[str, Writer] = {
         MODEL_INT8_QDQ: lambda exclude, out: write_trt_qdq(fp32, table, out, exclude=exclude),
         MODEL_INT8_CPU: lambda exclude, out: write_cpu_int8(fp32, table, out, exclude=exclude, weighted_only=True),
     }
     worst = min(result.accuracy, key=result.accuracy.get)
+    worst = next(iter(result.info.get("unfaithful") or {}), worst)  # rank with the file the device would reject
     say(f"INT8 loses {fp32_top1 - result.accuracy[worst]:.2%} top-1 (budget {budget:.2%}); "
         "ranking layer sensitivity")
     ranking = rank_sensitivity(fp32, writers[worst], images[:SENSITIVITY_IMAGES], work)
@@ -149,10 +162,12 @@ def _mixed_precision(config: Config, fp32: Path, work: Path, table, images: np.n
         for name, writer in writers.items():
             writer(set(excluded), work / name)
         result.accuracy = {name: onnx_top1(work / name, test, labels) for name in writers}
-        if fp32_top1 - min(result.accuracy.values()) <= budget:
+        unfaithful = fidelity.failures({name: work / name for name in writers})
+        if fp32_top1 - min(result.accuracy.values()) <= budget and not unfaithful:
             break
     result.excluded, result.sensitivity = excluded, ranking
-    met = fp32_top1 - min(result.accuracy.values()) <= budget
+    result.info["unfaithful"] = unfaithful
+    met = fp32_top1 - min(result.accuracy.values()) <= budget and not unfaithful
     say(f"left {len(excluded)} layer(s) in floating point: {', '.join(excluded) or 'none'}"
         + ("" if met else " — the budget is still not met with every layer in floating point"))
     return result

@@ -105,6 +105,22 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
     fp_layers = report.get("host", {}).get("calibration", {}).get("fp_layers")
     if report.get("precision") == "int8" and fp_layers:
         console.print(f"mixed precision: {len(fp_layers)} layer(s) kept in floating point: {', '.join(fp_layers)}")
+    for line in model_warnings(report):
+        console.print(f"[yellow]warning: {line}[/yellow]")
+
+
+def model_warnings(report: dict[str, Any]) -> list[str]:
+    """What the user should know about the model itself: INT8 slower than FP32, layers left unpruned."""
+    host, lines = report.get("host", {}), []
+    slower = host.get("int8_slower_than_fp32", {}).get(report.get("model_file", ""))
+    if report.get("precision") == "int8" and report.get("backend") == "onnxruntime" and slower:
+        lines.append(f"{report['model_file']} ran slower than the FP32 model on the host's ONNX Runtime ({slower}); "
+                     "on this device precision = \"fp32\" may be faster")
+    protected = host.get("pruning", {}).get("protected") or {}
+    if protected:
+        lines.append(f"{len(protected)} layer group(s) left unpruned (torch-pruning cannot follow them): "
+                     f"{', '.join(protected)}")
+    return lines
 
 
 def compare_rows(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:

@@ -58,6 +58,8 @@ def host_summary(config: Config, run: Run) -> dict[str, Any]:
     """What the manifest carries about the host side: accuracy of every stage and file, calibration, pruning."""
     from edgekit.device.manifest import MODEL_BASELINE, MODEL_FP32
 
+    from ..prevalidate import REFERENCE_RUNTIME
+
     info = run.ctx.info
     load, calibrate = info["load"], info.get("calibrate", {})
     by_file = {MODEL_BASELINE: load["top1"], MODEL_FP32: info["export"]["top1"]}
@@ -74,4 +76,7 @@ def host_summary(config: Config, run: Run) -> dict[str, Any]:
         "pruning": info.get("prune", {}) if info.get("prune", {}).get("enabled", True) else {},
         "test_images": load["test_images"], "checkpoint_meta": load["checkpoint_meta"],
         "cache_key": run.keys[list(run.keys)[-1]], "stage_keys": {k: v[:16] for k, v in run.keys.items()},
+        "folding": info["export"].get("folding", {}), "outputs": info["export"].get("outputs", ["logits"]),
+        "reference_runtime": REFERENCE_RUNTIME,
+        "int8_slower_than_fp32": info.get("evaluate", {}).get("int8_slower_than_fp32", {}),
     }

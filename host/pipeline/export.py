@@ -1,10 +1,9 @@
-"""Stage 4, export + verify: ONNX (dynamic batch), ONNX Runtime must match torch; reference outputs."""
+"""Stage 4, export + verify: ONNX (dynamic batch, every output, the classifier first), BatchNorm folded on
+the graph where torch did not, ONNX Runtime must match torch; the FP32 reference outputs."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 from edgekit.device.manifest import MODEL_FP32, REFERENCE
 
@@ -20,21 +19,37 @@ class ExportStage(Stage):
 
     def run(self, ctx: Context, out: Path) -> Output:
         from ..data import normalize
-        from ..export import export_onnx, onnx_predict, verify_onnx
+        from ..export import export_onnx, verify_onnx
+        from ..fold import FoldReport, fold_in_onnx
+        from ..prevalidate import reference_outputs, write_reference
 
         config, model, data = ctx.config, ctx.get("model"), ctx.get("data")
         mean, std = ctx.info["load"]["mean"], ctx.info["load"]["std"]
         path = out / MODEL_FP32
-        export_onnx(model, path, config.input.shape, opset=config.optimize.opset, input_name=config.input.name)
-        difference = verify_onnx(model, path, sample_inputs(ctx).numpy())
+        outputs = export_onnx(model, path, config.input.shape, opset=config.optimize.opset,
+                              input_name=config.input.name, output=config.model.output)
+        folding = {}
+        if config.optimize.fold_bn:
+            torch_side = ctx.info["fold"]
+            report = fold_in_onnx(path, FoldReport(torch_side["batchnorms"], torch_side["torch_folded"],
+                                                   fx_error=torch_side["fx_error"]))
+            ctx.say(report.message())
+            folding = dict(vars(report), message=report.message())
+        difference = verify_onnx(model, path, sample_inputs(ctx).numpy(), output=config.model.output)
         ctx.say(f"exported ONNX opset {config.optimize.opset}; ONNX Runtime matches torch (max diff {difference:.2g})")
         samples = min(config.optimize.reference_samples, len(data.test))
         inputs = normalize(data.test.images[:samples], mean, std)
-        np.savez(out / REFERENCE, inputs=inputs, outputs=onnx_predict(path, inputs),
-                 labels=data.test.labels[:samples].astype(np.int64))
+        write_reference(out / REFERENCE, inputs, data.test.labels[:samples],
+                        reference_outputs({MODEL_FP32: path}, inputs))
         counts = count(model, config.input.shape)
         label = "ONNX FP32 (BN folded)" if config.optimize.fold_bn else "ONNX FP32"
-        row = onnx_row(label, path, config, data, mean, std, **counts,
-                       note=f"opset {config.optimize.opset}, ORT vs torch max diff {difference:.2g}")
-        return Output(rows=[row], info={"top1": row["top1"], "counts": counts, "max_difference": difference},
+        note = f"opset {config.optimize.opset}, ORT vs torch max diff {difference:.2g}"
+        if folding:
+            note += f"; BN folded {report.folded}/{report.batchnorms}"
+            note += f", {report.remaining} kept as scales" if report.remaining else ""
+        if len(outputs) > 1:
+            note += f"; outputs {', '.join(outputs)}"
+        row = onnx_row(label, path, config, data, mean, std, **counts, note=note)
+        return Output(rows=[row], info={"top1": row["top1"], "counts": counts, "max_difference": difference,
+                                        "folding": folding, "outputs": outputs, "latency_ms": row["latency_ms"]},
                       files=[MODEL_FP32, REFERENCE])

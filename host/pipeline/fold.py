@@ -1,4 +1,5 @@
-"""Stage 3, fold BatchNorm (``optimize.fold_bn``) into the convolutions before it, checked numerically."""
+"""Stage 3, fold BatchNorm (``optimize.fold_bn``): with torch.fx where the model traces; the export stage
+folds the rest on the ONNX graph (untraceable models, fused BN+activation modules) and counts both."""
 
 from __future__ import annotations
 
@@ -25,18 +26,19 @@ class FoldStage(Stage):
     reads = ("optimize.fold_bn",)
 
     def run(self, ctx: Context, out: Path) -> Output:
-        from ..fold import fold_batchnorm, max_difference
+        from ..fold import fold_in_torch
 
         if not ctx.config.optimize.fold_bn:
             return Output(info={"enabled": False})
         model = ctx.get("model")
-        folded, n = fold_batchnorm(model)
-        difference = max_difference(model, folded, sample_inputs(ctx))
-        ctx.say(f"folded {n} BatchNorm layers into their convolutions (max output change {difference:.2g})")
+        folded, report = fold_in_torch(model, sample_inputs(ctx), ctx.config.model.output)
         ctx.put("model", folded)
-        note = f"{n} BatchNorm layer(s) folded, max output change {difference:.2g}"
-        return Output(rows=[dict(stage="BatchNorm folded", **count(folded, ctx.config.input.shape), note=note)],
-                      info={"enabled": True, "folded": n, "max_difference": difference})
+        info = {"enabled": True, "batchnorms": report.batchnorms, "torch_folded": report.torch_folded,
+                "fx_error": report.fx_error}
+        note = (f"{report.torch_folded} of {report.batchnorms} BatchNorm layer(s) folded with torch.fx"
+                if not report.fx_error else "torch.fx cannot trace the model: folded on the ONNX graph")
+        return Output(rows=[dict(stage="BatchNorm folded (torch)", **count(folded, ctx.config.input.shape),
+                                 note=note)], info=info)
 
     def restore(self, ctx: Context, out: Path, info: dict[str, Any]) -> None:
         """Folding is deterministic and takes milliseconds: redo it on the (lazily restored) model."""
@@ -45,8 +47,8 @@ class FoldStage(Stage):
         previous = ctx.raw("model")
 
         def make() -> Any:
-            from ..fold import fold_batchnorm
+            from ..fold import fold_in_torch
 
-            return fold_batchnorm(ctx.resolve(previous))[0]
+            return fold_in_torch(ctx.resolve(previous), sample_inputs(ctx), ctx.config.model.output)[0]
 
         ctx.put("model", Lazy(make))

@@ -61,6 +61,18 @@ def load_trained(config: Config) -> tuple[Any, dict[str, Any]]:
                       config.model.width, config.input.shape[0])
 
 
+def check_interface(config: Config, model: Any) -> None:
+    """One image in, the classifier among the outputs: else one line naming the fix (before any work)."""
+    import torch
+
+    from ..outputs import check_classifier, check_single_input
+
+    check_single_input(model)
+    with torch.no_grad():
+        result = model.eval()(torch.zeros(2, *config.input.shape))
+    check_classifier(result, config.model.output, config.model.num_classes)
+
+
 def onnx_row(label: str, path: Path, config: Config, data: Dataset, mean: list[float], std: list[float],
              **extra: Any) -> dict[str, Any]:
     """One stage-table row for an ONNX file: size, host ONNX Runtime latency at batch 1 and 32, top-1."""
@@ -78,6 +90,7 @@ class LoadStage(Stage):
     title = "load + evaluate"
     # [train] is here because prune's fine-tuning reuses its settings; opset and input name shape the baseline
     reads = ("model", "data", "input", "train", "optimize.opset")
+    unkeyed = ("train.device",)  # where torch runs does not change what it computes
 
     def files(self, config: Config) -> dict[str, Path]:
         """Checked here, before any key is computed: a missing input is one line naming its key."""
@@ -90,17 +103,20 @@ class LoadStage(Stage):
         config = ctx.config
         data = load_data(config)
         model, meta = load_trained(config)
+        check_interface(config, model)
         mean, std = normalization(config, data)
         ctx.say(f"loaded {config.model.arch} from {config.checkpoint.name}; evaluating on {len(data.test)} "
                 "held-out images")
         baseline = out / MODEL_BASELINE
-        export_onnx(model, baseline, config.input.shape, opset=config.optimize.opset, input_name=config.input.name)
+        export_onnx(model, baseline, config.input.shape, opset=config.optimize.opset, input_name=config.input.name,
+                    output=config.model.output)
         counts = count(model, config.input.shape)
         row = onnx_row("trained (FP32 baseline)", baseline, config, data, mean, std, **counts,
-                       torch_top1=top1(model, data.test, mean, std))
+                       torch_top1=top1(model, data.test, mean, std, output=config.model.output))
         ctx.put("data", data)
         ctx.put("model", model)
-        info = {"mean": mean, "std": std, "counts": counts, "top1": row["top1"], "test_images": len(data.test),
+        info = {"mean": mean, "std": std, "counts": counts, "top1": row["top1"], "torch_top1": row["torch_top1"],
+                "test_images": len(data.test),
                 "checkpoint_meta": {k: v for k, v in meta.items() if k != "pruning_history"},
                 "pruning_history": meta.get("pruning_history")}
         return Output(rows=[row], info=info, files=[MODEL_BASELINE])

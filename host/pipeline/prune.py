@@ -11,6 +11,7 @@ from .load import count
 from .runner import Context, Lazy, Output, Stage
 
 PRUNED = "pruned.pt"
+PROBE_IMAGES = 16  # real images run after every pruning step and by the probe for unfollowable layers
 
 
 def rebuild(ctx: Context, history: list[list]) -> Any:
@@ -27,6 +28,7 @@ class PruneStage(Stage):
     name = "prune"
     title = "prune + fine-tune"
     reads = ("prune",)
+    unkeyed = ("prune.allow_accuracy_drop",)  # a verdict on the result, not an input to it
 
     def run(self, ctx: Context, out: Path) -> Output:
         if not ctx.config.prune.enabled:
@@ -45,6 +47,27 @@ class PruneStage(Stage):
         if info.get("enabled", True):
             ctx.put("model", Lazy(lambda: _load_pruned(ctx, out / PRUNED)))
 
+    def check(self, ctx: Context, info: dict[str, Any]) -> None:
+        if info.get("enabled", True):
+            check_accuracy_drop(ctx.config, ctx.info["load"]["torch_top1"], info["test_top1"],
+                                ctx.info["load"]["test_images"])
+
+
+def check_accuracy_drop(config: Any, before: float, after: float, images: int) -> None:
+    """``prune.max_accuracy_drop`` is a promise: missing it fails the push with the figures, unless allowed."""
+    from ..errors import CheckFailed
+
+    section = config.prune
+    budget = section.max_accuracy_drop
+    if budget is None or before - after <= budget + 1e-9:
+        return
+    figures = (f"pruning lost {(before - after) * 100:.1f} points of top-1 ({before:.1%} → {after:.1%} on "
+               f"{images} held-out images), more than prune.max_accuracy_drop = {budget}")
+    if section.allow_accuracy_drop:
+        return
+    raise CheckFailed(f"{figures}; fine-tune longer (prune.finetune_epochs, prune.distill = true), prune less "
+                      "(prune.ratio), or accept it with prune.allow_accuracy_drop = true (the pruned model is cached)")
+
 
 def _load_pruned(ctx: Context, path: Path) -> Any:
     from ..checkpoint import load_model
@@ -58,39 +81,48 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
     """Prune → fine-tune (iteratively) on a split of the training images; saves ``pruned.pt``."""
     import torch
 
+    from ..accelerator import describe, resolve
     from ..checkpoint import save_checkpoint
-    from ..data import Split, batches
+    from ..data import Split, batches, normalize
     from ..prune import PruneSpec, prune_model
     from ..train import top1, train
 
     config, say = ctx.config, ctx.say
     section = config.prune
+    output = config.model.output
+    device = resolve(config.train.device)
+    model.to(device)
     mean, std = ctx.info["load"]["mean"], ctx.info["load"]["std"]
     rng = np.random.default_rng(config.train.seed)
     order = rng.permutation(len(data.train))
     cut = max(1, int(len(order) * section.validation_fraction))
     validation = Split(data.train.images[order[:cut]], data.train.labels[order[:cut]])
     fitting = Split(data.train.images[order[cut:]], data.train.labels[order[cut:]])
-    baseline = top1(model, validation, mean, std)
+    baseline = top1(model, validation, mean, std, output=output)
     spec = PruneSpec(**{k: v for k, v in section.model_dump().items()
                         if k in PruneSpec.__dataclass_fields__ and k != "protect"},
-                     protect=tuple(section.protect), augment=tuple(config.train.augment))
+                     protect=tuple(section.protect), augment=tuple(config.train.augment), output=output,
+                     num_classes=config.model.num_classes)
 
     def fit(net: Any, step: int, loss_fn: Any, after_backward: Any) -> tuple[int, float]:
         epochs = section.sparsity_epochs if step == 0 else section.finetune_epochs
         budget = section.max_accuracy_drop
         stop = None
         if step > 0 and budget is not None and section.early_stop:
-            stop = lambda epoch: top1(net, validation, mean, std) >= baseline - budget  # noqa: E731
+            stop = lambda epoch: top1(net, validation, mean, std, output) >= baseline - budget  # noqa: E731
         ran = train(net, fitting, mean, std, epochs=epochs, batch_size=config.train.batch_size, lr=section.lr,
                     momentum=config.train.momentum, weight_decay=config.train.weight_decay,
                     augment=tuple(config.train.augment), seed=config.train.seed + step, loss_fn=loss_fn,
-                    after_backward=after_backward, stop=stop) if epochs else 0
-        return ran, top1(net, validation, mean, std)
+                    after_backward=after_backward, stop=stop, device=device, amp=config.train.amp,
+                    output=output) if epochs else 0
+        return ran, top1(net, validation, mean, std, output)
 
-    example = torch.zeros(1, *config.input.shape)
+    say(f"pruning on {describe(device)}")
+    example = torch.zeros(1, *config.input.shape, device=device)
+    batch = torch.from_numpy(normalize(fitting.images[:PROBE_IMAGES], mean, std)).to(device)
     steps = prune_model(model, spec, example, lambda step: batches(fitting, 64, mean, std, shuffle=True, seed=step),
-                        fit, say)
+                        fit, say, batch=batch)
+    model.cpu()
     shape = config.input.shape
     history = []
     for step in steps:
@@ -103,9 +135,12 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
                 input_shape=shape)
     save_checkpoint(out / PRUNED, model, meta)
     epochs = sum(s.epochs for s in steps)
+    protected = final.protected
+    note = f"{spec.method}, {spec.steps} step(s), {epochs} fine-tune epoch(s), round_to {spec.round_to}"
+    if protected:
+        note += f"; left whole (torch-pruning cannot follow them): {', '.join(protected)}"
     info = {"method": spec.method, "ratio": spec.ratio, "scope": spec.scope, "steps": spec.steps,
             "round_to": spec.round_to, "cost_weight": spec.cost_weight, "validation_baseline": baseline,
-            "finetune_epochs": [s.epochs for s in steps], "step_rows": history,
-            "test_top1": top1(model.eval(), data.test, mean, std),
-            "note": f"{spec.method}, {spec.steps} step(s), {epochs} fine-tune epoch(s), round_to {spec.round_to}"}
+            "finetune_epochs": [s.epochs for s in steps], "step_rows": history, "protected": protected,
+            "device": str(device), "test_top1": top1(model.eval(), data.test, mean, std, output), "note": note}
     return model.eval(), info

@@ -75,6 +75,7 @@ class Stage:
     name: str = ""
     title: str = ""
     reads: tuple[str, ...] = ()
+    unkeyed: tuple[str, ...] = ()  # keys under ``reads`` that only ``check`` reads: changing them reruns nothing
 
     def files(self, config: Config) -> dict[str, Path]:
         """Input files or folders read by content (the checkpoint, the data set, a calibration folder)."""
@@ -85,6 +86,10 @@ class Stage:
 
     def restore(self, ctx: Context, out: Path, info: dict[str, Any]) -> None:
         """Default: nothing in memory to hand on (later stages read the files)."""
+
+    def check(self, ctx: Context, info: dict[str, Any]) -> None:
+        """A verdict on the stage's result (raise to stop the push), made whether it ran or was restored,
+        so the result stays cached while the user decides what to change."""
 
 
 # Paths are keyed by the content they point to (a stage's ``files``), not by how they are spelled.
@@ -102,8 +107,11 @@ def section_values(config: Config, reads: Sequence[str]) -> dict[str, Any]:
 
 
 def stage_key(stage: Stage, config: Config, previous: str) -> str:
-    payload = {"stage": stage.name, "previous": previous, "code": code_fingerprint(),
-               "sections": section_values(config, stage.reads),
+    sections = section_values(config, stage.reads)
+    for unkeyed in stage.unkeyed:
+        section, _, key = unkeyed.partition(".")
+        sections.get(section, {}).pop(key, None)
+    payload = {"stage": stage.name, "previous": previous, "code": code_fingerprint(), "sections": sections,
                "files": {label: content_hash(path) for label, path in stage.files(config).items()}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -151,6 +159,7 @@ def run_stages(config: Config, stages: Sequence[Stage], say: Say, force: bool = 
         else:
             ran.append(stage.name)
         ctx.info[stage.name] = saved["info"]
+        stage.check(ctx, saved["info"])
         ctx.files.update({name: directory / name for name in saved["files"]})
         timings[stage.name] = time.perf_counter() - clock
         for row in saved["rows"]:

@@ -1,0 +1,191 @@
+"""Users' own models pushed end to end, as a new user would: prune + INT8 on the local device.
+
+    python benchmarks/user_models.py [--models shufflenet,senet,...] [--width 1.0] [--finetune 1]
+                                     [--target] [--rounds 2] [--only-target]
+
+Part 1 (the zoo): every model of ``tests/user_models.py`` (and ``densenet121``) is trained for
+``--train-epochs`` on the digits (real images), then ``edgekit push local`` runs with pruning (50%,
+``--finetune`` epochs) and ``precision = "int8"``. The table says, per model, whether it went end to
+end (validation passed) or the one line it failed with, the layers protected from pruning, the folding
+count and the push time. Nothing may end in a traceback.
+
+Part 2 (``--target``): push time of a DenseNet-121-like model (``tests/user_models.py:densenet121``,
+written here since torchvision/timm do not import with this torch) with pruning + INT8 against
+ResNet-20 ×4 with the same recipe, interleaved rounds from a clean cache each time. Target: ≤ 3×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+from common import report
+
+from edgekit.host.data import write_digits
+
+ROOT = Path(__file__).resolve().parent.parent
+EDGEKIT = str(Path(sys.executable).parent / "edgekit")
+ZOO = ["shufflenet", "senet", "densenet", "upskip", "two_outputs", "optional_input", "two_inputs",
+       "classifier_first", "hard_view", "shape_if", "fused_bn_act", "attention", "densenet121"]
+OUTPUT = {"two_outputs": 1}
+
+PROJECT = """\
+[project]
+name = "{name}"
+[model]
+arch = "{arch}"
+width = {width}
+checkpoint = "model.pt"
+output = {output}
+[data]
+path = "data"
+[input]
+batch_sizes = [1, 32]
+[train]
+epochs = {train_epochs}
+augment = ["crop"]
+[prune]
+enabled = true
+ratio = 0.5
+finetune_epochs = {finetune}
+early_stop = false
+allow_accuracy_drop = {allow}
+[benchmark]
+warmup_s = 0.1
+duration_s = 1.0
+[devices.local]
+kind = "local"
+precision = "int8"
+"""
+
+
+def edgekit(args: list[str], cwd: Path, home: Path) -> tuple[subprocess.CompletedProcess, float]:
+    env = dict(os.environ, EDGEKIT_HOME=str(home), PYTHONPATH=f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}")
+    start = time.perf_counter()
+    result = subprocess.run([EDGEKIT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=7200)
+    return result, time.perf_counter() - start
+
+
+def project(work: Path, data: Path, name: str, arch: str, width: float, finetune: int, train_epochs: int,
+            allow: bool = True) -> Path:
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "data").exists():
+        os.symlink(data, folder / "data")
+    (folder / "deploy.toml").write_text(PROJECT.format(
+        name=name.replace("_", "-"), arch=arch, width=width, output=OUTPUT.get(name, 0), finetune=finetune,
+        train_epochs=train_epochs, allow=str(allow).lower()))
+    return folder
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    return lines[-1][:150] if lines else (stderr.strip().splitlines() or ["?"])[-1][:150]
+
+
+def push(folder: Path, home: Path) -> dict:
+    shutil.rmtree(folder / ".edgekit", ignore_errors=True)
+    result, seconds = edgekit(["push", "local", "--json"], folder, home)
+    outcome = {"exit": result.returncode, "seconds": seconds, "traceback": "Traceback" in result.stderr}
+    if result.returncode == 0:
+        data = json.loads(result.stdout)
+        report_ = data["report"]
+        host = report_.get("host", {})
+        outcome.update(validation=report_["validation"]["passed"], accuracy=host.get("accuracy", {}),
+                       protected=host.get("pruning", {}).get("protected", {}),
+                       folding=host.get("folding", {}).get("message", ""))
+    else:
+        outcome["error"] = error_line(result.stderr)
+    return outcome
+
+
+def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, train_epochs: int) -> list[dict]:
+    rows = []
+    for name in models:
+        home = work / "home"
+        folder = project(work, data, name, f"user_models:{name}", width, finetune, train_epochs)
+        trained, train_s = edgekit(["train"], folder, home)
+        if trained.returncode != 0:
+            rows.append({"model": name, "exit": trained.returncode, "error": error_line(trained.stderr),
+                         "traceback": "Traceback" in trained.stderr, "seconds": train_s, "stage": "train"})
+            continue
+        rows.append(dict(push(folder, home), model=name, stage="push"))
+        print(json.dumps(rows[-1], default=str)[:300], flush=True)
+    return rows
+
+
+def target(work: Path, data: Path, rounds: int, finetune: int, train_epochs: int) -> dict:
+    """Push time, DenseNet-121-like vs ResNet-20 ×4, same recipe, interleaved, clean caches each round."""
+    candidates = {"densenet121": ("user_models:densenet121", 1.0), "resnet20x4": ("resnet20", 4.0)}
+    folders = {}
+    for name, (arch, width) in candidates.items():
+        folders[name] = project(work / "target", data, name, arch, width, finetune, train_epochs)
+        trained, _ = edgekit(["train"], folders[name], work / "target-home")
+        if trained.returncode != 0:
+            raise SystemExit(f"training {name} failed: {error_line(trained.stderr)}")
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    outcomes: dict[str, list[dict]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, folder in folders.items():
+            home = Path(tempfile.mkdtemp(prefix=f"ek-{name}-", dir=work))  # no engine cache either
+            outcome = push(folder, home)
+            outcomes[name].append(outcome)
+            times[name].append(outcome["seconds"])
+            print(name, json.dumps(outcome, default=str)[:300], flush=True)
+    medians = {name: median(values) for name, values in times.items()}
+    return {"seconds": times, "median_s": medians, "ratio": medians["densenet121"] / medians["resnet20x4"],
+            "outcomes": outcomes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(ZOO))
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--finetune", type=int, default=1)
+    parser.add_argument("--train-epochs", type=int, default=3)
+    parser.add_argument("--target", action="store_true", help="also measure the densenet121 / resnet20x4 target")
+    parser.add_argument("--only-target", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=None, help="keep projects here (default: a temp folder)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="edgekit-user-models-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "digits"
+    if not (data / "test_batch").exists():
+        write_digits(data)
+    results: dict = {"settings": vars(args) | {"work": str(work)}}
+    if not args.only_target:
+        rows = zoo(work, data, args.models.split(","), args.width, args.finetune, args.train_epochs)
+        results["zoo"] = rows
+        table = []
+        for row in rows:
+            top = row.get("accuracy", {})
+            status = ("pushed, validation passed" if row.get("validation") else
+                      "pushed, validation FAILED" if row["exit"] == 0 else f"exit {row['exit']}")
+            table.append([row["model"], status, "yes" if row["traceback"] else "no",
+                          ", ".join(row.get("protected", {})) or "-",
+                          row.get("error", row.get("folding", ""))[:90],
+                          f"{min(top.values()):.1%}" if top else "-", row["seconds"]])
+        report("user_models", f"user models, prune 50% + INT8 on local ({args.finetune} fine-tune epoch(s))",
+               ["model", "result", "traceback", "protected from pruning", "error / folding", "worst top-1",
+                "seconds"], table, results)
+    if args.target or args.only_target:
+        measured = target(work, data, args.rounds, args.finetune, args.train_epochs)
+        results["target"] = measured
+        report("user_models_target", f"push time with pruning + INT8, median of {args.rounds} interleaved rounds",
+               ["model", "median s", "rounds (s)", "ratio to resnet20x4"],
+               [[name, measured["median_s"][name], " ".join(f"{t:.0f}" for t in measured["seconds"][name]),
+                 measured["median_s"][name] / measured["median_s"]["resnet20x4"]] for name in measured["median_s"]],
+               results)
+
+
+if __name__ == "__main__":
+    main()
