@@ -61,7 +61,7 @@ def check_before_upload(reference: Path, model_file: str, precision: str, overri
     if verdict is not None and not verdict["passed"]:
         raise CheckFailed(f"{model_file} would fail validation on {device} (checked on the host with the device's "
                           f"rule against the FP32 model: {verdict['reason']}); nothing was uploaded. "
-                          f"{advice(precision, model_file).capitalize()}")
+                          f"To pass: {advice(precision, model_file)}")
     return verdict
 
 
