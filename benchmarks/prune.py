@@ -52,6 +52,7 @@ finetune_epochs = {finetune}
 lr = 0.01
 distill = true
 max_accuracy_drop = 0.002
+allow_accuracy_drop = true
 early_stop = false
 [quantize]
 enabled = false

@@ -220,6 +220,7 @@ def test_optimize_prunes_fine_tunes_and_reports_each_step(trained_project, tmp_p
     config = root / "deploy.toml"
     config.write_text(config.read_text().replace("width = 0.25", "width = 1.0")
                       + "\n[prune]\nenabled = true\nsteps = 2\nfinetune_epochs = 1\ndistill = true\n"
+                      "allow_accuracy_drop = true\n"
                       + "\n[quantize]\nenabled = false\n")
     (root / "runs" / "tiny.pt").unlink()
     model = create_model("resnet20", width=1.0)
