@@ -19,10 +19,10 @@ install: $(VENV)/.installed
 data/digits/test_batch: | $(VENV)/.installed
 	$(BIN)/edgekit data digits data/digits
 
-runs/resnet20-digits.pt: deploy.toml data/digits/test_batch | $(VENV)/.installed
+runs/resnet20x2-digits.pt: deploy.toml data/digits/test_batch | $(VENV)/.installed
 	$(BIN)/edgekit train
 
-demo: install data/digits/test_batch runs/resnet20-digits.pt
+demo: install data/digits/test_batch runs/resnet20x2-digits.pt
 	$(BIN)/edgekit push local
 
 # The SSH tests' device: OpenSSH's server, and a system python3 with numpy and venv (what JetPack has).

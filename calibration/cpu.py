@@ -44,9 +44,11 @@ def ort_ranges(table: CalibrationTable):
 
 
 def write_cpu_int8(model_path: Path, table: CalibrationTable, output: Path,
-                   exclude: set[str] | frozenset[str] = frozenset(), weighted_only: bool = False) -> None:
+                   exclude: set[str] | frozenset[str] = frozenset(), weighted_only: bool = False,
+                   reduce_range: bool = False) -> None:
     """``weighted_only`` quantises just Conv/Gemm/MatMul: in mixed precision the Adds and activations
-    around a floating-point layer must stay float too, or excluding the layer recovers nothing."""
+    around a floating-point layer must stay float too, or excluding the layer recovers nothing.
+    ``reduce_range`` writes 7-bit weights, for x86 CPUs without VNNI whose U8S8 kernels saturate."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -59,4 +61,5 @@ def write_cpu_int8(model_path: Path, table: CalibrationTable, output: Path,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(ranges),
                         nodes_to_exclude=sorted(exclude), extra_options={"WeightSymmetric": True},
+                        reduce_range=reduce_range,
                         op_types_to_quantize=list(WEIGHTED) if weighted_only else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, List, Mapping
 
 from .stats import summarize, throughput
 
@@ -36,9 +36,65 @@ def measure(run: Callable[[], None], batch: int, plan: Plan,
         timings.append((clock() - tick) * 1000.0)
     wall = clock() - begin
     latency = summarize(timings)
-    result = {"batch": batch, "iterations": len(timings), "wall_s": wall, "latency_ms": latency}
+    result = {"batch": batch, "iterations": len(timings), "wall_s": wall, "latency_ms": latency,
+              "samples_ms": timings}
     result.update(throughput(batch, len(timings), wall))
     if latency["cv_percent"] > plan.cv_warn_percent:
         result["warning"] = ("latency varies (CV {:.1f}% > {}%): the device is busy or throttling; "
                              "figures are less trustworthy").format(latency["cv_percent"], plan.cv_warn_percent)
     return result
+
+
+MAX_SAMPLES = 2000  # per model and batch size in a report: enough for a latency distribution plot
+
+
+def round_plan(plan: Plan, rounds: int, first: bool) -> Plan:
+    """One of ``rounds`` slices of a plan: the full warm-up before the first slice, a short one after."""
+    return Plan(warmup_s=plan.warmup_s if first else min(plan.warmup_s, 0.05),
+                duration_s=plan.duration_s / rounds,
+                min_iterations=max(1, -(-plan.min_iterations // rounds)), cv_warn_percent=plan.cv_warn_percent)
+
+
+def merge_rounds(results: List[Dict[str, Any]], plan: Plan) -> Dict[str, Any]:
+    """One result from several rounds of the same engine: statistics over every iteration of every round.
+
+    A backend that reports no raw samples is summarised by the round whose median is the median round.
+    """
+    if not all("samples_ms" in r for r in results):
+        ordered = sorted(results, key=lambda r: r["latency_ms"]["median"])
+        return dict(ordered[len(ordered) // 2], rounds=len(results))
+    samples = [t for r in results for t in r["samples_ms"]]
+    wall = sum(r["wall_s"] for r in results)
+    merged = {k: v for k, v in results[0].items() if k not in ("samples_ms", "warning")}
+    latency = summarize(samples)
+    merged.update(iterations=len(samples), wall_s=wall, latency_ms=latency, rounds=len(results),
+                  samples_ms=thin(samples, MAX_SAMPLES))
+    merged.update(throughput(results[0]["batch"], len(samples), wall))
+    if latency["cv_percent"] > plan.cv_warn_percent:
+        merged["warning"] = ("latency varies (CV {:.1f}% > {}%): the device is busy or throttling; "
+                             "figures are less trustworthy").format(latency["cv_percent"], plan.cv_warn_percent)
+    return merged
+
+
+def thin(values: List[float], limit: int) -> List[float]:
+    """At most ``limit`` values, evenly spaced in time (keeps the distribution's shape)."""
+    if len(values) <= limit:
+        return list(values)
+    step = len(values) / float(limit)
+    return [values[int(i * step)] for i in range(limit)]
+
+
+def interleaved(engines: Dict[str, Callable[[Plan], Dict[str, Any]]], plan: Plan,
+                rounds: int = 4) -> Dict[str, Dict[str, Any]]:
+    """Benchmark several engines in alternating rounds (ABBA order), same plan split across the rounds.
+
+    On a shared or throttling device, load and clocks drift over seconds; alternating short rounds
+    exposes every engine to the same drift, so their ratio is trustworthy where back-to-back runs are not.
+    """
+    names = list(engines)
+    collected = {name: [] for name in names}  # type: Dict[str, List[Dict[str, Any]]]
+    for index in range(rounds):
+        order = names if index % 2 == 0 else names[::-1]
+        for name in order:
+            collected[name].append(engines[name](round_plan(plan, rounds, index < 2)))
+    return {name: merge_rounds(collected[name], plan) for name in names}

@@ -13,19 +13,21 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import __version__, telemetry
 from .backends import Backend, BackendUnavailable, get_backend
-from .benchmark import Plan
+from .backends.onnxruntime import cpu_flags
+from .benchmark import Plan, interleaved
 from .engines import ENGINE_META, build_options, engine_key
 from .errors import JobError, StaleEngine
 from .jetson import TegrastatsSampler
 from .manifest import (
     CALIBRATION_CACHE,
     MANIFEST,
+    MODEL_BASELINE,
     REFERENCE,
     SIGNATURE,
     Manifest,
@@ -93,10 +95,11 @@ class JobRunner:
         files = self.resolve_files(manifest)
         backend, fallback = self.select_backend(manifest)
         options = build_options(manifest.precision, manifest.batch_sizes, manifest.build)
-        model_name = model_for(manifest)
+        model_name = model_for(manifest, cpu_flags() if backend.name == "onnxruntime" else None)
         if backend.name == "onnxruntime" and manifest.precision == "fp16":
             raise JobError("precision fp16 needs the tensorrt backend; use fp32 or int8 with onnxruntime")
-        hashes = {name: manifest.files[name].sha256 for name in manifest.files if name != REFERENCE}
+        hashes = {name: manifest.files[name].sha256 for name in manifest.files
+                  if name not in (REFERENCE, MODEL_BASELINE)}
         key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
         build_options_ = self.backend_options(options, manifest, files, backend)
         engine_dir, meta, reused = self.build(job, backend, files[model_name], key, build_options_)
@@ -114,19 +117,15 @@ class JobRunner:
                 raise JobError("validation failed against the host's outputs of {}: {}; the active model was not "
                                "changed. {}".format(validation["reference"], validation["reason"],
                                                     validation_advice(validation)))
-            before = telemetry.snapshot()
-            results = []
-            plan = Plan.from_manifest(manifest.benchmark)
-            extras = {k: bool(manifest.benchmark[k]) for k in ("cuda_graph", "profile_layers", "cross_check")
-                      if k in manifest.benchmark and backend.name == "tensorrt"}
-            with TegrastatsSampler() as sampler:
-                for batch in manifest.batch_sizes:
-                    self.event(job, "stage", "benchmarking batch {}".format(batch), stage="benchmark", batch=batch)
-                    result = engine.benchmark(batch, plan, **extras)
-                    if "warning" in result:
-                        self.event(job, "warning", result["warning"], batch=batch)
-                    results.append(result)
-            after = telemetry.snapshot()
+            baseline = self.baseline_engine(job, manifest, files, backend)
+            try:
+                before = telemetry.snapshot()
+                with TegrastatsSampler() as sampler:
+                    results = self.benchmark_phase(job, manifest, backend, engine, baseline)
+                after = telemetry.snapshot()
+            finally:
+                if baseline is not None:
+                    baseline[0].close()
         finally:
             engine.close()
         previous = self.spool.switch(manifest.model, engine_dir)
@@ -137,11 +136,53 @@ class JobRunner:
             "fallback": fallback, "precision": manifest.precision, "engine_key": key, "engine_reused": reused,
             "engine": meta, "model_file": model_name, "model_size_bytes": manifest.files[model_name].size,
             "validation": validation, "benchmarks": results,
+            "baseline": baseline[1] if baseline is not None else None,
             "telemetry": {"device": telemetry.describe_host(), "before": before, "after": after,
                           "during": sampler.result()},
             "current": os.readlink(str(self.spool.models / manifest.model / "current")),
             "previous": previous, "host": manifest.raw.get("host", {}),
         }
+
+    def baseline_engine(self, job: str, manifest: Manifest, files: Dict[str, Path],
+                        backend: Backend) -> Optional[Tuple[Any, Dict[str, Any]]]:
+        """The unpruned FP32 model on the same backend, when the bundle carries it and the project wants it."""
+        if MODEL_BASELINE not in files or not manifest.benchmark.get("baseline", True):
+            return None
+        options = build_options("fp32", manifest.batch_sizes, manifest.build)
+        entry = manifest.files[MODEL_BASELINE]
+        key = engine_key({MODEL_BASELINE: entry.sha256}, backend.identity(), dict(options, model=MODEL_BASELINE))
+        extra = dict(self.backend_options(options, manifest, files, backend),
+                     graph=manifest.raw.get("host", {}).get("graphs", {}).get(MODEL_BASELINE))
+        folder, meta, reused = self.build(job, backend, files[MODEL_BASELINE], key, extra, what="baseline ")
+        return backend.load(folder, meta), {"engine_key": key, "engine_reused": reused, "model_file": MODEL_BASELINE,
+                                            "model_size_bytes": entry.size, "precision": "fp32"}
+
+    def benchmark_phase(self, job: str, manifest: Manifest, backend: Backend, engine: Any,
+                        baseline: Optional[Tuple[Any, Dict[str, Any]]]) -> List[Dict[str, Any]]:
+        """Per batch size: the final engine, and the baseline in alternating rounds with the same settings."""
+        plan = Plan.from_manifest(manifest.benchmark)
+        extras = {k: bool(manifest.benchmark[k]) for k in ("cuda_graph", "profile_layers", "cross_check")
+                  if k in manifest.benchmark and backend.name == "tensorrt"}
+        results = []
+        for batch in manifest.batch_sizes:
+            runs = {"final": lambda p, b=batch: engine.benchmark(b, p, **extras)}
+            if baseline is not None:
+                runs["baseline"] = lambda p, b=batch: baseline[0].benchmark(b, p, **extras)
+                message = "benchmarking batch {} (final and FP32 baseline, interleaved)".format(batch)
+            else:
+                message = "benchmarking batch {}".format(batch)
+            self.event(job, "stage", message, stage="benchmark", batch=batch)
+            measured = interleaved(runs, plan, rounds=int(manifest.benchmark.get("rounds", 4)) if baseline else 1)
+            result = measured["final"]
+            if baseline is not None:
+                base = measured["baseline"]
+                result["baseline"] = {k: base[k] for k in ("latency_ms", "images_per_s", "qps", "iterations",
+                                                           "samples_ms") if k in base}
+                result["speedup"] = base["latency_ms"]["median"] / result["latency_ms"]["median"]
+            if "warning" in result:
+                self.event(job, "warning", result["warning"], batch=batch)
+            results.append(result)
+        return results
 
     def backend_options(self, options: Dict[str, Any], manifest: Manifest, files: Dict[str, Path],
                         backend: Backend) -> Dict[str, Any]:
@@ -189,15 +230,15 @@ class JobRunner:
             raise BackendUnavailable(message) from None
 
     def build(self, job: str, backend: Backend, model: Path, key: str,
-              options: Dict[str, Any]) -> Tuple[Path, Dict[str, Any], bool]:
+              options: Dict[str, Any], what: str = "") -> Tuple[Path, Dict[str, Any], bool]:
         """Reuse a cached engine or build a new one privately and rename it into the cache."""
         final = self.spool.engines / key
         meta = read_json(final / ENGINE_META)
         if meta is not None:
-            self.event(job, "cache", "reusing cached engine {} (no build needed)".format(key[:12]), stage="build",
-                       reused=True)
+            self.event(job, "cache", "reusing cached {}engine {} (no build needed)".format(what, key[:12]),
+                       stage="build", reused=True)
             return final, meta, True
-        self.event(job, "stage", "building {} engine".format(backend.name), stage="build", reused=False)
+        self.event(job, "stage", "building {} {}engine".format(backend.name, what), stage="build", reused=False)
         work = self.spool.engines / ".build-{}-{}".format(key[:16], os.getpid())
         shutil.rmtree(str(work), ignore_errors=True)
         work.mkdir()

@@ -275,6 +275,7 @@ def status(device: str = typer.Argument(...), job: Optional[str] = typer.Argumen
 
 @app.command()
 def report(job: Optional[str] = typer.Argument(None, help="job id; default: the last run"),
+           plot: bool = typer.Option(False, "--plot", help="write the run's PNG plots (and open them on a desktop)"),
            config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Print a stored report from the run history."""
     from .history import History
@@ -285,14 +286,32 @@ def report(job: Optional[str] = typer.Argument(None, help="job id; default: the 
     stored = history.get(job) if job else history.latest()
     if stored is None:
         raise ConfigError(f"no run {job!r} in the history" if job else "the run history is empty; run `edgekit push`")
-    _emit(stored) if json_mode else print_report(console, stored, stored["device"])
+    if plot:
+        from .push import write_run_files
+
+        stored["plots"] = [str(p) for p in write_run_files(history.run_dir(stored["job"]), stored, stored["device"])]
+    if json_mode:
+        _emit(stored)
+        return
+    print_report(console, stored, stored["device"])
+    if plot:
+        _open_files(stored["plots"])
+
+
+def _open_files(paths: list[str]) -> None:
+    """Open plots with the desktop's viewer when there is a desktop; the paths are printed either way."""
+    import os
+
+    if sys.platform == "darwin" or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        for path in paths:
+            typer.launch(path)
 
 
 @app.command()
 def compare(old: Optional[str] = typer.Argument(None, help="job id (default: the run before the last)"),
             new: Optional[str] = typer.Argument(None, help="job id (default: the last run)"),
             config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
-    """Compare two runs' median latencies side by side."""
+    """Compare two runs: median latencies, each run's speed-up over its FP32 baseline, host top-1."""
     from rich.table import Table
 
     from .history import History
@@ -308,11 +327,22 @@ def compare(old: Optional[str] = typer.Argument(None, help="job id (default: the
         _emit({"old": before["job"], "new": after["job"], "rows": rows})
         return
     table = Table(title=f"{before['job']} → {after['job']}")
-    for column in ("batch", "old p50 ms", "new p50 ms", "speed-up"):
+    for column in ("batch", "old p50 ms", "new p50 ms", "new vs old", "old: baseline p50 / vs baseline",
+                   "new: baseline p50 / vs baseline", "host top-1 old → new"):
         table.add_column(column, justify="right")
+
+    def versus(p50: Optional[float], ratio: Optional[float]) -> str:
+        return f"{p50:.3f} ms / {ratio:.2f}×" if p50 and ratio else "-"
+
+    def top1(value: Optional[float]) -> str:
+        return f"{value:.2%}" if value is not None else "-"
+
     for row in rows:
         table.add_row(str(row["batch"]), f"{row['old_p50_ms']:.3f}", f"{row['new_p50_ms']:.3f}",
-                      f"{row['speedup']:.2f}×" if row["speedup"] else "-")
+                      f"{row['speedup']:.2f}×" if row["speedup"] else "-",
+                      versus(row["old_baseline_p50_ms"], row["old_vs_baseline"]),
+                      versus(row["new_baseline_p50_ms"], row["new_vs_baseline"]),
+                      f"{top1(row['old_top1'])} → {top1(row['new_top1'])}")
     console.print(table)
 
 

@@ -137,6 +137,9 @@ class BenchmarkSection(Strict):
     min_iterations: int = Field(default=10, ge=1)
     cv_warn_percent: float = Field(default=10.0, gt=0)
     cross_check: bool = Field(default=False, description="TensorRT: also run trtexec on the engine, flag >5% apart")
+    # the unpruned FP32 model benchmarked beside the final one, in alternating rounds: the report's speed-up
+    baseline: bool = True
+    rounds: int = Field(default=4, ge=1, le=50)
 
 
 class ValidationSection(Strict):
@@ -216,7 +219,10 @@ class Config(Strict):
 
     def device(self, name: str) -> DeviceSection:
         if name in self.devices:
-            return self.devices[name]
+            declared = self.devices[name]
+            if name == "local" and "root" not in declared.model_fields_set:  # same agent root as the built-in one
+                return declared.model_copy(update={"root": str(host_home() / "local-device")})
+            return declared
         if name == "local":
             return DeviceSection(kind="local", root=str(host_home() / "local-device"))
         known = ", ".join(sorted(set(self.devices) | {"local"}))

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS runs (
 class History:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.root = path.parent
         self.db = sqlite3.connect(str(path))
         self.db.execute(SCHEMA)
 
@@ -31,6 +32,10 @@ class History:
             self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
                             (report["job"], device, report.get("model"), report.get("status", "unknown"),
                              time.time(), json.dumps(report)))
+
+    def run_dir(self, job: str) -> Path:
+        """Where a run's files live beside the database: report.json and its plots."""
+        return self.root / "runs" / job
 
     def get(self, job: str) -> Optional[dict[str, Any]]:
         row = self.db.execute("SELECT device, report FROM runs WHERE job = ?", (job,)).fetchone()

@@ -105,7 +105,8 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     device = config.device(device_name)
     optimized = optimize(config, say)
     optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
-    files = {name: path for name, path in optimized.files.items() if name != MODEL_BASELINE}
+    files = {name: path for name, path in optimized.files.items()
+             if name != MODEL_BASELINE or config.benchmark.baseline}
     manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages))
     check_before_upload(files[REFERENCE], model_for(parse_manifest(manifest)), device.precision,
                         manifest["target"]["validation"], device_name)
@@ -123,8 +124,26 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     finally:
         transport.close()
     report["uploaded_bytes"] = shipment.uploaded_bytes
-    History(config.state_dir / "history.db").record(device_name, report)
+    store_run(config, device_name, report)
     return report, optimized
+
+
+def store_run(config: Config, device_name: str, report: dict[str, Any]) -> None:
+    """The report into the run history, and beside it (``.edgekit/runs/<job>/``) its JSON and PNG plots."""
+    history = History(config.state_dir / "history.db")
+    if report.get("job"):
+        report["plots"] = [str(p) for p in write_run_files(history.run_dir(report["job"]), report, device_name)]
+    history.record(device_name, report)
+
+
+def write_run_files(directory, report: dict[str, Any], device_name: str) -> list:
+    import json
+
+    from .plots import write_plots
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.json").write_text(json.dumps(dict(report, device=device_name), indent=2, default=str))
+    return write_plots(dict(report, device=device_name), directory)
 
 
 def budget_failures(config: Config, report: dict[str, Any]) -> list[str]:

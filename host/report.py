@@ -33,25 +33,47 @@ def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
             "validation": "passed" if validation["passed"] else "FAILED",
             "top1_agreement": validation["top1_agreement"], "model_bytes": report.get("model_size_bytes"),
             "host_top1": host_accuracy(report), "engine_reused": report.get("engine_reused"),
+            "baseline_p50_ms": bench.get("baseline", {}).get("latency_ms", {}).get("median"),
+            "speedup": bench.get("speedup"), "baseline_top1": baseline_accuracy(report),
         })
     return rows
 
 
+def baseline_accuracy(report: dict[str, Any]) -> Optional[float]:
+    """Host top-1 of the unpruned FP32 baseline, when the device benchmarked it."""
+    if not report.get("baseline"):
+        return None
+    return report.get("host", {}).get("accuracy_by_file", {}).get(report["baseline"].get("model_file", ""))
+
+
 def latency_table(rows: list[dict[str, Any]], title: str = "edgekit latency report") -> Table:
+    with_baseline = any(row.get("speedup") for row in rows)
     table = Table(title=title)
-    for column in ("device", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
-                   "validation", "model size", "host top-1"):
-        table.add_column(column, justify="right" if column[0] in "bpi" or "ms" in column else "left")
+    columns = ["device", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s"]
+    columns += ["baseline p50 ms", "speed-up"] if with_baseline else []
+    columns += ["validation", "model size", "host top-1"]
+    for column in columns:
+        table.add_column(column, justify="right" if column[0] in "bpis" or "ms" in column else "left")
     for row in rows:
         if row["status"] != "done":
-            table.add_row(row["device"], "[red]failed[/red]", row["error"], *[""] * 8)
+            table.add_row(row["device"], "[red]failed[/red]", row["error"], *[""] * (len(columns) - 3))
             continue
-        table.add_row(row["device"], row["backend"], row["precision"], str(row["batch"]), f"{row['p50_ms']:.3f}",
-                      f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['images_per_s']:.0f}",
-                      ("[green]passed[/green]" if row["validation"] == "passed" else "[red]FAILED[/red]")
-                      + f" ({row['top1_agreement']:.1%})", _mb(row["model_bytes"]),
-                      f"{row['host_top1']:.2%}" if row["host_top1"] is not None else "-")
+        cells = [row["device"], row["backend"], row["precision"], str(row["batch"]), f"{row['p50_ms']:.3f}",
+                 f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['images_per_s']:.0f}"]
+        if with_baseline:
+            cells += [f"{row['baseline_p50_ms']:.3f}" if row.get("baseline_p50_ms") else "-",
+                      f"[bold]{row['speedup']:.2f}×[/bold]" if row.get("speedup") else "-"]
+        cells += [("[green]passed[/green]" if row["validation"] == "passed" else "[red]FAILED[/red]")
+                  + f" ({row['top1_agreement']:.1%})", _mb(row["model_bytes"]),
+                  _top1(row["host_top1"], row.get("baseline_top1"))]
+        table.add_row(*cells)
     return table
+
+
+def _top1(final: Optional[float], baseline: Optional[float]) -> str:
+    if final is None:
+        return "-"
+    return f"{baseline:.2%} → {final:.2%}" if baseline is not None else f"{final:.2%}"
 
 
 def stage_table(stages: list[dict[str, Any]]) -> Table:
@@ -93,8 +115,29 @@ def backend_line(report: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """What one push delivered, in words: speed-up over the FP32 baseline, accuracy, validation."""
+    if report.get("status") != "done":
+        return []
+    lines = []
+    validation = report["validation"]
+    verdict = "passed" if validation["passed"] else "FAILED"
+    lines.append(f"device validation of {report.get('model_file')}: {verdict} (top-1 agreement "
+                 f"{validation['top1_agreement']:.1%} with the host's outputs, "
+                 f"worst cosine {validation.get('cosine_min', 0):.4f})")
+    final, baseline = host_accuracy(report), baseline_accuracy(report)
+    speedups = {b["batch"]: b["speedup"] for b in report.get("benchmarks", []) if b.get("speedup")}
+    if speedups and final is not None and baseline is not None:
+        ratio = ", ".join(f"{s:.2f}× at batch {b}" for b, s in speedups.items())
+        lines.append(f"final {report['precision']} model vs unpruned FP32 baseline on the device: {ratio}; "
+                     f"host top-1 {baseline:.2%} → {final:.2%} ({(final - baseline) * 100:+.2f} pt)")
+    return lines
+
+
 def print_report(console: Console, report: dict[str, Any], device: str) -> None:
     console.print(latency_table(latency_rows(report, device)))
+    for line in summary_lines(report):
+        console.print(line)
     if report.get("status") == "done":
         console.print(f"[dim]backend: {backend_line(report)}[/dim]")
     for bench in report.get("benchmarks", []):
@@ -107,6 +150,8 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
         console.print(f"mixed precision: {len(fp_layers)} layer(s) kept in floating point: {', '.join(fp_layers)}")
     for line in model_warnings(report):
         console.print(f"[yellow]warning: {line}[/yellow]")
+    if report.get("plots"):
+        console.print(f"plots: {', '.join(report['plots'])}")
 
 
 def model_warnings(report: dict[str, Any]) -> list[str]:
@@ -124,12 +169,17 @@ def model_warnings(report: dict[str, Any]) -> list[str]:
 
 
 def compare_rows(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per batch size: median latency and throughput before and after, with the ratio."""
+    """Per batch size: median latency before and after with the ratio, and each run's own baseline speed-up."""
     before = {b["batch"]: b for b in old.get("benchmarks", [])}
     rows = []
     for bench in new.get("benchmarks", []):
         if bench["batch"] not in before:
             continue
-        a, b = before[bench["batch"]]["latency_ms"]["median"], bench["latency_ms"]["median"]
-        rows.append({"batch": bench["batch"], "old_p50_ms": a, "new_p50_ms": b, "speedup": a / b if b else None})
+        previous = before[bench["batch"]]
+        a, b = previous["latency_ms"]["median"], bench["latency_ms"]["median"]
+        rows.append({"batch": bench["batch"], "old_p50_ms": a, "new_p50_ms": b, "speedup": a / b if b else None,
+                     "old_baseline_p50_ms": previous.get("baseline", {}).get("latency_ms", {}).get("median"),
+                     "new_baseline_p50_ms": bench.get("baseline", {}).get("latency_ms", {}).get("median"),
+                     "old_vs_baseline": previous.get("speedup"), "new_vs_baseline": bench.get("speedup"),
+                     "old_top1": host_accuracy(old), "new_top1": host_accuracy(new)})
     return rows

@@ -12,7 +12,13 @@ from onnx import numpy_helper
 
 from edgekit.calibration.table import parse_trt_cache
 from edgekit.calibration.trt_qdq import check_trt_qdq
-from edgekit.device.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ
+from edgekit.device.manifest import (
+    CALIBRATION_CACHE,
+    CALIBRATION_JSON,
+    MODEL_INT8_CPU,
+    MODEL_INT8_CPU_AVX2,
+    MODEL_INT8_QDQ,
+)
 from edgekit.host.config import load_config
 from edgekit.host.pipeline import optimize
 
@@ -85,9 +91,11 @@ def test_calibration_files_agree_with_each_other(optimized):
 
 def test_int8_accuracy_is_measured_for_every_stage(optimized):
     accuracy = optimized.host["accuracy_by_file"]
-    assert set(accuracy) == {"model.baseline.onnx", "model.onnx", MODEL_INT8_CPU, MODEL_INT8_QDQ}
+    assert set(accuracy) == {"model.baseline.onnx", "model.onnx", MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ}
+    assert abs(accuracy[MODEL_INT8_CPU_AVX2] - accuracy["model.onnx"]) <= 0.02
     assert abs(accuracy[MODEL_INT8_CPU] - accuracy["model.onnx"]) <= 0.02
-    assert [s["stage"] for s in optimized.stages][-2:] == ["ONNX INT8 CPU (U8S8)", "ONNX INT8 Q/DQ for TensorRT"]
+    assert [s["stage"] for s in optimized.stages][-3:] == [
+        "ONNX INT8 CPU (U8S8)", "ONNX INT8 CPU, 7-bit weights (no VNNI)", "ONNX INT8 Q/DQ for TensorRT"]
 
 
 def test_mixed_precision_names_the_layers_it_keeps_in_float(trained_project, tmp_path):

@@ -49,6 +49,18 @@ def choose_providers(available: List[str], requested: Any) -> List[str]:
     return chosen + ["CPUExecutionProvider"]
 
 
+def cpu_flags() -> List[str]:
+    """The CPU's feature flags (x86 /proc/cpuinfo ``flags``, ARM ``Features``); empty when unknown."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("flags", "features")):
+                    return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
 class OrtEngine(Engine):
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -73,8 +85,10 @@ class OnnxRuntimeBackend(Backend):
         self.ort = _import_ort()
 
     def describe(self) -> Dict[str, Any]:
+        flags = set(cpu_flags())
+        isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp") if f in flags]
         return {"version": self.ort.__version__, "providers": self.ort.get_available_providers(),
-                "cpu": cpu_model()}
+                "cpu": cpu_model(), "isa": isa}
 
     def identity(self) -> Dict[str, Any]:
         return {"backend": self.name, "version": self.ort.__version__, "cpu": cpu_model(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.device.manifest import MODEL_FP32
+from edgekit.device.manifest import CALIBRATION_JSON, MODEL_FP32, MODEL_INT8_CPU_AVX2
 
 from ..config import Config
 from .runner import Context, Output, Stage
@@ -28,9 +28,25 @@ class CalibrateStage(Stage):
         fp32_top1 = ctx.info["export"]["top1"]
         result = quantize(ctx.config, ctx.files[MODEL_FP32], out, ctx.get("data"), load["mean"], load["std"],
                           fp32_top1, ctx.say)
+        write_avx2_variant(ctx.files[MODEL_FP32], out, result.excluded)
+        result.files.append(MODEL_INT8_CPU_AVX2)
         info = dict(result.info, enabled=True, accuracy=result.accuracy, fp_layers=result.excluded,
                     sensitivity=result.sensitivity[:10])
         note = f"{result.info['method']}, {result.info['images']} images"
         if result.excluded:
             note += f", {len(result.excluded)} layer(s) kept in float"
         return Output(rows=[dict(stage="INT8 calibrated", note=note)], info=info, files=result.files)
+
+
+def write_avx2_variant(fp32: Path, out: Path, excluded: list[str]) -> None:
+    """The CPU INT8 model with 7-bit weights, from the same ranges and the same float layers.
+
+    Devices pick it when their x86 CPU lacks VNNI (``device/manifest.py``: ``model_for``), where the
+    full-range U8S8 model can saturate and fail validation.
+    """
+    from edgekit.calibration.cpu import write_cpu_int8
+    from edgekit.calibration.table import CalibrationTable
+
+    table = CalibrationTable.from_json((out / CALIBRATION_JSON).read_text())
+    write_cpu_int8(fp32, table, out / MODEL_INT8_CPU_AVX2, exclude=set(excluded), weighted_only=bool(excluded),
+                   reduce_range=True)

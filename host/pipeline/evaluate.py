@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.device.manifest import MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_QDQ, REFERENCE
+from edgekit.device.manifest import MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, REFERENCE
 
 from .load import onnx_row
 from .runner import Context, Output, Stage
 
-LABELS = {MODEL_INT8_CPU: "ONNX INT8 CPU (U8S8)", MODEL_INT8_QDQ: "ONNX INT8 Q/DQ for TensorRT"}
+LABELS = {MODEL_INT8_CPU: "ONNX INT8 CPU (U8S8)", MODEL_INT8_CPU_AVX2: "ONNX INT8 CPU, 7-bit weights (no VNNI)",
+          MODEL_INT8_QDQ: "ONNX INT8 Q/DQ for TensorRT"}
 
 
 def slower_than_fp32(rows: list[dict], fp32_latency: dict) -> dict[str, str]:

@@ -1,0 +1,136 @@
+"""Baseline vs final: interleaved benchmark rounds, the report's speed-up columns, compare, plots, ISA choice."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from edgekit.device.benchmark import Plan, interleaved, merge_rounds
+from edgekit.device.manifest import MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, FileEntry, Manifest, model_for
+
+from .conftest import run_cli
+
+
+def fake_engine(name: str, latency: float, calls: list[str]):
+    def run(plan: Plan) -> dict:
+        calls.append(name)
+        samples = [latency] * max(plan.min_iterations, 3)
+        return {"batch": 8, "iterations": len(samples), "wall_s": latency * len(samples) / 1000,
+                "latency_ms": {"median": latency, "cv_percent": 0.0}, "samples_ms": samples}
+    return run
+
+
+def test_rounds_alternate_abba_and_merge_every_iteration():
+    calls: list[str] = []
+    measured = interleaved({"final": fake_engine("final", 1.0, calls), "baseline": fake_engine("baseline", 4.0, calls)},
+                           Plan(warmup_s=0, duration_s=0.4, min_iterations=8), rounds=4)
+    assert calls == ["final", "baseline", "baseline", "final", "final", "baseline", "baseline", "final"]
+    assert measured["final"]["rounds"] == 4 and measured["final"]["iterations"] == 4 * 3
+    assert measured["baseline"]["latency_ms"]["median"] == 4.0 and measured["final"]["latency_ms"]["median"] == 1.0
+
+
+def test_a_backend_without_raw_samples_is_summarised_by_its_median_round():
+    rounds = [{"batch": 1, "latency_ms": {"median": m}} for m in (3.0, 1.0, 2.0)]
+    assert merge_rounds(rounds, Plan())["latency_ms"]["median"] == 2.0
+
+
+def manifest(files: list[str], precision: str = "int8", backend: str = "onnxruntime") -> Manifest:
+    entries = {n: FileEntry(n, "0" * 64, 1) for n in files}
+    return Manifest("m", "input", [3, 32, 32], [1], precision, backend, entries)
+
+
+def test_int8_on_an_avx2_cpu_without_vnni_takes_the_7_bit_model():
+    both = manifest([MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2])
+    assert model_for(both, ["sse4_2", "avx2", "fma"]) == MODEL_INT8_CPU_AVX2
+    assert model_for(both, ["avx2", "avx512f", "avx512_vnni"]) == MODEL_INT8_CPU
+    assert model_for(both, ["avx2", "avx_vnni"]) == MODEL_INT8_CPU
+    assert model_for(both, ["asimd", "asimddp"]) == MODEL_INT8_CPU  # ARM
+    assert model_for(both) == MODEL_INT8_CPU  # unknown (the host's own check)
+    assert model_for(manifest([MODEL_INT8_CPU]), ["avx2"]) == MODEL_INT8_CPU  # an older bundle
+
+
+def report_with_baseline(job: str = "j1", final: float = 1.0, base: float = 8.0) -> dict:
+    samples = list(itertools.islice(itertools.cycle([final * 0.9, final, final * 1.2]), 60))
+    base_samples = [s * base / final for s in samples]
+    bench = {"batch": 32, "iterations": 60, "images_per_s": 32000 / final,
+             "latency_ms": {"median": final, "p90": final * 1.2, "p99": final * 1.2, "cv_percent": 5.0},
+             "samples_ms": samples, "speedup": base / final,
+             "baseline": {"latency_ms": {"median": base}, "samples_ms": base_samples, "images_per_s": 32000 / base}}
+    return {"job": job, "status": "done", "model": "tiny", "backend": "onnxruntime", "precision": "int8",
+            "model_file": MODEL_INT8_CPU, "model_size_bytes": 1000, "benchmarks": [bench],
+            "validation": {"passed": True, "top1_agreement": 0.99, "cosine_min": 0.999},
+            "baseline": {"model_file": "model.baseline.onnx"},
+            "host": {"accuracy_by_file": {MODEL_INT8_CPU: 0.95, "model.baseline.onnx": 0.955},
+                     "stages": [{"stage": "trained (FP32 baseline)", "top1": 0.955,
+                                 "latency_ms": {"1": 1.0, "32": 8.0}},
+                                {"stage": "pruned", "top1": 0.95},
+                                {"stage": "ONNX INT8 CPU (U8S8)", "top1": 0.95, "latency_ms": {"1": 0.2, "32": 1.0}}]}}
+
+
+def test_latency_rows_carry_baseline_speedup_and_both_accuracies():
+    from edgekit.host.report import latency_rows, summary_lines
+
+    row = latency_rows(report_with_baseline(), "local")[0]
+    assert row["baseline_p50_ms"] == 8.0 and row["speedup"] == 8.0
+    assert row["host_top1"] == 0.95 and row["baseline_top1"] == 0.955
+    lines = summary_lines(report_with_baseline())
+    assert "passed" in lines[0] and "8.00× at batch 32" in lines[1] and "95.50% → 95.00% (-0.50 pt)" in lines[1]
+
+
+def test_compare_shows_each_runs_baseline_speedup():
+    from edgekit.host.report import compare_rows
+
+    rows = compare_rows(report_with_baseline("a", 2.0), report_with_baseline("b", 1.0))
+    assert rows[0]["speedup"] == 2.0 and rows[0]["old_vs_baseline"] == 4.0 and rows[0]["new_vs_baseline"] == 8.0
+
+
+def test_plots_are_written_as_png_files(tmp_path):
+    from edgekit.host.plots import write_plots
+
+    paths = write_plots(dict(report_with_baseline(), device="local"), tmp_path)
+    assert sorted(p.name for p in paths) == ["latency-b32.png", "stages.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_push_int8_reports_speedup_over_the_baseline_with_plots_and_compare(project):
+    """What `make demo` shows, on the tiny project: pruned + folded + INT8 on `local`, baseline beside it."""
+    deploy = project / "deploy.toml"
+    deploy.write_text(deploy.read_text() + '\n[prune]\nenabled = true\nround_to = 4\nfinetune_epochs = 1\n'
+                      '\n[devices.local]\nkind = "local"\nprecision = "int8"\n')
+    first = run_cli("push", "local", cwd=project)
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert out.index("host pipeline") < out.index("edgekit latency report")
+    for stage in ("load", "prune", "fold", "export", "calibrate", "evaluate"):
+        assert f" {stage} " in out
+    assert "baseline p50 ms" in out and "speed-up" in out and "unpruned FP32 baseline" in out
+    plots = sorted((project / ".edgekit" / "runs").glob("*/*.png"))
+    assert {p.name for p in plots} == {"latency-b1.png", "latency-b8.png", "stages.png"}
+    assert "plots:" in out and str(plots[0]) in out.replace("\n", "")
+
+    second = run_cli("push", "local", "--json", cwd=project)
+    data = json.loads(second.stdout)
+    report = data["report"]
+    assert data["optimize"]["cached"] and report["model_file"] == model_for_here()
+    assert report["baseline"]["engine_reused"] and all(b["speedup"] > 0 for b in report["benchmarks"])
+    assert all(len(b["baseline"]["samples_ms"]) >= 2 for b in report["benchmarks"])
+    compared = json.loads(run_cli("compare", "--json", cwd=project).stdout)["rows"]
+    assert [r["batch"] for r in compared] == [1, 8] and all(r["new_vs_baseline"] for r in compared)
+    replot = run_cli("report", "--plot", cwd=project)
+    assert replot.returncode == 0 and "plots:" in replot.stdout and "speed-up" in replot.stdout
+
+    deploy.write_text(deploy.read_text() + "\n[benchmark]\nbaseline = false\n")
+    off = json.loads(run_cli("push", "local", "--json", cwd=project).stdout)
+    assert off["optimize"]["cached"] and off["report"]["baseline"] is None
+    assert all("speedup" not in b for b in off["report"]["benchmarks"])
+
+
+def model_for_here() -> str:
+    from edgekit.device.backends.onnxruntime import cpu_flags
+    from edgekit.device.manifest import needs_reduced_range
+
+    return MODEL_INT8_CPU_AVX2 if needs_reduced_range(cpu_flags()) else MODEL_INT8_CPU
