@@ -123,7 +123,7 @@ def test_push_int8_reports_speedup_over_the_baseline_with_plots_and_compare(proj
     replot = run_cli("report", "--plot", cwd=project)
     assert replot.returncode == 0 and "plots:" in replot.stdout and "speed-up" in replot.stdout
 
-    deploy.write_text(deploy.read_text() + "\n[benchmark]\nbaseline = false\n")
+    deploy.write_text(deploy.read_text().replace("min_iterations = 5", "min_iterations = 5\nbaseline = false"))
     off = json.loads(run_cli("push", "local", "--json", cwd=project).stdout)
     assert off["optimize"]["cached"] and off["report"]["baseline"] is None
     assert all("speedup" not in b for b in off["report"]["benchmarks"])
