@@ -412,13 +412,15 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
         if spec.method == "taylor":
             accumulate_gradients(model, train_batches(step), output=spec.output, device=example.device)
         groups = prune_groups(graph, model, protect)
-        scores = {g.name: channel_scores(scorer, g) for g in groups}
+        scores = score_groups(scorer, [g for g in groups if g.name in original], protect, say)
+        groups = [g for g in groups if g.name in scores]
         current = {g.name: g.width for g in groups}
+        active = {name: original[name] for name in current}  # groups left unscored drop out here
         if spec.scope == "global":
-            kept = kept_widths_global(scores, original, current, spec.ratio, step, spec.steps, spec.round_to, ch_groups)
+            kept = kept_widths_global(scores, active, current, spec.ratio, step, spec.steps, spec.round_to, ch_groups)
         else:
-            kept = kept_widths_uniform(original, current, ratios, step, spec.steps, spec.round_to, ch_groups)
-        kept = cap_widths(kept, original, spec.max_layer_ratio, spec.round_to, ch_groups)
+            kept = kept_widths_uniform(active, current, ratios, step, spec.steps, spec.round_to, ch_groups)
+        kept = cap_widths(kept, active, spec.max_layer_ratio, spec.round_to, ch_groups)
         for group in groups:
             prune_to(graph, group, scores[group.name], kept[group.name])
         model.zero_grad(set_to_none=True)
@@ -434,6 +436,22 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         steps.append(PruneStep(step, sum(kept.values()), epochs, validation, state, history(graph), dict(auto)))
     return steps
+
+
+def score_groups(scorer: tp.importance.Importance, groups: list[PruneGroup], protect: list[str],
+                 say: Say) -> dict[str, torch.Tensor]:
+    """Channel scores per group; a group torch-pruning cannot score is left unpruned (and protected)."""
+    scores = {}
+    for group in groups:
+        try:
+            scores[group.name] = channel_scores(scorer, group)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - torch-pruning's importance fails on unmapped indices
+            protect.append(group.name)
+            say(f"left {group.name} unpruned: torch-pruning cannot score it ({type(exc).__name__}: "
+                f"{(str(exc).strip().splitlines() or [''])[0][:100]})")
+    return scores
 
 
 def shapes_of(model: nn.Module, batch: torch.Tensor, spec: PruneSpec) -> list[tuple[str, list[int]]]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from edgekit.device.manifest import CALIBRATION_JSON, MODEL_FP32, MODEL_INT8_CPU_AVX2
 
 from ..config import Config
+from ..errors import CheckFailed, EdgekitError
 from .runner import Context, Output, Stage
 
 
@@ -26,9 +27,17 @@ class CalibrateStage(Stage):
             return Output(info={"enabled": False})
         load = ctx.info["load"]
         fp32_top1 = ctx.info["export"]["top1"]
-        result = quantize(ctx.config, ctx.files[MODEL_FP32], out, ctx.get("data"), load["mean"], load["std"],
-                          fp32_top1, ctx.say)
-        write_avx2_variant(ctx.files[MODEL_FP32], out, result.excluded)
+        try:
+            result = quantize(ctx.config, ctx.files[MODEL_FP32], out, ctx.get("data"), load["mean"], load["std"],
+                              fp32_top1, ctx.say)
+            write_avx2_variant(ctx.files[MODEL_FP32], out, result.excluded)
+        except EdgekitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the quantisers raise many kinds on unusual graphs
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise CheckFailed(f"INT8 calibration failed on this model ({type(exc).__name__}: {first}); the pruned, "
+                              "exported FP32 model is cached: push it with precision = \"fp32\" (or set "
+                              "quantize.enabled = false), and please report the model") from None
         result.files.append(MODEL_INT8_CPU_AVX2)
         info = dict(result.info, enabled=True, accuracy=result.accuracy, fp_layers=result.excluded,
                     sensitivity=result.sensitivity[:10])
