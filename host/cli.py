@@ -128,6 +128,8 @@ def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Optio
     else:
         console.print(stage_table(result.stages))
         calibration = result.host.get("calibration") or {}
+        if calibration.get("int8"):  # which INT8 route ships: ptq, ptq+fallback, qat or qat+fallback
+            console.print(f"INT8: {calibration['int8']} ({calibration.get('chosen')})")
         if calibration.get("fp_layers"):
             console.print(f"mixed precision: kept in floating point: {', '.join(calibration['fp_layers'])}")
 

@@ -99,6 +99,19 @@ class QuantizeSection(Strict):
     batch_size: int = Field(default=32, ge=1, le=4096)
     max_accuracy_drop: Optional[float] = Field(default=0.01, ge=0, le=1)
     mixed_precision: bool = True
+    # quantisation-aware training: N epochs, 0 = off, "auto" = only when post-training INT8 (with the
+    # mixed-precision fallback) misses max_accuracy_drop or keeps more than qat_max_float_layers in float
+    qat_epochs: Union[int, Literal["auto"]] = 0
+    qat_auto_epochs: int = Field(default=5, ge=1, le=1000)
+    qat_max_float_layers: int = Field(default=0, ge=0)
+    qat_lr: float = Field(default=1e-3, gt=0, le=1)
+
+    @field_validator("qat_epochs", mode="before")
+    @classmethod
+    def _qat_epochs(cls, value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1000):
+            return value
+        raise ValueError('must be a number of epochs from 0 (off) to 1000, or "auto"')
 
 
 class PruneSection(Strict):

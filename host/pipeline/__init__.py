@@ -1,6 +1,6 @@
 """The host pipeline: ``optimize(config)`` runs the declared stages, each cached on its own.
 
-    load + evaluate → prune + fine-tune → fold BN → export + verify → calibrate + INT8 → evaluate
+    load + evaluate → prune + fine-tune → fold BN → export + verify → calibrate + INT8 → QAT → evaluate
 
 ``STAGES`` is the declaration; each stage module says which deploy.toml sections and input files it
 reads (see ``runner``). To add a stage, write a ``Stage`` subclass and put it in the list.
@@ -22,11 +22,13 @@ from .fingerprint import code_fingerprint, content_hash
 from .fold import FoldStage
 from .load import LoadStage, count, load_data, normalization
 from .prune import PruneStage
+from .qat import QatStage
 from .runner import Context, Lazy, Output, Run, Stage, run_stages, stage_keys
 
 Say = Callable[[str], None]
 
-STAGES: tuple[Stage, ...] = (LoadStage(), PruneStage(), FoldStage(), ExportStage(), CalibrateStage(), EvaluateStage())
+STAGES: tuple[Stage, ...] = (LoadStage(), PruneStage(), FoldStage(), ExportStage(), CalibrateStage(), QatStage(),
+                             EvaluateStage())
 
 __all__ = ["STAGES", "Context", "Lazy", "Optimized", "Output", "Stage", "code_fingerprint", "count", "load_data",
            "normalization", "optimize", "stage_keys"]
@@ -62,6 +64,8 @@ def host_summary(config: Config, run: Run) -> dict[str, Any]:
 
     info = run.ctx.info
     load, calibrate = info["load"], info.get("calibrate", {})
+    if info.get("qat", {}).get("enabled"):  # QAT ran: its choice (QAT or the PTQ route it beat) is what ships
+        calibrate = info["qat"]
     by_file = {MODEL_BASELINE: load["top1"], MODEL_FP32: info["export"]["top1"]}
     by_file.update(info.get("evaluate", {}).get("accuracy", {}))
     recipe = {name: section for name, section in config.model_dump(mode="json").items()

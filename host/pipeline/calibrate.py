@@ -44,7 +44,9 @@ class CalibrateStage(Stage):
         note = f"{result.info['method']}, {result.info['images']} images"
         if result.excluded:
             note += f", {len(result.excluded)} layer(s) kept in float"
-        return Output(rows=[dict(stage="INT8 calibrated", note=note)], info=info, files=result.files)
+        counts = ctx.info["export"]["counts"]  # one row per INT8 route tried (PTQ, PTQ + fallback), if several
+        routes = [dict(row, **counts) for row in result.rows]
+        return Output(rows=[dict(stage="INT8 calibrated", note=note)] + routes, info=info, files=result.files)
 
 
 def write_avx2_variant(fp32: Path, out: Path, excluded: list[str]) -> None:

@@ -1,0 +1,168 @@
+"""Quantisation-aware training on a tiny trained ResNet-20 and real digits: it repairs a badly calibrated
+INT8 model, the shipped files carry the learned ranges, and the configuration is validated."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+from edgekit.calibration.table import parse_trt_cache
+from edgekit.calibration.trt_qdq import check_trt_qdq
+from edgekit.device.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ
+from edgekit.host.config import load_config
+from edgekit.host.errors import ConfigError
+from edgekit.host.pipeline import optimize
+from edgekit.host.qat import build_qat_model, fake_quantize, locate, no_inplace, quantised_activations
+from edgekit.host.quantize import Candidate, choose
+
+from .conftest import TINY_PROJECT
+
+
+# -- configuration -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["-1", '"sometimes"', "true", "1001", "2.5"])
+def test_bad_qat_epochs_is_one_line_naming_the_key(tmp_path, value):
+    path = tmp_path / "deploy.toml"
+    path.write_text(TINY_PROJECT + f"\n[quantize]\nqat_epochs = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "quantize.qat_epochs: must be a number of epochs" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("value, expected", [('"auto"', "auto"), ("0", 0), ("3", 3)])
+def test_qat_epochs_accepts_a_count_or_auto(tmp_path, value, expected):
+    path = tmp_path / "deploy.toml"
+    path.write_text(TINY_PROJECT + f"\n[quantize]\nqat_epochs = {value}\nqat_max_float_layers = 2\n")
+    section = load_config(path).quantize
+    assert section.qat_epochs == expected and section.qat_max_float_layers == 2
+
+
+def test_qat_max_float_layers_cannot_be_negative(tmp_path):
+    path = tmp_path / "deploy.toml"
+    path.write_text(TINY_PROJECT + "\n[quantize]\nqat_max_float_layers = -1\n")
+    with pytest.raises(ConfigError, match="quantize.qat_max_float_layers"):
+        load_config(path)
+
+
+# -- pure pieces ---------------------------------------------------------------------------------------------
+def test_fake_quantize_is_what_onnx_runtime_runs_for_a_qdq_pair():
+    import onnxruntime as ort
+
+    values = np.array([-3.0, -1.0, -0.5 / 127, 0.0, 0.5 / 127, 1.5 / 127, 0.3, 0.99, 1.0, 1.2, 7.0], np.float32)
+    scale = np.float32(1.0 / 127)
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "qdq",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [len(values)])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [len(values)])],
+        [numpy_helper.from_array(np.array(scale), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": values})[0]
+    actual = fake_quantize(torch.from_numpy(values), torch.tensor(scale)).numpy()
+    np.testing.assert_array_equal(actual, expected)  # round half to even, saturate at -128 and 127
+
+
+def _candidate(name: str, top1: float, excluded: int) -> Candidate:
+    return Candidate(name, Path("."), Path("."), None, {"a": top1}, excluded=[f"n{i}" for i in range(excluded)])
+
+
+def test_choice_prefers_within_budget_then_fewest_float_layers_then_top1():
+    ptq, fallback, qat = _candidate("ptq", 0.80, 0), _candidate("fb", 0.945, 2), _candidate("qat", 0.946, 0)
+    assert choose([ptq, fallback, qat], 0.95, 0.01).name == "qat"
+    assert choose([ptq, fallback, _candidate("qat", 0.90, 0)], 0.95, 0.01).name == "fb"
+    assert choose([ptq, _candidate("qat", 0.85, 0)], 0.95, 0.01).name == "qat"  # none within: most accurate
+
+
+# -- the tiny trained model ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dim_project(trained_project, tmp_path_factory) -> Path:
+    """The tiny project calibrated on images at a sixth of their brightness: activation ranges far too narrow."""
+    from edgekit.host.data import load_cifar
+
+    root = tmp_path_factory.mktemp("qat") / "p"
+    shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("home", ".edgekit"))
+    np.save(root / "dim.npy", load_cifar(root / "data").train.images[:128] // 6)
+    return root
+
+
+@pytest.fixture(scope="module")
+def qat_result(dim_project):
+    config = dim_project / "deploy.toml"
+    config.write_text(config.read_text() + '\n[quantize]\nsource = "dim.npy"\nmax_accuracy_drop = 1.0\n'
+                      "qat_epochs = 2\n")
+    return optimize(load_config(config), say=lambda m: None)
+
+
+def test_qat_repairs_a_badly_calibrated_int8_model(qat_result):
+    rows = {s["stage"]: s for s in qat_result.stages}
+    ptq, qat = rows["INT8 PTQ"], rows["INT8 QAT (2 epochs)"]
+    # The TensorRT Q/DQ model quantises exactly the tensors QAT learns: the dim calibration is repaired.
+    # (The CPU model also quantises tensors outside that placement, whose ranges still come from the dim
+    # calibration images; it must not get worse.)
+    fp32 = qat_result.host["accuracy_by_file"]["model.onnx"]
+    before, after = ptq["top1_by_file"][MODEL_INT8_QDQ], qat["top1_by_file"][MODEL_INT8_QDQ]
+    assert before < fp32 - 0.05, "the dim calibration should have hurt PTQ"
+    assert after >= fp32 - 0.02, (fp32, before, after)
+    assert qat["top1_by_file"][MODEL_INT8_CPU] >= ptq["top1_by_file"][MODEL_INT8_CPU]
+    assert qat["chosen"] and qat["fp_layers"] == 0
+    assert {int(k) for k in qat["latency_ms"]} == {1, 32} and qat["params"] > 0
+    calibration = qat_result.host["calibration"]
+    assert calibration["int8"] == "qat" and calibration["chosen"] == qat["stage"] and calibration["qat"]["epochs"] == 2
+    accuracy = qat_result.host["accuracy_by_file"]
+    assert min(accuracy[MODEL_INT8_CPU], accuracy[MODEL_INT8_QDQ]) == pytest.approx(qat["top1"])
+
+
+def test_shipped_int8_files_carry_the_learned_ranges(qat_result):
+    files = qat_result.files
+    table = json.loads(files[CALIBRATION_JSON].read_text())
+    assert table["method"] == "qat(percentile)"
+    learned = quantised_activations(files[MODEL_INT8_QDQ])  # amax = scale * 127 of every activation Q/DQ
+    assert learned and all(table["tensors"][name]["amax"] == pytest.approx(amax, rel=1e-6)
+                           for name, amax in learned.items())
+    _, scales = parse_trt_cache(files[CALIBRATION_CACHE].read_text())
+    assert all(scales[name] == pytest.approx(amax / 127, rel=1e-6) for name, amax in learned.items())
+    model = onnx.load(str(files[MODEL_INT8_QDQ]))
+    assert check_trt_qdq(model) == []  # same placement rules as PTQ: every conv quantised, int8 zero-points
+    made_by = {out: node for node in model.graph.node for out in node.output}
+    for add in (n for n in model.graph.node if n.op_type == "Add"):
+        assert sorted(made_by[t].op_type for t in add.input) == ["Conv", "DequantizeLinear"]
+    cpu = onnx.load(str(files[MODEL_INT8_CPU]))
+    init = {i.name: numpy_helper.to_array(i) for i in cpu.graph.initializer}
+    assert all(init[n.input[2]].dtype == np.uint8 for n in cpu.graph.node if n.op_type == "QuantizeLinear")
+
+
+def test_fake_quantised_torch_model_runs_like_the_written_qdq_model(trained_project, tmp_path):
+    """The quantisers sit where the Q/DQ writer puts Q/DQ: before training, torch and ONNX Runtime agree."""
+    from edgekit.calibration.collect import collect, make_table
+    from edgekit.calibration.trt_qdq import write_trt_qdq
+    from edgekit.host.checkpoint import load_model
+    from edgekit.host.data import channel_stats, load_cifar, normalize
+    from edgekit.host.export import export_onnx, onnx_predict
+    from edgekit.host.fold import fold_batchnorm
+
+    data = load_cifar(trained_project / "data")
+    model, _ = load_model(trained_project / "runs" / "tiny.pt", "resnet20", 10, 0.25, 3)
+    mean, std = channel_stats(data.train)
+    folded, _ = fold_batchnorm(model)
+    fp32, qdq = tmp_path / "model.onnx", tmp_path / "model.int8.qdq.onnx"
+    export_onnx(folded, fp32, [3, 32, 32])
+    images = normalize(data.train.images[:64] // 2, mean, std)
+    write_trt_qdq(fp32, make_table(collect(fp32, [images]), "percentile"), qdq)
+    ranges = quantised_activations(qdq)
+    student = no_inplace(copy.deepcopy(folded))
+    qat = build_qat_model(student, locate(student, fp32, sorted(ranges), images[:8]), ranges)
+    test = normalize(data.test.images, mean, std)
+    with torch.no_grad():
+        ours = qat.module(torch.from_numpy(test)).numpy()
+    theirs = onnx_predict(qdq, test)
+    assert np.mean(ours.argmax(1) == theirs.argmax(1)) >= 0.99
+    assert np.max(np.abs(ours - theirs)) <= 0.05 * np.max(np.abs(theirs))
