@@ -49,11 +49,11 @@ def changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
 
 
 def test_stages_are_declared_in_order():
-    assert NAMES == ["load", "prune", "fold", "export", "calibrate", "evaluate"]
+    assert NAMES == ["load", "prune", "fold", "export", "calibrate", "qat", "evaluate"]
 
 
 def test_quantize_reruns_only_calibration_and_evaluation(keyed):
-    assert changed(keyed(), keyed('[quantize]\nmethod = "minmax"\n')) == ["calibrate", "evaluate"]
+    assert changed(keyed(), keyed('[quantize]\nmethod = "minmax"\n')) == ["calibrate", "qat", "evaluate"]
 
 
 def test_prune_reruns_from_pruning(keyed):
@@ -87,9 +87,9 @@ def test_quantize_source_is_keyed_by_its_contents(keyed):
     source = '[quantize]\nsource = "calib"\n'
     before = keyed(source)
     (keyed.root / "calib" / "b.png").write_bytes(b"another image")
-    assert changed(before, keyed(source)) == ["calibrate", "evaluate"]
+    assert changed(before, keyed(source)) == ["calibrate", "qat", "evaluate"]
     (keyed.root / "calib" / "b.png").write_bytes(b"changed image")
-    assert changed(before, keyed(source)) == ["calibrate", "evaluate"]
+    assert changed(before, keyed(source)) == ["calibrate", "qat", "evaluate"]
 
 
 def test_a_path_spelled_differently_is_the_same_input(keyed):

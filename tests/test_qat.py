@@ -97,8 +97,11 @@ def dim_project(trained_project, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def qat_result(dim_project):
     config = dim_project / "deploy.toml"
+    # No fallback and no device-rule veto: the CPU file quantises tensors outside the Q/DQ placement whose
+    # ranges still come from the dim images, so the device's rule would send QAT's files to the fallback.
     config.write_text(config.read_text() + '\n[quantize]\nsource = "dim.npy"\nmax_accuracy_drop = 1.0\n'
-                      "qat_epochs = 2\n")
+                      "qat_epochs = 2\nmixed_precision = false\n[validation]\nmin_top1_agreement = 0.0\n"
+                      "min_cosine = -1.0\n")
     return optimize(load_config(config), say=lambda m: None)
 
 
