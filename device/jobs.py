@@ -96,8 +96,8 @@ class JobRunner:
         backend, fallback = self.select_backend(manifest)
         options = build_options(manifest.precision, manifest.batch_sizes, manifest.build)
         model_name = model_for(manifest, cpu_flags() if backend.name == "onnxruntime" else None)
-        if backend.name == "onnxruntime" and manifest.precision == "fp16":
-            raise JobError("precision fp16 needs the tensorrt backend; use fp32 or int8 with onnxruntime")
+        if backend.name in ("onnxruntime", "openvino") and manifest.precision == "fp16":
+            raise JobError("precision fp16 needs the tensorrt backend; use fp32 or int8 with {}".format(backend.name))
         hashes = {name: manifest.files[name].sha256 for name in manifest.files
                   if name not in (REFERENCE, MODEL_BASELINE)}
         key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
@@ -189,6 +189,8 @@ class JobRunner:
         """What the build needs besides the cache-key options: input, caches, the node table for errors."""
         extra = dict(options, input_name=manifest.input_name, input_shape=manifest.input_shape,
                      graph=manifest.raw.get("host", {}).get("graphs", {}).get(model_for(manifest)))
+        if backend.name == "openvino":
+            extra["openvino_cache_dir"] = str(self.spool.root / "cache" / "openvino")
         if backend.name == "tensorrt":
             version = backend.identity().get("version", "unknown")
             extra["timing_cache_path"] = str(self.spool.engines / "timing-tensorrt-{}.cache".format(version))

@@ -31,7 +31,7 @@ REFERENCE = "reference.npz"
 MODEL_BASELINE = "model.baseline.onnx"  # the unpruned FP32 model, benchmarked beside the final one
 
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -174,7 +174,7 @@ class DeviceSection(Strict):
     root: str = "~/.edgekit"
     venv: str = Field(default="", description="the device's edgekit virtualenv; default <root>/venv")
     python: str = Field(default="python3", description="the device interpreter the venv is made from")
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    backend: Literal["onnxruntime", "openvino", "tensorrt"] = "onnxruntime"
     precision: Precision = "fp32"
     allow_fallback: bool = False
     threads: int = Field(default=0, ge=0)

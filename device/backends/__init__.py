@@ -1,12 +1,18 @@
-"""Inference backends behind one interface; which exist is decided by what imports on the device."""
+"""Inference backends behind one interface; which exist is decided by what imports on the device.
+
+This registry is the one list of backend names: the agent's status, ``auto``'s candidates and the
+host's choice of files all ask it.
+"""
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from .base import Backend, BackendUnavailable, Engine
 
-__all__ = ["Backend", "BackendUnavailable", "Engine", "get_backend", "describe_all"]
+__all__ = ["Backend", "BackendUnavailable", "Engine", "NAMES", "get_backend", "available", "describe_all"]
+
+NAMES = ("onnxruntime", "openvino", "tensorrt")
 
 
 def get_backend(name: str) -> Backend:
@@ -15,6 +21,10 @@ def get_backend(name: str) -> Backend:
         from .onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend()
+    if name == "openvino":
+        from .openvino import OpenVinoBackend
+
+        return OpenVinoBackend()
     if name == "tensorrt":
         from .tensorrt import TensorRTBackend
 
@@ -22,7 +32,18 @@ def get_backend(name: str) -> Backend:
     raise BackendUnavailable("unknown backend {!r}".format(name))
 
 
-def describe_all(names: List[str] = ("onnxruntime", "tensorrt")) -> Dict[str, Dict[str, object]]:
+def available(names: Sequence[str] = NAMES) -> Dict[str, Backend]:
+    """The backends that load here, by name (a missing runtime is simply absent)."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = get_backend(name)
+        except BackendUnavailable:
+            continue
+    return found
+
+
+def describe_all(names: List[str] = NAMES) -> Dict[str, Dict[str, object]]:
     """What each backend reports about itself, or why it is not available."""
     result = {}
     for name in names:
