@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from . import __version__
 from .backends import describe_all
+from .cpu import describe_cpu
 from .cuda import cuda_bindings
 from .errors import ConfigError
 from .jobs import JobRunner, cleanup_builds
@@ -122,6 +123,7 @@ def status(root: Path) -> Dict[str, Any]:
         "unfinished": spool.unfinished() if spool.jobs.is_dir() else [], "models": models,
         "free_disk_bytes": usage.free if usage else None, "backends": describe_all(), "device": describe_host(),
         "cuda": cuda_bindings(),
+        "cpu": describe_cpu(),
     }
 
 

@@ -2,7 +2,7 @@
 
 INT8 on a CPU is not one thing. x86 without VNNI multiplies uint8 × int8 pairs with ``vpmaddubsw``,
 which saturates its int16 sums (2 × 255 × 127 > 32767): ONNX Runtime's U8S8 kernels can then give wrong
-answers, while int8 × int8 (S8S8, 2 × 128 × 127 < 32767) cannot overflow. VNNI (``avx512_vnni``,
+answers, while 7-bit weights (2 × 255 × 63 < 32767) cannot overflow. VNNI (``avx512_vnni``,
 ``avx_vnni``, AMX) and ARM's widening multiplies accumulate in int32 and never saturate. The device reports
 these facts (``describe_cpu``) and the choice of INT8 file is made from them (``model_files.py``).
 """

@@ -12,15 +12,17 @@ import os
 import shutil
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from . import __version__, telemetry
-from .backends import Backend, BackendUnavailable, get_backend
-from .backends.onnxruntime import cpu_flags
+from .auto import ROUNDS, Candidate, choose, interleave
+from .backends import Backend, BackendUnavailable, Engine, available, get_backend
 from .benchmark import Plan, interleaved
+from .cpu import describe_cpu
 from .engines import ENGINE_META, build_options, engine_key
 from .errors import JobError, StaleEngine
 from .jetson import TegrastatsSampler
@@ -33,9 +35,9 @@ from .manifest import (
     Manifest,
     ManifestError,
     load_manifest_bytes,
-    model_for,
     sha256_file,
 )
+from .model_files import AUTO, CPU_RUNTIMES, ModelChoiceError, candidates, model_file
 from .signing import SignatureError, load_trusted_keys, verify
 from .spool import Spool, read_json, write_json_atomic
 from .validate import FP32_REFERENCE, compare, reference_key
@@ -93,30 +95,11 @@ class JobRunner:
         self.event(job, "stage", "verifying bundle", stage="verify")
         manifest, signer = self.verify(folder)
         files = self.resolve_files(manifest)
-        backend, fallback = self.select_backend(manifest)
-        options = build_options(manifest.precision, manifest.batch_sizes, manifest.build)
-        model_name = model_for(manifest, cpu_flags() if backend.name == "onnxruntime" else None)
-        if backend.name in ("onnxruntime", "openvino") and manifest.precision == "fp16":
-            raise JobError("precision fp16 needs the tensorrt backend; use fp32 or int8 with {}".format(backend.name))
-        hashes = {name: manifest.files[name].sha256 for name in manifest.files
-                  if name not in (REFERENCE, MODEL_BASELINE)}
-        key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
-        build_options_ = self.backend_options(options, manifest, files, backend)
-        engine_dir, meta, reused = self.build(job, backend, files[model_name], key, build_options_)
+        chosen = self.prepare(job, manifest, files)
+        backend, engine, engine_dir, key = chosen.backend, chosen.engine, chosen.engine_dir, chosen.key
+        meta, reused, fallback, model_name = chosen.meta, chosen.reused, chosen.fallback, chosen.model_file
         try:
-            engine = backend.load(engine_dir, meta)
-        except StaleEngine as exc:  # a cached engine this runtime cannot load: rebuild it once
-            self.event(job, "warning", "{}; rebuilding it".format(exc))
-            shutil.rmtree(str(engine_dir), ignore_errors=True)
-            engine_dir, meta, reused = self.build(job, backend, files[model_name], key, build_options_)
-            engine = backend.load(engine_dir, meta)
-        try:
-            self.event(job, "stage", "validating against the host's reference outputs", stage="validate")
-            validation = self.validate(engine, files[REFERENCE], manifest, model_name, backend.name)
-            if not validation["passed"]:
-                raise JobError("validation failed against the host's outputs of {}: {}; the active model was not "
-                               "changed. {}".format(validation["reference"], validation["reason"],
-                                                    validation_advice(validation)))
+            validation = chosen.validation
             baseline = self.baseline_engine(job, manifest, files, backend)
             try:
                 before = telemetry.snapshot()
@@ -135,7 +118,7 @@ class JobRunner:
             "signer": signer, "backend": backend.name, "backend_describe": backend.describe(),
             "fallback": fallback, "precision": manifest.precision, "engine_key": key, "engine_reused": reused,
             "engine": meta, "model_file": model_name, "model_size_bytes": manifest.files[model_name].size,
-            "validation": validation, "benchmarks": results,
+            "validation": validation, "benchmarks": results, "auto": chosen.auto,
             "baseline": baseline[1] if baseline is not None else None,
             "telemetry": {"device": telemetry.describe_host(), "before": before, "after": after,
                           "during": sampler.result()},
@@ -151,8 +134,7 @@ class JobRunner:
         options = build_options("fp32", manifest.batch_sizes, manifest.build)
         entry = manifest.files[MODEL_BASELINE]
         key = engine_key({MODEL_BASELINE: entry.sha256}, backend.identity(), dict(options, model=MODEL_BASELINE))
-        extra = dict(self.backend_options(options, manifest, files, backend),
-                     graph=manifest.raw.get("host", {}).get("graphs", {}).get(MODEL_BASELINE))
+        extra = self.backend_options(options, manifest, files, backend, MODEL_BASELINE)
         folder, meta, reused = self.build(job, backend, files[MODEL_BASELINE], key, extra, what="baseline ")
         return backend.load(folder, meta), {"engine_key": key, "engine_reused": reused, "model_file": MODEL_BASELINE,
                                             "model_size_bytes": entry.size, "precision": "fp32"}
@@ -185,10 +167,10 @@ class JobRunner:
         return results
 
     def backend_options(self, options: Dict[str, Any], manifest: Manifest, files: Dict[str, Path],
-                        backend: Backend) -> Dict[str, Any]:
+                        backend: Backend, model_name: str) -> Dict[str, Any]:
         """What the build needs besides the cache-key options: input, caches, the node table for errors."""
         extra = dict(options, input_name=manifest.input_name, input_shape=manifest.input_shape,
-                     graph=manifest.raw.get("host", {}).get("graphs", {}).get(model_for(manifest)))
+                     graph=manifest.raw.get("host", {}).get("graphs", {}).get(model_name))
         if backend.name == "openvino":
             extra["openvino_cache_dir"] = str(self.spool.root / "cache" / "openvino")
         if backend.name == "tensorrt":
@@ -219,6 +201,111 @@ class JobRunner:
                     entry.name))
             paths[entry.name] = path
         return paths
+
+    def prepare(self, job: str, manifest: Manifest, files: Dict[str, Path]) -> Prepared:
+        """The engine this job runs, built (or reused) and validated: the backend asked for, or auto's pick."""
+        options = build_options(manifest.precision, manifest.batch_sizes, manifest.build)
+        cpu = describe_cpu()
+        if manifest.backend == AUTO:
+            return self.prepare_auto(job, manifest, files, options, cpu)
+        backend, fallback = self.select_backend(manifest)
+        chosen = self.prepare_one(job, manifest, files, backend, options, cpu)
+        validation = chosen.validation
+        if not validation["passed"]:
+            chosen.engine.close()
+            raise JobError("validation failed against the host's outputs of {}: {}; the active model was not "
+                           "changed. {}".format(validation["reference"], validation["reason"],
+                                                validation_advice(validation)))
+        chosen.fallback = fallback
+        return chosen
+
+    def prepare_one(self, job: str, manifest: Manifest, files: Dict[str, Path], backend: Backend,
+                    options: Dict[str, Any], cpu: Dict[str, Any]) -> Prepared:
+        """Build or reuse ``backend``'s engine from the file model_files picks for this CPU, and validate it."""
+        try:
+            model_name = model_file(backend.name, manifest.precision, manifest.build.get("int8_mode", "explicit"), cpu,
+                                    manifest.files)
+        except ModelChoiceError as exc:
+            raise JobError(str(exc)) from None
+        if model_name not in files:
+            raise JobError("{} on this CPU needs {}, which the bundle lacks; push again (the host chose files for "
+                           "another device?)".format(backend.name, model_name))
+        hashes = {name: manifest.files[name].sha256 for name in manifest.files
+                  if name not in (REFERENCE, MODEL_BASELINE)}
+        key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
+        build_options_ = self.backend_options(options, manifest, files, backend, model_name)
+        engine_dir, meta, reused = self.build(job, backend, files[model_name], key, build_options_)
+        try:
+            engine = backend.load(engine_dir, meta)
+        except StaleEngine as exc:  # a cached engine this runtime cannot load: rebuild it once
+            self.event(job, "warning", "{}; rebuilding it".format(exc))
+            shutil.rmtree(str(engine_dir), ignore_errors=True)
+            engine_dir, meta, reused = self.build(job, backend, files[model_name], key, build_options_)
+            engine = backend.load(engine_dir, meta)
+        try:
+            self.event(job, "stage", "validating {} ({}) against the host's reference outputs".format(
+                backend.name, model_name), stage="validate", backend=backend.name)
+            validation = self.validate(engine, files[REFERENCE], manifest, model_name, backend.name)
+        except BaseException:
+            engine.close()
+            raise
+        return Prepared(backend, engine, engine_dir, meta, reused, key, model_name, validation)
+
+    def prepare_auto(self, job: str, manifest: Manifest, files: Dict[str, Path], options: Dict[str, Any],
+                     cpu: Dict[str, Any]) -> Prepared:
+        """Build and validate every candidate runtime, race the valid ones, keep the fastest."""
+        found = available()
+        names = candidates(AUTO, found)
+        if not names:
+            raise BackendUnavailable("backend auto: no runtime on this device (have neither {}); install one with "
+                                     "`edgekit device setup`".format(" nor ".join(CPU_RUNTIMES)))
+        self.event(job, "stage", "auto: trying {}".format(", ".join(names)), stage="auto", candidates=names)
+        tried: List[Candidate] = []
+        ready: Dict[str, Prepared] = {}
+        for name in names:
+            candidate = Candidate(name)
+            tried.append(candidate)
+            try:
+                prepared = self.prepare_one(job, manifest, files, found[name], options, cpu)
+            except Exception as exc:  # noqa: BLE001 - one runtime failing must not stop the others
+                self.log(traceback.format_exc())
+                candidate.reason = str(exc) if isinstance(exc, JobError) else "{}: {}".format(type(exc).__name__, exc)
+                self.event(job, "warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=name)
+                continue
+            validation = prepared.validation
+            candidate.model_file, candidate.passed = prepared.model_file, bool(validation["passed"])
+            candidate.reason = "" if candidate.passed else "validation failed: {}".format(validation["reason"])
+            candidate.extra = {"engine_key": prepared.key, "engine_reused": prepared.reused,
+                               "top1_agreement": validation.get("top1_agreement"),
+                               "cosine_min": validation.get("cosine_min")}
+            if candidate.passed:
+                ready[name] = prepared
+            else:
+                prepared.engine.close()
+                self.event(job, "warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=name)
+        batch = max(manifest.batch_sizes)
+        if len(ready) > 1:
+            self.event(job, "stage", "auto: measuring {} at batch {} ({} interleaved rounds)".format(
+                " vs ".join(ready), batch, ROUNDS), stage="auto", batch=batch)
+            data = np.random.default_rng(0).standard_normal([batch] + list(manifest.input_shape)).astype(np.float32)
+            rounds = interleave({name: _runner(prepared.engine, data) for name, prepared in ready.items()})
+            for candidate in tried:
+                candidate.round_medians_ms = rounds.get(candidate.backend, [])
+        try:
+            choice = choose(tried, batch)
+        except ValueError as exc:
+            for prepared in ready.values():
+                prepared.engine.close()
+            raise JobError("{}; the active model was not changed".format(exc)) from None
+        for name, prepared in ready.items():
+            if name != choice.winner:
+                prepared.engine.close()
+        self.event(job, "auto", choice.message, stage="auto", chosen=choice.winner, speedup=choice.speedup)
+        winner = ready[choice.winner]
+        winner.auto = {"chosen": choice.winner, "runner_up": choice.runner_up, "speedup": choice.speedup,
+                       "batch": batch, "message": choice.message, "cpu": cpu,
+                       "candidates": [candidate.summary() for candidate in tried]}
+        return winner
 
     def select_backend(self, manifest: Manifest) -> Tuple[Backend, Any]:
         try:
@@ -280,6 +367,26 @@ def validation_advice(validation: Dict[str, Any]) -> str:
                 "instruction set can saturate INT8 kernels): use precision = \"fp32\" on this device, or report it")
     return ("The device's runtime departs from the host's results: keep more layers in floating point "
             "(lower quantize.max_accuracy_drop), use precision = \"fp16\" (TensorRT) or \"fp32\"")
+
+
+@dataclass
+class Prepared:
+    """A built, loaded and validated engine, and how it came to be chosen."""
+
+    backend: Backend
+    engine: Engine
+    engine_dir: Path
+    meta: Dict[str, Any]
+    reused: bool
+    key: str
+    model_file: str
+    validation: Dict[str, Any]
+    fallback: Any = None
+    auto: Optional[Dict[str, Any]] = None
+
+
+def _runner(engine: Engine, data: np.ndarray) -> Callable[[], Any]:
+    return lambda: engine.run(data)
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -24,14 +24,13 @@ MODEL_INT8_QDQ_FP16 = "model.int8.qdq.fp16.onnx"  # Q/DQ INT8, FP16 elsewhere, F
 # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into int16 with saturation (vpmaddubsw);
 # 255 x 127 x 2 overflows, 255 x 63 x 2 does not
 MODEL_INT8_CPU_AVX2 = "model.int8.cpu.avx2.onnx"
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_CACHE = "calibration.cache"
 REFERENCE = "reference.npz"
 MODEL_BASELINE = "model.baseline.onnx"  # the unpruned FP32 model, benchmarked beside the final one
 
 PRECISIONS = ("fp32", "fp16", "int8")
-BACKENDS = ("onnxruntime", "tensorrt", "openvino")
+BACKENDS = ("onnxruntime", "tensorrt", "openvino", "auto")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -169,21 +168,3 @@ def load_manifest_bytes(payload: bytes) -> Manifest:
     except (UnicodeDecodeError, ValueError) as exc:
         raise ManifestError("manifest: not valid JSON ({})".format(exc)) from None
     return parse_manifest(data)
-
-
-def model_for(manifest: Manifest, cpu_flags: Any = None) -> str:
-    """Which ONNX file a backend builds from, given the requested precision (and, for INT8 on an x86 CPU,
-    its instruction set: ``cpu_flags`` from /proc/cpuinfo; None when unknown, as on the host)."""
-    if manifest.precision != "int8":
-        return MODEL_FP32
-    if manifest.backend == "tensorrt":
-        return MODEL_INT8_QDQ if manifest.build.get("int8_mode", "explicit") == "explicit" else MODEL_FP32
-    if cpu_flags is not None and needs_reduced_range(cpu_flags) and MODEL_INT8_CPU_AVX2 in manifest.files:
-        return MODEL_INT8_CPU_AVX2
-    return MODEL_INT8_CPU
-
-
-def needs_reduced_range(cpu_flags: Any) -> bool:
-    """An x86 CPU with AVX2 but no VNNI: ONNX Runtime's U8S8 kernels there can saturate."""
-    flags = set(cpu_flags)
-    return "avx2" in flags and not flags.intersection(VNNI_FLAGS)

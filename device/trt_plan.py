@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .manifest import MODEL_FP16, MODEL_FP32, MODEL_INT8_QDQ, MODEL_INT8_QDQ_FP16
+from .model_files import model_file as choose_model_file
 
 CACHE_ALGORITHM = "EntropyCalibration2"
 
@@ -133,7 +134,7 @@ def _precision(options: Mapping[str, Any], version: TrtVersion, files: Sequence[
     precision = options.get("precision", "fp32")
     typed = version.strongly_typed
     if precision == "fp32":
-        return MODEL_FP32, [], None, False, []
+        return choose_model_file("tensorrt", precision), [], None, False, []
     if precision == "fp16":
         model = MODEL_FP16 if typed else (MODEL_FP16 if MODEL_FP16 in files else MODEL_FP32)
         return _typed_file(model, MODEL_FP32, version, files), [] if typed else ["FP16"], None, False, []
@@ -148,13 +149,15 @@ def _precision(options: Mapping[str, Any], version: TrtVersion, files: Sequence[
                             .format(version))
         if version.implicit_int8_deprecated:
             warnings.append("implicit INT8 is deprecated since TensorRT 10.1; explicit Q/DQ is the default")
-        return MODEL_FP32, ["INT8"] + (["FP16"] if fp16_rest else []), int8_mode, True, warnings
+        return choose_model_file("tensorrt", precision, int8_mode), ["INT8"] + (["FP16"] if fp16_rest else []), \
+            int8_mode, True, warnings
     if int8_mode != "explicit":
         raise PlanError("int8_mode must be \"explicit\" or \"implicit\", not {!r}".format(int8_mode))
     if typed:
         model = _typed_file(MODEL_INT8_QDQ_FP16, MODEL_INT8_QDQ, version, files) if fp16_rest else MODEL_INT8_QDQ
         return model, [], int8_mode, False, warnings
-    return MODEL_INT8_QDQ, ["INT8"] + (["FP16"] if fp16_rest else []), int8_mode, False, warnings
+    return choose_model_file("tensorrt", precision, int8_mode), ["INT8"] + (["FP16"] if fp16_rest else []), \
+        int8_mode, False, warnings
 
 
 def check_dla(options: Mapping[str, Any], dla_cores: int, batch_sizes: Sequence[int]) -> Optional[int]:

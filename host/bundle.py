@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.device import __version__
-from edgekit.device.manifest import SCHEMA_VERSION, canonical_bytes, model_for, parse_manifest, sha256_file
+from edgekit.device.manifest import SCHEMA_VERSION, canonical_bytes, parse_manifest, sha256_file
+from edgekit.device.model_files import CPU_RUNTIMES, ModelChoiceError, candidates, needed_files, unused_files
 
 from .config import Config, DeviceSection
 from .errors import ConfigError
@@ -29,11 +30,49 @@ def node_tables(files: dict[str, Path]) -> dict[str, list[list[str]]]:
     return tables
 
 
-def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path], host: dict[str, Any]) -> dict:
-    """Everything the agent needs to build, validate and benchmark, as plain data."""
+# When the device did not say what CPU it has, ship the INT8 files for both kinds (see model_files).
+_EITHER_CPU = ({"flags_read": True, "u8s8_saturates": True}, {"flags_read": True, "u8s8_saturates": False})
+
+
+def device_backends(device: DeviceSection, info: dict[str, Any] | None) -> list[str]:
+    """The backends the device may run this job on, from its status (unknown: every CPU runtime)."""
+    reported = (info or {}).get("backends")
+    have = [name for name, about in reported.items() if about.get("available")] if reported else list(CPU_RUNTIMES)
+    chosen = candidates(device.backend, have) or list(CPU_RUNTIMES)
+    if device.allow_fallback and "onnxruntime" not in chosen:
+        chosen.append("onnxruntime")
+    return chosen
+
+
+def files_for_device(config: Config, device: DeviceSection, files: dict[str, Path],
+                     info: dict[str, Any] | None) -> dict[str, Path]:
+    """Only what the device will read: model_files decides, from the device's backends and CPU (its status)."""
+    backends = device_backends(device, info)
+    cpus = [info["cpu"]] if info and info.get("cpu") else list(_EITHER_CPU)
+    try:
+        needed = {name for cpu in cpus for name in needed_files(backends, device.precision, device.int8_mode, cpu)}
+    except ModelChoiceError as exc:
+        raise ConfigError(f"{config.path.name}: devices: {exc}") from None
+    absent = sorted(needed - set(files))
+    if absent:
+        raise ConfigError(f"{config.path.name}: precision {device.precision!r} on {device.backend} needs "
+                          f"{', '.join(absent)}, which this project does not produce (quantize.enabled = true writes "
+                          "the INT8 files); or use precision = \"fp32\"")
+    unused = set.intersection(*(set(unused_files(files, backends, device.precision, device.int8_mode, cpu))
+                                for cpu in cpus))
+    return {name: path for name, path in files.items() if name not in unused}
+
+
+def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path], host: dict[str, Any],
+                  device_info: dict[str, Any] | None = None) -> dict:
+    """Everything the agent needs to build, validate and benchmark, as plain data; ``device_info`` (the
+    agent's status) narrows the files to those its backend will read on its CPU."""
+    files = files_for_device(config, device, files, device_info)
     build: dict[str, Any] = {"allow_fallback": device.allow_fallback}
     if device.threads:
         build["threads"] = device.threads
+    if device.openvino_device and device.backend in ("openvino", "auto"):
+        build["openvino_device"] = device.openvino_device
     if device.backend == "tensorrt":
         build.update(int8_mode=device.int8_mode, workspace_mb=device.workspace_mb)
         build.update({k: v for k, v in (("dla_core", device.dla_core),
@@ -55,11 +94,7 @@ def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path],
         "files": file_entries(files),
         "host": dict(host, graphs=node_tables(files)),
     }
-    parsed = parse_manifest(manifest)
-    needed = model_for(parsed)
-    if needed not in files:
-        raise ConfigError(f"{config.path.name}: precision {device.precision!r} on {device.backend} needs {needed}, "
-                          "which this version does not produce yet; use precision = \"fp32\"")
+    parse_manifest(manifest)
     return manifest
 
 

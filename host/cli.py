@@ -353,7 +353,7 @@ def device_add(name: str = typer.Argument(..., help="the device's name in deploy
                host: str = typer.Option(..., help="host name, address or ~/.ssh/config alias"),
                user: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
                trust: Optional[str] = typer.Option(None, help="the SHA256:... fingerprint you checked on the device"),
-               backend: str = typer.Option("onnxruntime", help="onnxruntime or tensorrt"),
+               backend: str = typer.Option("auto", help="auto, onnxruntime, openvino or tensorrt"),
                config_path: Path = ConfigOption) -> None:
     """Show DEVICE's host key fingerprint, record it once you confirm, and add the device to deploy.toml."""
     from .fleet import append_device
@@ -382,6 +382,8 @@ def device_add(name: str = typer.Argument(..., help="the device's name in deploy
 def device_setup(name: str = typer.Argument(...),
                  onnxruntime: bool = typer.Option(True, "--onnxruntime/--no-onnxruntime",
                                                   help="ship ONNX Runtime for the CPU backend"),
+                 openvino: bool = typer.Option(True, "--openvino/--no-openvino",
+                                               help="ship OpenVINO (x86-64 and aarch64 wheels) for the CPU"),
                  config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Install edgekit's agent on DEVICE (no internet needed there), trust this host's key, start the service."""
     from .setup import install
@@ -393,7 +395,7 @@ def device_setup(name: str = typer.Argument(...),
         raise ConfigError(f"device {name!r} is {device.kind}; only ssh devices are set up")
     transport = SSHTransport(name, device)
     try:
-        result = install(transport, device, onnxruntime, _say(json_mode))
+        result = install(transport, device, onnxruntime, _say(json_mode), with_openvino=openvino)
     finally:
         transport.close()
     summary = {"device": name, "venv": result.venv, "service": result.service, "wheels": result.wheels,

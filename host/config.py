@@ -174,11 +174,13 @@ class DeviceSection(Strict):
     root: str = "~/.edgekit"
     venv: str = Field(default="", description="the device's edgekit virtualenv; default <root>/venv")
     python: str = Field(default="python3", description="the device interpreter the venv is made from")
-    backend: Literal["onnxruntime", "openvino", "tensorrt"] = "onnxruntime"
+    backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = "auto"
     precision: Precision = "fp32"
     allow_fallback: bool = False
     threads: int = Field(default=0, ge=0)
     int8_mode: Literal["explicit", "implicit"] = "explicit"
+    openvino_device: Optional[str] = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9.,:_]*$",
+                                           description="OpenVINO device (CPU, GPU, NPU, AUTO...); default CPU")
     dla_core: Optional[int] = Field(default=None, ge=0, le=7)
     workspace_mb: int = Field(default=1024, ge=16)
     builder_optimization_level: Optional[int] = Field(default=None, ge=0, le=5)

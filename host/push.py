@@ -6,10 +6,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from edgekit.device.manifest import MODEL_BASELINE, REFERENCE, model_for, parse_manifest
+from edgekit.device.manifest import MODEL_BASELINE, REFERENCE
+from edgekit.device.model_files import MODEL_VARIANTS
 from edgekit.device.spool import new_job_id
 
-from .bundle import make_manifest, manifest_bytes
+from .bundle import files_for_device, make_manifest, manifest_bytes
 from .config import Config, host_home
 from .errors import CheckFailed
 from .fp16 import typed_files_for
@@ -107,17 +108,21 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
     files = {name: path for name, path in optimized.files.items()
              if name != MODEL_BASELINE or config.benchmark.baseline}
-    manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages))
-    check_before_upload(files[REFERENCE], model_for(parse_manifest(manifest)), device.precision,
-                        manifest["target"]["validation"], device_name)
+    files_for_device(config, device, files, None)  # a configuration mistake fails before connecting
     key = load_or_create_key(host_home())
-    payload = manifest_bytes(manifest)
-    signature = sign(key, payload)
     transport = open_transport(device_name, device)
     try:
         if device.kind == "local":
             transport.trust(public_line(key))
         transport.ensure_agent()
+        # The device's backends and CPU decide which model files it gets (edgekit.device.model_files).
+        manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages),
+                                 transport.status())
+        for model_file in [entry["name"] for entry in manifest["files"] if entry["name"] in MODEL_VARIANTS]:
+            check_before_upload(files[REFERENCE], model_file, device.precision, manifest["target"]["validation"],
+                                device_name)
+        payload = manifest_bytes(manifest)
+        signature = sign(key, payload)
         shipment = ship(transport, optimized, manifest, signature, payload, say, progress)
         say(f"published job {shipment.job} to {device_name}")
         report = follow(transport, shipment.job, on_event)

@@ -22,7 +22,8 @@ def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
     if report.get("status") != "done":
         return [{"device": device, "status": "failed", "error": report.get("error", "unknown error")}]
     validation = report["validation"]
-    backend = report["backend"] + (" (fallback)" if report.get("fallback") else "")
+    backend = report["backend"] + (" (fallback)" if report.get("fallback") else " (auto)" if report.get("auto")
+                                   else "")
     rows = []
     for bench in report["benchmarks"]:
         latency = bench["latency_ms"]
@@ -108,6 +109,9 @@ def backend_line(report: dict[str, Any]) -> str:
         parts.append(f"CUDA {about['cuda_runtime']}")
     if about.get("cpu"):
         parts.append(f"on {about['cpu']}")
+    isa = about.get("isa")
+    if isinstance(isa, dict) and isa.get("family") in ("x86", "arm"):  # what decides the INT8 file (model_files)
+        parts.append(f"[{' '.join(isa.get('int8_dot') or ['no INT8 dot product'])}]")
     jetson = report.get("telemetry", {}).get("device", {}).get("jetson") or {}
     if jetson.get("jetson"):
         parts.append(f"— {jetson.get('model')}, L4T {jetson.get('l4t') or '?'}, "
@@ -134,6 +138,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def auto_line(auto: dict[str, Any]) -> str:
+    """Which runtime ``backend = "auto"`` kept and why, with the runtimes it dropped."""
+    dropped = [f"{c['backend']}: {c['reason']}" for c in auto.get("candidates", []) if not c.get("passed")]
+    return auto.get("message", "") + (f" (dropped {'; '.join(dropped)})" if dropped else "")
+
+
 def print_report(console: Console, report: dict[str, Any], device: str) -> None:
     console.print(latency_table(latency_rows(report, device)))
     for line in summary_lines(report):
@@ -145,6 +155,8 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
             console.print(f"[yellow]warning (batch {bench['batch']}): {bench['warning']}[/yellow]")
     if report.get("fallback"):
         console.print(f"[yellow]{report['fallback']}[/yellow]")
+    if report.get("auto"):
+        console.print(auto_line(report["auto"]))
     fp_layers = report.get("host", {}).get("calibration", {}).get("fp_layers")
     if report.get("precision") == "int8" and fp_layers:
         console.print(f"mixed precision: {len(fp_layers)} layer(s) kept in floating point: {', '.join(fp_layers)}")

@@ -1,7 +1,7 @@
 """`edgekit device setup` and `edgekit device check`: install and inspect the agent on a device over SSH.
 
-The device needs no internet: the host builds edgekit's wheel (and, for the ONNX Runtime backend,
-downloads onnxruntime's wheel for the device's Python and platform) and ships them. The venv is made
+The device needs no internet: the host builds edgekit's wheel (and downloads the CPU runtimes' wheels,
+onnxruntime and openvino, for the device's Python and platform) and ships them. The venv is made
 with ``--system-site-packages`` so it sees JetPack's TensorRT, numpy and cryptography.
 """
 
@@ -72,17 +72,18 @@ def build_wheel(out: Path) -> Path:
     return wheels[-1]
 
 
-def download_onnxruntime(device: DevicePython, out: Path) -> list[Path]:
-    """onnxruntime's wheel for the device's Python and CPU; its only hard dependency, numpy, is on the device."""
+def download_runtime(device: DevicePython, out: Path, package: str) -> list[Path]:
+    """A CPU runtime's wheel (onnxruntime, openvino) for the device's Python and CPU, without dependencies:
+    numpy, the one both need at run time, is on the device (openvino's telemetry is optional)."""
     command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(out),
                "--python-version", device.python, "--implementation", "cp"]
     for tag in device.pip_platforms:
         command += ["--platform", tag]
-    result = subprocess.run(command + ["onnxruntime"], capture_output=True, text=True)
-    wheels = sorted(out.glob("onnxruntime-*.whl"))
+    result = subprocess.run(command + [package], capture_output=True, text=True)
+    wheels = sorted(out.glob(f"{package}-*.whl"))
     if result.returncode != 0 or not wheels:
-        raise CheckFailed(f"no onnxruntime wheel for Python {device.python} on {device.machine}: "
-                          f"{result.stderr.strip()[-300:]}; use --no-onnxruntime")
+        raise CheckFailed(f"no {package} wheel for Python {device.python} on {device.machine}: "
+                          f"{result.stderr.strip()[-300:]}; use --no-{package}")
     return wheels
 
 
@@ -101,7 +102,8 @@ def probe(transport: SSHTransport, interpreter: str) -> DevicePython:
     return DevicePython(info["python"], info["machine"], info["platform"], info["numpy"])
 
 
-def install(transport: SSHTransport, device: DeviceSection, with_onnxruntime: bool, say: Say) -> SetupResult:
+def install(transport: SSHTransport, device: DeviceSection, with_onnxruntime: bool, say: Say,
+            with_openvino: bool = False) -> SetupResult:
     python = probe(transport, device.python)
     say(f"{transport.device_name}: Python {python.python} on {python.machine}, numpy {python.numpy}")
     dist = posixpath.join(transport.root, "dist")
@@ -109,8 +111,9 @@ def install(transport: SSHTransport, device: DeviceSection, with_onnxruntime: bo
     shipped = []
     with tempfile.TemporaryDirectory(prefix="edgekit-setup-") as tmp:
         wheels = [build_wheel(Path(tmp))]
-        if with_onnxruntime:
-            wheels += download_onnxruntime(python, Path(tmp))
+        for package, wanted in (("onnxruntime", with_onnxruntime), ("openvino", with_openvino)):
+            if wanted:
+                wheels += download_runtime(python, Path(tmp), package)
         if device.backend == "tensorrt":
             from .transports.cuda_wheels import cuda_python_wheels
 

@@ -87,7 +87,7 @@ def test_agent_builds_validates_benchmarks_and_switches_current(agent_root):
     latency = report["benchmarks"][0]["latency_ms"]
     assert 0 < latency["min"] <= latency["median"] <= latency["p99"] <= latency["max"]
     current = spool.models / "tiny" / "current"
-    assert (current / "engine.json").is_file() and (current / "model.ort.onnx").is_file()
+    assert (current / "engine.json").is_file() and (current / report["engine"]["file"]).is_file()
     lines = (spool.jobs / report["job"] / "events.jsonl").read_text().splitlines()
     events = [json.loads(line)["kind"] for line in lines]
     assert events[0] == "stage" and events[-1] == "done"

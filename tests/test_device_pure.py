@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgekit.device.engines import build_options, engine_key
-from edgekit.device.manifest import ManifestError, canonical_bytes, load_manifest_bytes, model_for, parse_manifest
+from edgekit.device.manifest import ManifestError, canonical_bytes, load_manifest_bytes, parse_manifest
 from edgekit.device.service import parse_exec_start, unit_text
 from edgekit.device.spool import parse_event_chunk
 from edgekit.device.stats import percentile, summarize, throughput
@@ -26,7 +26,7 @@ def manifest(**changes):
 
 def test_manifest_round_trip_through_canonical_bytes():
     parsed = load_manifest_bytes(canonical_bytes(manifest()))
-    assert parsed.model == "m" and parsed.batch_sizes == [1, 8] and model_for(parsed) == "model.onnx"
+    assert parsed.model == "m" and parsed.batch_sizes == [1, 8] and parsed.backend == "onnxruntime"
 
 
 @pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a/b", ".hidden", "..", "manifest.sig", ""])

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from edgekit.calibration.table import parse_trt_cache
 from edgekit.calibration.trt_qdq import check_trt_qdq
+from edgekit.device.cpu import describe_cpu
 from edgekit.device.manifest import (
     CALIBRATION_CACHE,
     CALIBRATION_JSON,
@@ -19,6 +20,7 @@ from edgekit.device.manifest import (
     MODEL_INT8_CPU_AVX2,
     MODEL_INT8_QDQ,
 )
+from edgekit.device.model_files import model_file
 from edgekit.host.config import load_config
 from edgekit.host.pipeline import optimize
 
@@ -128,5 +130,7 @@ def test_push_local_int8_passes_validation(project):
     result = run_cli("push", "local", "--json", cwd=project)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)["report"]
-    assert report["precision"] == "int8" and report["model_file"] == MODEL_INT8_CPU
+    # model_files gives the U8S8 file where it cannot saturate (VNNI, ARM), its 7-bit-weight form elsewhere
+    expected = model_file(report["backend"], "int8", cpu=describe_cpu())
+    assert report["precision"] == "int8" and report["model_file"] == expected
     assert report["validation"]["passed"] and report["validation"]["tolerances"]["min_cosine"] == 0.99

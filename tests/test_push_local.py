@@ -43,7 +43,7 @@ def test_push_twice_reuses_the_optimised_model_and_the_engine(project):
     assert "reusing cached engine" in events and "building" not in events
 
     table = run_cli("report", cwd=project)
-    assert table.returncode == 0 and "passed" in table.stdout and "onnxruntime" in table.stdout
+    assert table.returncode == 0 and "passed" in table.stdout and f"{report['backend']} (auto)" in table.stdout
     compared = run_cli("compare", "--json", cwd=project)
     assert compared.returncode == 0 and [r["batch"] for r in json.loads(compared.stdout)["rows"]] == [1, 8]
 

@@ -8,7 +8,9 @@ import json
 import pytest
 
 from edgekit.device.benchmark import Plan, interleaved, merge_rounds
-from edgekit.device.manifest import MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, FileEntry, Manifest, model_for
+from edgekit.device.cpu import describe_cpu, summarize_isa
+from edgekit.device.manifest import MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2
+from edgekit.device.model_files import model_file
 
 from .conftest import run_cli
 
@@ -36,19 +38,19 @@ def test_a_backend_without_raw_samples_is_summarised_by_its_median_round():
     assert merge_rounds(rounds, Plan())["latency_ms"]["median"] == 2.0
 
 
-def manifest(files: list[str], precision: str = "int8", backend: str = "onnxruntime") -> Manifest:
-    entries = {n: FileEntry(n, "0" * 64, 1) for n in files}
-    return Manifest("m", "input", [3, 32, 32], [1], precision, backend, entries)
+def int8_file(flags: list[str], machine: str = "x86_64", shipped: tuple = (MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2),
+              backend: str = "onnxruntime") -> str:
+    return model_file(backend, "int8", cpu=summarize_isa(machine, flags), shipped=shipped)
 
 
 def test_int8_on_an_avx2_cpu_without_vnni_takes_the_7_bit_model():
-    both = manifest([MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2])
-    assert model_for(both, ["sse4_2", "avx2", "fma"]) == MODEL_INT8_CPU_AVX2
-    assert model_for(both, ["avx2", "avx512f", "avx512_vnni"]) == MODEL_INT8_CPU
-    assert model_for(both, ["avx2", "avx_vnni"]) == MODEL_INT8_CPU
-    assert model_for(both, ["asimd", "asimddp"]) == MODEL_INT8_CPU  # ARM
-    assert model_for(both) == MODEL_INT8_CPU  # unknown (the host's own check)
-    assert model_for(manifest([MODEL_INT8_CPU]), ["avx2"]) == MODEL_INT8_CPU  # an older bundle
+    assert int8_file(["sse4_2", "avx2", "fma"]) == MODEL_INT8_CPU_AVX2
+    assert int8_file(["sse4_2", "avx2", "fma"], backend="openvino") == MODEL_INT8_CPU_AVX2
+    assert int8_file(["avx2", "avx512f", "avx512_vnni"]) == MODEL_INT8_CPU
+    assert int8_file(["avx2", "avx_vnni"]) == MODEL_INT8_CPU
+    assert int8_file(["asimd", "asimddp"], machine="aarch64") == MODEL_INT8_CPU  # ARM
+    assert model_file("onnxruntime", "int8", shipped=[MODEL_INT8_CPU_AVX2]) == MODEL_INT8_CPU_AVX2  # unknown CPU
+    assert int8_file(["avx2"], shipped=(MODEL_INT8_CPU,)) == MODEL_INT8_CPU  # an older bundle
 
 
 def report_with_baseline(job: str = "j1", final: float = 1.0, base: float = 8.0) -> dict:
@@ -131,7 +133,4 @@ def test_push_int8_reports_speedup_over_the_baseline_with_plots_and_compare(proj
 
 
 def model_for_here() -> str:
-    from edgekit.device.backends.onnxruntime import cpu_flags
-    from edgekit.device.manifest import needs_reduced_range
-
-    return MODEL_INT8_CPU_AVX2 if needs_reduced_range(cpu_flags()) else MODEL_INT8_CPU
+    return model_file("onnxruntime", "int8", cpu=describe_cpu())

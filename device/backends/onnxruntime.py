@@ -10,6 +10,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ..benchmark import Plan, measure
+from ..cpu import cpu_model, describe_cpu
 from .base import Backend, BackendUnavailable, Engine, Progress
 
 ENGINE_FILE = "model.ort.onnx"
@@ -25,18 +26,6 @@ def _import_ort() -> Any:
     return onnxruntime
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name: engines optimised for one CPU may use instructions another lacks."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith(("model name", "hardware")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def choose_providers(available: List[str], requested: Any) -> List[str]:
     """Requested providers in order (must exist), else every available one but the skipped, CPU last."""
     if requested:
@@ -47,18 +36,6 @@ def choose_providers(available: List[str], requested: Any) -> List[str]:
         return list(requested)
     chosen = [p for p in available if p not in _SKIP and p != "CPUExecutionProvider"]
     return chosen + ["CPUExecutionProvider"]
-
-
-def cpu_flags() -> List[str]:
-    """The CPU's feature flags (x86 /proc/cpuinfo ``flags``, ARM ``Features``); empty when unknown."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith(("flags", "features")):
-                    return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
 
 
 class OrtEngine(Engine):
@@ -85,10 +62,8 @@ class OnnxRuntimeBackend(Backend):
         self.ort = _import_ort()
 
     def describe(self) -> Dict[str, Any]:
-        flags = set(cpu_flags())
-        isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp") if f in flags]
         return {"version": self.ort.__version__, "providers": self.ort.get_available_providers(),
-                "cpu": cpu_model(), "isa": isa}
+                "cpu": cpu_model(), "isa": describe_cpu()}
 
     def identity(self) -> Dict[str, Any]:
         return {"backend": self.name, "version": self.ort.__version__, "cpu": cpu_model(),

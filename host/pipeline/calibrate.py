@@ -52,7 +52,7 @@ class CalibrateStage(Stage):
 def write_avx2_variant(fp32: Path, out: Path, excluded: list[str]) -> None:
     """The CPU INT8 model with 7-bit weights, from the same ranges and the same float layers.
 
-    Devices pick it when their x86 CPU lacks VNNI (``device/manifest.py``: ``model_for``), where the
+    Devices pick it when their x86 CPU lacks VNNI (``device/model_files.py``), where the
     full-range U8S8 model can saturate and fail validation.
     """
     from edgekit.calibration.cpu import write_cpu_int8

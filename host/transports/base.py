@@ -39,6 +39,10 @@ class Transport:
     def agent_alive(self) -> bool:
         raise NotImplementedError
 
+    def status(self) -> dict[str, Any]:
+        """The agent's ``status``: backends (versions, availability), CPU and ISA, models, free disk."""
+        raise NotImplementedError
+
     def revive_agent(self) -> bool:
         """Start a dead agent again where the host may (local); on real devices systemd does it."""
         return False

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edgekit.device.agent import agent_running
+from edgekit.device.agent import status as agent_status
 from edgekit.device.service import exec_start
 from edgekit.device.spool import Spool, read_events
 
@@ -73,6 +74,9 @@ class LocalTransport(Transport):
 
     def agent_alive(self) -> bool:
         return agent_running(self.spool.root)
+
+    def status(self) -> dict[str, Any]:
+        return agent_status(self.spool.root)
 
     def revive_agent(self) -> bool:
         self.ensure_agent()

@@ -1,0 +1,179 @@
+"""CPU runtimes side by side: ONNX Runtime vs OpenVINO on FP32 and both INT8 files, as the agent runs them.
+
+    python benchmarks/cpu_backends.py [--models resnet20x4,mobilenetv2] [--rounds 7] [--round-s 0.4] [--epochs 3]
+
+Models: ResNet-20 at ×4 width and MobileNetV2, trained on the digits (real images), BN-folded, exported
+and calibrated with edgekit's own helpers (percentile), giving model.onnx, model.int8.cpu.onnx (U8S8)
+and model.int8.qdq.onnx (S8S8). Each (model file, runtime) is built by the agent's backend classes and
+runs in its own worker process, so one runtime's idle threads cannot slow another; the workers take
+turns round by round (interleaved), and the figure is the median of the per-round medians. Threads:
+all cores for every runtime (the agent's default).
+
+Also printed: each engine's validation verdict (the agent's rule, against the FP32 host outputs) and
+which file ``model_files`` gives each runtime on this CPU. Target (issue 15): the local device's INT8
+latency at batch 32 (the faster runtime on that file, which ``auto`` would pick) ≥ 1.3× faster than
+ONNX Runtime's on the same file at the same validation result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import RESULTS, digits, report, trained
+
+from edgekit.calibration.collect import collect, make_table
+from edgekit.calibration.cpu import write_cpu_int8
+from edgekit.calibration.trt_qdq import write_trt_qdq
+from edgekit.device.cpu import describe_cpu
+from edgekit.device.manifest import MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_QDQ
+from edgekit.device.model_files import model_file
+from edgekit.device.validate import compare
+from edgekit.host.data import normalize
+from edgekit.host.export import export_onnx
+from edgekit.host.fold import fold_batchnorm
+
+MODELS = {"resnet20x4": ("resnet20", 4.0), "mobilenetv2": ("mobilenetv2", 1.0)}
+FILES = (MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_QDQ)
+RUNTIMES = ("onnxruntime", "openvino")
+REFERENCE_IMAGES = 128
+
+
+def make_models(name: str, work: Path, epochs: int) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+    """Train (cached), fold, export and calibrate once; returns the folder and held-out inputs/logits/labels."""
+    from edgekit.host.export import onnx_predict
+
+    arch, width = MODELS[name]
+    data = digits(work)
+    model, mean, std = trained(work, arch, width, epochs, data)
+    out = work / f"{name}-e{epochs}"
+    out.mkdir(exist_ok=True)
+    if not (out / MODEL_INT8_QDQ).exists():
+        folded, _ = fold_batchnorm(model)
+        export_onnx(folded, out / MODEL_FP32, [3, 32, 32])
+        pick = np.random.default_rng(0).permutation(len(data.train))[:512]
+        images = normalize(data.train.images[np.sort(pick)], mean, std)
+        collected = collect(out / MODEL_FP32, (images[i:i + 32] for i in range(0, len(images), 32)))
+        table = make_table(collected, "percentile", 99.99)
+        write_trt_qdq(out / MODEL_FP32, table, out / MODEL_INT8_QDQ)
+        write_cpu_int8(out / MODEL_FP32, table, out / MODEL_INT8_CPU)
+    inputs = normalize(data.test.images[:REFERENCE_IMAGES], mean, std)
+    return out, inputs, onnx_predict(out / MODEL_FP32, inputs), data.test.labels[:REFERENCE_IMAGES]
+
+
+def worker(connection: Any, runtime: str, path: str, batches: list[int]) -> None:
+    """Build and load the engine like the agent does, then answer 'outputs' and 'round' requests."""
+    import time
+
+    from edgekit.device.backends import get_backend
+
+    backend = get_backend(runtime)
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+        meta = backend.build(Path(path), Path(tmp), {"batch_sizes": batches, "threads": 0,
+                                                     "openvino_cache_dir": str(Path(tmp) / "cache")}, lambda m: None)
+        engine = backend.load(Path(tmp), meta)
+        data = {b: np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32) for b in batches}
+        connection.send("ready")
+        while True:
+            request = connection.recv()
+            if request[0] == "stop":
+                break
+            if request[0] == "outputs":
+                inputs = request[1]
+                connection.send(np.concatenate([engine.run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)]))
+                continue
+            _, batch, seconds = request
+            engine.run(data[batch])  # wake the threads, untimed
+            timings, begin = [], time.perf_counter()
+            while len(timings) < 3 or time.perf_counter() - begin < seconds:
+                tick = time.perf_counter()
+                engine.run(data[batch])
+                timings.append((time.perf_counter() - tick) * 1000.0)
+            connection.send(statistics.median(timings))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet20x4,mobilenetv2")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--round-s", type=float, default=0.4)
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (latency does not depend on them)")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    work = RESULTS / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    cpu = describe_cpu()
+    context = mp.get_context("spawn")
+    results: dict[str, Any] = {"cpu": cpu, "rounds": args.rounds, "round_s": args.round_s, "models": {}}
+    rows = []
+    for name in args.models.split(","):
+        folder, inputs, reference, labels = make_models(name, work, args.epochs)
+        workers = {}
+        for file in FILES:
+            for runtime in RUNTIMES:
+                ours, theirs = context.Pipe()
+                process = context.Process(target=worker, args=(theirs, runtime, str(folder / file), batches),
+                                          daemon=True)
+                process.start()
+                workers[(file, runtime)] = (ours, process)
+        for ours, _ in workers.values():
+            ours.recv()
+        verdicts = {}
+        for key, (ours, _) in workers.items():
+            ours.send(("outputs", inputs))
+            precision = "fp32" if key[0] == MODEL_FP32 else "int8"
+            verdicts[key] = compare(reference, ours.recv(), labels, precision, {})
+        medians: dict[tuple, dict[int, list[float]]] = {key: {b: [] for b in batches} for key in workers}
+        for _ in range(args.rounds):
+            for batch in batches:
+                for key, (ours, _) in workers.items():
+                    ours.send(("round", batch, args.round_s))
+                    medians[key][batch].append(ours.recv())
+        for ours, process in workers.values():
+            ours.send(("stop",))
+            process.join(timeout=30)
+        base = {b: statistics.median(medians[(MODEL_FP32, "onnxruntime")][b]) for b in batches}
+        model_result = {}
+        for (file, runtime), per_batch in medians.items():
+            latency = {b: statistics.median(v) for b, v in per_batch.items()}
+            verdict = verdicts[(file, runtime)]
+            picked = model_file(runtime, "fp32" if file == MODEL_FP32 else "int8", cpu=cpu) == file
+            model_result[f"{file} on {runtime}"] = {
+                "file": file, "runtime": runtime, "median_ms": latency, "round_medians_ms": per_batch,
+                "speedup_vs_ort_fp32": {b: base[b] / latency[b] for b in batches}, "chosen_for_this_cpu": picked,
+                "validation": {k: verdict[k] for k in ("passed", "top1_agreement", "cosine_min", "reason")}}
+            rows.append([name, file, runtime, "yes" if picked else "-"]
+                        + [round(latency[b], 3) for b in batches] + [f"{base[batches[-1]] / latency[batches[-1]]:.2f}×",
+                           f"{'passed' if verdict['passed'] else 'FAILED'} ({verdict['top1_agreement']:.1%}, "
+                           f"cos {verdict['cosine_min']:.4f})"])
+        int8 = model_file("onnxruntime", "int8", cpu=cpu)
+        ort_ms = model_result[f"{int8} on onnxruntime"]["median_ms"][batches[-1]]
+        ov_ms = model_result[f"{int8} on openvino"]["median_ms"][batches[-1]]
+        model_result["target"] = {
+            "file": int8, "batch": batches[-1], "onnxruntime_ms": ort_ms, "openvino_ms": ov_ms,
+            "auto_would_pick": "openvino" if ov_ms < ort_ms else "onnxruntime",
+            "speedup_vs_onnxruntime": ort_ms / min(ort_ms, ov_ms),
+            "same_validation": model_result[f"{int8} on onnxruntime"]["validation"]["passed"]
+            == model_result[f"{int8} on openvino"]["validation"]["passed"]}
+        results["models"][name] = model_result
+    title = (f"CPU runtimes, median of {args.rounds} interleaved rounds (ms), {cpu['model']}, "
+             f"ISA {' '.join(cpu['isa'])}")
+    columns = ["model", "file", "runtime", "model_files picks"] + [f"b{b} ms" for b in batches] + [
+        f"b{batches[-1]} vs ORT FP32", "validation (top-1 agreement, worst cosine)"]
+    report("cpu_backends", title, columns, rows, results)
+    for name, result in results["models"].items():
+        target = result["target"]
+        print(f"{name}: INT8 ({target['file']}) at batch {target['batch']}: {target['auto_would_pick']} "
+              f"{target['speedup_vs_onnxruntime']:.2f}× ONNX Runtime ({target['openvino_ms']:.2f} vs "
+              f"{target['onnxruntime_ms']:.2f} ms); target ≥ 1.3×: "
+              f"{'met' if target['speedup_vs_onnxruntime'] >= 1.3 else 'missed'}")
+
+
+if __name__ == "__main__":
+    main()

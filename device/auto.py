@@ -1,0 +1,93 @@
+"""``backend = "auto"``: measure the CPU runtimes the device has on the job's model and keep the fastest.
+
+The measuring is interleaved (round-robin over the candidates, several short rounds) so a busy device
+slows every candidate alike, and the verdict is the median of the per-round medians at the largest batch
+size. Only candidates whose engine passed validation may win. The choice, the figures behind it and the
+margin go into the report. The decision is pure (``choose``) and unit-tested; the job runner feeds it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+ROUNDS = 5
+ROUND_S = 0.15  # per candidate and round; at least MIN_RUNS runs each
+MIN_RUNS = 2
+WARMUP_RUNS = 2
+NOISE_PERCENT = 5.0  # a win by less than this is reported as within noise
+PAUSE_S = 0.01  # between candidates: lets one runtime's spinning worker threads go to sleep before the next runs
+
+
+@dataclass
+class Candidate:
+    """One runtime tried by ``auto``: what it built from, whether it validated, how fast it ran."""
+
+    backend: str
+    model_file: str = ""
+    passed: bool = False
+    reason: str = ""
+    round_medians_ms: List[float] = field(default_factory=list)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median_ms(self) -> Optional[float]:
+        return statistics.median(self.round_medians_ms) if self.round_medians_ms else None
+
+    def summary(self) -> Dict[str, Any]:
+        return dict(self.extra, backend=self.backend, model_file=self.model_file, passed=self.passed,
+                    reason=self.reason, median_ms=self.median_ms, round_medians_ms=self.round_medians_ms)
+
+
+@dataclass(frozen=True)
+class Choice:
+    winner: str
+    runner_up: Optional[str]
+    speedup: Optional[float]  # runner-up median / winner median
+    message: str
+
+
+def interleave(runs: Mapping[str, Callable[[], Any]], rounds: int = ROUNDS, round_s: float = ROUND_S,
+               clock: Callable[[], float] = time.perf_counter,
+               sleep: Callable[[float], None] = time.sleep) -> Dict[str, List[float]]:
+    """Per candidate, the median latency (ms) of each round; candidates take turns within a round."""
+    for run in runs.values():
+        for _ in range(WARMUP_RUNS):
+            run()
+    medians = {name: [] for name in runs}  # type: Dict[str, List[float]]
+    for _ in range(rounds):
+        for name, run in runs.items():
+            sleep(PAUSE_S)
+            run()  # untimed: wakes this runtime's threads
+            timings = []
+            begin = clock()
+            while len(timings) < MIN_RUNS or clock() - begin < round_s:
+                tick = clock()
+                run()
+                timings.append((clock() - tick) * 1000.0)
+            medians[name].append(statistics.median(timings))
+    return medians
+
+
+def choose(candidates: Sequence[Candidate], batch: int) -> Choice:
+    """The fastest validated candidate (ties go to the earlier one), and by how much it won."""
+    valid = [c for c in candidates if c.passed]
+    if len(valid) > 1 and any(c.median_ms is None for c in valid):
+        raise ValueError("every validated candidate must be measured before choosing")
+    if not valid:
+        reasons = "; ".join("{}: {}".format(c.backend, c.reason or "not measured") for c in candidates)
+        raise ValueError("no runtime passed validation ({})".format(reasons))
+    ranked = sorted(valid, key=lambda c: (c.median_ms, candidates.index(c)))
+    winner = ranked[0]
+    if len(ranked) == 1:
+        why = "the only runtime that passed" if len(candidates) > 1 else "the only runtime here"
+        return Choice(winner.backend, None, None, "auto chose {}: {}".format(winner.backend, why))
+    second = ranked[1]
+    speedup = second.median_ms / winner.median_ms if winner.median_ms else None
+    margin = "" if speedup is None or (speedup - 1) * 100 >= NOISE_PERCENT else ", within noise"
+    message = "auto chose {}: {:.2f}× faster than {} at batch {} ({:.3f} vs {:.3f} ms, median of {} interleaved " \
+              "rounds{})".format(winner.backend, speedup or 0.0, second.backend, batch, winner.median_ms,
+                                 second.median_ms, len(winner.round_medians_ms), margin)
+    return Choice(winner.backend, second.backend, speedup, message)

@@ -1,0 +1,83 @@
+"""Which model file each backend builds from: decided here and nowhere else.
+
+The host asks the same question to decide what to upload (only the files the device will read) and the
+agent to decide what to build, so the two cannot disagree. Pure functions of the backend, the precision,
+the TensorRT INT8 mode and the CPU's ISA as the device reports it (``cpu.describe_cpu``).
+
+INT8 on CPUs: the U8S8 file (``model.int8.cpu.onnx``: uint8 activations) is the fast path for both ONNX
+Runtime and OpenVINO, but on x86 without VNNI its uint8 × int8 pair sums can saturate int16, so there the
+same U8S8 model with 7-bit weights (``model.int8.cpu.avx2.onnx``, reduce-range), which cannot saturate, is
+used instead. A CPU whose flags could not be read is treated as the unsafe kind. A bundle without the 7-bit
+file (older hosts) falls back to the U8S8 file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
+
+from .manifest import CALIBRATION_CACHE, MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ
+
+AUTO = "auto"
+# CPU runtimes ``auto`` measures against each other; on a tie the first wins.
+CPU_RUNTIMES = ("openvino", "onnxruntime")
+# Every model variant this module chooses between; any other bundle file is shipped as is.
+MODEL_VARIANTS = (MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ)
+
+
+class ModelChoiceError(ValueError):
+    """The backend cannot run the requested precision; the message says what to change."""
+
+
+def cpu_int8_file(cpu: Optional[Mapping[str, Any]], shipped: Optional[Iterable[str]] = None) -> str:
+    """U8S8 where it cannot saturate (VNNI/AMX x86, ARM), its 7-bit-weight form elsewhere (unless the bundle
+    ``shipped`` lacks that file)."""
+    unsafe = not cpu or not cpu.get("flags_read", True) or cpu.get("u8s8_saturates", True)
+    if unsafe and (shipped is None or MODEL_INT8_CPU_AVX2 in set(shipped)):
+        return MODEL_INT8_CPU_AVX2
+    return MODEL_INT8_CPU
+
+
+def model_file(backend: str, precision: str, int8_mode: str = "explicit",
+               cpu: Optional[Mapping[str, Any]] = None, shipped: Optional[Iterable[str]] = None) -> str:
+    """The ONNX file ``backend`` builds ``precision`` from on a device with this CPU (``shipped``: the
+    bundle's file names, when known)."""
+    if backend == AUTO:
+        raise ModelChoiceError("auto is not a backend: ask for each candidate (model_files.candidates)")
+    if precision == "fp16" and backend != "tensorrt":
+        raise ModelChoiceError("precision fp16 needs the tensorrt backend; use fp32 or int8 with {}".format(backend))
+    if precision != "int8":
+        return MODEL_FP32
+    if backend == "tensorrt":
+        return MODEL_INT8_QDQ if int8_mode == "explicit" else MODEL_FP32
+    return cpu_int8_file(cpu, shipped)
+
+
+def candidates(backend: str, available: Iterable[str]) -> List[str]:
+    """The backends a job may run: the one asked for, or for ``auto`` TensorRT where present, else
+    every CPU runtime the device has (measured against each other on the job's model)."""
+    if backend != AUTO:
+        return [backend]
+    have = set(available)
+    if "tensorrt" in have:
+        return ["tensorrt"]
+    return [name for name in CPU_RUNTIMES if name in have]
+
+
+def needed_files(backends: Sequence[str], precision: str, int8_mode: str = "explicit",
+                 cpu: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """The model variants (and TensorRT's calibration cache) these backends will read, sorted."""
+    names = set()
+    for backend in backends:
+        names.add(model_file(backend, precision, int8_mode, cpu))
+        if backend == "tensorrt" and precision == "int8" and int8_mode != "explicit":
+            names.add(CALIBRATION_CACHE)
+    return sorted(names)
+
+
+def unused_files(files: Iterable[str], backends: Sequence[str], precision: str, int8_mode: str = "explicit",
+                 cpu: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """Bundle files no candidate will read: model variants not chosen and an unneeded calibration cache.
+    Files this module does not choose between (reference, baseline, calibration.json...) are kept."""
+    needed = set(needed_files(backends, precision, int8_mode, cpu))
+    return sorted(name for name in files
+                  if name in MODEL_VARIANTS + (CALIBRATION_CACHE,) and name not in needed)
