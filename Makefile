@@ -25,9 +25,10 @@ runs/resnet20x2-digits.pt: deploy.toml data/digits/test_batch | $(VENV)/.install
 demo: install data/digits/test_batch runs/resnet20x2-digits.pt
 	$(BIN)/edgekit push local
 
-# The SSH tests' device: OpenSSH's server, and a system python3 with numpy and venv (what JetPack has).
-# Installed when missing and we are root; otherwise the SSH tests are skipped, visibly.
-SSH_PACKAGES := openssh-server python3-numpy python3-venv
+# The SSH tests' device: OpenSSH's server, and a system python3 with numpy and venv (what JetPack has);
+# systemd for `systemd-analyze verify` of the agent's unit (nothing starts it here).
+# Installed when missing and we are root; otherwise those tests are skipped, visibly.
+SSH_PACKAGES := openssh-server python3-numpy python3-venv systemd
 sshd:
 	@missing=$$(for p in $(SSH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgekit.device.manifest import sha256_file  # noqa: E402
 from edgekit.host.config import DeviceSection  # noqa: E402
-from edgekit.host.ssh import resolve, scan_host_key, trust_host_key  # noqa: E402
+from edgekit.host.transports.connect import resolve, scan_host_key, trust_host_key  # noqa: E402
 from edgekit.host.transports.ssh import SSHTransport  # noqa: E402
 from tests.sshd import SSHServer, device_user, free_port, keygen  # noqa: E402
 
@@ -51,16 +51,16 @@ def main() -> None:
         sha = sha256_file(blob)
         device = DeviceSection(host="127.0.0.1", port=server.port, user=user, root="~/.edgekit-upload-bench")
         transport = SSHTransport("bench", device)
-        transport.makedirs(transport.path("blobs"))
+        transport.ensure_layout()
+        part = f"blobs/{sha}.bench.part"
         scp = ["scp", "-q", "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
                "-i", str(home / ".ssh" / "id_ed25519"), "-P", str(server.port), str(blob),
                f"{user}@127.0.0.1:.edgekit-upload-bench/scp.bin"]
         times: dict[str, list[float]] = {"edgekit (paramiko SFTP)": [], "scp (OpenSSH)": []}
         for _ in range(args.rounds):
-            transport.sftp.remove(transport.path("blobs", f"{sha}.part")) if transport.exists(
-                transport.path("blobs", f"{sha}.part")) else None
+            transport.fs.remove(part)
             start = time.perf_counter()
-            transport.send_part(sha, blob, lambda n: None)
+            transport.fs.send(part, blob, 0, lambda n: None)
             times["edgekit (paramiko SFTP)"].append(time.perf_counter() - start)
             start = time.perf_counter()
             subprocess.run(scp, check=True)

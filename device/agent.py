@@ -6,6 +6,7 @@ argparse rather than typer: the device side must run with nothing but numpy (and
 from __future__ import annotations
 
 import argparse
+import ctypes
 import fcntl
 import json
 import os
@@ -13,17 +14,20 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import __version__
 from .backends import describe_all
 from .cpu import describe_cpu
 from .cuda import cuda_bindings
-from .errors import ConfigError
+from .errors import ConfigError, device_error
 from .jobs import JobRunner, cleanup_builds
 from .service import CONFIG_ERROR_EXIT, unit_text
-from .spool import LOCK, Spool, read_json, write_json_atomic
+from .spool import HEARTBEAT_S, LOCK, STALE_PART_S, Spool, read_json, write_atomic, write_json_atomic
+from .store import CONFIG as STORE_CONFIG
+from .store import collect, load_config, save_config, usage
 from .telemetry import describe_host
 
 DEFAULT_ROOT = "~/.edgekit"
@@ -43,7 +47,10 @@ class AgentLock:
         self.handle = None  # type: Any
 
     def acquire(self) -> bool:
-        self.handle = open(str(self.path), "a+")
+        try:
+            self.handle = open(str(self.path), "a+")
+        except OSError:  # a read-only root: an existing lock file can still be locked through a read handle
+            self.handle = open(str(self.path))
         try:
             fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -65,6 +72,11 @@ def agent_running(root: Path) -> bool:
     return True
 
 
+RESERVE = "agent.reserve"  # space kept back so a failure can still be recorded on a full disk
+RESERVE_BYTES = 1024 * 1024
+WORKER_FAILED = 70  # the worker could not record the job's end itself
+
+
 def serve(root: Path, poll: float, once: bool) -> int:
     spool = Spool(root)
     try:
@@ -76,28 +88,169 @@ def serve(root: Path, poll: float, once: bool) -> int:
         log("another agent already serves {}; exiting".format(spool.root))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    write_json_atomic(spool.root / STATUS_FILE, {"pid": os.getpid(), "version": __version__, "started": time.time(),
-                                                 "root": str(spool.root)})
-    cleanup_builds(spool)
+    _quietly(lambda: write_json_atomic(spool.root / STATUS_FILE, {
+        "pid": os.getpid(), "version": __version__, "started": time.time(), "root": str(spool.root)}))
+    _quietly(spool.beat)
+    _quietly(lambda: cleanup_builds(spool))
+    _quietly(lambda: spool.sweep_parts(STALE_PART_S))
+    _quietly(lambda: _ensure_reserve(spool))
     runner = JobRunner(spool, log)
     log("serving {} (version {}, pid {})".format(spool.root, __version__, os.getpid()))
-    for job in spool.unfinished():
-        runner.run(job)
+    given_up = set()  # jobs whose end could not be recorded (disk read-only): not retried by this process
+    for job in _safe(spool.unfinished, []):
+        supervise(spool, runner, job, given_up)
     while True:
-        jobs = spool.queued()
+        _quietly(spool.beat)
+        _quietly(lambda: refuse_foreign(spool))
+        jobs = _safe(spool.queued, [])
         for job in jobs:
-            if not take(spool, job):
+            if job in given_up or not take(spool, job):
                 continue
-            runner.run(job)
+            supervise(spool, runner, job, given_up)
         if once and not jobs:
             return 0
         if not jobs:
             time.sleep(poll)
 
 
+def _quietly(step: Callable[[], Any]) -> None:
+    """A housekeeping step that must not stop the agent (a full or read-only disk only logs)."""
+    try:
+        step()
+    except OSError as exc:
+        log("warning: {}".format(device_error(exc, "housekeeping")))
+
+
+def _safe(read: Callable[[], List[str]], default: List[str]) -> List[str]:
+    try:
+        return read()
+    except OSError as exc:
+        log("warning: {}".format(device_error(exc, "reading the spool")))
+        time.sleep(1.0)
+        return default
+
+
+def refuse_foreign(spool: Spool) -> None:
+    """Queue entries that are not plain job folders (a symlink could lead anywhere) are removed unfollowed."""
+    for path in spool.foreign_entries():
+        log("error: refused queue entry {} (not a job folder{}); removed".format(
+            path.name, ", a symlink" if path.is_symlink() else ""))
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(str(path), ignore_errors=True)
+        else:
+            path.unlink()
+
+
+def supervise(spool: Spool, runner: JobRunner, job: str, given_up: Set[str]) -> None:
+    """Run the job in a forked worker so nothing it does (a crash in a runtime, a full disk) stops the agent.
+
+    The agent keeps the heartbeat while the worker runs. When the worker ends without recording a
+    final state (killed by a signal, or unable to write), the agent records the failure itself,
+    freeing space first; if even that cannot be written the job is left alone until the next start.
+    """
+    _quietly(lambda: collect(spool))
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        os.close(reader)
+        _worker(runner, job, writer)
+    os.close(writer)
+    status = _wait(spool, pid)
+    with os.fdopen(reader, "rb") as pipe:
+        note = pipe.read().decode("utf-8", "replace").strip()
+    if _safe_terminal(spool, job):
+        return
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        message = "the job's worker was killed by {} (a crash in the runtime, or out of memory); the active model " \
+                  "was not changed".format(_signal_name(number))
+    else:
+        message = note or "the job's worker stopped unexpectedly (exit {})".format(os.WEXITSTATUS(status))
+    record_failure(spool, runner, job, message, given_up)
+    _quietly(lambda: _ensure_reserve(spool))
+
+
+def _worker(runner: JobRunner, job: str, pipe: int) -> None:
+    code = 0
+    try:
+        _die_with_parent()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        runner.run(job)
+    except OSError as exc:
+        code = WORKER_FAILED
+        os.write(pipe, device_error(exc, "recording the job's result").encode("utf-8"))
+    except BaseException as exc:  # noqa: BLE001 - report anything, then leave without unwinding the agent
+        code = WORKER_FAILED
+        log(traceback.format_exc())
+        os.write(pipe, "internal error in the agent ({}: {})".format(type(exc).__name__, exc).encode("utf-8"))
+    finally:
+        os._exit(code)
+
+
+def _wait(spool: Spool, pid: int) -> int:
+    last = 0.0
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if done:
+            return status
+        if time.monotonic() - last >= HEARTBEAT_S:
+            _quietly(spool.beat)
+            last = time.monotonic()
+        time.sleep(0.02)
+
+
+def _die_with_parent() -> None:
+    """The worker must not outlive an agent killed from outside (Linux: PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the agent died before the call took effect
+        os._exit(0)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "signal {}".format(number)
+
+
+def _safe_terminal(spool: Spool, job: str) -> bool:
+    try:
+        return spool.is_terminal(job)
+    except (OSError, ValueError):
+        return False
+
+
+def record_failure(spool: Spool, runner: JobRunner, job: str, message: str, given_up: Set[str]) -> None:
+    """Fail the job on the worker's behalf; on a full disk free space (gc, then the reserve) and try again."""
+    for attempt in range(3):
+        try:
+            runner.fail(job, message)
+            return
+        except OSError as exc:
+            log("error: cannot record the failure of job {}: {}".format(job, exc))
+            if attempt == 0:
+                _quietly(lambda: collect(spool, need_bytes=RESERVE_BYTES))
+            elif attempt == 1:
+                _quietly(lambda: (spool.root / RESERVE).unlink())
+    given_up.add(job)
+
+
+def _ensure_reserve(spool: Spool) -> None:
+    path = spool.root / RESERVE
+    if not path.exists() or path.stat().st_size < RESERVE_BYTES:
+        write_atomic(path, b"\0" * RESERVE_BYTES)
+
+
 def take(spool: Spool, job: str) -> bool:
     """Claim a queued job; a job id that already ran is dropped (never crash the loop over one entry)."""
-    if (spool.jobs / job).exists():
+    if os.path.lexists(str(spool.jobs / job)):
         log("error: job id {} was published again; the duplicate is dropped".format(job))
         shutil.rmtree(str(spool.queue / job), ignore_errors=True)
         return False
@@ -105,41 +258,57 @@ def take(spool: Spool, job: str) -> bool:
         spool.claim(job)
     except OSError as exc:
         log("error: cannot claim job {}: {}".format(job, exc))
+        time.sleep(1.0)
         return False
-    spool.set_state(job, "claimed")
+    _quietly(lambda: spool.set_state(job, "claimed"))
     return True
 
 
 def status(root: Path) -> Dict[str, Any]:
     spool = Spool(root)
     info = read_json(spool.root / STATUS_FILE) or {}
-    usage = shutil.disk_usage(str(spool.root)) if spool.root.exists() else None
     models = {}
     if spool.models.is_dir():
         models = {p.name: spool.current(p.name) for p in sorted(spool.models.iterdir())}
+    disk = usage(spool) if spool.blobs.is_dir() else {}
     return {
         "version": __version__, "root": str(spool.root), "running": agent_running(spool.root),
         "pid": info.get("pid"), "queued": spool.queued() if spool.queue.is_dir() else [],
         "unfinished": spool.unfinished() if spool.jobs.is_dir() else [], "models": models,
-        "free_disk_bytes": usage.free if usage else None, "backends": describe_all(), "device": describe_host(),
+        "free_disk_bytes": disk.get("free_bytes"), "store_bytes": disk.get("store_bytes"),
+        "store": vars(load_config(spool)), "backends": describe_all(), "device": describe_host(),
         "cuda": cuda_bindings(),
         "cpu": describe_cpu(),
     }
 
 
-def commit_blob(root: Path, sha: str) -> int:
-    """The upload's last step, run on the device: the hash is checked where the bytes landed."""
+def commit_upload(root: Path, sha: str, writer: str) -> Optional[str]:
+    """The upload's last step, run on the device: the hash is checked where the bytes landed. An error or None."""
     spool = Spool(root)
-    part = spool.blobs / "{}.part".format(sha)
-    if not part.is_file():
-        log("error: no upload {} to commit".format(part))
-        return 1
     try:
+        part = spool.part(sha, writer)
+        if spool.has_blob(sha):  # another writer committed the same content first
+            if part.is_file():
+                part.unlink()
+            return None
         spool.commit_blob(sha, part)
     except ValueError as exc:
-        log("error: {}".format(exc))
-        return 1
-    return 0
+        return str(exc)
+    except OSError as exc:
+        return device_error(exc, "storing an upload")
+    return None
+
+
+def gc(root: Path, need_bytes: int, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """`edgekit-agent gc`: optionally store new limits, then collect; says whether ``need_bytes`` fit."""
+    spool = Spool(root).ensure()
+    config = None
+    if settings:
+        try:
+            config = save_config(spool, dict(read_json(spool.root / STORE_CONFIG) or {}, **settings))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return collect(spool, config, need_bytes)
 
 
 def install_service(root: str, output: Optional[str], system: bool, user: Optional[str]) -> str:
@@ -161,9 +330,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     run.add_argument("--once", action="store_true", help="exit when the queue is empty")
     info = sub.add_parser("status", help="print the agent's state, backends and device as JSON")
     info.add_argument("--root", default=DEFAULT_ROOT)
-    blob = sub.add_parser("commit-blob", help="move an uploaded blobs/<sha>.part into the store if its hash matches")
+    blob = sub.add_parser("commit-blob", help="move an uploaded blobs/<sha>.<writer>.part into the store if its "
+                                              "hash matches")
     blob.add_argument("--root", default=DEFAULT_ROOT)
+    blob.add_argument("--writer", default="", help="the uploader's part name (blobs/<sha>.<writer>.part)")
     blob.add_argument("sha256")
+    collect_cmd = sub.add_parser("gc", help="remove blobs, engines and jobs nothing needs (LRU) beyond the store "
+                                            "limit and free-space floor; print what is left as JSON")
+    collect_cmd.add_argument("--root", default=DEFAULT_ROOT)
+    collect_cmd.add_argument("--need", type=int, default=0, help="bytes about to be uploaded: make room for them")
+    collect_cmd.add_argument("--store-limit-mb", type=float, help="keep the store under this (saved in config.json)")
+    collect_cmd.add_argument("--min-free-mb", type=float, help="keep this much disk free (saved in config.json)")
+    collect_cmd.add_argument("--keep-jobs", type=int, help="always keep the last N jobs (saved in config.json)")
     unit = sub.add_parser("install-service", help="write the systemd unit that starts the agent at boot")
     unit.add_argument("--root", default=DEFAULT_ROOT)
     unit.add_argument("--output", help="where to write the unit (default: print it)")
@@ -181,7 +359,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(json.dumps(status(Path(args.root).expanduser()), indent=2, sort_keys=True))
             return 0
         if args.command == "commit-blob":
-            return commit_blob(Path(args.root).expanduser(), args.sha256)
+            problem = commit_upload(Path(args.root).expanduser(), args.sha256, args.writer)
+            if problem:
+                log("error: {}".format(problem))
+            return 1 if problem else 0
+        if args.command == "gc":
+            settings = {k: v for k, v in (("store_limit_mb", args.store_limit_mb), ("min_free_mb", args.min_free_mb),
+                                          ("keep_jobs", args.keep_jobs)) if v is not None}
+            print(json.dumps(gc(Path(args.root).expanduser(), args.need, settings), indent=2, sort_keys=True))
+            return 0
         if args.command == "install-service":
             text = install_service(args.root, args.output, args.system, args.user)
             if not args.output:
@@ -190,6 +376,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         log("error: {}".format(exc))
         return CONFIG_ERROR_EXIT
+    except OSError as exc:
+        log("error: {}".format(device_error(exc, "running `{}`".format(args.command))))
+        return 1
     except KeyboardInterrupt:
         return 130
     parse_args(["--help"])

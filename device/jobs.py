@@ -22,9 +22,10 @@ from . import __version__, telemetry
 from .auto import ROUNDS, Candidate, choose, interleave
 from .backends import Backend, BackendUnavailable, Engine, available, get_backend
 from .benchmark import Plan, interleaved
+from .budget import accuracy_failures, budget_of, latency_failures
 from .cpu import describe_cpu
 from .engines import ENGINE_META, build_options, engine_key
-from .errors import JobError, StaleEngine
+from .errors import JobError, StaleEngine, device_error
 from .jetson import TegrastatsSampler
 from .manifest import (
     CALIBRATION_CACHE,
@@ -40,9 +41,10 @@ from .manifest import (
 from .model_files import AUTO, CPU_RUNTIMES, ModelChoiceError, candidates, model_file
 from .signing import SignatureError, load_trusted_keys, verify
 from .spool import Spool, read_json, write_json_atomic
+from .store import touch
 from .validate import FP32_REFERENCE, compare, reference_key
 
-MAX_ATTEMPTS = 3
+MAX_RESUMES = 10  # restarts of the agent itself, never caused by the job (the worker absorbs those)
 Log = Callable[[str], None]
 
 
@@ -54,20 +56,34 @@ class JobRunner:
         self.log = log
 
     def run(self, job: str) -> Dict[str, Any]:
+        """Run one claimed job to ``done`` or ``failed``; never runs a job that is already terminal.
+
+        Storage errors (full, read-only, failing) become the job's one-line reason; an error while
+        recording the failure itself propagates to the agent, which retries it after freeing space.
+        """
+        if self.spool.is_terminal(job):
+            return self.spool.report(job) or {"job": job, "status": (self.spool.state(job) or {}).get("status")}
         state = self.spool.state(job) or {}
         attempt = int(state.get("attempt", 0)) + 1
-        self.spool.set_state(job, "running", attempt=attempt, started=state.get("started", time.time()))
-        if attempt > 1:
-            self.event(job, "resume", "agent restarted during this job; running it again (attempt {})".format(attempt))
         try:
-            if attempt > MAX_ATTEMPTS:
-                raise JobError("the job stopped the agent {} times; giving up".format(MAX_ATTEMPTS))
+            self.spool.set_state(job, "running", attempt=attempt, started=state.get("started", time.time()))
+            if attempt > 1:
+                self.event(job, "resume", "the agent restarted during this job; running it again (attempt {})".format(
+                    attempt))
+            if attempt > MAX_RESUMES:
+                raise JobError("the agent was stopped {} times while this job ran (restarts or kills from outside "
+                               "the job); giving up: check the device (`journalctl -u edgekit-agent`) and push "
+                               "again".format(MAX_RESUMES))
             report = self._run(job)
         except (JobError, ManifestError, SignatureError, BackendUnavailable) as exc:
-            return self.fail(job, str(exc))
+            return self.fail(job, str(exc), getattr(exc, "details", None))
+        except OSError as exc:
+            self.log(traceback.format_exc())
+            return self.fail(job, device_error(exc, "running the job"))
         except Exception as exc:  # noqa: BLE001 - an agent must survive any bad job
             self.log(traceback.format_exc())
-            return self.fail(job, "internal error: {}: {}".format(type(exc).__name__, exc))
+            return self.fail(job, "internal error in the agent ({}: {}); the active model was not changed; the "
+                                  "agent's log has the details".format(type(exc).__name__, exc))
         self.spool.write_report(job, report)
         self.spool.set_state(job, "done", attempt=attempt)
         self.event(job, "done", "job finished")
@@ -77,16 +93,24 @@ class JobRunner:
         self.spool.append_event(job, kind, message, **data)
         self.log("[{}] {}".format(job, message))
 
-    def fail(self, job: str, message: str) -> Dict[str, Any]:
+    def fail(self, job: str, message: str, details: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Record a failure: the state first (what makes the job terminal), then the report, then the event.
+
+        Raises OSError only when not even the state can be written; the agent then frees space and retries.
+        """
         report = {"job": job, "status": "failed", "error": message, "agent_version": __version__,
                   "current": None}
+        report.update(details or {})
         manifest = _try_manifest(self.spool.job_dir(job))
         if manifest is not None:
             report["model"] = manifest.model
             report["current"] = self.spool.current(manifest.model)
-        self.spool.write_report(job, report)
         self.spool.set_state(job, "failed", error=message)
-        self.event(job, "failed", message)
+        try:
+            self.spool.write_report(job, report)
+            self.event(job, "failed", message)
+        except OSError as exc:  # the state says failed; the host reads the reason from it
+            self.log("[{}] failed ({}), but the report could not be written: {}".format(job, message, exc))
         return report
 
     # -- the steps --------------------------------------------------------------------------
@@ -94,6 +118,11 @@ class JobRunner:
         folder = self.spool.job_dir(job)
         self.event(job, "stage", "verifying bundle", stage="verify")
         manifest, signer = self.verify(folder)
+        budget = budget_of(manifest.raw)
+        missed = accuracy_failures(budget, manifest.raw.get("host", {}).get("accuracy", {}) or {})
+        if missed:
+            raise JobError("over budget: {}; nothing was built and the active model was not changed".format(
+                "; ".join(missed)), {"budget_failures": missed, "model": manifest.model})
         files = self.resolve_files(manifest)
         chosen = self.prepare(job, manifest, files)
         backend, engine, engine_dir, key = chosen.backend, chosen.engine, chosen.engine_dir, chosen.key
@@ -111,6 +140,11 @@ class JobRunner:
                     baseline[0].close()
         finally:
             engine.close()
+        missed = latency_failures(budget, results)
+        if missed:
+            raise JobError("over budget: {}; the active model was not changed".format("; ".join(missed)),
+                           {"budget_failures": missed, "benchmarks": results, "validation": validation,
+                            "backend": backend.name, "precision": manifest.precision, "engine_key": key})
         previous = self.spool.switch(manifest.model, engine_dir)
         self.event(job, "stage", "switched {} to engine {}".format(manifest.model, key[:12]), stage="switch")
         return {
@@ -193,12 +227,21 @@ class JobRunner:
         paths = {}
         for entry in manifest.files.values():
             path = self.spool.blob(entry.sha256)
+            if path.is_symlink():
+                path.unlink()
+                raise JobError("{} is a symlink in the device's store, which is refused; it was removed, push "
+                               "again".format(entry.name))
             if not path.is_file():
                 raise JobError("{} is missing from the device's store; push again".format(entry.name))
-            if path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
+            if sha256_file(path) != entry.sha256:
                 path.unlink()
                 raise JobError("{} is corrupted on the device (hash mismatch); it was removed, push again".format(
                     entry.name))
+            size = path.stat().st_size
+            if size != entry.size:  # the content is right, the manifest is not: keep the good blob
+                raise JobError("the manifest says {} has {} bytes but its content (sha256 {}) has {}; the bundle is "
+                               "inconsistent, push again".format(entry.name, entry.size, entry.sha256[:12], size))
+            touch(path)
             paths[entry.name] = path
         return paths
 
@@ -324,6 +367,7 @@ class JobRunner:
         final = self.spool.engines / key
         meta = read_json(final / ENGINE_META)
         if meta is not None:
+            touch(final)
             self.event(job, "cache", "reusing cached {}engine {} (no build needed)".format(what, key[:12]),
                        stage="build", reused=True)
             return final, meta, True
@@ -331,10 +375,14 @@ class JobRunner:
         work = self.spool.engines / ".build-{}-{}".format(key[:16], os.getpid())
         shutil.rmtree(str(work), ignore_errors=True)
         work.mkdir()
-        meta = backend.build(model, work, options, lambda message: self.event(job, "progress", message))
-        meta.update({"key": key, "backend": backend.name, "identity": backend.identity(), "options": options,
-                     "built_at": time.time(), "job": job})
-        write_json_atomic(work / ENGINE_META, meta)
+        try:
+            meta = backend.build(model, work, options, lambda message: self.event(job, "progress", message))
+            meta.update({"key": key, "backend": backend.name, "identity": backend.identity(), "options": options,
+                         "built_at": time.time(), "job": job})
+            write_json_atomic(work / ENGINE_META, meta)
+        except BaseException:
+            shutil.rmtree(str(work), ignore_errors=True)  # a half-built engine is never kept (nor its space)
+            raise
         if final.exists():  # another run finished the same build first; keep that one
             shutil.rmtree(str(work))
         else:

@@ -15,14 +15,16 @@ def exec_start(agent: str, root: str) -> List[str]:
 def unit_text(agent: str, root: str, user: Optional[str], system: bool) -> str:
     """A unit that restarts on crashes but not on a configuration error (exit 2), and runs unprivileged.
 
-    ``user`` is set only for a system unit; a user unit already runs as its owner.
+    ``user`` is set only for a system unit; a user unit already runs as its owner. There is no start
+    limit (``StartLimitIntervalSec=0``): jobs run in a worker the agent supervises, so job faults never
+    stop the agent, and whatever does stop it (an OOM kill, a failing disk) must not leave the device
+    without an agent once systemd's burst counter is spent; ``RestartSec`` keeps the retries gentle.
     """
     lines = [
         "[Unit]",
         "Description=edgekit agent: builds, validates and benchmarks models pushed by edgekit",
         "After=network-online.target",
-        "StartLimitIntervalSec=300",
-        "StartLimitBurst=5",
+        "StartLimitIntervalSec=0",
         "",
         "[Service]",
         "Type=simple",
@@ -33,6 +35,7 @@ def unit_text(agent: str, root: str, user: Optional[str], system: bool) -> str:
         "ExecStart={}".format(" ".join(shlex.quote(part) for part in exec_start(agent, root))),
         "Restart=on-failure",
         "RestartSec=5",
+        "TimeoutStopSec=30",
         "RestartPreventExitStatus={}".format(CONFIG_ERROR_EXIT),
         "Environment=PYTHONUNBUFFERED=1",
         "NoNewPrivileges=yes",

@@ -92,6 +92,7 @@ def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path],
         "target": {"backend": device.backend, "precision": device.precision, "build": build,
                    "benchmark": benchmark, "validation": validation},
         "files": file_entries(files),
+        "budget": {k: v for k, v in config.budget.model_dump().items() if v is not None},  # checked on the device
         "host": dict(host, graphs=node_tables(files)),
     }
     parse_manifest(manifest)

@@ -187,6 +187,10 @@ class DeviceSection(Strict):
     cuda_graph: bool = False
     profile_layers: bool = False
     groups: list[str] = Field(default_factory=list)
+    store_limit_mb: Optional[float] = Field(default=None, gt=0, description="engines + blobs kept under this (LRU)")
+    min_free_mb: Optional[float] = Field(default=None, ge=0, description="free disk the agent keeps; pushes that "
+                                                                          "would cross it are refused")
+    keep_jobs: Optional[int] = Field(default=None, ge=1, description="the last N jobs are never collected")
 
     @model_validator(mode="after")
     def _host(self) -> "DeviceSection":
@@ -233,13 +237,18 @@ class Config(Strict):
         return self.base / ".edgekit"
 
     def device(self, name: str) -> DeviceSection:
+        """A declared device, or the built-in ``local``; a local device's root defaults to one place.
+
+        Declaring ``[devices.local]`` changes only what it declares: without ``root`` it keeps the built-in
+        root (``$EDGEKIT_HOME/local-device``), so the same agent and the same ``current`` are used.
+        """
         if name in self.devices:
-            declared = self.devices[name]
-            if name == "local" and "root" not in declared.model_fields_set:  # same agent root as the built-in one
-                return declared.model_copy(update={"root": str(host_home() / "local-device")})
-            return declared
+            device = self.devices[name]
+            if device.kind == "local" and "root" not in device.model_fields_set:
+                return device.model_copy(update={"root": str(local_root(name))})
+            return device
         if name == "local":
-            return DeviceSection(kind="local", root=str(host_home() / "local-device"))
+            return DeviceSection(kind="local", root=str(local_root(name)))
         known = ", ".join(sorted(set(self.devices) | {"local"}))
         raise ConfigError(f"{self.path.name}: no device {name!r} under [devices]; known devices: {known}")
 
@@ -248,6 +257,11 @@ class Config(Strict):
             raise ConfigError(f"{self.path.name}: model.checkpoint: {self.checkpoint} does not exist; "
                               "run `edgekit train` first or fix the path")
         return self.checkpoint
+
+
+def local_root(name: str) -> Path:
+    """Where a local device keeps its agent root unless deploy.toml sets ``root``."""
+    return host_home() / ("local-device" if name == "local" else f"local-device-{name}")
 
 
 def host_home() -> Path:

@@ -141,3 +141,34 @@ def ssh_lab(tmp_path_factory):
                 os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
             except (ProcessLookupError, KeyError, ValueError):
                 pass
+
+
+def ssh_fingerprint(server) -> str:
+    out = subprocess.run(["ssh-keygen", "-lf", str(server.host_key.with_suffix(".pub"))], capture_output=True,
+                         text=True, check=True).stdout
+    return out.split()[1]
+
+
+def add_device(project: Path, env: dict, lab, server, name: str, group: str | None = None) -> None:
+    result = run_cli("device", "add", name, "--host", "127.0.0.1", "--port", str(server.port), "--user", lab.user,
+                     "--trust", ssh_fingerprint(server), cwd=project, env=env)
+    assert result.returncode == 0, result.stderr
+    extra = ['root = "~/.edgekit-test-{}"'.format(name), 'venv = "~/.edgekit-test-venv"', 'python = "/usr/bin/python3"']
+    if group:
+        extra.append(f'groups = ["{group}"]')
+    config = project / "deploy.toml"
+    config.write_text(config.read_text() + "\n".join(extra) + "\n")
+
+
+@pytest.fixture(scope="session")
+def ssh_device(ssh_lab, trained_project, tmp_path_factory):
+    """The trained project with device `jet` (sshd on 127.0.0.1) set up once per session."""
+    project = tmp_path_factory.mktemp("sshproject") / "p"
+    shutil.copytree(trained_project, project, ignore=shutil.ignore_patterns("home", ".edgekit"))
+    env = dict(os.environ, **ssh_lab.env)
+    server = ssh_lab.server("main")
+    add_device(project, env, ssh_lab, server, "jet")
+    setup = run_cli("device", "setup", "jet", "--json", cwd=project, env=env)
+    assert setup.returncode == 0, setup.stderr
+    assert json.loads(setup.stdout)["wheels"][0].startswith("edgekit-")
+    return project, env, server

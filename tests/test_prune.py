@@ -227,8 +227,8 @@ def test_optimize_prunes_fine_tunes_and_reports_each_step(trained_project, tmp_p
     save_checkpoint(root / "runs" / "tiny.pt", model, {"arch": "resnet20"})
     result = optimize(load_config(config), say=lambda m: None)
     names = [s["stage"] for s in result.stages]
-    assert names == ["trained (FP32 baseline)", "pruned step 1/2", "pruned 50% + fine-tuned", "BatchNorm folded (torch)",
-                     "ONNX FP32 (BN folded)"]
+    assert names == ["trained (FP32 baseline)", "pruned step 1/2", "pruned 50% + fine-tuned",
+                     "BatchNorm folded (torch)", "ONNX FP32 (BN folded)"]
     assert result.stages[2]["macs"] < 0.35 * result.stages[0]["macs"]
     assert all(set(s["latency_ms"]) == {"1", "32"} for s in result.stages if "onnx_bytes" in s)  # JSON keys
     reloaded, meta = load_model(result.directories["prune"] / "pruned.pt", "resnet20", 10, 1.0, 3)

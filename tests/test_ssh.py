@@ -4,45 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import add_device, run_cli, ssh_fingerprint
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
 
-def ssh_fingerprint(server) -> str:
-    out = subprocess.run(["ssh-keygen", "-lf", str(server.host_key.with_suffix(".pub"))], capture_output=True,
-                         text=True, check=True).stdout
-    return out.split()[1]
-
-
-def add_device(project: Path, env: dict, lab, server, name: str, group: str | None = None) -> None:
-    result = run_cli("device", "add", name, "--host", "127.0.0.1", "--port", str(server.port), "--user", lab.user,
-                     "--trust", ssh_fingerprint(server), cwd=project, env=env)
-    assert result.returncode == 0, result.stderr
-    extra = ['root = "~/.edgekit-test-{}"'.format(name), 'venv = "~/.edgekit-test-venv"', 'python = "/usr/bin/python3"']
-    if group:
-        extra.append(f'groups = ["{group}"]')
-    config = project / "deploy.toml"
-    config.write_text(config.read_text() + "\n".join(extra) + "\n")
-
-
 @pytest.fixture(scope="module")
-def lab_project(ssh_lab, trained_project, tmp_path_factory):
-    project = tmp_path_factory.mktemp("sshproject") / "p"
-    shutil.copytree(trained_project, project, ignore=shutil.ignore_patterns("home", ".edgekit"))
-    env = dict(os.environ, **ssh_lab.env)
-    server = ssh_lab.server("main")
-    add_device(project, env, ssh_lab, server, "jet")
-    setup = run_cli("device", "setup", "jet", "--json", cwd=project, env=env)
-    assert setup.returncode == 0, setup.stderr
-    assert json.loads(setup.stdout)["wheels"][0].startswith("edgekit-")
-    return project, env, server
+def lab_project(ssh_device):
+    return ssh_device
 
 
 def test_device_check_reports_agent_backends_and_disk(lab_project):
@@ -138,6 +111,8 @@ def test_tampered_unsigned_and_foreign_bundles_are_rejected_over_ssh(lab_project
 def test_an_upload_cut_off_half_way_resumes_where_it_stopped(lab_project, monkeypatch, tmp_path):
     from edgekit.device.manifest import sha256_file
     from edgekit.host.config import load_config
+    from edgekit.host.errors import CheckFailed
+    from edgekit.host.push import lost_connection
     from edgekit.host.transports.ssh import SSHTransport
 
     project, env, _ = lab_project
@@ -156,11 +131,13 @@ def test_an_upload_cut_off_half_way_resumes_where_it_stopped(lab_project, monkey
             first.client.close()  # the connection drops mid-upload
             raise ConnectionResetError("connection lost")
 
-    with pytest.raises((ConnectionResetError, OSError)):
-        first.upload(sha, blob, cut_off)
+    with pytest.raises(CheckFailed, match="lost the connection to jet .* the upload resumes where it stopped"):
+        with lost_connection("jet", "uploading; push again: the upload resumes where it stopped"):
+            first.upload(sha, blob, cut_off)
+    first.close()  # the cut-off push ends; the next one takes the same writer slot
     second = SSHTransport("jet", device)
     try:
-        partial = second.sftp.stat(second.path("blobs", f"{sha}.part")).st_size
+        partial = second.fs.stat(f"blobs/{sha}.{second.writer}.part").size
         assert 0 < partial < blob.stat().st_size
         resumed = []
         second.upload(sha, blob, resumed.append)

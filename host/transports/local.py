@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from edgekit.device.agent import agent_running
 from edgekit.device.agent import status as agent_status
 from edgekit.device.service import exec_start
-from edgekit.device.spool import Spool, read_events
+from edgekit.device.spool import Spool
 
 from ..errors import CheckFailed
-from .base import BytesProgress, Transport
+from .client import SpoolClient
+from .fs import LocalFS
 
 
 def agent_command() -> str:
@@ -25,11 +25,12 @@ def agent_command() -> str:
     return str(beside) if beside.exists() else (shutil.which("edgekit-agent") or "edgekit-agent")
 
 
-class LocalTransport(Transport):
+class LocalTransport(SpoolClient):
     name = "local"
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, device_name: str = "local") -> None:
         self.spool = Spool(Path(root).expanduser()).ensure()
+        super().__init__(device_name, LocalFS(self.spool.root))
 
     def ensure_agent(self) -> None:
         if agent_running(self.spool.root):
@@ -44,35 +45,8 @@ class LocalTransport(Transport):
             time.sleep(0.05)
         raise CheckFailed(f"the local agent did not start; see {self.spool.root / 'agent.log'}")
 
-    def trust(self, public_line: str) -> None:
-        path = self.spool.trusted_keys
-        lines = path.read_text().splitlines() if path.exists() else []
-        if public_line.split()[1] not in {line.split()[1] for line in lines if len(line.split()) > 1}:
-            with open(path, "a") as handle:
-                handle.write(public_line + "\n")
-            os.chmod(path, 0o600)
-
-    def missing(self, hashes: list[str]) -> list[str]:
-        return [sha for sha in hashes if not self.spool.has_blob(sha)]
-
-    def upload(self, sha: str, path: Path, progress: BytesProgress) -> None:
-        self.spool.add_blob_file(path, sha)
-        progress(path.stat().st_size)
-
-    def publish(self, job: str, manifest: bytes, signature: bytes) -> None:
-        self.spool.publish(job, manifest, signature)
-
-    def events(self, job: str, offset: int) -> tuple[list[dict[str, Any]], int]:
-        return read_events(self.spool.jobs / job / "events.jsonl", offset)
-
-    def state(self, job: str) -> Optional[dict[str, Any]]:
-        state = self.spool.state(job) if (self.spool.jobs / job).is_dir() else None
-        return state or {"status": "queued" if (self.spool.queue / job).is_dir() else "unknown"}
-
-    def report(self, job: str) -> Optional[dict[str, Any]]:
-        return self.spool.report(job) if (self.spool.jobs / job).is_dir() else None
-
-    def agent_alive(self) -> bool:
+    def agent_alive(self, patience: float = 3.0) -> bool:
+        """The agent's lock is exact on this machine; the heartbeat is for devices across a network."""
         return agent_running(self.spool.root)
 
     def status(self) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from typing import Callable
 
 from edgekit.device import __version__
 
-from .config import DeviceSection, host_home
-from .errors import CheckFailed, ConfigError
-from .keys import load_or_create_key, public_line
-from .transports.ssh import SSHTransport
+from ..config import DeviceSection, host_home
+from ..errors import CheckFailed, ConfigError
+from ..keys import load_or_create_key, public_line
+from .ssh import SSHTransport
 
 Say = Callable[[str], None]
 PROBE = ("import json, platform, sys, sysconfig\n"
@@ -56,7 +56,7 @@ class SetupResult:
 
 def source_tree() -> Path:
     """edgekit's source checkout (where pyproject.toml is), from which the wheel is built."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     if not (root / "pyproject.toml").is_file():
         raise ConfigError("`device setup` builds edgekit's wheel from its source tree, which this installation "
                           "does not have; install edgekit from a checkout (pip install -e .)")
@@ -115,7 +115,7 @@ def install(transport: SSHTransport, device: DeviceSection, with_onnxruntime: bo
             if wanted:
                 wheels += download_runtime(python, Path(tmp), package)
         if device.backend == "tensorrt":
-            from .transports.cuda_wheels import cuda_python_wheels
+            from .cuda_wheels import cuda_python_wheels
 
             wheels += cuda_python_wheels(transport.run, python.python, python.pip_platforms, Path(tmp), say,
                                          transport.device_name)
@@ -132,8 +132,7 @@ def install(transport: SSHTransport, device: DeviceSection, with_onnxruntime: bo
         code, _, err = transport.run(step)
         if code != 0:
             raise CheckFailed(f"{transport.device_name}: `{step}` failed: {err.strip()[-300:]}")
-    for folder in ("blobs", "incoming", "queue", "jobs", "engines", "models"):
-        transport.makedirs(transport.path(folder))
+    transport.ensure_layout()
     transport.trust(public_line(load_or_create_key(host_home())))
     service = start_service(transport, say)
     return SetupResult(python, transport.venv, service, shipped)
@@ -162,8 +161,7 @@ def start_service(transport: SSHTransport, say: Say) -> str:
             return "systemd user unit" + (" with lingering (starts at boot)" if linger else
                                           " (no lingering: starts at login only; ask an admin for "
                                           "`loginctl enable-linger`)")
-    say(f"[yellow]{transport.device_name}: no usable systemd; starting the agent now — it will not start at "
-        "boot[/yellow]")
+    say(f"{transport.device_name}: no usable systemd; starting the agent now — it will not start at boot")
     code, unit, err = transport.run(user_unit)
     if code != 0:
         raise CheckFailed(f"{transport.device_name}: install-service failed: {err.strip()[-200:]}")

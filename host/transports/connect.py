@@ -20,8 +20,8 @@ from typing import Optional
 
 import paramiko
 
-from .config import DeviceSection, host_home
-from .errors import CheckFailed, ConfigError
+from ..config import DeviceSection, host_home
+from ..errors import CheckFailed, ConfigError
 
 CONNECT_TIMEOUT = 15.0
 

@@ -1,0 +1,316 @@
+"""Fault injection with the real agent process (and real sshd): kills, full and read-only disks, cut
+connections, concurrent pushes, symlinks, budgets. Every case: each job ends done/failed with a reason,
+``current`` stays valid and runs, the user sees one clear line and no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from edgekit.device.spool import Spool
+from edgekit.host.bundle import manifest_bytes
+from edgekit.host.keys import sign
+
+from .conftest import EDGEKIT, run_cli
+from .faults import (
+    CuttingProxy,
+    current_problem,
+    device_problems,
+    kill_trials,
+    quick,
+    record,
+    trial,
+    wait_final,
+)
+from .test_agent import prepare, publish, start_agent
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def local(project):
+    """A prepared local agent root (blobs uploaded, key trusted) with a quick-benchmark manifest."""
+    transport, manifest, key = prepare(project)
+    yield transport, quick(manifest), key
+    transport.close()
+
+
+def test_sigkill_at_random_points_never_leaves_a_job_unfinished(local):
+    transport, manifest, key = local
+    rng = random.Random(13)
+    trials = kill_trials(transport.spool, start_agent, lambda: publish(transport, manifest, key), 20, rng,
+                         max_delay=1.5)
+    for one in trials:
+        record(one.scenario, one.ok, one.detail)
+    failed = [t.detail for t in trials if not t.ok]
+    assert not failed, failed
+    events = "".join(p.read_text() for p in transport.spool.jobs.glob("*/events.jsonl"))
+    assert "stopped the agent" not in events and "giving up" not in events  # outside kills never blame a job
+
+
+def test_over_budget_fails_on_the_device_and_keeps_current(local):
+    with trial("over budget: job fails on the device, current kept"):
+        transport, manifest, key = local
+        spool = transport.spool
+        agent = start_agent(spool.root)
+        try:
+            assert wait_final(spool, publish(transport, manifest, key))["status"] == "done"
+            before = spool.current("tiny")
+            tight = dict(manifest, budget={"max_p99_ms": 1e-6})
+            tight["host"] = dict(tight["host"], graphs={})  # a different bundle, so a different engine key
+            report = wait_final(spool, publish(transport, tight, key, manifest_bytes(tight),
+                                               sign(key, manifest_bytes(tight))))
+            assert report["status"] == "failed" and "over budget: batch 1: p99" in report["error"]
+            assert "budget.max_p99_ms 1e-06" in report["error"] and report["budget_failures"]
+            assert spool.current("tiny") == before and not device_problems(spool)
+            low = dict(manifest, budget={"min_host_accuracy": 1.01})
+            report = wait_final(spool, publish(transport, low, key))
+            assert report["status"] == "failed" and "budget.min_host_accuracy" in report["error"]
+            assert "nothing was built" in report["error"] and spool.current("tiny") == before
+        finally:
+            agent.kill()
+            agent.wait()
+
+
+def test_symlinks_and_absurd_sizes_are_refused_and_good_blobs_kept(local, tmp_path):
+    with trial("symlinked spool entries and absurd sizes refused"):
+        transport, manifest, key = local
+        spool = transport.spool
+        agent = start_agent(spool.root)
+        try:
+            assert wait_final(spool, publish(transport, manifest, key))["status"] == "done"
+            before = spool.current("tiny")
+            outside = tmp_path / "outside-job"  # a complete, validly signed job, but reached through a symlink
+            outside.mkdir()
+            (outside / "manifest.json").write_bytes(manifest_bytes(manifest))
+            (outside / "manifest.sig").write_bytes(sign(key, manifest_bytes(manifest)))
+            os.symlink(outside, spool.queue / "20300101T000000-aaaaaa")
+            deadline = time.monotonic() + 20
+            while os.path.lexists(spool.queue / "20300101T000000-aaaaaa") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not os.path.lexists(spool.queue / "20300101T000000-aaaaaa")
+            assert sorted(p.name for p in outside.iterdir()) == ["manifest.json", "manifest.sig"]
+            assert not (spool.jobs / "20300101T000000-aaaaaa").exists()
+
+            huge = json.loads(manifest_bytes(manifest))
+            entry = next(e for e in huge["files"] if e["name"] == "model.onnx")
+            entry["size"] = 10 ** 15
+            report = wait_final(spool, publish(transport, huge, key))
+            assert report["status"] == "failed" and "inconsistent" in report["error"]
+            assert spool.has_blob(entry["sha256"])  # the good shared blob stays
+
+            blob = spool.blob(entry["sha256"])
+            target = tmp_path / "elsewhere.onnx"
+            shutil.move(blob, target)
+            os.symlink(target, blob)
+            report = wait_final(spool, publish(transport, manifest, key))
+            assert report["status"] == "failed" and "symlink" in report["error"] and target.exists()
+            assert spool.current("tiny") == before and not device_problems(spool)
+            shutil.move(target, blob) if not blob.exists() else None
+            assert wait_final(spool, publish(transport, manifest, key))["status"] == "done"  # still serving
+        finally:
+            agent.kill()
+            agent.wait()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB tmpfs (root only): the device's disk, to be filled up or made read-only."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        record("full and read-only disk: job fails, agent keeps serving", None, "not root")
+        pytest.skip("mounting a small tmpfs needs root: the full/read-only disk cases are skipped")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        record("full and read-only disk: job fails, agent keeps serving", None, "no tmpfs")
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): full-disk cases skipped")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write until the disk is full; returns the filler to delete."""
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * (256 * 1024))
+                handle.flush()
+        except OSError:
+            pass
+    with open(filler, "ab") as handle:  # and the last bytes
+        for size in (4096, 512, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+                    handle.flush()
+            except OSError:
+                continue
+    return filler
+
+
+def test_a_full_or_read_only_disk_fails_the_job_and_the_agent_keeps_serving(project, small_disk):
+    with trial("full and read-only disk: job fails, agent keeps serving"):
+        from edgekit.host.transports.local import LocalTransport
+
+        transport, manifest, key = prepare(project)
+        manifest = quick(manifest)
+        root = small_disk / "root"
+        small = LocalTransport(str(root))
+        small.trust(transport.fs.read("trusted_keys").decode().strip())
+        for entry in manifest["files"]:
+            shutil.copy(transport.spool.blob(entry["sha256"]), small.spool.blob(entry["sha256"]))
+        (root / "config.json").write_text('{"min_free_mb": 0}')
+        spool = small.spool
+        agent = start_agent(root)
+        try:
+            assert wait_final(spool, publish(small, manifest, key))["status"] == "done"
+            before = spool.current("tiny")
+            agent.kill()
+            agent.wait()
+            job = publish(small, dict(manifest, model="tiny2"), key, manifest_bytes(dict(manifest, model="tiny2")),
+                          sign(key, manifest_bytes(dict(manifest, model="tiny2"))))
+            filler = fill(small_disk)
+            agent = start_agent(root)
+            report = wait_final(spool, job)
+            assert report["status"] == "failed" and "disk is full" in report["error"], report
+            assert agent.poll() is None and spool.current("tiny") == before
+            filler.unlink()
+            assert wait_final(spool, publish(small, manifest, key))["status"] == "done"  # the agent kept serving
+
+            subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+            try:
+                time.sleep(1.5)  # the agent meets a read-only disk: it must not die
+                assert agent.poll() is None
+            finally:
+                subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+            assert wait_final(spool, publish(small, manifest, key))["status"] == "done"
+            assert agent.poll() is None and not device_problems(spool)
+        finally:
+            agent.kill()
+            agent.wait()
+            small.close()
+            transport.close()
+
+
+def test_five_concurrent_cold_cache_pushes_all_get_their_own_report(project):
+    with trial("5 concurrent cold-cache pushes of one project"):
+        for folder in (project / ".edgekit",):
+            shutil.rmtree(folder, ignore_errors=True)
+        pushes = [subprocess.Popen([EDGEKIT, "push", "local", "--json"], cwd=project, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for _ in range(5)]
+        outcomes = [p.communicate(timeout=900) + (p.returncode,) for p in pushes]
+        jobs = set()
+        for out, err, code in outcomes:
+            assert code == 0 and "Traceback" not in err, err[-2000:]
+            report = json.loads(out)["report"]
+            assert report["status"] == "done"
+            jobs.add(report["job"])
+        assert len(jobs) == 5
+        spool = Spool(Path(os.environ["EDGEKIT_HOME"]) / "local-device")
+        assert not device_problems(spool) and not list(spool.blobs.glob("*.part"))
+
+
+# -- SSH: cut connections --------------------------------------------------------------------------------
+BLOBS_OK = "cd {root}/blobs && for f in $(ls | grep -v '\\.part$'); do echo $f $(sha256sum $f | cut -c1-64); done"
+
+
+@pytest.mark.ssh
+def test_cut_connections_mid_upload_and_mid_follow_give_one_line_and_resume(ssh_device, monkeypatch):
+    import base64
+
+    import paramiko
+
+    from edgekit.host.config import load_config
+    from edgekit.host.errors import CheckFailed
+    from edgekit.host.push import UploadProgress, push
+    from edgekit.host.transports.connect import resolve, trust_host_key
+    from edgekit.host.transports.ssh import SSHTransport
+
+    project, env, server = ssh_device
+    for name in ("HOME", "EDGEKIT_HOME", "SSH_AUTH_SOCK"):
+        monkeypatch.setenv(name, env[name])
+    proxy = CuttingProxy(server.port)
+    kind, blob = server.host_key.with_suffix(".pub").read_text().split()[:2]
+    trust_host_key(resolve("127.0.0.1", None, proxy.port), paramiko.Ed25519Key(data=base64.b64decode(blob)))
+    config_path = project / "deploy.toml"
+    original = config_path.read_text()
+    config_path.write_text(original + f'\n[devices.cut]\nhost = "127.0.0.1"\nport = {proxy.port}\n'
+                                      f'root = "~/.edgekit-test-jet"\nvenv = "~/.edgekit-test-venv"\n')
+
+    class CutMidUpload(UploadProgress):
+        def __init__(self, after: int) -> None:
+            self.after, self.sent = after, 0
+
+        def advance(self, sent_bytes: int) -> None:
+            self.sent += sent_bytes
+            if self.sent >= self.after and self.after:
+                self.after = 0
+                proxy.cut()
+
+    rng = random.Random(7)
+    messages = []
+    try:
+        config = load_config(config_path)
+        for trial_index in range(10):
+            device = SSHTransport("cut", config.device("cut"))
+            device.run(f"rm -f {device.root}/blobs/*")  # every upload trial starts with an empty store
+            device.close()
+            follow_cut = trial_index % 2 == 1
+            published: list[str] = []
+
+            def on_event(event: dict, follow_cut: bool = follow_cut, published: list = published) -> None:
+                if follow_cut and not published:
+                    published.append(event["message"])
+                    proxy.cut()
+
+            progress = None if follow_cut else CutMidUpload(rng.randint(1, 150_000))
+            scenario = "cut SSH connection mid-follow" if follow_cut else "cut SSH connection mid-upload"
+            with trial(scenario, f"trial {trial_index}"):
+                with pytest.raises(CheckFailed) as cut:
+                    push(config, "cut", lambda m: None, on_event, progress)
+                message = str(cut.value)
+                messages.append(message)
+                assert "\n" not in message and message.startswith("lost the connection to cut"), message
+                if follow_cut:
+                    assert "while following job" in message and "`edgekit status cut" in message, message
+                    status = run_cli("status", "cut", "--json", cwd=project, env=env)  # the newest job
+                    assert status.returncode == 0, status.stderr
+                    assert json.loads(status.stdout)["job"] in message
+                else:
+                    assert "push again: the upload resumes where it stopped" in message, message
+                    again, _ = push(config, "cut", lambda m: None, lambda e: None)
+                    assert again["status"] == "done"
+                check = SSHTransport("jet", config.device("jet"))
+                try:
+                    out = check.run(BLOBS_OK.format(root=check.root))[1]
+                    assert all(a == b for a, b in (line.split() for line in out.splitlines())), out
+                finally:
+                    check.close()
+        assert proxy.cuts >= 10 and len(messages) == 10
+        spool_states = SSHTransport("jet", config.device("jet"))
+        try:
+            states = spool_states.run(f"cat {spool_states.root}/jobs/*/state.json")[1]
+        finally:
+            spool_states.close()
+        assert '"running"' not in states and '"claimed"' not in states
+    finally:
+        proxy.close()
+        config_path.write_text(original)
+
+
+def test_current_problem_detects_a_broken_engine(tmp_path):
+    spool = Spool(tmp_path / "root").ensure()
+    engine = spool.engines / "k"
+    engine.mkdir()
+    (spool.models / "tiny").mkdir()
+    os.symlink("../../engines/k", spool.models / "tiny" / "current")
+    assert "no engine.json" in current_problem(spool, "tiny")
