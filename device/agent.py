@@ -75,6 +75,7 @@ def agent_running(root: Path) -> bool:
 RESERVE = "agent.reserve"  # space kept back so a failure can still be recorded on a full disk
 RESERVE_BYTES = 1024 * 1024
 WORKER_FAILED = 70  # the worker could not record the job's end itself
+RETRY_S = 30.0
 
 
 def serve(root: Path, poll: float, once: bool) -> int:
@@ -96,21 +97,45 @@ def serve(root: Path, poll: float, once: bool) -> int:
     _quietly(lambda: _ensure_reserve(spool))
     runner = JobRunner(spool, log)
     log("serving {} (version {}, pid {})".format(spool.root, __version__, os.getpid()))
-    given_up = set()  # jobs whose end could not be recorded (disk read-only): not retried by this process
-    for job in _safe(spool.unfinished, []):
-        supervise(spool, runner, job, given_up)
+    given_up = set()  # type: Set[str]  # jobs whose end could not be recorded (read-only disk): retried later
+    retry_at = 0.0
     while True:
+        if time.monotonic() >= retry_at:  # at start, then now and then: unfinished jobs (also given-up ones)
+            given_up.clear()
+            for job in _safe(spool.unfinished, []):
+                _supervised(spool, runner, job, given_up)
+            retry_at = time.monotonic() + RETRY_S
         _quietly(spool.beat)
         _quietly(lambda: refuse_foreign(spool))
         jobs = _safe(spool.queued, [])
         for job in jobs:
             if job in given_up or not take(spool, job):
                 continue
-            supervise(spool, runner, job, given_up)
+            _supervised(spool, runner, job, given_up)
         if once and not jobs:
             return 0
         if not jobs:
             time.sleep(poll)
+
+
+def _supervised(spool: Spool, runner: JobRunner, job: str, given_up: Set[str]) -> None:
+    try:
+        supervise(spool, runner, job, given_up)
+    except OSError as exc:  # no worker could be started (fork: out of memory or processes)
+        log("error: cannot run job {} now: {}; trying again shortly".format(job, exc))
+        given_up.add(job)
+        time.sleep(1.0)
+
+
+_warned = {}  # type: Dict[str, float]
+
+
+def warn_once(message: str, every: float = 60.0) -> None:
+    """Log a repeated warning once a minute, not at every turn of the loop (journald on a dying disk)."""
+    now = time.monotonic()
+    if now - _warned.get(message, -every) >= every:
+        _warned[message] = now
+        log("warning: {}".format(message))
 
 
 def _quietly(step: Callable[[], Any]) -> None:
@@ -118,14 +143,14 @@ def _quietly(step: Callable[[], Any]) -> None:
     try:
         step()
     except OSError as exc:
-        log("warning: {}".format(device_error(exc, "housekeeping")))
+        warn_once(device_error(exc, "housekeeping"))
 
 
 def _safe(read: Callable[[], List[str]], default: List[str]) -> List[str]:
     try:
         return read()
     except OSError as exc:
-        log("warning: {}".format(device_error(exc, "reading the spool")))
+        warn_once(device_error(exc, "reading the spool"))
         time.sleep(1.0)
         return default
 
@@ -257,7 +282,7 @@ def take(spool: Spool, job: str) -> bool:
     try:
         spool.claim(job)
     except OSError as exc:
-        log("error: cannot claim job {}: {}".format(job, exc))
+        warn_once("cannot claim job {}: {}".format(job, exc))
         time.sleep(1.0)
         return False
     _quietly(lambda: spool.set_state(job, "claimed"))

@@ -80,6 +80,12 @@ class JobRunner:
         except OSError as exc:
             self.log(traceback.format_exc())
             return self.fail(job, device_error(exc, "running the job"))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a field of an unexpected shape
+            self.log(traceback.format_exc())
+            return self.fail(job, "the agent could not use the bundle ({}: {}); the host runs edgekit {}, this agent "
+                                  "{}: update the agent (`edgekit device setup`) or the host; the active model was "
+                                  "not changed".format(type(exc).__name__, exc, _host_version(self.spool, job),
+                                                       __version__))
         except Exception as exc:  # noqa: BLE001 - an agent must survive any bad job
             self.log(traceback.format_exc())
             return self.fail(job, "internal error in the agent ({}: {}); the active model was not changed; the "
@@ -176,7 +182,7 @@ class JobRunner:
     def benchmark_phase(self, job: str, manifest: Manifest, backend: Backend, engine: Any,
                         baseline: Optional[Tuple[Any, Dict[str, Any]]]) -> List[Dict[str, Any]]:
         """Per batch size: the final engine, and the baseline in alternating rounds with the same settings."""
-        plan = Plan.from_manifest(manifest.benchmark)
+        plan = benchmark_plan(manifest.benchmark)
         extras = {k: bool(manifest.benchmark[k]) for k in ("cuda_graph", "profile_layers", "cross_check")
                   if k in manifest.benchmark and backend.name == "tensorrt"}
         results = []
@@ -365,7 +371,11 @@ class JobRunner:
               options: Dict[str, Any], what: str = "") -> Tuple[Path, Dict[str, Any], bool]:
         """Reuse a cached engine or build a new one privately and rename it into the cache."""
         final = self.spool.engines / key
-        meta = read_json(final / ENGINE_META)
+        try:
+            meta = read_json(final / ENGINE_META)
+        except ValueError:  # a damaged engine.json: build again
+            meta = None
+            shutil.rmtree(str(final), ignore_errors=True)
         if meta is not None:
             touch(final)
             self.event(job, "cache", "reusing cached {}engine {} (no build needed)".format(what, key[:12]),
@@ -435,6 +445,27 @@ class Prepared:
 
 def _runner(engine: Engine, data: np.ndarray) -> Callable[[], Any]:
     return lambda: engine.run(data)
+
+
+PLAN_LIMITS = {"warmup_s": (0.0, 120.0), "duration_s": (0.0, 600.0), "min_iterations": (1, 1000000),
+               "cv_warn_percent": (0.0, 1000.0)}
+
+
+def benchmark_plan(settings: Dict[str, Any]) -> Plan:
+    """The manifest's benchmark settings, each a number within sane bounds (a job must end)."""
+    for key, (low, high) in PLAN_LIMITS.items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise JobError("manifest target.benchmark.{} = {!r} must be a number from {} to {}; fix [benchmark] in "
+                           "deploy.toml".format(key, value, low, high))
+    return Plan.from_manifest(settings)
+
+
+def _host_version(spool: Spool, job: str) -> str:
+    manifest = _try_manifest(spool.job_dir(job))
+    return str(manifest.raw.get("edgekit_version", "unknown")) if manifest is not None else "unknown"
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -63,7 +63,8 @@ def ship(transport: Transport, optimized: Optimized, manifest: dict, signature: 
     with lost_connection(device, "checking what the device has; push again"):
         missing = transport.missing(sorted(by_hash))
         need = sum(by_hash[sha].stat().st_size for sha in missing)
-        transport.make_room(need, settings or {})
+        if need or settings:
+            transport.make_room(need, settings or {})
     sent = 0
 
     def count(size: int) -> None:

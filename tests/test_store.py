@@ -153,3 +153,24 @@ def test_the_unit_passes_systemd_analyze_verify_and_has_no_start_limit(tmp_path,
     broken = tmp_path / "broken.service"
     broken.write_text(text.replace("ExecStart=/", "ExecStart=nonexistent-"))
     assert subprocess.run([analyze, "verify", str(broken)], capture_output=True).returncode != 0
+
+
+def test_benchmark_settings_out_of_bounds_fail_the_job_with_the_key():
+    from edgekit.device.errors import JobError
+    from edgekit.device.jobs import benchmark_plan
+
+    assert benchmark_plan({"duration_s": 0.5}).duration_s == 0.5
+    for bad in ({"duration_s": 1e9}, {"min_iterations": "many"}, {"warmup_s": True}):
+        with pytest.raises(JobError, match="manifest target.benchmark"):
+            benchmark_plan(bad)
+
+
+def test_storage_errors_read_as_one_line_with_what_to_do():
+    import errno
+
+    from edgekit.device.errors import device_error
+
+    full = device_error(OSError(errno.ENOSPC, "No space left on device"), "building the engine")
+    assert full.startswith("device storage error while building the engine: No space left on device; the device's")
+    assert "disk is full" in full and "\n" not in full
+    assert "read-only" in device_error(OSError(errno.EROFS, "Read-only file system"), "x")
