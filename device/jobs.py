@@ -40,7 +40,7 @@ from .manifest import (
 )
 from .model_files import AUTO, CPU_RUNTIMES, ModelChoiceError, candidates, model_file
 from .signing import SignatureError, load_trusted_keys, verify
-from .spool import Spool, read_json, write_json_atomic
+from .spool import TERMINAL_STATES, Spool, read_json, write_json_atomic
 from .store import touch
 from .validate import FP32_REFERENCE, compare, reference_key
 
@@ -62,7 +62,7 @@ class JobRunner:
         recording the failure itself propagates to the agent, which retries it after freeing space.
         """
         if self.spool.is_terminal(job):
-            return self.spool.report(job) or {"job": job, "status": (self.spool.state(job) or {}).get("status")}
+            return self.finish_from_report(job)
         state = self.spool.state(job) or {}
         attempt = int(state.get("attempt", 0)) + 1
         try:
@@ -93,6 +93,18 @@ class JobRunner:
         self.spool.write_report(job, report)
         self.spool.set_state(job, "done", attempt=attempt)
         self.event(job, "done", "job finished")
+        return report
+
+    def finish_from_report(self, job: str) -> Dict[str, Any]:
+        """A job whose report was written but not its final state (the agent was killed in between)."""
+        state = self.spool.state(job) or {}
+        report = self.spool.report(job) or {"job": job, "status": state.get("status", "failed")}
+        if state.get("status") not in TERMINAL_STATES:
+            status = report.get("status") if report.get("status") in TERMINAL_STATES else "failed"
+            extra = {"error": report.get("error", "job failed")} if status == "failed" else {}
+            self.spool.set_state(job, status, attempt=state.get("attempt", 1), **extra)
+            self.event(job, "done" if status == "done" else "failed", "job finished" if status == "done"
+                       else report.get("error") or "job failed")
         return report
 
     def event(self, job: str, kind: str, message: str, **data: Any) -> None:

@@ -216,14 +216,15 @@ class Spool:
     def unfinished(self) -> List[str]:
         """Claimed jobs that are not terminal: what a restarted agent must finish first.
 
-        A job with a report is terminal whatever its state file says: a job once told failed never runs again.
+        A job with a report is terminal whatever its state file says (``is_terminal``): the agent only
+        completes its state from the report, never runs it again.
         """
         result = []
         for path in sorted(self.jobs.iterdir()):
             if not _real_dir(path) or not is_safe_name(path.name):
                 continue
             state = _read_json_quiet(path / "state.json")
-            if state.get("status") not in TERMINAL_STATES and not (path / "report.json").exists():
+            if state.get("status") not in TERMINAL_STATES:  # with a report: only its state is left to write
                 result.append(path.name)
         return result
 

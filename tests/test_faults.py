@@ -181,12 +181,17 @@ def test_a_full_or_read_only_disk_fails_the_job_and_the_agent_keeps_serving(proj
             filler.unlink()
             assert wait_final(spool, publish(small, manifest, key))["status"] == "done"  # the agent kept serving
 
+            agent.kill()  # a busy file system cannot be remounted read-only; the agent meets it at start
+            agent.wait()
+            job = publish(small, manifest, key)
             subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
             try:
-                time.sleep(1.5)  # the agent meets a read-only disk: it must not die
-                assert agent.poll() is None
+                agent = start_agent(root)
+                time.sleep(2.0)  # it cannot claim the job nor beat its heart: it must neither die nor spin
+                assert agent.poll() is None and (root / "queue" / job).is_dir()
             finally:
                 subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+            assert wait_final(spool, job)["status"] == "done"
             assert wait_final(spool, publish(small, manifest, key))["status"] == "done"
             assert agent.poll() is None and not device_problems(spool)
         finally:
@@ -224,7 +229,7 @@ BLOBS_OK = "cd {root}/blobs && for f in $(ls | grep -v '\\.part$'); do echo $f $
 
 
 @pytest.mark.ssh
-def test_cut_connections_mid_upload_and_mid_follow_give_one_line_and_resume(ssh_device, monkeypatch):
+def test_cut_connections_mid_upload_and_mid_follow_give_one_line_and_resume(ssh_device, ssh_lab, monkeypatch):
     import base64
 
     import paramiko
@@ -244,6 +249,7 @@ def test_cut_connections_mid_upload_and_mid_follow_give_one_line_and_resume(ssh_
     config_path = project / "deploy.toml"
     original = config_path.read_text()
     config_path.write_text(original + f'\n[devices.cut]\nhost = "127.0.0.1"\nport = {proxy.port}\n'
+                                      f'user = "{ssh_lab.user}"\n'
                                       f'root = "~/.edgekit-test-jet"\nvenv = "~/.edgekit-test-venv"\n')
 
     class CutMidUpload(UploadProgress):
