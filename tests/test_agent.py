@@ -24,11 +24,11 @@ from edgekit.host.transports.local import LocalTransport
 from .conftest import AGENT
 
 
-def start_agent(root: Path) -> subprocess.Popen:
+def start_agent(root: Path, log_path: Path | None = None) -> subprocess.Popen:
     unit = subprocess.run([AGENT, "install-service", "--root", str(root)], capture_output=True, text=True, check=True)
     command = parse_exec_start(unit.stdout)
     assert Path(command[0]).name == "edgekit-agent" and command[1:] == ["serve", "--root", str(root)]
-    log = open(root.parent / "agent-test.log", "ab")
+    log = open(log_path or root.parent / "agent-test.log", "ab")
     process = subprocess.Popen(command, stdout=log, stderr=log)
     deadline = time.monotonic() + 15
     while not agent_running(root):

@@ -186,7 +186,7 @@ def test_a_full_or_read_only_disk_fails_the_job_and_the_agent_keeps_serving(proj
             job = publish(small, manifest, key)
             subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
             try:
-                agent = start_agent(root)
+                agent = start_agent(root, project / "agent-ro.log")
                 time.sleep(2.0)  # it cannot claim the job nor beat its heart: it must neither die nor spin
                 assert agent.poll() is None and (root / "queue" / job).is_dir()
             finally:
