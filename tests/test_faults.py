@@ -306,6 +306,11 @@ def test_cut_connections_mid_upload_and_mid_follow_give_one_line_and_resume(ssh_
     finally:
         proxy.close()
         config_path.write_text(original)
+        tidy = SSHTransport("jet", load_config(config_path).device("jet"))
+        try:  # leave the shared device as the other SSH tests expect it: no blobs yet
+            tidy.run(f"rm -f {tidy.root}/blobs/*")
+        finally:
+            tidy.close()
 
 
 def test_current_problem_detects_a_broken_engine(tmp_path):
