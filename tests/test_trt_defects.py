@@ -272,11 +272,14 @@ def test_job_rebuilds_a_cached_engine_that_no_longer_loads(project, monkeypatch)
             return super().load(engine_dir, meta)
 
     monkeypatch.setattr(jobs, "get_backend", lambda name: Upgraded())
+    with (project / "deploy.toml").open("a") as config:  # one named backend, not the auto race
+        config.write('\n[devices.local]\nkind = "local"\nbackend = "onnxruntime"\n')
     transport, manifest, key = prepare(project)
     job = publish(transport, manifest, key)
     transport.spool.claim(job)
     report = jobs.JobRunner(transport.spool).run(job)
     assert report["status"] == "done", report.get("error")
-    assert len(loads) == 2 and report["engine_reused"] is False
+    # the final engine is loaded twice (stale, then rebuilt); the baseline engine is loaded after it
+    assert loads[0] == loads[1] and loads.count(loads[0]) == 2 and report["engine_reused"] is False
     events = (transport.spool.jobs / job / "events.jsonl").read_text()
     assert "rebuilding it" in events

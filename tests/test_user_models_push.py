@@ -51,6 +51,7 @@ min_iterations = 5
 {validation}
 [devices.local]
 kind = "local"
+backend = "onnxruntime"  # same runtime as the host: the tight comparison
 precision = "int8"
 """
 
