@@ -49,8 +49,7 @@ def calibration_images(config: Config, data: Dataset, mean: list[float], std: li
     """``quantize.images`` preprocessed inputs: a seeded sample of the training split, an .npy, or a folder."""
     section, shape = config.quantize, config.input.shape
     if section.source is None:
-        pick = np.random.default_rng(0).permutation(len(data.train))[:section.images]
-        return normalize(data.train.images[np.sort(pick)], mean, std)
+        return training_sample(data, section.images, mean, std)
     source = config.resolve(section.source)
     if source.suffix == ".npy":
         array = np.load(source, allow_pickle=False)
@@ -64,6 +63,12 @@ def calibration_images(config: Config, data: Dataset, mean: list[float], std: li
     if source.is_dir():
         return normalize(_folder_images(source, shape, section.images), mean, std)
     raise ConfigError(f"{config.path.name}: quantize.source: {source} is neither an .npy file nor a folder")
+
+
+def training_sample(data: Dataset, count: int, mean: list[float], std: list[float]) -> np.ndarray:
+    """A seeded sample of ``count`` preprocessed training images (the same one on every run)."""
+    pick = np.random.default_rng(0).permutation(len(data.train))[:count]
+    return normalize(data.train.images[np.sort(pick)], mean, std)
 
 
 def _folder_images(folder: Path, shape: list[int], limit: int) -> np.ndarray:
@@ -170,7 +175,8 @@ def quantize_aware(config: Config, model: nn.Module, fp32: Path, calibrated: Pat
     table = CalibrationTable.from_json((calibrated / CALIBRATION_JSON).read_text())
     previous = Candidate(result.info.get("chosen", "INT8 PTQ"), calibrated, fp32, table, dict(result.accuracy),
                          list(result.excluded), list(result.sensitivity), info=dict(result.info),
-                         unfaithful=dict(result.info.get("unfaithful") or {}))
+                         unfaithful=dict(result.info.get("unfaithful") or {}),
+                         weighted_only=bool(result.info.get("weighted_only", result.excluded)))
     epochs = section.qat_auto_epochs if section.qat_epochs == "auto" else int(section.qat_epochs)
     images = calibration_images(config, data, mean, std)
     test = normalize(data.test.images, mean, std)
@@ -204,6 +210,7 @@ class Candidate:
     sensitivity: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     unfaithful: dict[str, str] = field(default_factory=dict)  # files the device's validation would reject
+    weighted_only: bool = False  # the CPU file quantises only the weighted layers (the fallback's route)
 
     @property
     def top1(self) -> float:
@@ -215,11 +222,13 @@ class Candidate:
 
 
 def choose(candidates: list[Candidate], fp32_top1: float, budget: float | None) -> Candidate:
-    """Within budget first, then fewest layers in float (each breaks INT8 fusion), then top-1; when none is
-    within budget, the most accurate."""
+    """Within budget first, then fewest layers in float (each breaks INT8 fusion), then the full INT8
+    placement over the weighted-only one (float Adds break fusion too), then top-1; when none is within
+    budget, the most accurate."""
     def key(c: Candidate) -> tuple:  # ties on the worse file: the better other file decides
         meets = c.meets(fp32_top1, budget)
-        return meets, -len(c.excluded) if meets else 0, c.top1, sum(c.accuracy.values())
+        return (meets, -len(c.excluded) if meets else 0, not c.weighted_only if meets else 0, c.top1,
+                sum(c.accuracy.values()))
 
     return max(candidates, key=key)
 
@@ -275,8 +284,9 @@ def _finish(work: Path, best: Candidate, candidates: list[Candidate], scratch: l
         shutil.rmtree(directory, ignore_errors=True)
     used = "qat" if best.info.get("qat") else "ptq"
     qat = next((c.info["qat"] for c in candidates if c.info.get("qat")), None)
-    info = dict(info, int8=used + ("+fallback" if best.excluded else ""), chosen=best.name,
-                fp_layers=list(best.excluded), within_budget=best.meets(fp32_top1, budget), qat=qat,
+    info = dict(info, int8=used + ("+fallback" if best.weighted_only else ""), chosen=best.name,
+                fp_layers=list(best.excluded), weighted_only=best.weighted_only,
+                within_budget=best.meets(fp32_top1, budget), qat=qat,
                 unfaithful=dict(best.unfaithful))
     return QuantizeResult(list(INT8_FILES), dict(best.accuracy), list(best.excluded), list(best.sensitivity),
                           info=info, rows=table_rows)
@@ -320,7 +330,7 @@ def mixed_precision_fallback(config: Config, base: Candidate, images: np.ndarray
             break
     table.write(directory / CALIBRATION_JSON, directory / CALIBRATION_CACHE)
     candidate = Candidate(f"{base.name} + fallback", directory, fp32, table, accuracy, excluded, ranking,
-                          info=dict(base.info), unfaithful=unfaithful)
+                          info=dict(base.info), unfaithful=unfaithful, weighted_only=True)
     met = candidate.meets(fp32_top1, budget)
     say(f"left {len(excluded)} layer(s) in floating point: {', '.join(excluded) or 'none'}"
         + ("" if met else " — the budget is still not met with every layer in floating point"))
@@ -350,7 +360,12 @@ def qat_candidate(config: Config, model: nn.Module, fp32: Path, table: Calibrati
             train_batches=lambda seed: batches(data.train, settings.batch_size, mean, std, shuffle=True,
                                                augment=settings.augment, seed=seed),
             steps_per_epoch=math.ceil(len(data.train) / settings.batch_size),
-            calibration=lambda onnx_path: calibrate(onnx_path, images, config), match_inputs=images,
+            # QAT fine-tunes on the training split: the tensors it learns no range for (those only the CPU
+            # model quantises, e.g. convolution outputs) are calibrated on that split too, not on
+            # quantize.source, so they match the weights QAT trained
+            calibration=lambda onnx_path: calibrate(onnx_path, training_sample(data, len(images), mean, std),
+                                                    config),
+            match_inputs=images,
             export=lambda net, path: export_onnx(net, path, config.input.shape, opset=config.optimize.opset,
                                                  input_name=config.input.name),
             settings=settings, work=directory, say=say)

@@ -83,45 +83,49 @@ def test_choice_prefers_within_budget_then_fewest_float_layers_then_top1():
 
 
 # -- the tiny trained model ------------------------------------------------------------------------------------
+BUDGET = 0.03
+
+
 @pytest.fixture(scope="module")
 def dim_project(trained_project, tmp_path_factory) -> Path:
-    """The tiny project calibrated on images at a sixth of their brightness: activation ranges far too narrow."""
+    """The tiny project calibrated on images at a third of their brightness: activation ranges far too narrow."""
     from edgekit.host.data import load_cifar
 
     root = tmp_path_factory.mktemp("qat") / "p"
     shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("home", ".edgekit"))
-    np.save(root / "dim.npy", load_cifar(root / "data").train.images[:128] // 6)
+    np.save(root / "dim.npy", load_cifar(root / "data").train.images[:128] // 3)
     return root
 
 
 @pytest.fixture(scope="module")
 def qat_result(dim_project):
     config = dim_project / "deploy.toml"
-    # No fallback and no device-rule veto: the CPU file quantises tensors outside the Q/DQ placement whose
-    # ranges still come from the dim images, so the device's rule would send QAT's files to the fallback.
-    config.write_text(config.read_text() + '\n[quantize]\nsource = "dim.npy"\nmax_accuracy_drop = 1.0\n'
-                      "qat_epochs = 2\nmixed_precision = false\n[validation]\nmin_top1_agreement = 0.0\n"
-                      "min_cosine = -1.0\n")
+    # No device-rule veto: the CPU file also quantises tensors outside the Q/DQ placement (QAT learns no
+    # range for them) whose ranges still come from the dim images; the device's rule judges those.
+    config.write_text(config.read_text() + f'\n[quantize]\nsource = "dim.npy"\nmax_accuracy_drop = {BUDGET}\n'
+                      "qat_epochs = 3\n[validation]\nmin_top1_agreement = 0.0\nmin_cosine = -1.0\n")
     return optimize(load_config(config), say=lambda m: None)
 
 
 def test_qat_repairs_a_badly_calibrated_int8_model(qat_result):
     rows = {s["stage"]: s for s in qat_result.stages}
-    ptq, qat = rows["INT8 PTQ"], rows["INT8 QAT (2 epochs)"]
+    ptq, qat = rows["INT8 PTQ"], rows["INT8 QAT (3 epochs)"]
     # The TensorRT Q/DQ model quantises exactly the tensors QAT learns: the dim calibration is repaired.
-    # (The CPU model also quantises tensors outside that placement, whose ranges still come from the dim
-    # calibration images; it must not get worse.)
     fp32 = qat_result.host["accuracy_by_file"]["model.onnx"]
     before, after = ptq["top1_by_file"][MODEL_INT8_QDQ], qat["top1_by_file"][MODEL_INT8_QDQ]
-    assert before < fp32 - 0.05, "the dim calibration should have hurt PTQ"
-    assert after >= fp32 - 0.02, (fp32, before, after)
-    assert qat["top1_by_file"][MODEL_INT8_CPU] >= ptq["top1_by_file"][MODEL_INT8_CPU]
-    assert qat["chosen"] and qat["fp_layers"] == 0
-    assert {int(k) for k in qat["latency_ms"]} == {1, 32} and qat["params"] > 0
+    assert before < fp32 - BUDGET, "the dim calibration should have put PTQ over the budget"
+    assert after >= fp32 - BUDGET, (fp32, before, after)
+    # What ships is a QAT route with every weighted layer in INT8 (the CPU file keeps only the learned
+    # tensors in INT8 when its other, dim-calibrated ones miss the budget), within the budget in both files.
+    chosen = [row for row in qat_result.stages if row.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["stage"].startswith("INT8 QAT") and chosen[0]["fp_layers"] == 0
+    assert not ptq["chosen"] and {int(k) for k in qat["latency_ms"]} == {1, 32} and qat["params"] > 0
     calibration = qat_result.host["calibration"]
-    assert calibration["int8"] == "qat" and calibration["chosen"] == qat["stage"] and calibration["qat"]["epochs"] == 2
+    assert calibration["int8"] in ("qat", "qat+fallback") and calibration["chosen"] == chosen[0]["stage"]
+    assert calibration["qat"]["epochs"] == 3
     accuracy = qat_result.host["accuracy_by_file"]
-    assert min(accuracy[MODEL_INT8_CPU], accuracy[MODEL_INT8_QDQ]) == pytest.approx(qat["top1"])
+    assert min(accuracy[MODEL_INT8_CPU], accuracy[MODEL_INT8_QDQ]) == pytest.approx(chosen[0]["top1"])
+    assert min(accuracy[MODEL_INT8_CPU], accuracy[MODEL_INT8_QDQ]) >= fp32 - BUDGET
 
 
 def test_shipped_int8_files_carry_the_learned_ranges(qat_result):

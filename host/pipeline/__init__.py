@@ -49,11 +49,21 @@ class Optimized:
 def optimize(config: Config, say: Say = print, force: bool = False, stages: tuple[Stage, ...] = STAGES) -> Optimized:
     """Run (or restore) every stage; a re-run of an unchanged project loads nothing and computes nothing."""
     run = run_stages(config, stages, say, force=force)
+    mark_chosen(run.rows, run.ctx.info)
     if not run.ran:
         say(f"optimised model is cached ({run.keys[stages[-1].name][:12]}): no host work needed")
     return Optimized(run.directories[stages[-1].name], dict(run.ctx.files), run.rows, host_summary(config, run),
                      cached=not run.ran, timings=run.timings, keys=run.keys,
                      directories=run.directories)
+
+
+def mark_chosen(rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    """When QAT ran, its choice among every INT8 route (PTQ's rows included) is the one marked chosen:
+    the calibrate stage marked its own best before QAT could beat it."""
+    chosen = info.get("qat", {}).get("chosen") if info.get("qat", {}).get("enabled") else None
+    for row in rows if chosen else []:
+        if "chosen" in row:
+            row["chosen"] = row["stage"] == chosen
 
 
 def host_summary(config: Config, run: Run) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class CalibrateStage(Stage):
         try:
             result = quantize(ctx.config, ctx.files[MODEL_FP32], out, ctx.get("data"), load["mean"], load["std"],
                               fp32_top1, ctx.say)
-            write_avx2_variant(ctx.files[MODEL_FP32], out, result.excluded)
+            write_avx2_variant(ctx.files[MODEL_FP32], out, result.excluded, result.info["weighted_only"])
         except EdgekitError:
             raise
         except Exception as exc:  # noqa: BLE001 - the quantisers raise many kinds on unusual graphs
@@ -49,8 +49,9 @@ class CalibrateStage(Stage):
         return Output(rows=[dict(stage="INT8 calibrated", note=note)] + routes, info=info, files=result.files)
 
 
-def write_avx2_variant(fp32: Path, out: Path, excluded: list[str]) -> None:
-    """The CPU INT8 model with 7-bit weights, from the same ranges and the same float layers.
+def write_avx2_variant(fp32: Path, out: Path, excluded: list[str], weighted_only: bool) -> None:
+    """The CPU INT8 model with 7-bit weights, from the same ranges, the same float layers and the same
+    placement (only the weighted layers when the mixed-precision route was chosen).
 
     Devices pick it when their x86 CPU lacks VNNI (``device/model_files.py``), where the
     full-range U8S8 model can saturate and fail validation.
@@ -59,5 +60,5 @@ def write_avx2_variant(fp32: Path, out: Path, excluded: list[str]) -> None:
     from edgekit.calibration.table import CalibrationTable
 
     table = CalibrationTable.from_json((out / CALIBRATION_JSON).read_text())
-    write_cpu_int8(fp32, table, out / MODEL_INT8_CPU_AVX2, exclude=set(excluded), weighted_only=bool(excluded),
+    write_cpu_int8(fp32, table, out / MODEL_INT8_CPU_AVX2, exclude=set(excluded), weighted_only=weighted_only,
                    reduce_range=True)

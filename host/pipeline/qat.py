@@ -47,7 +47,7 @@ class QatStage(Stage):
             from .calibrate import write_avx2_variant
 
             source = out / QAT_FLOAT if (out / QAT_FLOAT).exists() else ctx.files[MODEL_FP32]
-            write_avx2_variant(source, out, result.excluded)
+            write_avx2_variant(source, out, result.excluded, result.info["weighted_only"])
             result.files.append(MODEL_INT8_CPU_AVX2)
         counts = ctx.info["export"]["counts"]
         info = dict(result.info, enabled=True, reason=reason, accuracy=result.accuracy, fp_layers=result.excluded,
