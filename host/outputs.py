@@ -10,7 +10,7 @@ device and every ONNX consumer find the classifier at output 0.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Union
+from typing import Any, Callable, Iterator, Union
 
 import torch
 from torch import nn
@@ -143,9 +143,9 @@ def trace(model: nn.Module, example: torch.Tensor, kinds: tuple[type, ...] = (nn
     return producers, [tensor.grad_fn for _, tensor in named_outputs(result) if tensor.grad_fn is not None]
 
 
-def nearest_producers(roots: list[Any], producers: dict[Any, str]) -> list[str]:
-    """Walking back from ``roots``, the first layers met on every path."""
-    found: list[str] = []
+def autograd_nodes(roots: list[Any], stop: Callable[[Any], bool] = lambda node: False) -> Iterator[Any]:
+    """Each node of the autograd graph below ``roots`` once, depth first; a node for which ``stop`` is true
+    is yielded but not walked past."""
     seen: set[Any] = set()
     stack = list(roots)
     while stack:
@@ -153,11 +153,17 @@ def nearest_producers(roots: list[Any], producers: dict[Any, str]) -> list[str]:
         if node is None or node in seen:
             continue
         seen.add(node)
-        if node in producers:
-            if producers[node] not in found:
-                found.append(producers[node])
-            continue
-        stack.extend(next_node for next_node, _ in node.next_functions)
+        yield node
+        if not stop(node):
+            stack.extend(next_node for next_node, _ in node.next_functions)
+
+
+def nearest_producers(roots: list[Any], producers: dict[Any, str]) -> list[str]:
+    """Walking back from ``roots``, the first layers met on every path."""
+    found: list[str] = []
+    for node in autograd_nodes(roots, stop=lambda n: n in producers):
+        if node in producers and producers[node] not in found:
+            found.append(producers[node])
     return found
 
 

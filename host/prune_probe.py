@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .outputs import named_outputs, nearest_producers, trace
+from .outputs import autograd_nodes, named_outputs, nearest_producers, trace
 
 # Autograd ops that mix channels with each other or with positions: torch-pruning cannot map indices
 # through them (on attention its index mapping does not even terminate), so their inputs' producers
@@ -49,18 +49,10 @@ def channel_mixers(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
     """Layers feeding an op that mixes channels (attention's matmuls, unbind of a q/k/v split)."""
     producers, roots = trace(model, example)
     found: dict[str, str] = {}
-    seen: set[Any] = set()
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if _is_mixing(node):
-            op = type(node).__name__.replace("Backward0", "").replace("Backward", "")
-            for name in nearest_producers([n for n, _ in node.next_functions], producers):
-                found.setdefault(name, f"feeds {op}: channels mixed in a way torch-pruning cannot map")
-        stack.extend(next_node for next_node, _ in node.next_functions)
+    for node in filter(_is_mixing, autograd_nodes(roots)):
+        op = type(node).__name__.replace("Backward0", "").replace("Backward", "")
+        for name in nearest_producers([n for n, _ in node.next_functions], producers):
+            found.setdefault(name, f"feeds {op}: channels mixed in a way torch-pruning cannot map")
     return found
 
 

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 
 from edgekit.device.auto import Candidate, choose, interleave
-from edgekit.device.backends import BackendUnavailable
-from edgekit.device.backends.openvino import choose_device, compile_config
 from edgekit.device.cpu import cpu_flags, describe_cpu, summarize_isa
 from edgekit.device.manifest import (
     CALIBRATION_CACHE,
@@ -144,15 +142,6 @@ def test_interleave_alternates_candidates_within_each_round():
     assert medians == {"a": [pytest.approx(2.0)] * 3, "b": [pytest.approx(4.0)] * 3}
     blocks = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
     assert blocks == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then three alternating rounds
-
-
-def test_openvino_device_and_compile_settings():
-    assert choose_device(["CPU", "GPU.0"], None) == "CPU" and choose_device(["CPU", "GPU.0"], "gpu") == "GPU"
-    with pytest.raises(BackendUnavailable, match="NPU is not present"):
-        choose_device(["CPU"], "NPU")
-    config = compile_config("CPU", 2, "/root/.edgekit/cache/openvino")
-    assert config["INFERENCE_PRECISION_HINT"] == "f32" and config["INFERENCE_NUM_THREADS"] == "2"
-    assert config["CACHE_DIR"].endswith("openvino") and "INFERENCE_NUM_THREADS" not in compile_config("CPU", 0, None)
 
 
 # -- real OpenVINO on a real model -------------------------------------------------------------------------
