@@ -26,9 +26,10 @@ demo: install data/digits/test_batch runs/resnet20x2-digits.pt
 	$(BIN)/edgekit push local
 
 # The SSH tests' device: OpenSSH's server, and a system python3 with numpy and venv (what JetPack has);
-# systemd for `systemd-analyze verify` of the agent's unit (nothing starts it here).
+# systemd for `systemd-analyze verify` of the agent's unit (nothing starts it here); libfuse3 for the fault
+# tests' failing disk (tests/eio_fs.py).
 # Installed when missing and we are root; otherwise those tests are skipped, visibly.
-SSH_PACKAGES := openssh-server python3-numpy python3-venv systemd
+SSH_PACKAGES := openssh-server python3-numpy python3-venv systemd libfuse3-3
 sshd:
 	@missing=$$(for p in $(SSH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -29,12 +29,13 @@ from tests.faults import LOG_VARIABLE  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", default="", help="only scenarios whose test name matches (pytest -k)")
+    parser.add_argument("--name", default="faults", help="results file: benchmarks/results/NAME.json")
     args = parser.parse_args()
     log = Path(tempfile.mkdtemp(prefix="edgekit-faults-")) / "trials.jsonl"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_faults.py")]
     if args.k:
         command += ["-k", args.k]
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()
     done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, **{LOG_VARIABLE: str(log)}), capture_output=True,
                           text=True)
     seconds = time.perf_counter() - start
@@ -51,9 +52,10 @@ def main() -> None:
         ran = row["passed"] + row["failed"]
         verdict = f"{row['passed']} of {ran}" if ran else "skipped"
         rows.append([scenario, verdict, row["skipped"], "; ".join(row["failures"])[:80] or "-"])
-    report("faults", f"fault injection: real agent, real sshd ({seconds:.0f}s, pytest exit {done.returncode})",
+    report(args.name, f"fault injection: real agent, real sshd ({seconds:.0f}s, pytest exit {done.returncode})",
            ["scenario", "survived", "skipped", "first failures"], rows,
-           {"scenarios": table, "seconds": seconds, "pytest_exit": done.returncode,
+           {"scenarios": table, "seconds": seconds, "pytest_exit": done.returncode, "pytest_k": args.k,
+            "load_average": {"start": load_before, "end": os.getloadavg()},
             "pytest_tail": done.stdout.strip().splitlines()[-15:]})
     if done.returncode not in (0, 5):
         print(done.stdout[-3000:])

@@ -128,7 +128,11 @@ def target(work: Path, data: Path, rounds: int, finetune: int, train_epochs: int
     folders = {}
     for name, (arch, width) in candidates.items():
         folders[name] = project(work / "target", data, name, arch, width, finetune, train_epochs)
-        trained, _ = edgekit(["train"], folders[name], work / "target-home")
+        if (folders[name] / "model.pt").exists():  # a re-run with --work: training is not what is timed
+            print(f"{name}: reusing the trained {folders[name] / 'model.pt'}", flush=True)
+            continue
+        trained, train_s = edgekit(["train"], folders[name], work / "target-home")
+        print(f"{name}: trained {train_epochs} epoch(s) in {train_s:.0f}s: {trained.stdout.strip()[-120:]}", flush=True)
         if trained.returncode != 0:
             raise SystemExit(f"training {name} failed: {error_line(trained.stderr)}")
     times: dict[str, list[float]] = {name: [] for name in candidates}

@@ -34,6 +34,15 @@ _DISK_ADVICE = {
 }
 
 
+# The disk itself failed: no other runtime would fare better, so ``auto`` stops and says so.
+STORAGE_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO))
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """True for an OSError that is the disk's fault (full, quota, read-only, I/O error), not the runtime's."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
 def device_error(exc: OSError, doing: str) -> str:
     """One line for a storage failure: what happened, while doing what, and what to do."""
     reason = exc.strerror or str(exc)

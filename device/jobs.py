@@ -25,7 +25,7 @@ from .benchmark import Plan, interleaved
 from .budget import accuracy_failures, budget_of, latency_failures
 from .cpu import describe_cpu
 from .engines import ENGINE_META, build_options, engine_key
-from .errors import JobError, StaleEngine, device_error
+from .errors import JobError, StaleEngine, device_error, storage_failure
 from .jetson import TegrastatsSampler
 from .manifest import (
     CALIBRATION_CACHE,
@@ -330,6 +330,10 @@ class JobRunner:
                 prepared = self.prepare_one(job, manifest, files, found[name], options, cpu)
             except Exception as exc:  # noqa: BLE001 - one runtime failing must not stop the others
                 self.log(traceback.format_exc())
+                if storage_failure(exc):  # the disk, not the runtime: the job fails with the storage's reason
+                    for other in ready.values():
+                        other.engine.close()
+                    raise
                 candidate.reason = str(exc) if isinstance(exc, JobError) else "{}: {}".format(type(exc).__name__, exc)
                 self.event(job, "warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=name)
                 continue

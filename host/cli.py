@@ -325,10 +325,10 @@ def compare(old: Optional[str] = typer.Argument(None, help="job id (default: the
     from .report import compare_rows
 
     history = History(_load(config_path).state_dir / "history.db")
-    before = history.get(old) if old else history.latest(offset=1)
-    after = history.get(new) if new else history.latest()
+    before = history.get(old) if old else history.latest(offset=1, status="done")
+    after = history.get(new) if new else history.latest(status="done")
     if before is None or after is None:
-        raise ConfigError("need two runs in the history (or two job ids) to compare")
+        raise ConfigError("need two successful runs in the history (or two job ids) to compare")
     rows = compare_rows(before, after)
     if json_mode:
         _emit({"old": before["job"], "new": after["job"], "rows": rows})

@@ -41,10 +41,14 @@ class History:
         row = self.db.execute("SELECT device, report FROM runs WHERE job = ?", (job,)).fetchone()
         return dict(json.loads(row[1]), device=row[0]) if row else None
 
-    def latest(self, device: Optional[str] = None, offset: int = 0) -> Optional[dict[str, Any]]:
+    def latest(self, device: Optional[str] = None, offset: int = 0, status: Optional[str] = None
+               ) -> Optional[dict[str, Any]]:
+        """The newest run (``offset`` back), of ``device`` and with ``status`` when given (``compare`` wants
+        finished runs, not a job still in flight)."""
+        where = [(clause, value) for clause, value in (("device = ?", device), ("status = ?", status)) if value]
         query = "SELECT device, report FROM runs {} ORDER BY created DESC LIMIT 1 OFFSET ?".format(
-            "WHERE device = ?" if device else "")
-        row = self.db.execute(query, ((device, offset) if device else (offset,))).fetchone()
+            ("WHERE " + " AND ".join(clause for clause, _ in where)) if where else "")
+        row = self.db.execute(query, (*[value for _, value in where], offset)).fetchone()
         return dict(json.loads(row[1]), device=row[0]) if row else None
 
     def list(self, limit: int = 20) -> list[dict[str, Any]]:

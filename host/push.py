@@ -201,7 +201,7 @@ def write_run_files(directory, report: dict[str, Any], device_name: str) -> list
 def published_stub(job: str, device: str, model: str) -> dict[str, Any]:
     """The history row of a job published but not yet reported: `edgekit status` finds it and re-attaches."""
     return {"job": job, "status": "published", "model": model,
-            "error": f"published, no report yet: `edgekit status {device} {job}` follows it"}
+            "error": f"job {job}: no report yet (it may still be running): `edgekit status {device} {job}` follows it"}
 
 
 def budget_failures(config: Config, report: dict[str, Any]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -19,8 +20,10 @@ def host_accuracy(report: dict[str, Any]) -> Optional[float]:
 
 def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
     """One row per benchmarked batch size with what the latency table shows."""
-    if report.get("status") != "done":
-        return [{"device": device, "status": "failed", "error": report.get("error", "unknown error")}]
+    status = report.get("status")
+    if status != "done":  # "failed", or a job still in flight ("published" history stub, "running", ...)
+        default = "unknown error" if status == "failed" else "no report yet"
+        return [{"device": device, "status": status or "unknown", "error": report.get("error", default)}]
     validation = report["validation"]
     backend = report["backend"] + (" (fallback)" if report.get("fallback") else " (auto)" if report.get("auto")
                                    else "")
@@ -57,7 +60,8 @@ def latency_table(rows: list[dict[str, Any]], title: str = "edgekit latency repo
         table.add_column(column, justify="right" if column[0] in "bpis" or "ms" in column else "left")
     for row in rows:
         if row["status"] != "done":
-            table.add_row(row["device"], "[red]failed[/red]", row["error"], *[""] * (len(columns) - 3))
+            shown = "[red]failed[/red]" if row["status"] == "failed" else f"[yellow]{escape(row['status'])}[/yellow]"
+            table.add_row(row["device"], shown, escape(row["error"]), *[""] * (len(columns) - 3))
             continue
         cells = [row["device"], row["backend"], row["precision"], str(row["batch"]), f"{row['p50_ms']:.3f}",
                  f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['images_per_s']:.0f}"]

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -198,6 +199,89 @@ def test_a_full_or_read_only_disk_fails_the_job_and_the_agent_keeps_serving(proj
             agent.kill()
             agent.wait()
             small.close()
+            transport.close()
+
+
+@pytest.fixture
+def failing_disk(tmp_path):
+    """The device's disk as a FUSE pass-through (tests/eio_fs.py) that answers EIO under the paths written to
+    ``control``: a real kernel errno for the agent, root only (the mount), skipped visibly otherwise."""
+    scenario = "EIO from the disk: job fails with its reason, agent keeps serving"
+    if os.geteuid() != 0 or not Path("/dev/fuse").exists():
+        record(scenario, None, "not root or no /dev/fuse")
+        pytest.skip("a FUSE mount needs root and /dev/fuse: the EIO cases are skipped")
+    try:
+        import mfusepy  # noqa: F401 - loads libfuse3
+    except (ImportError, OSError, EnvironmentError) as exc:
+        record(scenario, None, f"no FUSE binding: {exc}")
+        pytest.skip(f"mfusepy/libfuse3 unavailable ({exc}): the EIO cases are skipped")
+    backing, mount, control = tmp_path / "backing", tmp_path / "disk", tmp_path / "eio-paths"
+    backing.mkdir()
+    mount.mkdir()
+    log = open(tmp_path / "eio_fs.log", "ab")
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("eio_fs.py")), str(backing), str(mount),
+                               str(control)], stdout=log, stderr=log)
+    deadline = time.monotonic() + 15
+    while not os.path.ismount(mount):
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            record(scenario, None, "FUSE mount failed")
+            pytest.skip(f"the FUSE mount failed: {(tmp_path / 'eio_fs.log').read_text()[-300:]}")
+        time.sleep(0.05)
+    yield mount, control
+    control.unlink(missing_ok=True)
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+def test_an_io_error_fails_the_job_with_one_line_and_the_agent_keeps_serving(project, failing_disk):
+    with trial("EIO from the disk: job fails with its reason, agent keeps serving"):
+        from edgekit.host.transports.local import LocalTransport
+
+        mount, control = failing_disk
+        transport, manifest, key = prepare(project)
+        manifest = quick(manifest)
+        root = mount / "root"
+        disk = LocalTransport(str(root))
+        disk.trust(transport.fs.read("trusted_keys").decode().strip())
+        for entry in manifest["files"]:
+            shutil.copy(transport.spool.blob(entry["sha256"]), disk.spool.blob(entry["sha256"]))
+        spool = disk.spool
+
+        def variant(n: int) -> dict:  # a new build option: a new engine to write
+            return dict(manifest, target=dict(manifest["target"], build=dict(manifest["target"]["build"], eio_trial=n)))
+
+        agent = start_agent(root, project / "agent-eio.log")
+        try:
+            assert wait_final(spool, publish(disk, manifest, key))["status"] == "done"
+            before = spool.current("tiny")
+            control.write_text("/root/engines/\n/root/models/\n")  # the build's output fails, the job folder works
+            report = wait_final(spool, publish(disk, variant(1), key))
+            assert report["status"] == "failed" and "I/O error on the device's storage" in report["error"], report
+            assert "\n" not in report["error"] and "Traceback" not in report["error"]
+            assert agent.poll() is None and spool.current("tiny") == before
+
+            rng = random.Random(5)
+            for n in range(2, 5):  # the whole disk fails for 2 s at a random point of a job, then recovers
+                job = publish(disk, variant(n), key)
+                time.sleep(rng.uniform(0.0, 1.5))
+                control.write_text("/\n")
+                time.sleep(2.0)
+                control.unlink()
+                assert agent.poll() is None  # the agent neither died nor gave up on the disk
+                final = wait_final(spool, job)
+                assert final["status"] == "done" or "storage" in final.get("error", ""), final
+            assert wait_final(spool, publish(disk, variant(9), key))["status"] == "done"  # serving again
+            assert agent.poll() is None and not device_problems(spool)
+        finally:
+            control.unlink(missing_ok=True)
+            agent.kill()
+            agent.wait()
+            disk.close()
             transport.close()
 
 

@@ -81,6 +81,28 @@ def test_latency_rows_carry_baseline_speedup_and_both_accuracies():
     assert "passed" in lines[0] and "8.00× at batch 32" in lines[1] and "95.50% → 95.00% (-0.50 pt)" in lines[1]
 
 
+def test_a_job_still_in_flight_reads_as_published_not_failed(tmp_path):
+    """The history row written at publish: `report` shows it in flight; `compare` skips it for finished runs."""
+    from edgekit.host.history import History
+    from edgekit.host.push import published_stub
+
+    from .conftest import TINY_PROJECT
+
+    (tmp_path / "deploy.toml").write_text(TINY_PROJECT)
+    history = History(tmp_path / ".edgekit" / "history.db")
+    for job in ("j1", "j2"):
+        history.record("local", report_with_baseline(job))
+    history.record("local", published_stub("j3", "local", "tiny"))
+    shown = run_cli("report", cwd=tmp_path)
+    assert shown.returncode == 0 and "published" in shown.stdout and "failed" not in shown.stdout, shown.stdout
+    assert "j3" in shown.stdout  # the message says how to follow it
+    compared = run_cli("compare", "--json", cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr
+    assert (json.loads(compared.stdout)["old"], json.loads(compared.stdout)["new"]) == ("j1", "j2")
+    history.record("local", dict(report_with_baseline("j3"), status="failed", error="boom"))
+    assert "failed" in run_cli("report", cwd=tmp_path).stdout
+
+
 def test_compare_shows_each_runs_baseline_speedup():
     from edgekit.host.report import compare_rows
 
