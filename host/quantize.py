@@ -186,12 +186,21 @@ def quantize_aware(config: Config, model: nn.Module, fp32: Path, calibrated: Pat
     if qat is not None:
         qat.unfaithful = fidelity.failures({name: qat.directory / name for name in qat.accuracy})
         candidates.append(qat)
-        fallback = mixed_precision_fallback(config, qat, images, test, data.test.labels, fp32_top1, say, fidelity)
+        # layers left in float run QAT's float weights: when those alone fail the device's rule against the FP32
+        # model, no fallback from QAT can pass it
+        drifted = fidelity.failures({QAT_FLOAT: qat.float_onnx})
+        if drifted and not qat.meets(fp32_top1, section.max_accuracy_drop):
+            say(f"no fallback from QAT: its float model itself would fail the device's validation against the FP32 "
+                f"model ({drifted[QAT_FLOAT]})")
+        fallback = None if drifted else mixed_precision_fallback(config, qat, images, test, data.test.labels,
+                                                                 fp32_top1, say, fidelity)
         if fallback is not None:
             candidates.append(fallback)
     best = choose(candidates, fp32_top1, section.max_accuracy_drop)
     info = {k: result.info[k] for k in ("method", "images", "calibrate_s", "percentile") if k in result.info}
     final = _finish(work, best, candidates, scratch, info, fp32_top1, section.max_accuracy_drop, config.input.shape)
+    if best.info.get("qat"):  # implicit INT8 builds model.onnx (pre-QAT weights) with this cache: PTQ's ranges
+        shutil.copyfile(calibrated / CALIBRATION_CACHE, work / CALIBRATION_CACHE)
     final.rows = [row for row in final.rows if row["stage"] != previous.name]  # PTQ's rows are already shown
     say(f"INT8: {final.info['int8']} chosen ({best.name}, top-1 {best.top1:.2%}, "
         f"{len(best.excluded)} layer(s) in float)")
@@ -278,7 +287,7 @@ def _finish(work: Path, best: Candidate, candidates: list[Candidate], scratch: l
         cpu_model = candidate.directory / MODEL_INT8_CPU
         table_rows.append({"stage": candidate.name, "top1": candidate.top1, "top1_by_file": dict(candidate.accuracy),
                            "fp_layers": len(candidate.excluded),
-                           "note": f"{len(candidate.excluded)} layer(s) in float", "chosen": candidate is best,
+                           "note": _route_note(candidate), "chosen": candidate is best,
                            "onnx_bytes": cpu_model.stat().st_size, "latency_ms": onnx_latency(cpu_model, shape)})
     for directory in scratch:
         shutil.rmtree(directory, ignore_errors=True)
@@ -290,6 +299,13 @@ def _finish(work: Path, best: Candidate, candidates: list[Candidate], scratch: l
                 unfaithful=dict(best.unfaithful))
     return QuantizeResult(list(INT8_FILES), dict(best.accuracy), list(best.excluded), list(best.sensitivity),
                           info=info, rows=table_rows)
+
+
+def _route_note(candidate: Candidate) -> str:
+    """Layers in float, and why the device's validation would reject the route (so it was not chosen)."""
+    note = f"{len(candidate.excluded)} layer(s) in float"
+    failed = next(iter(candidate.unfaithful.items()), None)
+    return note + (f"; device validation would fail ({failed[0]}: {failed[1]})" if failed else "")
 
 
 def mixed_precision_fallback(config: Config, base: Candidate, images: np.ndarray, test: np.ndarray,

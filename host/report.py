@@ -99,7 +99,8 @@ def stage_table(stages: list[dict[str, Any]]) -> Table:
                       f"{stage['macs'] / 1e6:.1f} M" if "macs" in stage else "",
                       _mb(stage.get("onnx_bytes")) if "onnx_bytes" in stage else "",
                       f"{latency[1]:.3f}" if 1 in latency else "", f"{latency[32]:.3f}" if 32 in latency else "",
-                      f"{stage['top1']:.2%}" if stage.get("top1") is not None else "", stage.get("note", ""))
+                      f"{stage['top1']:.2%}" if stage.get("top1") is not None else "",
+                      stage.get("note", "") + ("; shipped" if stage.get("chosen") else ""))  # the INT8 route chosen
     return table
 
 

@@ -16,12 +16,21 @@ from onnx import helper, numpy_helper
 
 from edgekit.calibration.table import parse_trt_cache
 from edgekit.calibration.trt_qdq import check_trt_qdq
-from edgekit.device.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ
+from edgekit.device.manifest import (
+    CALIBRATION_CACHE,
+    CALIBRATION_JSON,
+    MODEL_FP32,
+    MODEL_INT8_CPU,
+    MODEL_INT8_CPU_AVX2,
+    MODEL_INT8_QDQ,
+    MODEL_INT8_QDQ_FP16,
+)
 from edgekit.host.config import load_config
 from edgekit.host.errors import ConfigError
+from edgekit.host.fp16 import add_typed_files
 from edgekit.host.pipeline import optimize
 from edgekit.host.qat import build_qat_model, fake_quantize, locate, no_inplace, quantised_activations
-from edgekit.host.quantize import Candidate, choose
+from edgekit.host.quantize import QAT_FLOAT, Candidate, choose
 
 from .conftest import TINY_PROJECT
 
@@ -135,8 +144,11 @@ def test_shipped_int8_files_carry_the_learned_ranges(qat_result):
     learned = quantised_activations(files[MODEL_INT8_QDQ])  # amax = scale * 127 of every activation Q/DQ
     assert learned and all(table["tensors"][name]["amax"] == pytest.approx(amax, rel=1e-6)
                            for name, amax in learned.items())
-    _, scales = parse_trt_cache(files[CALIBRATION_CACHE].read_text())
-    assert all(scales[name] == pytest.approx(amax / 127, rel=1e-6) for name, amax in learned.items())
+    # implicit INT8 builds model.onnx (the pre-QAT weights) with calibration.cache: it keeps that model's ranges
+    cache = files[CALIBRATION_CACHE].read_text()
+    assert cache == (qat_result.directories["calibrate"] / CALIBRATION_CACHE).read_text()
+    _, scales = parse_trt_cache(cache)
+    assert any(scales[name] != pytest.approx(amax / 127, rel=1e-3) for name, amax in learned.items())
     model = onnx.load(str(files[MODEL_INT8_QDQ]))
     assert check_trt_qdq(model) == []  # same placement rules as PTQ: every conv quantised, int8 zero-points
     made_by = {out: node for node in model.graph.node for out in node.output}
@@ -145,6 +157,47 @@ def test_shipped_int8_files_carry_the_learned_ranges(qat_result):
     cpu = onnx.load(str(files[MODEL_INT8_CPU]))
     init = {i.name: numpy_helper.to_array(i) for i in cpu.graph.initializer}
     assert all(init[n.input[2]].dtype == np.uint8 for n in cpu.graph.node if n.op_type == "QuantizeLinear")
+
+
+def test_every_int8_variant_comes_from_the_qat_model_and_its_ranges(qat_result, tmp_path):
+    """The 7-bit CPU file (AVX2 devices) and the FP16-typed Q/DQ file (TensorRT 11) after QAT: the QAT float
+    model's weights and the learned ranges, like the files they are variants of."""
+    files = qat_result.files
+    avx2, cpu = onnx.load(str(files[MODEL_INT8_CPU_AVX2])), onnx.load(str(files[MODEL_INT8_CPU]))
+    assert activation_scales(avx2) == activation_scales(cpu) and activation_scales(cpu)
+    qat_float = onnx.load(str(qat_result.directories["qat"] / QAT_FLOAT))
+    pre_qat = onnx.load(str(files[MODEL_FP32]))
+    assert weights_within_half_a_step(avx2, qat_float)
+    assert not weights_within_half_a_step(avx2, pre_qat)  # QAT moved the weights: the check can tell
+    typed = add_typed_files(files, "tensorrt", "int8", "explicit", None, tmp_path)[MODEL_INT8_QDQ_FP16]
+    learned, fp16 = quantised_activations(files[MODEL_INT8_QDQ]), quantised_activations(typed)
+    common = set(learned) & set(fp16)
+    assert len(common) >= len(learned) - 1  # the input's Q may read a Cast's output in the typed file
+    assert all(fp16[name] == pytest.approx(learned[name], rel=2e-3) for name in common)
+
+
+def activation_scales(model: onnx.ModelProto) -> dict[str, float]:
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(init[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+
+
+def weights_within_half_a_step(quantised: onnx.ModelProto, float_model: onnx.ModelProto) -> bool:
+    """Every quantised weight dequantises to within half its step of ``float_model``'s weight of that name."""
+    init = {i.name: numpy_helper.to_array(i) for i in quantised.graph.initializer}
+    floats = {i.name: numpy_helper.to_array(i) for i in float_model.graph.initializer}
+    checked = 0
+    for node in (n for n in quantised.graph.node if n.op_type == "DequantizeLinear"):
+        name = node.input[0].removesuffix("_quantized")
+        if name not in floats or init[node.input[0]].dtype != np.int8 or floats[name].ndim < 2:
+            continue
+        scale = init[node.input[1]].reshape((-1,) + (1,) * (floats[name].ndim - 1))
+        error = np.abs(init[node.input[0]].astype(np.float64) * scale - floats[name])
+        checked += 1
+        if np.any(error > scale / 2 * (1 + 1e-5) + 1e-12):
+            return False
+    assert checked, "no quantised weight found"
+    return True
 
 
 def test_fake_quantised_torch_model_runs_like_the_written_qdq_model(trained_project, tmp_path):
@@ -174,3 +227,14 @@ def test_fake_quantised_torch_model_runs_like_the_written_qdq_model(trained_proj
     # float rounding differs (accumulation order), and a tiny difference can cross a rounding boundary
     assert np.mean(ours.argmax(1) == theirs.argmax(1)) >= 0.97
     assert np.max(np.abs(ours - theirs)) <= 0.05 * np.max(np.abs(theirs))
+
+
+def test_implicit_int8_after_qat_says_which_file_carries_qat():
+    from edgekit.host.config import DeviceSection
+    from edgekit.host.push import implicit_int8_after_qat
+
+    implicit = DeviceSection(kind="local", backend="tensorrt", precision="int8", int8_mode="implicit")
+    assert "int8_mode = \"explicit\"" in implicit_int8_after_qat(implicit, {"calibration": {"int8": "qat+fallback"}})
+    assert implicit_int8_after_qat(implicit, {"calibration": {"int8": "ptq+fallback"}}) is None
+    explicit = implicit.model_copy(update={"int8_mode": "explicit"})
+    assert implicit_int8_after_qat(explicit, {"calibration": {"int8": "qat"}}) is None
