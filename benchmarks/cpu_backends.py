@@ -1,10 +1,14 @@
 """CPU runtimes side by side: ONNX Runtime vs OpenVINO on FP32 and both INT8 files, as the agent runs them.
 
     python benchmarks/cpu_backends.py [--models resnet20x4,mobilenetv2] [--rounds 7] [--round-s 0.4] [--epochs 3]
+                                      [--project DIR]
 
 Models: ResNet-20 at ×4 width and MobileNetV2, trained on the digits (real images), BN-folded, exported
-and calibrated with edgekit's own helpers (percentile), giving model.onnx, model.int8.cpu.onnx (U8S8)
-and model.int8.qdq.onnx (S8S8). Each (model file, runtime) is built by the agent's backend classes and
+and calibrated with edgekit's own helpers (percentile), giving model.onnx, model.int8.cpu.onnx (U8S8),
+model.int8.cpu.avx2.onnx (U8S8, 7-bit weights: what x86 without VNNI gets) and model.int8.qdq.onnx (S8S8).
+``--project DIR`` adds the files ``edgekit optimize`` made for that project (cached: run ``make demo`` first
+and pass the repository root to measure the demo's pruned ResNet-20 ×2, i.e. what the `local` device runs;
+validated against its own reference.npz). Each (model file, runtime) is built by the agent's backend classes and
 runs in its own worker process, so one runtime's idle threads cannot slow another; the workers take
 turns round by round (interleaved), and the figure is the median of the per-round medians. Threads:
 all cores for every runtime (the agent's default).
@@ -31,7 +35,7 @@ from edgekit.calibration.collect import collect, make_table
 from edgekit.calibration.cpu import write_cpu_int8
 from edgekit.calibration.trt_qdq import write_trt_qdq
 from edgekit.device.cpu import describe_cpu
-from edgekit.device.manifest import MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_QDQ
+from edgekit.device.manifest import MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, REFERENCE
 from edgekit.device.model_files import model_file
 from edgekit.device.validate import compare
 from edgekit.host.data import normalize
@@ -39,12 +43,12 @@ from edgekit.host.export import export_onnx
 from edgekit.host.fold import fold_batchnorm
 
 MODELS = {"resnet20x4": ("resnet20", 4.0), "mobilenetv2": ("mobilenetv2", 1.0)}
-FILES = (MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_QDQ)
+FILES = (MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ)
 RUNTIMES = ("onnxruntime", "openvino")
 REFERENCE_IMAGES = 128
 
 
-def make_models(name: str, work: Path, epochs: int) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+def make_models(name: str, work: Path, epochs: int) -> tuple[dict[str, Path], np.ndarray, np.ndarray, np.ndarray]:
     """Train (cached), fold, export and calibrate once; returns the folder and held-out inputs/logits/labels."""
     from edgekit.host.export import onnx_predict
 
@@ -53,7 +57,7 @@ def make_models(name: str, work: Path, epochs: int) -> tuple[Path, np.ndarray, n
     model, mean, std = trained(work, arch, width, epochs, data)
     out = work / f"{name}-e{epochs}"
     out.mkdir(exist_ok=True)
-    if not (out / MODEL_INT8_QDQ).exists():
+    if not all((out / file).exists() for file in FILES):
         folded, _ = fold_batchnorm(model)
         export_onnx(folded, out / MODEL_FP32, [3, 32, 32])
         pick = np.random.default_rng(0).permutation(len(data.train))[:512]
@@ -62,8 +66,27 @@ def make_models(name: str, work: Path, epochs: int) -> tuple[Path, np.ndarray, n
         table = make_table(collected, "percentile", 99.99)
         write_trt_qdq(out / MODEL_FP32, table, out / MODEL_INT8_QDQ)
         write_cpu_int8(out / MODEL_FP32, table, out / MODEL_INT8_CPU)
+        write_cpu_int8(out / MODEL_FP32, table, out / MODEL_INT8_CPU_AVX2, reduce_range=True)
     inputs = normalize(data.test.images[:REFERENCE_IMAGES], mean, std)
-    return out, inputs, onnx_predict(out / MODEL_FP32, inputs), data.test.labels[:REFERENCE_IMAGES]
+    files = {file: out / file for file in FILES}
+    return files, inputs, onnx_predict(out / MODEL_FP32, inputs), data.test.labels[:REFERENCE_IMAGES]
+
+
+def project_name(root: Path) -> str:
+    from edgekit.host.config import load_config
+
+    return load_config(root / "deploy.toml").project.name
+
+
+def project_models(root: Path) -> tuple[dict[str, Path], np.ndarray, np.ndarray, np.ndarray]:
+    """A project's own files (its stage cache; optimised now if it is not there) and its reference.npz."""
+    from edgekit.host.config import load_config
+    from edgekit.host.pipeline import optimize
+
+    optimized = optimize(load_config(root / "deploy.toml"), say=lambda message: None)
+    files = {file: optimized.files[file] for file in FILES}
+    reference = np.load(optimized.files[REFERENCE])
+    return files, reference["inputs"], reference[f"outputs.{MODEL_FP32}"], reference["labels"]
 
 
 def worker(connection: Any, runtime: str, path: str, batches: list[int]) -> None:
@@ -104,6 +127,8 @@ def main() -> None:
     parser.add_argument("--round-s", type=float, default=0.4)
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (latency does not depend on them)")
+    parser.add_argument("--project", type=Path, help="also measure this edgekit project's optimised files "
+                        "(e.g. the repository root after `make demo`)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     work = RESULTS / ".work"
@@ -112,13 +137,16 @@ def main() -> None:
     context = mp.get_context("spawn")
     results: dict[str, Any] = {"cpu": cpu, "rounds": args.rounds, "round_s": args.round_s, "models": {}}
     rows = []
-    for name in args.models.split(","):
-        folder, inputs, reference, labels = make_models(name, work, args.epochs)
+    sources = [(name, lambda n=name: make_models(n, work, args.epochs)) for name in args.models.split(",") if name]
+    if args.project:
+        sources.append((project_name(args.project), lambda: project_models(args.project)))
+    for name, make in sources:
+        files, inputs, reference, labels = make()
         workers = {}
         for file in FILES:
             for runtime in RUNTIMES:
                 ours, theirs = context.Pipe()
-                process = context.Process(target=worker, args=(theirs, runtime, str(folder / file), batches),
+                process = context.Process(target=worker, args=(theirs, runtime, str(files[file]), batches),
                                           daemon=True)
                 process.start()
                 workers[(file, runtime)] = (ours, process)

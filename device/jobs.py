@@ -189,7 +189,8 @@ class JobRunner:
         extra = self.backend_options(options, manifest, files, backend, MODEL_BASELINE)
         folder, meta, reused = self.build(job, backend, files[MODEL_BASELINE], key, extra, what="baseline ")
         return backend.load(folder, meta), {"engine_key": key, "engine_reused": reused, "model_file": MODEL_BASELINE,
-                                            "model_size_bytes": entry.size, "precision": "fp32"}
+                                            "model_size_bytes": entry.size, "precision": "fp32",
+                                            "backend": backend.name}
 
     def benchmark_phase(self, job: str, manifest: Manifest, backend: Backend, engine: Any,
                         baseline: Optional[Tuple[Any, Dict[str, Any]]]) -> List[Dict[str, Any]]:

@@ -138,8 +138,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     speedups = {b["batch"]: b["speedup"] for b in report.get("benchmarks", []) if b.get("speedup")}
     if speedups and final is not None and baseline is not None:
         ratio = ", ".join(f"{s:.2f}× at batch {b}" for b, s in speedups.items())
-        lines.append(f"final {report['precision']} model vs unpruned FP32 baseline on the device: {ratio}; "
-                     f"host top-1 {baseline:.2%} → {final:.2%} ({(final - baseline) * 100:+.2f} pt)")
+        runtime = (report.get("baseline") or {}).get("backend") or report.get("backend", "?")
+        lines.append(f"final {report['precision']} model vs unpruned FP32 baseline on the device, both on {runtime}: "
+                     f"{ratio}; host top-1 {baseline:.2%} → {final:.2%} ({(final - baseline) * 100:+.2f} pt)")
     return lines
 
 
@@ -154,7 +155,7 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
     for line in summary_lines(report):
         console.print(line)
     if report.get("status") == "done":
-        console.print(f"[dim]backend: {backend_line(report)}[/dim]")
+        console.print(f"[dim]backend: {escape(backend_line(report))}[/dim]")  # its ISA list is in brackets
     for bench in report.get("benchmarks", []):
         if "warning" in bench:
             console.print(f"[yellow]warning (batch {bench['batch']}): {bench['warning']}[/yellow]")

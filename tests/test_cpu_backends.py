@@ -214,6 +214,7 @@ def test_push_local_auto_int8_says_which_runtime_won_and_ships_only_its_file(pro
     assert all(c["passed"] and c["model_file"] == expected_file and len(c["round_medians_ms"]) == 5
                for c in auto["candidates"])
     assert report["backend"] == auto["chosen"] and auto["speedup"] >= 1.0 and report["validation"]["passed"]
+    assert report["baseline"]["backend"] == auto["chosen"]  # the speed-up compares like with like
     assert auto["message"].startswith(f"auto chose {auto['chosen']}: {auto['speedup']:.2f}× faster than ")
     shipped = json.loads((Spool(root).jobs / report["job"] / "manifest.json").read_text())["files"]
     names = {entry["name"] for entry in shipped}

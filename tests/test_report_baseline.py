@@ -79,6 +79,23 @@ def test_latency_rows_carry_baseline_speedup_and_both_accuracies():
     assert row["host_top1"] == 0.95 and row["baseline_top1"] == 0.955
     lines = summary_lines(report_with_baseline())
     assert "passed" in lines[0] and "8.00× at batch 32" in lines[1] and "95.50% → 95.00% (-0.50 pt)" in lines[1]
+    assert "both on onnxruntime" in lines[1]
+
+
+def test_report_names_the_runtime_both_models_ran_on_and_the_cpus_int8_isa():
+    """With auto the baseline runs on the winner: the summary says which; rich must not eat the [ISA] list."""
+    from rich.console import Console
+
+    from edgekit.host.report import print_report, summary_lines
+
+    report = report_with_baseline()
+    report.update(backend="openvino", baseline={"model_file": "model.baseline.onnx", "backend": "openvino"},
+                  backend_describe={"version": "2026.4.1", "cpu": "AMD EPYC",
+                                    "isa": summarize_isa("x86_64", ["avx2", "avx512_vnni"])})
+    assert "baseline on the device, both on openvino: 8.00× at batch 32" in summary_lines(report)[1]
+    console = Console(record=True, width=300)
+    print_report(console, report, "local")
+    assert "backend: openvino 2026.4.1 on AMD EPYC [avx512_vnni]" in console.export_text()
 
 
 def test_a_job_still_in_flight_reads_as_published_not_failed(tmp_path):
