@@ -150,6 +150,17 @@ def auto_line(auto: dict[str, Any]) -> str:
     return auto.get("message", "") + (f" (dropped {'; '.join(dropped)})" if dropped else "")
 
 
+def int8_route_line(report: dict[str, Any]) -> str | None:
+    """When QAT ran: which INT8 route shipped (QAT, or the post-training route it did not beat) and why QAT ran."""
+    calibration = report.get("host", {}).get("calibration", {})
+    qat = calibration.get("qat")
+    if report.get("precision") != "int8" or not qat:
+        return None
+    return (f"INT8 route: {calibration.get('chosen')} ({calibration.get('int8')}); QAT ran because "
+            f"{calibration.get('reason', 'it was asked for')}: {qat.get('epochs')} epoch(s) in "
+            f"{qat.get('seconds', 0):.0f}s")
+
+
 def print_report(console: Console, report: dict[str, Any], device: str) -> None:
     console.print(latency_table(latency_rows(report, device)))
     for line in summary_lines(report):
@@ -163,6 +174,9 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
         console.print(f"[yellow]{report['fallback']}[/yellow]")
     if report.get("auto"):
         console.print(auto_line(report["auto"]))
+    route = int8_route_line(report)
+    if route:
+        console.print(route)
     fp_layers = report.get("host", {}).get("calibration", {}).get("fp_layers")
     if report.get("precision") == "int8" and fp_layers:
         console.print(f"mixed precision: {len(fp_layers)} layer(s) kept in floating point: {', '.join(fp_layers)}")

@@ -238,3 +238,15 @@ def test_implicit_int8_after_qat_says_which_file_carries_qat():
     assert implicit_int8_after_qat(implicit, {"calibration": {"int8": "ptq+fallback"}}) is None
     explicit = implicit.model_copy(update={"int8_mode": "explicit"})
     assert implicit_int8_after_qat(explicit, {"calibration": {"int8": "qat"}}) is None
+
+
+def test_the_report_says_which_int8_route_shipped_after_qat():
+    from edgekit.host.report import int8_route_line
+
+    calibration = {"int8": "ptq+fallback", "chosen": "INT8 PTQ + fallback", "qat": {"epochs": 5, "seconds": 47.0},
+                   "reason": "post-training INT8 misses quantize.max_accuracy_drop"}
+    line = int8_route_line({"precision": "int8", "host": {"calibration": calibration}})
+    assert line.startswith("INT8 route: INT8 PTQ + fallback (ptq+fallback); QAT ran because post-training")
+    assert "5 epoch(s)" in line
+    assert int8_route_line({"precision": "int8", "host": {"calibration": dict(calibration, qat=None)}}) is None
+    assert int8_route_line({"precision": "fp32", "host": {"calibration": calibration}}) is None
