@@ -32,6 +32,31 @@ def _quiet_root_logger():
         logger.setLevel(level)
 
 
+def constants_as_initializers(model_path: Path, scratch: Path) -> Path:
+    """``model_path``, or a copy at ``scratch`` whose ``Constant`` nodes are initializers.
+
+    The exporter writes some constants as nodes (a GELU's 1/sqrt(2), a LayerNorm's epsilon); ONNX
+    Runtime's quantiser then treats them as activations and stops with "Quantization parameters are not
+    specified" for a tensor no calibration observes. As initializers they are weights, which it quantises
+    (or leaves float) itself.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path))
+    constants = [node for node in model.graph.node if node.op_type == "Constant" and len(node.attribute) == 1
+                 and node.attribute[0].name == "value"]
+    if not constants:
+        return model_path
+    for node in constants:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        model.graph.initializer.append(tensor)
+        model.graph.node.remove(node)
+    onnx.save(model, str(scratch))
+    return scratch
+
+
 def ort_ranges(table: CalibrationTable):
     """Our table as ONNX Runtime's TensorsData (clipped asymmetric ranges)."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
@@ -57,6 +82,7 @@ def write_cpu_int8(model_path: Path, table: CalibrationTable, output: Path,
     with tempfile.TemporaryDirectory(prefix="edgekit-int8-") as tmp, _quiet_root_logger():
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(ort_ranges(table), ranges)
+        model_path = constants_as_initializers(model_path, Path(tmp) / "model.onnx")
         quantize_static(str(model_path), str(output), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(ranges),

@@ -54,6 +54,7 @@ class _Writer:
         self.producers = {out: node for node in self.graph.node for out in node.output}
         self.new_nodes: list[onnx.NodeProto] = []
         self.dequantized: dict[str, str] = {}
+        self.weights: dict[tuple[str, int | None], str] = {}
 
     def _constant(self, name: str, array: np.ndarray) -> str:
         self.graph.initializer.append(numpy_helper.from_array(array, name))
@@ -77,19 +78,24 @@ class _Writer:
         return output
 
     def weight(self, name: str, axis: int | None) -> str:
-        """Per-channel Q→DQ on ``axis``, or per-tensor (scalar scale, no axis) when ``axis`` is None."""
+        """Per-channel Q→DQ on ``axis``, or per-tensor (scalar scale, no axis) when ``axis`` is None; one
+        per weight and axis, shared by every layer that uses the weight (a module applied twice)."""
+        if (name, axis) in self.weights:
+            return self.weights[name, axis]
         values = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
         reduce = tuple(d for d in range(values.ndim) if d != axis)
         amax = np.abs(values).max(axis=reduce)
         scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-        scale = self._constant(f"{name}_scale", scales)
-        zero = self._constant(f"{name}_zero_point", np.zeros(scales.shape, dtype=np.int8))
-        quantized, output = f"{name}_QuantizeLinear", f"{name}_DequantizeLinear"
+        prefix = name if not any(key[0] == name for key in self.weights) else f"{name}_axis{axis}"
+        scale = self._constant(f"{prefix}_scale", scales)
+        zero = self._constant(f"{prefix}_zero_point", np.zeros(scales.shape, dtype=np.int8))
+        quantized, output = f"{prefix}_QuantizeLinear", f"{prefix}_DequantizeLinear"
         axis_attr = {} if axis is None else {"axis": axis}
         self.new_nodes += [
-            helper.make_node("QuantizeLinear", [name, scale, zero], [quantized], name=f"{name}_Q", **axis_attr),
-            helper.make_node("DequantizeLinear", [quantized, scale, zero], [output], name=f"{name}_DQ", **axis_attr),
+            helper.make_node("QuantizeLinear", [name, scale, zero], [quantized], name=f"{prefix}_Q", **axis_attr),
+            helper.make_node("DequantizeLinear", [quantized, scale, zero], [output], name=f"{prefix}_DQ", **axis_attr),
         ]
+        self.weights[name, axis] = output
         return output
 
     def is_activation(self, tensor: str) -> bool:

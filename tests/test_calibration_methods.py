@@ -6,6 +6,8 @@ import struct
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from edgekit.calibration.methods import amax_entropy, amax_mse, amax_percentile, choose_amax
 from edgekit.calibration.table import CalibrationTable, TensorRange, parse_trt_cache, trt_cache
@@ -140,3 +142,54 @@ def test_signed_histogram_folds_to_the_absolute_one_and_doubling_is_exact():
     wider._grow(stats.edge * 3)
     assert wider.edge == 4 * stats.edge
     assert np.array_equal(wider.counts[:BINS // 4], stats.counts.reshape(-1, 4).sum(axis=1))
+
+
+class _LayerNormGelu(nn.Module):
+    """Exports constants as nodes (the GELU's 1/sqrt(2), the LayerNorm's epsilon)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.LayerNorm(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.norm(self.conv(x).permute(0, 2, 3, 1))
+        return self.fc(nn.functional.gelu(y)).mean((1, 2))
+
+
+class _SharedConv(nn.Module):
+    """One convolution applied twice: two Conv nodes read the same weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.shared, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.shared(torch.relu(self.shared(torch.relu(self.stem(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("net", [_LayerNormGelu, _SharedConv])
+def test_both_int8_files_are_written_for_graphs_users_write(tmp_path, net):
+    """ONNX Runtime's quantiser and our Q/DQ writer must not stop at exported constants or shared weights."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgekit.calibration.collect import collect, make_table
+    from edgekit.calibration.cpu import write_cpu_int8
+    from edgekit.calibration.trt_qdq import check_trt_qdq, write_trt_qdq
+
+    fp32 = tmp_path / "m.onnx"
+    torch.onnx.export(net().eval(), torch.randn(2, 3, 8, 8), str(fp32), input_names=["x"], opset_version=17,
+                      dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    batches = [np.random.default_rng(i).standard_normal((4, 3, 8, 8)).astype(np.float32) for i in range(2)]
+    table = make_table(collect(fp32, iter(batches)), "percentile")
+    write_cpu_int8(fp32, table, tmp_path / "cpu.onnx")
+    write_trt_qdq(fp32, table, tmp_path / "qdq.onnx")
+    assert check_trt_qdq(onnx.load(str(tmp_path / "qdq.onnx"))) == []
+    reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"x": batches[0]})[0]
+    for name in ("cpu.onnx", "qdq.onnx"):
+        model = onnx.load(str(tmp_path / name))
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in model.graph.node}
+        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {"x": batches[0]})[0]
+        assert outputs.shape == (4, 4) and np.abs(outputs - reference).max() < 0.1 * np.abs(reference).max() + 0.05
