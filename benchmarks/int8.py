@@ -22,6 +22,7 @@ b32 at least as fast as PTQ + fallback; MobileNetV2: QAT within 1 point.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -119,20 +120,22 @@ def qat_routes(arch: str, width: float, epochs: int, finetune: int, qat_epochs: 
     torch.manual_seed(0)
     qat, qat_s = timed(lambda: qat_candidate(config, folded, fp32, table, calib, data, mean, std, qat_epochs,
                                              out / "qat", print))
+    qat.unfaithful = fidelity.failures({name: qat.directory / name for name in qat.accuracy})  # the push's gate
     routes = {"PTQ": ptq, "PTQ + fallback": fallback, "QAT": qat}
     models = {"FP32 (pruned)": fp32, **{name: c.directory / "model.int8.cpu.onnx" for name, c in routes.items()}}
     latency = {batch: side_by_side(models, batch) for batch in (1, 32)}
     return {"model": f"{arch} ×{width:g} pruned 50%", "budget": budget, "fp32_top1": fp32_top1, "qat_s": qat_s,
             "routes": {name: {"top1_cpu": c.accuracy["model.int8.cpu.onnx"],
                               "top1_qdq": c.accuracy["model.int8.qdq.onnx"], "top1": c.top1,
-                              "fp_layers": c.excluded, "info": c.info} for name, c in routes.items()},
+                              "fp_layers": c.excluded, "info": c.info, "device_rule_failures": c.unfaithful}
+                       for name, c in routes.items()},
             "latency_ms": latency}
 
 
 def qat_main(args: argparse.Namespace) -> None:
     work = RESULTS / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, load = [], {"start": os.getloadavg()}  # a shared machine: say how busy it was
     for item in args.models.split(","):
         arch, width = item.split(":")
         results.append(qat_routes(arch, float(width), args.epochs, args.finetune, args.qat_epochs, args.images, work))
@@ -148,14 +151,16 @@ def qat_main(args: argparse.Namespace) -> None:
         qat = r["routes"]["QAT"]
         model_checks = {"pruned_fp32_well_trained_(top1>=0.9)": r["fp32_top1"] >= 0.9,  # else the rest proves nothing
                         f"qat_within_{r['budget'] * 100:g}_point": r["fp32_top1"] - qat["top1"] <= r["budget"] + 1e-9,
-                        "qat_zero_float_layers": not qat["fp_layers"]}
+                        "qat_zero_float_layers": not qat["fp_layers"],
+                        "qat_passes_device_validation_vs_fp32": not qat.get("device_rule_failures")}
         if r["model"].startswith("resnet20"):
             model_checks["qat_b32_no_slower_than_ptq_fallback"] = b32["QAT"] <= b32["PTQ + fallback"]
         checks[r["model"]] = model_checks
     report(args.name, f"INT8 routes on pruned models (digits, {args.images} calibration images, QAT {args.qat_epochs} "
            "epochs; CPU U8S8 latency with ONNX Runtime, medians, interleaved)",
            ["model", "route", "top-1 CPU", "top-1 Q/DQ", "float layers", "b1 p50 ms", "b32 p50 ms"], rows,
-           {"args": vars(args), "results": results, "targets_met": checks})
+           {"args": vars(args), "results": results, "targets_met": checks,
+            "load_average_1_5_15": dict(load, end=os.getloadavg())})
     for model, model_checks in checks.items():
         for check, ok in model_checks.items():
             print(f"{'PASS' if ok else 'MISS'}  {model}: {check}")

@@ -112,7 +112,8 @@ def qat_result(dim_project):
     # No device-rule veto: the CPU file also quantises tensors outside the Q/DQ placement (QAT learns no
     # range for them) whose ranges still come from the dim images; the device's rule judges those.
     config.write_text(config.read_text() + f'\n[quantize]\nsource = "dim.npy"\nmax_accuracy_drop = {BUDGET}\n'
-                      "qat_epochs = 3\n[validation]\nmin_top1_agreement = 0.0\nmin_cosine = -1.0\n")
+                      'qat_epochs = "auto"\nqat_auto_epochs = 3\n'  # PTQ's fallback keeps layers in float: QAT runs
+                      "[validation]\nmin_top1_agreement = 0.0\nmin_cosine = -1.0\n")
     return optimize(load_config(config), say=lambda m: None)
 
 
@@ -131,7 +132,9 @@ def test_qat_repairs_a_badly_calibrated_int8_model(qat_result):
     assert not ptq["chosen"] and {int(k) for k in qat["latency_ms"]} == {1, 32} and qat["params"] > 0
     calibration = qat_result.host["calibration"]
     assert calibration["int8"] in ("qat", "qat+fallback") and calibration["chosen"] == chosen[0]["stage"]
-    assert calibration["qat"]["epochs"] == 3
+    assert calibration["qat"]["epochs"] == 3  # "auto": PTQ and its fallback missed or kept layers in float
+    assert calibration["reason"].startswith(("post-training INT8 misses", "the fallback keeps"))
+    assert rows["INT8 PTQ + fallback"]["fp_layers"] > 0 and not rows["INT8 PTQ + fallback"]["chosen"]
     accuracy = qat_result.host["accuracy_by_file"]
     assert min(accuracy[MODEL_INT8_CPU], accuracy[MODEL_INT8_QDQ]) == pytest.approx(chosen[0]["top1"])
     assert min(accuracy[MODEL_INT8_CPU], accuracy[MODEL_INT8_QDQ]) >= fp32 - BUDGET
