@@ -397,8 +397,9 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
     before = widths(model)
     groups = prune_groups(graph, model, protect)
     if not groups:
+        why = f" (e.g. {next(iter(auto))}: {next(iter(auto.values()))})" if auto else ""
         raise ConfigError("nothing left to prune: every layer is protected, produces an output or cannot be "
-                          "followed by torch-pruning; disable pruning (prune.enabled = false)")
+                          f"followed by torch-pruning{why}; disable pruning (prune.enabled = false)")
     original = {g.name: g.width for g in groups}
     ch_groups = {g.name: g.ch_groups for g in groups}
     costs = {}

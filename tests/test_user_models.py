@@ -85,6 +85,18 @@ def test_a_protected_layer_stays_whole_and_an_unknown_one_is_one_line():
         prune(build("senet"), "senet", protect=("nope",))
 
 
+def test_group_norm_is_named_as_the_reason_pruning_stops():
+    """Removing channels under a GroupNorm changes the other channels' statistics: the probe must say so,
+    not blame torch-pruning's channel mapping, and the one line must carry the reason."""
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.ReLU())
+
+    model = nn.Sequential(block(3, 16), block(16, 16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    with pytest.raises(ConfigError, match="GroupNorm normalises across channels.*prune.enabled = false") as caught:
+        prune(model, "groupnorm")
+    assert "\n" not in str(caught.value)
+
+
 def test_the_classifier_output_must_have_num_classes_and_the_message_says_which_does():
     model = build("two_outputs")
     with pytest.raises(ConfigError, match=r"model output 0 has shape \[2, 24\] .* set model.output = 1"):
