@@ -77,10 +77,15 @@ def test_checkpoint_train_and_data_rerun_everything(keyed):
     assert changed(base, keyed()) == NAMES
 
 
-def test_benchmark_devices_budget_and_validation_rerun_nothing(keyed):
-    extra = ('[benchmark]\nduration_s = 9.0\n[budget]\nmax_p99_ms = 3.0\n[validation]\nmin_cosine = 0.5\n'
+def test_benchmark_devices_and_budget_rerun_nothing(keyed):
+    extra = ('[benchmark]\nduration_s = 9.0\n[budget]\nmax_p99_ms = 3.0\n'
              '[devices.jetson]\nhost = "j"\nprecision = "int8"\n')
     assert changed(keyed(), keyed(extra)) == []
+
+
+def test_validation_reruns_the_int8_choice(keyed):
+    """The device's rule, run on the host, decides which INT8 route (PTQ, fallback, QAT) is good enough."""
+    assert changed(keyed(), keyed("[validation]\nmin_cosine = 0.5\n")) == ["calibrate", "qat", "evaluate"]
 
 
 def test_quantize_source_is_keyed_by_its_contents(keyed):

@@ -14,7 +14,7 @@ from .runner import Context, Output, Stage
 class CalibrateStage(Stage):
     name = "calibrate"
     title = "calibrate + INT8"
-    reads = ("quantize",)
+    reads = ("quantize", "validation")  # the device's rule decides which INT8 route is good enough
 
     def files(self, config: Config) -> dict[str, Path]:
         source = config.quantize.source

@@ -20,7 +20,7 @@ from .runner import Context, Output, Stage
 class QatStage(Stage):
     name = "qat"
     title = "quantisation-aware training"
-    reads = ("quantize",)
+    reads = ("quantize", "validation")  # the device's rule decides which INT8 route is good enough
 
     def files(self, config: Config) -> dict[str, Path]:
         source = config.quantize.source
