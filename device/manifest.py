@@ -24,6 +24,9 @@ MODEL_INT8_QDQ_FP16 = "model.int8.qdq.fp16.onnx"  # Q/DQ INT8, FP16 elsewhere, F
 # 7-bit weights: x86 CPUs without VNNI multiply uint8 x int8 pairs into int16 with saturation (vpmaddubsw);
 # 255 x 127 x 2 overflows, 255 x 63 x 2 does not
 MODEL_INT8_CPU_AVX2 = "model.int8.cpu.avx2.onnx"
+# the float model QAT trained, shipped only when QAT's INT8 files won: calibration.cache then holds its learned
+# ranges, and TensorRT's implicit INT8 builds it (model.onnx, the weights before QAT, would not match them)
+MODEL_QAT = "model.qat.onnx"
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_CACHE = "calibration.cache"
 REFERENCE = "reference.npz"

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
-from .manifest import CALIBRATION_CACHE, MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ
+from .manifest import CALIBRATION_CACHE, MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, MODEL_QAT
 
 AUTO = "auto"
 # CPU runtimes ``auto`` measures against each other; on a tie the first wins.
 CPU_RUNTIMES = ("openvino", "onnxruntime")
 # Every model variant this module chooses between; any other bundle file is shipped as is.
-MODEL_VARIANTS = (MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ)
+MODEL_VARIANTS = (MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, MODEL_QAT)
 
 
 class ModelChoiceError(ValueError):
@@ -48,7 +48,10 @@ def model_file(backend: str, precision: str, int8_mode: str = "explicit",
     if precision != "int8":
         return MODEL_FP32
     if backend == "tensorrt":
-        return MODEL_INT8_QDQ if int8_mode == "explicit" else MODEL_FP32
+        if int8_mode == "explicit":
+            return MODEL_INT8_QDQ
+        # implicit INT8 builds the float model calibration.cache's ranges belong to: QAT's when it shipped
+        return MODEL_QAT if shipped is not None and MODEL_QAT in set(shipped) else MODEL_FP32
     return cpu_int8_file(cpu, shipped)
 
 
@@ -64,11 +67,12 @@ def candidates(backend: str, available: Iterable[str]) -> List[str]:
 
 
 def needed_files(backends: Sequence[str], precision: str, int8_mode: str = "explicit",
-                 cpu: Optional[Mapping[str, Any]] = None) -> List[str]:
+                 cpu: Optional[Mapping[str, Any]] = None, shipped: Optional[Iterable[str]] = None) -> List[str]:
     """The model variants (and TensorRT's calibration cache) these backends will read, sorted."""
     names = set()
+    shipped = None if shipped is None else list(shipped)
     for backend in backends:
-        names.add(model_file(backend, precision, int8_mode, cpu))
+        names.add(model_file(backend, precision, int8_mode, cpu, shipped))
         if backend == "tensorrt" and precision == "int8" and int8_mode != "explicit":
             names.add(CALIBRATION_CACHE)
     return sorted(names)
@@ -78,6 +82,7 @@ def unused_files(files: Iterable[str], backends: Sequence[str], precision: str, 
                  cpu: Optional[Mapping[str, Any]] = None) -> List[str]:
     """Bundle files no candidate will read: model variants not chosen and an unneeded calibration cache.
     Files this module does not choose between (reference, baseline, calibration.json...) are kept."""
-    needed = set(needed_files(backends, precision, int8_mode, cpu))
+    files = list(files)
+    needed = set(needed_files(backends, precision, int8_mode, cpu, files))
     return sorted(name for name in files
                   if name in MODEL_VARIANTS + (CALIBRATION_CACHE,) and name not in needed)

@@ -149,8 +149,8 @@ def _precision(options: Mapping[str, Any], version: TrtVersion, files: Sequence[
                             .format(version))
         if version.implicit_int8_deprecated:
             warnings.append("implicit INT8 is deprecated since TensorRT 10.1; explicit Q/DQ is the default")
-        return choose_model_file("tensorrt", precision, int8_mode), ["INT8"] + (["FP16"] if fp16_rest else []), \
-            int8_mode, True, warnings
+        model = choose_model_file("tensorrt", precision, int8_mode, None, files or None)
+        return model, ["INT8"] + (["FP16"] if fp16_rest else []), int8_mode, True, warnings
     if int8_mode != "explicit":
         raise PlanError("int8_mode must be \"explicit\" or \"implicit\", not {!r}".format(int8_mode))
     if typed:

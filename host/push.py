@@ -144,24 +144,10 @@ def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, st
         time.sleep(poll)
 
 
-def implicit_int8_after_qat(device: DeviceSection, host: dict[str, Any]) -> str | None:
-    """TensorRT's implicit INT8 builds model.onnx — the weights from before QAT — so its calibration.cache
-    holds the post-training ranges of that model; QAT's weights and ranges reach only explicit builds."""
-    route = str((host.get("calibration") or {}).get("int8", ""))
-    if device.precision != "int8" or device.int8_mode != "implicit" or device.backend not in ("tensorrt", "auto") \
-            or not route.startswith("qat"):
-        return None
-    return ("warning: int8_mode = \"implicit\" builds model.onnx with the post-training calibration.cache; the "
-            "QAT-trained INT8 model ships as model.int8.qdq.onnx, which int8_mode = \"explicit\" (the default) builds")
-
-
 def push(config: Config, device_name: str, say: Say, on_event: EventSink,
          progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
     device = config.device(device_name)
     optimized = optimize(config, say)
-    warning = implicit_int8_after_qat(device, optimized.host)
-    if warning:
-        say(warning)
     optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
     files = {name: path for name, path in optimized.files.items()
              if name != MODEL_BASELINE or config.benchmark.baseline}

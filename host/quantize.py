@@ -20,7 +20,7 @@ from edgekit.calibration.collect import collect, make_table
 from edgekit.calibration.cpu import write_cpu_int8
 from edgekit.calibration.table import CalibrationTable
 from edgekit.calibration.trt_qdq import WEIGHTED, write_trt_qdq
-from edgekit.device.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ
+from edgekit.device.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ, MODEL_QAT
 
 from .config import Config
 from .data import IMAGE_SUFFIXES, Dataset, normalize
@@ -31,7 +31,7 @@ from .prevalidate import Fidelity
 
 Say = Callable[[str], None]
 SENSITIVITY_IMAGES = 256
-QAT_FLOAT = "model.qat.onnx"  # not shipped: the float model of QAT's INT8 files
+QAT_FLOAT = MODEL_QAT  # the float model of QAT's INT8 files (TensorRT's implicit INT8 builds it)
 INT8_FILES = (MODEL_INT8_QDQ, MODEL_INT8_CPU, CALIBRATION_JSON, CALIBRATION_CACHE)
 
 
@@ -199,8 +199,6 @@ def quantize_aware(config: Config, model: nn.Module, fp32: Path, calibrated: Pat
     best = choose(candidates, fp32_top1, section.max_accuracy_drop)
     info = {k: result.info[k] for k in ("method", "images", "calibrate_s", "percentile") if k in result.info}
     final = _finish(work, best, candidates, scratch, info, fp32_top1, section.max_accuracy_drop, config.input.shape)
-    if best.info.get("qat"):  # implicit INT8 builds model.onnx (pre-QAT weights) with this cache: PTQ's ranges
-        shutil.copyfile(calibrated / CALIBRATION_CACHE, work / CALIBRATION_CACHE)
     final.rows = [row for row in final.rows if row["stage"] != previous.name]  # PTQ's rows are already shown
     say(f"INT8: {final.info['int8']} chosen ({best.name}, top-1 {best.top1:.2%}, "
         f"{len(best.excluded)} layer(s) in float)")

@@ -24,13 +24,17 @@ from edgekit.device.manifest import (
     MODEL_INT8_CPU_AVX2,
     MODEL_INT8_QDQ,
     MODEL_INT8_QDQ_FP16,
+    MODEL_QAT,
+    REFERENCE,
 )
+from edgekit.device.model_files import model_file
+from edgekit.device.validate import reference_key
 from edgekit.host.config import load_config
 from edgekit.host.errors import ConfigError
 from edgekit.host.fp16 import add_typed_files
 from edgekit.host.pipeline import optimize
 from edgekit.host.qat import build_qat_model, fake_quantize, locate, no_inplace, quantised_activations
-from edgekit.host.quantize import QAT_FLOAT, Candidate, choose
+from edgekit.host.quantize import Candidate, choose
 
 from .conftest import TINY_PROJECT
 
@@ -147,11 +151,12 @@ def test_shipped_int8_files_carry_the_learned_ranges(qat_result):
     learned = quantised_activations(files[MODEL_INT8_QDQ])  # amax = scale * 127 of every activation Q/DQ
     assert learned and all(table["tensors"][name]["amax"] == pytest.approx(amax, rel=1e-6)
                            for name, amax in learned.items())
-    # implicit INT8 builds model.onnx (the pre-QAT weights) with calibration.cache: it keeps that model's ranges
-    cache = files[CALIBRATION_CACHE].read_text()
-    assert cache == (qat_result.directories["calibrate"] / CALIBRATION_CACHE).read_text()
-    _, scales = parse_trt_cache(cache)
-    assert any(scales[name] != pytest.approx(amax / 127, rel=1e-3) for name, amax in learned.items())
+    # TensorRT's implicit INT8 builds QAT's float model (shipped beside) with calibration.cache: learned ranges
+    _, scales = parse_trt_cache(files[CALIBRATION_CACHE].read_text())
+    assert all(scales[name] == pytest.approx(amax / 127, rel=1e-6) for name, amax in learned.items())
+    assert model_file("tensorrt", "int8", "implicit", None, files) == MODEL_QAT
+    with np.load(str(files[REFERENCE]), allow_pickle=False) as reference:  # the device validates against it
+        assert reference_key(MODEL_QAT) in reference.files
     model = onnx.load(str(files[MODEL_INT8_QDQ]))
     assert check_trt_qdq(model) == []  # same placement rules as PTQ: every conv quantised, int8 zero-points
     made_by = {out: node for node in model.graph.node for out in node.output}
@@ -168,7 +173,7 @@ def test_every_int8_variant_comes_from_the_qat_model_and_its_ranges(qat_result, 
     files = qat_result.files
     avx2, cpu = onnx.load(str(files[MODEL_INT8_CPU_AVX2])), onnx.load(str(files[MODEL_INT8_CPU]))
     assert activation_scales(avx2) == activation_scales(cpu) and activation_scales(cpu)
-    qat_float = onnx.load(str(qat_result.directories["qat"] / QAT_FLOAT))
+    qat_float = onnx.load(str(files[MODEL_QAT]))
     pre_qat = onnx.load(str(files[MODEL_FP32]))
     assert weights_within_half_a_step(avx2, qat_float)
     assert not weights_within_half_a_step(avx2, pre_qat)  # QAT moved the weights: the check can tell
@@ -232,15 +237,22 @@ def test_fake_quantised_torch_model_runs_like_the_written_qdq_model(trained_proj
     assert np.max(np.abs(ours - theirs)) <= 0.05 * np.max(np.abs(theirs))
 
 
-def test_implicit_int8_after_qat_says_which_file_carries_qat():
-    from edgekit.host.config import DeviceSection
-    from edgekit.host.push import implicit_int8_after_qat
+def test_implicit_int8_builds_the_qat_float_model_only_when_it_shipped():
+    from edgekit.device.model_files import unused_files
+    from edgekit.device.trt_plan import TrtVersion, plan_build
 
-    implicit = DeviceSection(kind="local", backend="tensorrt", precision="int8", int8_mode="implicit")
-    assert "int8_mode = \"explicit\"" in implicit_int8_after_qat(implicit, {"calibration": {"int8": "qat+fallback"}})
-    assert implicit_int8_after_qat(implicit, {"calibration": {"int8": "ptq+fallback"}}) is None
-    explicit = implicit.model_copy(update={"int8_mode": "explicit"})
-    assert implicit_int8_after_qat(explicit, {"calibration": {"int8": "qat"}}) is None
+    qat = [MODEL_FP32, MODEL_QAT, MODEL_INT8_QDQ, MODEL_INT8_CPU, CALIBRATION_CACHE, REFERENCE]
+    ptq = [name for name in qat if name != MODEL_QAT]
+    assert model_file("tensorrt", "int8", "implicit", None, ptq) == MODEL_FP32
+    assert model_file("tensorrt", "int8", "implicit") == MODEL_FP32  # files unknown: the FP32 model, as before
+    assert set(unused_files(qat, ["tensorrt"], "int8", "implicit")) == {MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_QDQ}
+    for backend, mode in (("tensorrt", "explicit"), ("onnxruntime", "explicit")):
+        assert MODEL_QAT in unused_files(qat, [backend], "int8", mode)
+    assert MODEL_QAT in unused_files(qat, ["tensorrt"], "fp32")
+    options = {"precision": "int8", "int8_mode": "implicit", "batch_sizes": [1], "input_shape": [3, 32, 32]}
+    plan = plan_build(options, TrtVersion.parse("10.3"), files=qat)
+    assert plan.model_file == MODEL_QAT and plan.use_calibration_cache
+    assert plan_build(options, TrtVersion.parse("10.3"), files=ptq).model_file == MODEL_FP32
 
 
 def test_the_report_says_which_int8_route_shipped_after_qat():

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.device.manifest import MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, REFERENCE
+from edgekit.device.manifest import (
+    MODEL_FP32,
+    MODEL_INT8_CPU,
+    MODEL_INT8_CPU_AVX2,
+    MODEL_INT8_QDQ,
+    MODEL_QAT,
+    REFERENCE,
+)
 
 from .load import onnx_row
 from .runner import Context, Output, Stage
@@ -54,7 +61,7 @@ class EvaluateStage(Stage):
             next(r for r in rows if r["file"] == name)["note"] = "slower than FP32 here"
         with np.load(str(ctx.files[REFERENCE]), allow_pickle=False) as data:
             inputs, labels = data["inputs"], data["labels"]
-        models = {name: ctx.files[name] for name in (MODEL_FP32, *LABELS) if name in ctx.files}
+        models = {name: ctx.files[name] for name in (MODEL_FP32, MODEL_QAT, *LABELS) if name in ctx.files}
         write_reference(out / REFERENCE, inputs, labels, reference_outputs(models, inputs))
         return Output(rows=rows, info={"accuracy": {row["file"]: row["top1"] for row in rows},
                                        "int8_slower_than_fp32": slower}, files=[REFERENCE])

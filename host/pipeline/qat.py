@@ -49,6 +49,8 @@ class QatStage(Stage):
             source = out / QAT_FLOAT if (out / QAT_FLOAT).exists() else ctx.files[MODEL_FP32]
             write_avx2_variant(source, out, result.excluded, result.info["weighted_only"])
             result.files.append(MODEL_INT8_CPU_AVX2)
+            if source != ctx.files[MODEL_FP32]:  # QAT won: its float model ships for TensorRT's implicit INT8
+                result.files.append(QAT_FLOAT)
         counts = ctx.info["export"]["counts"]
         info = dict(result.info, enabled=True, reason=reason, accuracy=result.accuracy, fp_layers=result.excluded,
                     sensitivity=result.sensitivity[:10])
