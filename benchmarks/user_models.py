@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 from statistics import median
+from typing import Callable
 
-from common import report
+from common import RESULTS, report
 
 from edgekit.host.data import write_digits
 
@@ -107,22 +108,33 @@ def push(folder: Path, home: Path) -> dict:
     return outcome
 
 
-def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, train_epochs: int) -> list[dict]:
-    rows = []
+def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, train_epochs: int,
+        minutes: float = 0.0, on_row: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    """Train and push each model; with ``minutes``, models not started by then are listed as not run."""
+    rows: list[dict] = []
+    start = time.monotonic()
     for name in models:
+        if minutes and time.monotonic() - start > minutes * 60:
+            rows.append({"model": name, "exit": None, "traceback": False, "seconds": 0.0, "stage": "not run",
+                         "error": f"not run: the {minutes:g}-minute budget was spent"})
+            continue
         home = work / "home"
         folder = project(work, data, name, f"user_models:{name}", width, finetune, train_epochs)
-        trained, train_s = edgekit(["train"], folder, home)
-        if trained.returncode != 0:
-            rows.append({"model": name, "exit": trained.returncode, "error": error_line(trained.stderr),
-                         "traceback": "Traceback" in trained.stderr, "seconds": train_s, "stage": "train"})
-            continue
+        if not (folder / "model.pt").exists():  # a re-run with --work reuses the trained model
+            trained, train_s = edgekit(["train"], folder, home)
+            if trained.returncode != 0:
+                rows.append({"model": name, "exit": trained.returncode, "error": error_line(trained.stderr),
+                             "traceback": "Traceback" in trained.stderr, "seconds": train_s, "stage": "train"})
+                on_row(rows)
+                continue
         rows.append(dict(push(folder, home), model=name, stage="push"))
         print(json.dumps(rows[-1], default=str)[:300], flush=True)
+        on_row(rows)
     return rows
 
 
-def target(work: Path, data: Path, rounds: int, finetune: int, train_epochs: int) -> dict:
+def target(work: Path, data: Path, rounds: int, finetune: int, train_epochs: int,
+           on_push: Callable[[dict], None] = lambda partial: None) -> dict:
     """Push time, DenseNet-121-like vs ResNet-20 ×4, same recipe, interleaved, clean caches each round."""
     candidates = {"densenet121": ("user_models:densenet121", 1.0), "resnet20x4": ("resnet20", 4.0)}
     folders = {}
@@ -144,9 +156,23 @@ def target(work: Path, data: Path, rounds: int, finetune: int, train_epochs: int
             outcomes[name].append(outcome)
             times[name].append(outcome["seconds"])
             print(name, json.dumps(outcome, default=str)[:300], flush=True)
+            on_push({"seconds": times, "outcomes": outcomes, "load_average": os.getloadavg()})
     medians = {name: median(values) for name, values in times.items()}
     return {"seconds": times, "median_s": medians, "ratio": medians["densenet121"] / medians["resnet20x4"],
             "outcomes": outcomes}
+
+
+def zoo_table(rows: list[dict]) -> list[list]:
+    table = []
+    for row in rows:
+        top = row.get("accuracy", {})
+        status = ("pushed, validation passed" if row.get("validation") else
+                  "pushed, validation FAILED" if row["exit"] == 0 else
+                  "not run" if row["exit"] is None else f"exit {row['exit']}")
+        table.append([row["model"], status, "yes" if row["traceback"] else "no",
+                      ", ".join(row.get("protected", {})) or "-", row.get("error", row.get("folding", ""))[:90],
+                      f"{min(top.values()):.1%}" if top else "-", row["seconds"]])
+    return table
 
 
 def main() -> None:
@@ -158,6 +184,8 @@ def main() -> None:
     parser.add_argument("--target", action="store_true", help="also measure the densenet121 / resnet20x4 target")
     parser.add_argument("--only-target", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="zoo: start no model after this many minutes (the rest are listed as not run)")
     parser.add_argument("--work", type=Path, default=None, help="keep projects here (default: a temp folder)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="edgekit-user-models-"))
@@ -167,22 +195,22 @@ def main() -> None:
         write_digits(data)
     results: dict = {"settings": vars(args) | {"work": str(work)}}
     if not args.only_target:
-        rows = zoo(work, data, args.models.split(","), args.width, args.finetune, args.train_epochs)
+        def write(rows: list[dict]) -> None:  # after every model: a stopped sweep still leaves its results
+            results["zoo"] = rows
+            results["load_average"] = os.getloadavg()
+            (RESULTS / "user_models.json").parent.mkdir(exist_ok=True)
+            (RESULTS / "user_models.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+        rows = zoo(work, data, args.models.split(","), args.width, args.finetune, args.train_epochs, args.minutes,
+                   write)
         results["zoo"] = rows
-        table = []
-        for row in rows:
-            top = row.get("accuracy", {})
-            status = ("pushed, validation passed" if row.get("validation") else
-                      "pushed, validation FAILED" if row["exit"] == 0 else f"exit {row['exit']}")
-            table.append([row["model"], status, "yes" if row["traceback"] else "no",
-                          ", ".join(row.get("protected", {})) or "-",
-                          row.get("error", row.get("folding", ""))[:90],
-                          f"{min(top.values()):.1%}" if top else "-", row["seconds"]])
         report("user_models", f"user models, prune 50% + INT8 on local ({args.finetune} fine-tune epoch(s))",
                ["model", "result", "traceback", "protected from pruning", "error / folding", "worst top-1",
-                "seconds"], table, results)
+                "seconds"], zoo_table(rows), results)
     if args.target or args.only_target:
-        measured = target(work, data, args.rounds, args.finetune, args.train_epochs)
+        partial_path = RESULTS / "user_models_target.partial.json"  # after every push: a stopped run leaves its rounds
+        measured = target(work, data, args.rounds, args.finetune, args.train_epochs,
+                          lambda partial: partial_path.write_text(json.dumps(partial, indent=2, default=str) + "\n"))
         results["target"] = measured
         report("user_models_target", f"push time with pruning + INT8, median of {args.rounds} interleaved rounds",
                ["model", "median s", "rounds (s)", "ratio to resnet20x4"],

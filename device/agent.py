@@ -16,14 +16,14 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import __version__
 from .backends import describe_all
 from .cpu import describe_cpu
 from .cuda import cuda_bindings
 from .errors import ConfigError, device_error
-from .jobs import JobRunner, cleanup_builds
+from .jobs import AUTO_CRASHED, AUTO_TRYING, MAX_CRASHED_CANDIDATES, JobRunner, cleanup_builds
 from .service import CONFIG_ERROR_EXIT, unit_text
 from .spool import HEARTBEAT_S, LOCK, STALE_PART_S, Spool, read_json, write_atomic, write_json_atomic
 from .store import CONFIG as STORE_CONFIG
@@ -174,17 +174,12 @@ def supervise(spool: Spool, runner: JobRunner, job: str, given_up: Set[str]) -> 
     freeing space first; if even that cannot be written the job is left alone until the next start.
     """
     _quietly(lambda: collect(spool))
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the worker
-        os.close(reader)
-        _worker(runner, job, writer)
-    os.close(writer)
-    status = _wait(spool, pid)
-    with os.fdopen(reader, "rb") as pipe:
-        note = pipe.read().decode("utf-8", "replace").strip()
-    if _safe_terminal(spool, job):
-        return
+    for _ in range(MAX_CRASHED_CANDIDATES + 1):
+        status, note = _run_worker(spool, runner, job)
+        if _safe_terminal(spool, job):
+            return
+        if not (os.WIFSIGNALED(status) and _drop_crashed_candidate(runner, job, os.WTERMSIG(status))):
+            break
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         message = "the job's worker was killed by {} (a crash in the runtime, or out of memory); the active model " \
@@ -193,6 +188,45 @@ def supervise(spool: Spool, runner: JobRunner, job: str, given_up: Set[str]) -> 
         message = note or "the job's worker stopped unexpectedly (exit {})".format(os.WEXITSTATUS(status))
     record_failure(spool, runner, job, message, given_up)
     _quietly(lambda: _ensure_reserve(spool))
+
+
+def _run_worker(spool: Spool, runner: JobRunner, job: str) -> Tuple[int, str]:
+    """Fork the worker, keep the heartbeat until it ends; its wait status and what it sent up the pipe."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        os.close(reader)
+        _worker(runner, job, writer)
+    os.close(writer)
+    status = _wait(spool, pid)
+    with os.fdopen(reader, "rb") as pipe:
+        return status, pipe.read().decode("utf-8", "replace").strip()
+
+
+def _drop_crashed_candidate(runner: JobRunner, job: str, number: int) -> bool:
+    """``auto`` was trying a runtime when the worker died by a signal: that runtime crashed on this model.
+
+    Records it (``auto.crashed``) so the rerun leaves it out and says why, instead of failing the job:
+    one runtime crashing must not stop the others, as one failing does not. False when no candidate was
+    being tried (not an auto job, or the crash came later): the job fails as before.
+    """
+    try:
+        trying = runner.spool.job_dir(job) / AUTO_TRYING
+        name = trying.read_text().strip()
+        crashed = runner.spool.job_dir(job) / AUTO_CRASHED
+        known = json.loads(crashed.read_text()) if crashed.exists() else {}
+        known[name] = _signal_name(number)
+        write_atomic(crashed, json.dumps(known).encode("utf-8"))
+        trying.unlink()
+        state = runner.spool.state(job) or {}
+        extra = {k: v for k, v in state.items() if k not in ("job", "status", "updated")}
+        extra["attempt"] = max(0, int(extra.get("attempt", 1)) - 1)  # the rerun is no restart of the agent
+        runner.spool.set_state(job, state.get("status", "running"), **extra)
+        runner.event(job, "warning", "auto: {} crashed the job's worker ({}) on this model; trying the other "
+                                     "runtimes".format(name, _signal_name(number)), backend=name)
+    except (OSError, ValueError):
+        return False
+    return bool(name)
 
 
 def _worker(runner: JobRunner, job: str, pipe: int) -> None:

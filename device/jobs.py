@@ -40,11 +40,15 @@ from .manifest import (
 )
 from .model_files import AUTO, CPU_RUNTIMES, ModelChoiceError, candidates, model_file
 from .signing import SignatureError, load_trusted_keys, verify
-from .spool import TERMINAL_STATES, Spool, read_json, write_json_atomic
+from .spool import TERMINAL_STATES, Spool, read_json, write_atomic, write_json_atomic
 from .store import touch
 from .validate import FP32_REFERENCE, compare, reference_key
 
 MAX_RESUMES = 10  # restarts of the agent itself, never caused by the job (the worker absorbs those)
+# ``auto``: the runtime being tried (a crash of the worker then names it) and the ones that crashed it.
+AUTO_TRYING = "auto.trying"
+AUTO_CRASHED = "auto.crashed.json"
+MAX_CRASHED_CANDIDATES = 3
 Log = Callable[[str], None]
 
 
@@ -324,13 +328,20 @@ class JobRunner:
         self.event(job, "stage", "auto: trying {}".format(", ".join(names)), stage="auto", candidates=names)
         tried: List[Candidate] = []
         ready: Dict[str, Prepared] = {}
+        crashed = read_json(self.spool.job_dir(job) / AUTO_CRASHED) or {}  # written by the agent (supervise)
+        trying = self.spool.job_dir(job) / AUTO_TRYING
         for name in names:
             candidate = Candidate(name)
             tried.append(candidate)
+            if name in crashed:
+                candidate.reason = "crashed the job's worker ({}) on this model".format(crashed[name])
+                continue
             try:
+                write_atomic(trying, name.encode("utf-8"))
                 prepared = self.prepare_one(job, manifest, files, found[name], options, cpu)
             except Exception as exc:  # noqa: BLE001 - one runtime failing must not stop the others
                 self.log(traceback.format_exc())
+                _remove(trying)
                 if storage_failure(exc):  # the disk, not the runtime: the job fails with the storage's reason
                     for other in ready.values():
                         other.engine.close()
@@ -338,6 +349,7 @@ class JobRunner:
                 candidate.reason = str(exc) if isinstance(exc, JobError) else "{}: {}".format(type(exc).__name__, exc)
                 self.event(job, "warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=name)
                 continue
+            _remove(trying)
             validation = prepared.validation
             candidate.model_file, candidate.passed = prepared.model_file, bool(validation["passed"])
             candidate.reason = "" if candidate.passed else "validation failed: {}".format(validation["reason"])
@@ -503,3 +515,10 @@ def cleanup_builds(spool: Spool) -> None:
     """Remove private build directories an earlier (killed) agent left behind."""
     for path in spool.engines.glob(".build-*"):
         shutil.rmtree(str(path), ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass

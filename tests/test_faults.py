@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -121,6 +122,41 @@ def test_symlinks_and_absurd_sizes_are_refused_and_good_blobs_kept(local, tmp_pa
             agent.wait()
 
 
+def test_a_runtime_crashing_the_worker_is_dropped_by_auto_and_the_job_finishes(local, monkeypatch):
+    """OpenVINO segfaulted converting a user's DenseNet: under ``auto`` the other runtime must take over."""
+    from edgekit.device import agent
+    from edgekit.device.backends import available
+    from edgekit.device.jobs import JobRunner
+    from edgekit.device.model_files import AUTO, candidates
+
+    scenario = "a runtime crashes the worker (SIGSEGV) under auto: dropped, job done"
+    transport, manifest, key = local
+    names = candidates(AUTO, available())
+    if len(names) < 2:
+        record(scenario, None, "one CPU runtime only")
+        pytest.skip(f"auto has one runtime here ({names}): nothing to fall back to")
+    with trial(scenario):
+        spool, crashing = transport.spool, names[0]
+        original = JobRunner.prepare_one
+
+        def prepare_one(self, job, manifest_, files, backend, options, cpu):  # a native crash in the runtime
+            if backend.name == crashing:
+                os.kill(os.getpid(), signal.SIGSEGV)
+            return original(self, job, manifest_, files, backend, options, cpu)
+
+        monkeypatch.setattr(JobRunner, "prepare_one", prepare_one)
+        job = publish(transport, dict(manifest, target=dict(manifest["target"], backend="auto")), key)
+        assert agent.take(spool, job)
+        agent.supervise(spool, JobRunner(spool), job, set())  # forks the worker, as the agent does
+        report = spool.report(job)
+        assert report["status"] == "done" and report["backend"] != crashing, report
+        dropped = next(c for c in report["auto"]["candidates"] if c["backend"] == crashing)
+        assert dropped["reason"] == "crashed the job's worker (SIGSEGV) on this model" and not dropped["passed"]
+        events = (spool.jobs / job / "events.jsonl").read_text()
+        assert f"auto: {crashing} crashed the job's worker (SIGSEGV)" in events and "restarted" not in events
+        assert not device_problems(spool)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 24 MB tmpfs (root only): the device's disk, to be filled up or made read-only."""
@@ -151,6 +187,18 @@ def fill(folder: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def remount_read_only(mount: Path, wait_s: float = 20.0) -> None:
+    """``mount -o remount,ro``, retried while a file is still open for writing (a killed agent's worker is
+    reaped asynchronously on a loaded machine: "mount point is busy")."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        done = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        assert "busy" in done.stderr and time.monotonic() < deadline, done.stderr
+        time.sleep(0.5)
 
 
 def test_a_full_or_read_only_disk_fails_the_job_and_the_agent_keeps_serving(project, small_disk):
@@ -185,7 +233,7 @@ def test_a_full_or_read_only_disk_fails_the_job_and_the_agent_keeps_serving(proj
             agent.kill()  # a busy file system cannot be remounted read-only; the agent meets it at start
             agent.wait()
             job = publish(small, manifest, key)
-            subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+            remount_read_only(small_disk)
             try:
                 agent = start_agent(root, project / "agent-ro.log")
                 time.sleep(2.0)  # it cannot claim the job nor beat its heart: it must neither die nor spin
