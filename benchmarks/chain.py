@@ -5,8 +5,9 @@
 For each model, trained on the digits data set (real images; checkpoints cached in results/.work):
 
 - FP32: the trained model as exported by hand (``model.baseline.onnx``);
-- edgekit: ``optimize`` with prune 50% + fine-tuning (distillation), BN folding, INT8 — the file the
-  local device runs (``model.int8.cpu.onnx``);
+- edgekit: ``optimize`` with prune 50% + fine-tuning (cross-entropy, the product's default: with
+  ``distill = true`` MobileNetV2 ended 0.8 point lower here, 98.06% against 98.89%), BN folding, INT8 —
+  the file the local device runs (``model.int8.cpu.onnx``);
 - peer: torch-pruning's own ``MagnitudePruner`` with its defaults (ratio 0.5, L2, no rounding, the
   classifier ignored), the same fine-tuning epochs, ``torch.onnx.export``, then ONNX Runtime's
   ``quantize_static`` with its defaults (QDQ, int8 activations and weights, per-tensor, MinMax) on the
@@ -50,7 +51,6 @@ ratio = 0.5
 cost_weight = {cost_weight}
 round_to = 16
 finetune_epochs = {finetune}
-distill = true
 early_stop = false
 [quantize]
 images = 512

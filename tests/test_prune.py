@@ -233,3 +233,10 @@ def test_optimize_prunes_fine_tunes_and_reports_each_step(trained_project, tmp_p
     assert all(set(s["latency_ms"]) == {"1", "32"} for s in result.stages if "onnx_bytes" in s)  # JSON keys
     reloaded, meta = load_model(result.directories["prune"] / "pruned.pt", "resnet20", 10, 1.0, 3)
     assert meta["pruning_history"] and widths(reloaded)["layers.0.conv1"] == 8
+
+
+def test_fine_tuning_stops_once_recovered_not_at_the_budget_edge():
+    from edgekit.host.pipeline.prune import recovered
+
+    assert not recovered(0.985, 0.99)  # within a 1-point budget, yet the budget must still cover INT8 and noise
+    assert recovered(0.99, 0.99) and recovered(1.0, 0.99)

@@ -69,6 +69,14 @@ def check_accuracy_drop(config: Any, before: float, after: float, images: int) -
                       "(prune.ratio), or accept it with prune.allow_accuracy_drop = true (the pruned model is cached)")
 
 
+def recovered(validation_top1: float, baseline: float) -> bool:
+    """Early stop: fine-tuning ends once validation top-1 is back at the unpruned model's, not merely within
+    ``max_accuracy_drop`` of it. The budget covers the whole chain on held-out images: stopping at its edge
+    on the small validation split (while the cosine schedule's learning rate is still high) left nothing
+    for INT8 or for the split's noise, and the demo lost 1.4 points where the budget allowed 1."""
+    return validation_top1 >= baseline - 1e-9
+
+
 def _load_pruned(ctx: Context, path: Path) -> Any:
     from ..checkpoint import load_model
 
@@ -106,10 +114,9 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
 
     def fit(net: Any, step: int, loss_fn: Any, after_backward: Any) -> tuple[int, float]:
         epochs = section.sparsity_epochs if step == 0 else section.finetune_epochs
-        budget = section.max_accuracy_drop
         stop = None
-        if step > 0 and budget is not None and section.early_stop:
-            stop = lambda epoch: top1(net, validation, mean, std, output) >= baseline - budget  # noqa: E731
+        if step > 0 and section.early_stop:
+            stop = lambda epoch: recovered(top1(net, validation, mean, std, output), baseline)  # noqa: E731
         ran = train(net, fitting, mean, std, epochs=epochs, batch_size=config.train.batch_size, lr=section.lr,
                     momentum=config.train.momentum, weight_decay=config.train.weight_decay,
                     augment=tuple(config.train.augment), seed=config.train.seed + step, loss_fn=loss_fn,
