@@ -161,7 +161,7 @@ def test_openvino_builds_runs_and_validates_every_model_file(optimized, tmp_path
     pytest.importorskip("openvino")
     from edgekit.device.backends.openvino import OpenVinoBackend
     from edgekit.device.benchmark import Plan
-    from edgekit.device.validate import compare
+    from edgekit.device.validate import compare, reference_key
 
     backend = OpenVinoBackend()
     about = backend.describe()
@@ -172,8 +172,8 @@ def test_openvino_builds_runs_and_validates_every_model_file(optimized, tmp_path
                                                            "openvino_cache_dir": str(cache)}, progress.append)
     assert (tmp_path / "model.xml").is_file() and any(cache.iterdir()) and "OpenVINO IR" in progress[0]
     engine = backend.load(tmp_path, meta)
-    with np.load(optimized.files[REFERENCE]) as data:
-        inputs, outputs, labels = data["inputs"], data["outputs"], data["labels"]
+    with np.load(optimized.files[REFERENCE]) as data:  # the device's rule: against the host's outputs of this file
+        inputs, outputs, labels = data["inputs"], data[reference_key(name)], data["labels"]
     actual = np.concatenate([engine.run(inputs[i:i + 8]) for i in range(0, len(inputs), 8)])
     verdict = compare(outputs, actual, labels, "fp32" if name == MODEL_FP32 else "int8", {})
     assert verdict["passed"], verdict["reason"]
