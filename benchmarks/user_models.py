@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--target", action="store_true", help="also measure the densenet121 / resnet20x4 target")
     parser.add_argument("--only-target", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--name", default="user_models", help="zoo results: benchmarks/results/NAME.json")
     parser.add_argument("--minutes", type=float, default=0.0,
                         help="zoo: start no model after this many minutes (the rest are listed as not run)")
     parser.add_argument("--work", type=Path, default=None, help="keep projects here (default: a temp folder)")
@@ -198,13 +199,13 @@ def main() -> None:
         def write(rows: list[dict]) -> None:  # after every model: a stopped sweep still leaves its results
             results["zoo"] = rows
             results["load_average"] = os.getloadavg()
-            (RESULTS / "user_models.json").parent.mkdir(exist_ok=True)
-            (RESULTS / "user_models.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
         rows = zoo(work, data, args.models.split(","), args.width, args.finetune, args.train_epochs, args.minutes,
                    write)
         results["zoo"] = rows
-        report("user_models", f"user models, prune 50% + INT8 on local ({args.finetune} fine-tune epoch(s))",
+        report(args.name, f"user models, prune 50% + INT8 on local ({args.finetune} fine-tune epoch(s))",
                ["model", "result", "traceback", "protected from pruning", "error / folding", "worst top-1",
                 "seconds"], zoo_table(rows), results)
     if args.target or args.only_target:
