@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,13 @@ def project_models(root: Path) -> tuple[dict[str, Path], np.ndarray, np.ndarray,
     return files, reference["inputs"], reference[f"outputs.{MODEL_FP32}"], reference["labels"]
 
 
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import openvino
+
+    return {"onnxruntime": onnxruntime.__version__, "openvino": openvino.get_version()}
+
+
 def worker(connection: Any, runtime: str, path: str, batches: list[int]) -> None:
     """Build and load the engine like the agent does, then answer 'outputs' and 'round' requests."""
     import time
@@ -135,7 +144,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cpu = describe_cpu()
     context = mp.get_context("spawn")
-    results: dict[str, Any] = {"cpu": cpu, "rounds": args.rounds, "round_s": args.round_s, "models": {}}
+    results: dict[str, Any] = {"cpu": cpu, "rounds": args.rounds, "round_s": args.round_s, "models": {},
+                               "command": " ".join(["python", *sys.argv]), "versions": versions(),
+                               "load_average": {"start": os.getloadavg()}}
     rows = []
     sources = [(name, lambda n=name: make_models(n, work, args.epochs)) for name in args.models.split(",") if name]
     if args.project:
@@ -190,8 +201,10 @@ def main() -> None:
             "same_validation": model_result[f"{int8} on onnxruntime"]["validation"]["passed"]
             == model_result[f"{int8} on openvino"]["validation"]["passed"]}
         results["models"][name] = model_result
+    results["load_average"]["end"] = os.getloadavg()
     title = (f"CPU runtimes, median of {args.rounds} interleaved rounds (ms), {cpu['model']}, "
-             f"ISA {' '.join(cpu['isa'])}")
+             f"ISA {' '.join(cpu['isa'])}, load average {results['load_average']['start'][0]:.1f} → "
+             f"{results['load_average']['end'][0]:.1f}")
     columns = ["model", "file", "runtime", "model_files picks"] + [f"b{b} ms" for b in batches] + [
         f"b{batches[-1]} vs ORT FP32", "validation (top-1 agreement, worst cosine)"]
     report("cpu_backends", title, columns, rows, results)
