@@ -1,13 +1,16 @@
 """``backend = "auto"``: measure the CPU runtimes the device has on the job's model and keep the fastest.
 
 The measuring is interleaved (round-robin over the candidates, several short rounds) so a busy device
-slows every candidate alike, and the verdict is the median of the per-round medians at the largest batch
-size. Only candidates whose engine passed validation may win. The choice, the figures behind it and the
+slows every candidate alike, at every batch size the project benchmarks: a runtime that wins at batch 32
+can be twice as slow at batch 1 (OpenVINO vs ONNX Runtime on a ResNet-20 ×4, measured), so the verdict is
+the geometric mean, over the batch sizes, of each candidate's median of per-round medians relative to the
+fastest at that size. Only candidates whose engine passed validation may win. The choice, the figures behind it and the
 margin go into the report. The decision is pure (``choose``) and unit-tested; the job runner feeds it.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -29,16 +32,22 @@ class Candidate:
     model_file: str = ""
     passed: bool = False
     reason: str = ""
-    round_medians_ms: List[float] = field(default_factory=list)
+    round_medians_ms: List[float] = field(default_factory=list)  # at the batch size ``choose`` is given
     extra: Dict[str, Any] = field(default_factory=dict)
+    other_batches: Dict[int, List[float]] = field(default_factory=dict)  # round medians at the other sizes
 
     @property
     def median_ms(self) -> Optional[float]:
         return statistics.median(self.round_medians_ms) if self.round_medians_ms else None
 
+    def median_at(self, batch: Optional[int]) -> float:
+        """The median at ``batch`` (None: the main batch size)."""
+        return self.median_ms if batch is None else statistics.median(self.other_batches[batch])
+
     def summary(self) -> Dict[str, Any]:
         return dict(self.extra, backend=self.backend, model_file=self.model_file, passed=self.passed,
-                    reason=self.reason, median_ms=self.median_ms, round_medians_ms=self.round_medians_ms)
+                    reason=self.reason, median_ms=self.median_ms, round_medians_ms=self.round_medians_ms,
+                    other_batches={str(b): m for b, m in self.other_batches.items()})
 
 
 @dataclass(frozen=True)
@@ -79,15 +88,30 @@ def choose(candidates: Sequence[Candidate], batch: int) -> Choice:
     if not valid:
         reasons = "; ".join("{}: {}".format(c.backend, c.reason or "not measured") for c in candidates)
         raise ValueError("no runtime passed validation ({})".format(reasons))
-    ranked = sorted(valid, key=lambda c: (c.median_ms, candidates.index(c)))
-    winner = ranked[0]
-    if len(ranked) == 1:
+    if len(valid) == 1:
         why = "the only runtime that passed" if len(candidates) > 1 else "the only runtime here"
-        return Choice(winner.backend, None, None, "auto chose {}: {}".format(winner.backend, why))
-    second = ranked[1]
-    speedup = second.median_ms / winner.median_ms if winner.median_ms else None
-    margin = "" if speedup is None or (speedup - 1) * 100 >= NOISE_PERCENT else ", within noise"
-    message = "auto chose {}: {:.2f}× faster than {} at batch {} ({:.3f} vs {:.3f} ms, median of {} interleaved " \
-              "rounds{})".format(winner.backend, speedup or 0.0, second.backend, batch, winner.median_ms,
-                                 second.median_ms, len(winner.round_medians_ms), margin)
+        return Choice(valid[0].backend, None, None, "auto chose {}: {}".format(valid[0].backend, why))
+    others = sorted(set.intersection(*(set(c.other_batches) for c in valid)))  # measured for every candidate
+    score = relative_scores(valid, [None] + others)
+    winner, second = sorted(valid, key=lambda c: (score[c.backend], candidates.index(c)))[:2]
+    speedup = score[second.backend] / score[winner.backend]
+    margin = "" if (speedup - 1) * 100 >= NOISE_PERCENT else ", within noise"
+    at_main = "at batch {} ({:.3f} vs {:.3f} ms".format(batch, winner.median_ms, second.median_ms)
+    if not others:
+        message = "auto chose {}: {:.2f}× faster than {} {}, median of {} interleaved rounds{})".format(
+            winner.backend, speedup, second.backend, at_main, len(winner.round_medians_ms), margin)
+        return Choice(winner.backend, second.backend, speedup, message)
+    each = "; ".join("batch {}: {:.2f}×".format(b, second.median_at(None if b == batch else b)
+                                                 / winner.median_at(None if b == batch else b))
+                     for b in sorted([batch] + others))
+    message = "auto chose {}: {:.2f}× faster than {} (geometric mean over batch sizes; {}), medians of {} " \
+              "interleaved rounds{}".format(winner.backend, speedup, second.backend, each,
+                                            len(winner.round_medians_ms), margin)
     return Choice(winner.backend, second.backend, speedup, message)
+
+
+def relative_scores(valid: Sequence[Candidate], batches: Sequence[Optional[int]]) -> Dict[str, float]:
+    """Per candidate, the geometric mean over ``batches`` of its median divided by the fastest median there."""
+    fastest = {b: min(c.median_at(b) for c in valid) for b in batches}
+    return {c.backend: math.exp(statistics.mean(math.log(c.median_at(b) / fastest[b]) for b in batches))
+            for c in valid}

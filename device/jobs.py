@@ -363,12 +363,17 @@ class JobRunner:
                 self.event(job, "warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=name)
         batch = max(manifest.batch_sizes)
         if len(ready) > 1:
-            self.event(job, "stage", "auto: measuring {} at batch {} ({} interleaved rounds)".format(
-                " vs ".join(ready), batch, ROUNDS), stage="auto", batch=batch)
-            data = np.random.default_rng(0).standard_normal([batch] + list(manifest.input_shape)).astype(np.float32)
-            rounds = interleave({name: _runner(prepared.engine, data) for name, prepared in ready.items()})
-            for candidate in tried:
-                candidate.round_medians_ms = rounds.get(candidate.backend, [])
+            sizes = sorted(set(manifest.batch_sizes))
+            self.event(job, "stage", "auto: measuring {} at batch {} ({} interleaved rounds each)".format(
+                " vs ".join(ready), ", ".join(str(b) for b in sizes), ROUNDS), stage="auto", batch=batch)
+            for size in sizes:
+                data = np.random.default_rng(0).standard_normal([size] + list(manifest.input_shape)).astype(np.float32)
+                rounds = interleave({name: _runner(prepared.engine, data) for name, prepared in ready.items()})
+                for candidate in tried:
+                    if size == batch:
+                        candidate.round_medians_ms = rounds.get(candidate.backend, [])
+                    elif candidate.backend in rounds:
+                        candidate.other_batches[size] = rounds[candidate.backend]
         try:
             choice = choose(tried, batch)
         except ValueError as exc:
