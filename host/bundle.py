@@ -50,7 +50,8 @@ def files_for_device(config: Config, device: DeviceSection, files: dict[str, Pat
     backends = device_backends(device, info)
     cpus = [info["cpu"]] if info and info.get("cpu") else list(_EITHER_CPU)
     try:
-        needed = {name for cpu in cpus for name in needed_files(backends, device.precision, device.int8_mode, cpu)}
+        needed = {name for cpu in cpus
+                  for name in needed_files(backends, device.precision, device.int8_mode, cpu, shipped=files)}
     except ModelChoiceError as exc:
         raise ConfigError(f"{config.path.name}: devices: {exc}") from None
     absent = sorted(needed - set(files))

@@ -34,9 +34,32 @@ def optimized(trained_project, tmp_path_factory):
     root = tmp_path_factory.mktemp("int8")
     shutil.copytree(trained_project, root / "p", ignore=shutil.ignore_patterns("home", ".edgekit"))
     config = root / "p" / "deploy.toml"
-    # every layer in INT8 (no mixed-precision fallback), so the structure of a full INT8 model is checked
-    config.write_text(config.read_text() + "\n[quantize]\nmax_accuracy_drop = 1.0\n")
+    # every layer in INT8 (no mixed-precision fallback), so the structure of a full INT8 model is checked; a
+    # loose rule so every INT8 file ships (the 7-bit one is dropped when it fails the rule: see below)
+    config.write_text(config.read_text() + "\n[quantize]\nmax_accuracy_drop = 1.0\n[validation]\nmin_cosine = 0.9\n")
     return optimize(load_config(config), say=lambda m: None)
+
+
+def test_a_7_bit_file_that_would_fail_validation_is_not_shipped(trained_project, tmp_path):
+    """Without VNNI a device gets the 7-bit-weight file; when that file misses the device's rule against FP32
+    it is left out (every push to such a device would be refused) and such CPUs get the U8S8 file."""
+    from edgekit.device.cpu import cpu_flags, summarize_isa
+    from edgekit.host.bundle import files_for_device
+    from edgekit.host.config import DeviceSection
+
+    shutil.copytree(trained_project, tmp_path / "p", ignore=shutil.ignore_patterns("home", ".edgekit"))
+    config = tmp_path / "p" / "deploy.toml"
+    config.write_text(config.read_text() + "\n[quantize]\nmax_accuracy_drop = 1.0\nmixed_precision = false\n"
+                      "[validation]\nmin_cosine = 0.9999999\n")
+    said: list[str] = []
+    optimized = optimize(load_config(config), say=said.append)
+    assert MODEL_INT8_CPU_AVX2 not in optimized.files and MODEL_INT8_CPU in optimized.files
+    assert any(m.startswith(f"warning: {MODEL_INT8_CPU_AVX2} (7-bit weights") and "not shipped" in m for m in said)
+    haswell = summarize_isa("x86_64", cpu_flags("flags\t\t: fpu sse4_2 avx avx2 fma\n"))
+    status = {"backends": {"onnxruntime": {"available": True}}, "cpu": haswell}
+    shipped = files_for_device(load_config(config), DeviceSection(kind="local", precision="int8"),
+                               dict(optimized.files), status)
+    assert MODEL_INT8_CPU in shipped and MODEL_INT8_CPU_AVX2 not in shipped
 
 
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.device.manifest import CALIBRATION_JSON, MODEL_FP32, MODEL_INT8_CPU_AVX2
+from edgekit.device.manifest import CALIBRATION_JSON, MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2
 
 from ..config import Config
 from ..errors import CheckFailed, EdgekitError
@@ -30,7 +30,7 @@ class CalibrateStage(Stage):
         try:
             result = quantize(ctx.config, ctx.files[MODEL_FP32], out, ctx.get("data"), load["mean"], load["std"],
                               fp32_top1, ctx.say)
-            write_avx2_variant(ctx.files[MODEL_FP32], out, result.excluded, result.info["weighted_only"])
+            avx2 = write_avx2_variant(ctx, ctx.files[MODEL_FP32], out, result.excluded, result.info["weighted_only"])
         except EdgekitError:
             raise
         except Exception as exc:  # noqa: BLE001 - the quantisers raise many kinds on unusual graphs
@@ -38,7 +38,7 @@ class CalibrateStage(Stage):
             raise CheckFailed(f"INT8 calibration failed on this model ({type(exc).__name__}: {first}); the pruned, "
                               "exported FP32 model is cached: push it with precision = \"fp32\" (or set "
                               "quantize.enabled = false), and please report the model") from None
-        result.files.append(MODEL_INT8_CPU_AVX2)
+        result.files += [MODEL_INT8_CPU_AVX2] if avx2 else []
         info = dict(result.info, enabled=True, accuracy=result.accuracy, fp_layers=result.excluded,
                     sensitivity=result.sensitivity[:10])
         note = f"{result.info['method']}, {result.info['images']} images"
@@ -49,16 +49,32 @@ class CalibrateStage(Stage):
         return Output(rows=[dict(stage="INT8 calibrated", note=note)] + routes, info=info, files=result.files)
 
 
-def write_avx2_variant(fp32: Path, out: Path, excluded: list[str], weighted_only: bool) -> None:
+def write_avx2_variant(ctx: Context, fp32: Path, out: Path, excluded: list[str], weighted_only: bool) -> bool:
     """The CPU INT8 model with 7-bit weights, from the same ranges, the same float layers and the same
-    placement (only the weighted layers when the mixed-precision route was chosen).
+    placement (only the weighted layers when the mixed-precision route was chosen); False (and no file)
+    when it would fail the device's validation rule against the FP32 model.
 
-    Devices pick it when their x86 CPU lacks VNNI (``device/model_files.py``), where the
-    full-range U8S8 model can saturate and fail validation.
+    Devices pick it when their x86 CPU lacks VNNI (``device/model_files.py``), where the full-range U8S8
+    model can saturate. 7-bit weights cost precision (worst-sample cosine 0.97 against FP32 on the demo
+    model, measured): shipping such a file would make every push to such a device fail the host's
+    pre-upload check, so it is left out and those devices get the U8S8 file, which their own validation
+    then judges.
     """
     from edgekit.calibration.cpu import write_cpu_int8
     from edgekit.calibration.table import CalibrationTable
 
+    from ..data import normalize
+    from ..quantize import device_rule
+
     table = CalibrationTable.from_json((out / CALIBRATION_JSON).read_text())
-    write_cpu_int8(fp32, table, out / MODEL_INT8_CPU_AVX2, exclude=set(excluded), weighted_only=weighted_only,
-                   reduce_range=True)
+    path = out / MODEL_INT8_CPU_AVX2
+    write_cpu_int8(fp32, table, path, exclude=set(excluded), weighted_only=weighted_only, reduce_range=True)
+    load, data = ctx.info["load"], ctx.get("data")
+    rule = device_rule(ctx.config, ctx.files[MODEL_FP32], normalize(data.test.images, load["mean"], load["std"]),
+                       data.test.labels)
+    failed = rule.failures({MODEL_INT8_CPU_AVX2: path})
+    if failed:
+        ctx.say(f"warning: {MODEL_INT8_CPU_AVX2} (7-bit weights, for x86 CPUs without VNNI) would fail the device's "
+                f"validation ({failed[MODEL_INT8_CPU_AVX2]}); not shipped: such CPUs get {MODEL_INT8_CPU}")
+        path.unlink()
+    return not failed

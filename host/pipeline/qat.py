@@ -42,16 +42,20 @@ class QatStage(Stage):
         result = quantize_aware(ctx.config, ctx.get("model"), ctx.files[MODEL_FP32], ctx.files[CALIBRATION_JSON].parent,
                                 previous, out, ctx.get("data"), load["mean"], load["std"], ctx.info["export"]["top1"],
                                 ctx.say)
+        withdrawn: list[str] = []
         if result.info.get("qat"):  # the 7-bit CPU variant from the same float model and ranges as the others
             from ..quantize import QAT_FLOAT
             from .calibrate import write_avx2_variant
 
             source = out / QAT_FLOAT if (out / QAT_FLOAT).exists() else ctx.files[MODEL_FP32]
-            write_avx2_variant(source, out, result.excluded, result.info["weighted_only"])
-            result.files.append(MODEL_INT8_CPU_AVX2)
+            if write_avx2_variant(ctx, source, out, result.excluded, result.info["weighted_only"]):
+                result.files.append(MODEL_INT8_CPU_AVX2)
+            else:  # PTQ's 7-bit file would not match QAT's weights and ranges
+                withdrawn.append(MODEL_INT8_CPU_AVX2)
             if source != ctx.files[MODEL_FP32]:  # QAT won: its float model ships for TensorRT's implicit INT8
                 result.files.append(QAT_FLOAT)
         counts = ctx.info["export"]["counts"]
         info = dict(result.info, enabled=True, reason=reason, accuracy=result.accuracy, fp_layers=result.excluded,
                     sensitivity=result.sensitivity[:10])
-        return Output(rows=[dict(row, **counts) for row in result.rows], info=info, files=result.files)
+        return Output(rows=[dict(row, **counts) for row in result.rows], info=info, files=result.files,
+                      withdrawn=withdrawn)

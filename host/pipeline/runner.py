@@ -33,11 +33,13 @@ class Lazy:
 
 @dataclass
 class Output:
-    """What a stage returns: table rows, JSON-able info for later stages and the report, files it wrote."""
+    """What a stage returns: table rows, JSON-able info for later stages and the report, files it wrote,
+    and files of earlier stages it withdraws (no longer consistent with what it wrote)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    withdrawn: list[str] = field(default_factory=list)
 
 
 class Context:
@@ -160,6 +162,8 @@ def run_stages(config: Config, stages: Sequence[Stage], say: Say, force: bool = 
             ran.append(stage.name)
         ctx.info[stage.name] = saved["info"]
         stage.check(ctx, saved["info"])
+        for name in saved.get("withdrawn", []):
+            ctx.files.pop(name, None)
         ctx.files.update({name: directory / name for name in saved["files"]})
         timings[stage.name] = time.perf_counter() - clock
         for row in saved["rows"]:
@@ -179,6 +183,6 @@ def _execute(stage: Stage, ctx: Context, cache: StageCache, key: str, force: boo
         shutil.rmtree(work, ignore_errors=True)
         raise
     result = {"stage": stage.name, "rows": output.rows, "info": output.info, "files": output.files,
-              "wall_s": time.perf_counter() - clock}
+              "withdrawn": output.withdrawn, "wall_s": time.perf_counter() - clock}
     won = cache.publish(stage.name, key, work, result, replace=force)
     return cache.load(stage.name, key) or dict(result, key=key), won
