@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from torch import nn
@@ -329,19 +329,26 @@ def mixed_precision_fallback(config: Config, base: Candidate, images: np.ndarray
     worst = min(base.accuracy, key=base.accuracy.get)
     worst = next(iter(base.unfaithful), worst)  # rank with the file the device would reject
     say(f"{base.name}: INT8 loses {fp32_top1 - base.accuracy[worst]:.2%} top-1 (budget {budget:.2%}); "
-        "ranking layer sensitivity")
+        "trying INT8 on the weighted layers only")
     directory = _fresh(base.directory.with_name(base.directory.name + "-fallback"))
-    ranking = rank_sensitivity(fp32, writers[worst], images[:SENSITIVITY_IMAGES], directory)
     excluded: list[str] = []
-    for entry in [None] + ranking:  # first: only the weighted layers in INT8, nothing excluded yet
-        if entry is not None:
-            excluded.append(entry["node"])
+    ranking: list[dict] = []
+    remaining: Iterator[dict] | None = None
+    while True:  # first: only the weighted layers in INT8, nothing excluded yet; then the most sensitive out
         for name, writer in writers.items():
             writer(set(excluded), directory / name)
         accuracy = {name: onnx_top1(directory / name, test, labels) for name in writers}
         unfaithful = fidelity.failures({name: directory / name for name in writers})
         if fp32_top1 - min(accuracy.values()) <= (1.0 if budget is None else budget) and not unfaithful:
             break
+        if remaining is None:  # ranked only when needed: one model write and run per weighted layer
+            say("ranking layer sensitivity")
+            ranking = rank_sensitivity(fp32, writers[worst], images[:SENSITIVITY_IMAGES], directory)
+            remaining = iter(ranking)
+        entry = next(remaining, None)
+        if entry is None:
+            break
+        excluded.append(entry["node"])
     table.write(directory / CALIBRATION_JSON, directory / CALIBRATION_CACHE)
     candidate = Candidate(f"{base.name} + fallback", directory, fp32, table, accuracy, excluded, ranking,
                           info=dict(base.info), unfaithful=unfaithful, weighted_only=True)
