@@ -484,7 +484,8 @@ augment = ["crop"]
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: every EdgekitError becomes one line on stderr and its exit code, never a traceback.
 
-    Usage errors are typer's own (exit 2); anything else raised is a bug and keeps its traceback.
+    Usage errors are typer's own (exit 2). Anything else raised is a bug (often on a model we have not
+    seen): one line naming it and where its traceback was saved, exit 1; ``EDGEKIT_TRACEBACK=1`` re-raises.
     """
     try:
         app(args=argv)
@@ -494,3 +495,31 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted; a job already published keeps running on the device (`edgekit status`)")
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, the traceback in a file
+        import os
+
+        if os.environ.get("EDGEKIT_TRACEBACK"):
+            raise
+        saved = save_traceback()
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        err.print(f"[red]error:[/red] internal error ({type(exc).__name__}: {escape(first)}); this is a bug in "
+                  f"edgekit: please report it with {saved}",
+                  highlight=False, soft_wrap=True)
+        sys.exit(EXIT_FAILED)
+
+
+def save_traceback() -> str:
+    """The current exception's traceback in ``$EDGEKIT_HOME/crash-<time>.txt`` (or the reason it could not be)."""
+    import time
+    import traceback
+
+    from .config import host_home
+
+    try:
+        home = host_home()
+        home.mkdir(parents=True, exist_ok=True)
+        path = home / f"crash-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+        path.write_text(traceback.format_exc())
+        return str(path)
+    except OSError as exc:
+        return f"the traceback (not saved: {exc}; rerun with EDGEKIT_TRACEBACK=1 to see it)"

@@ -40,6 +40,8 @@ from torch.nn.utils import parametrize
 
 from edgekit.calibration.table import CalibrationTable, TensorRange
 
+from .outputs import OutputKey, select
+
 Say = Callable[[str], None]
 QMIN, QMAX = -128, 127  # int8 as QuantizeLinear saturates; scale = amax / 127 as the writers use
 LEVELS = 127.0
@@ -234,6 +236,7 @@ class QatSettings:
     momentum: float = 0.9
     augment: tuple[str, ...] = ()
     seed: int = 0
+    output: OutputKey = 0  # the classifier among the model's outputs (model.output)
 
 
 def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
@@ -249,7 +252,7 @@ def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterabl
     sgd = torch.optim.SGD(weights, lr=settings.lr, momentum=settings.momentum, nesterov=settings.momentum > 0)
     adam = torch.optim.Adam(ranges, lr=settings.range_lr) if ranges else None
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, max(1, settings.epochs * steps_per_epoch))
-    loss_fn = distillation_loss(teacher.eval(), DISTILL_TEMPERATURE, DISTILL_ALPHA)
+    loss_fn = distillation_loss(teacher.eval(), DISTILL_TEMPERATURE, DISTILL_ALPHA, settings.output)
     for epoch in range(settings.epochs):
         qat.module.train()
         total, count = 0.0, 0
@@ -257,7 +260,7 @@ def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterabl
             sgd.zero_grad(set_to_none=True)
             if adam:
                 adam.zero_grad(set_to_none=True)
-            loss = loss_fn(qat.module(inputs), labels, inputs)
+            loss = loss_fn(select(qat.module(inputs), settings.output), labels, inputs)
             loss.backward()
             # a badly calibrated start saturates most activations and the distillation gradient is then
             # ~30x its usual norm (measured on ResNet-20): unclipped, the first steps wreck the weights
@@ -308,6 +311,21 @@ def scale_mismatches(qdq_model: Path, learned: dict[str, float]) -> list[str]:
             if name not in written or not np.isclose(written[name], amax, rtol=1e-6, atol=0)]
 
 
+def trace(model: nn.Module) -> fx.GraphModule:
+    """The model as an fx graph with its optional ``forward`` arguments fixed at their defaults (a ``mask=None``
+    traced as an input would take the ``if mask is not None`` branch for good); LookupError when fx cannot."""
+    import inspect
+
+    optional = {name: parameter.default
+                for name, parameter in list(inspect.signature(model.forward).parameters.items())[1:]
+                if parameter.default is not inspect.Parameter.empty}
+    try:
+        return fx.symbolic_trace(model, concrete_args=optional or None)
+    except Exception as exc:  # noqa: BLE001 - TraceError, TypeError...: whatever fx cannot follow
+        first = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise LookupError(f"QAT needs a model torch.fx can trace ({type(exc).__name__}: {first})") from None
+
+
 def run_qat(folded: nn.Module, fp32_onnx: Path, ptq_qdq: Path, ptq_table: CalibrationTable, *,
             train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]], steps_per_epoch: int,
             calibration: Callable[[Path], CalibrationTable], match_inputs: np.ndarray,
@@ -323,7 +341,7 @@ def run_qat(folded: nn.Module, fp32_onnx: Path, ptq_qdq: Path, ptq_table: Calibr
     teacher = copy.deepcopy(folded).eval()
     student = no_inplace(copy.deepcopy(folded).eval())
     if not isinstance(student, fx.GraphModule):
-        student = fx.symbolic_trace(student)
+        student = trace(student)
     initial = quantised_activations(ptq_qdq)
     for name in initial:  # the table's amax, not the written scale's float32 rounding
         initial[name] = float(np.float32(ptq_table.amax(name)))

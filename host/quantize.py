@@ -374,7 +374,7 @@ def qat_candidate(config: Config, model: nn.Module, fp32: Path, table: Calibrati
     write_trt_qdq(fp32, table, placement)
     settings = QatSettings(epochs=epochs, lr=section.qat_lr, batch_size=config.train.batch_size,
                            momentum=config.train.momentum, augment=tuple(config.train.augment),
-                           seed=config.train.seed)
+                           seed=config.train.seed, output=config.model.output)
     try:
         outcome = run_qat(
             model, fp32, placement, table,
@@ -388,7 +388,7 @@ def qat_candidate(config: Config, model: nn.Module, fp32: Path, table: Calibrati
                                                     config),
             match_inputs=images,
             export=lambda net, path: export_onnx(net, path, config.input.shape, opset=config.optimize.opset,
-                                                 input_name=config.input.name),
+                                                 input_name=config.input.name, output=config.model.output),
             settings=settings, work=directory, say=say)
     except LookupError as exc:
         say(f"QAT skipped: {exc}; keeping post-training quantisation")

@@ -61,3 +61,25 @@ def test_unknown_device_lists_the_known_ones(tmp_path):
     config = load_config(write(tmp_path, TINY_PROJECT))
     with pytest.raises(ConfigError, match="known devices: local"):
         config.device("jetson")
+
+
+def test_an_internal_error_is_one_line_naming_where_its_traceback_went(monkeypatch, tmp_path, capsys):
+    """A bug (often met on a model nobody has tried) must not spill a traceback over the user's terminal."""
+    from edgekit.host import cli
+
+    def broken(args=None):
+        raise RuntimeError("boom on an unusual model\nsecond line")
+
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
+    monkeypatch.delenv("EDGEKIT_TRACEBACK", raising=False)
+    monkeypatch.setattr(cli, "app", broken)
+    with pytest.raises(SystemExit) as exited:
+        cli.main([])
+    line = capsys.readouterr().err.strip()
+    assert exited.value.code == 1 and "\n" not in line and "Traceback" not in line
+    assert line.startswith("error: internal error (RuntimeError: boom on an unusual model)")
+    saved = sorted(tmp_path.glob("crash-*.txt"))
+    assert len(saved) == 1 and str(saved[0]) in line and "Traceback" in saved[0].read_text()
+    monkeypatch.setenv("EDGEKIT_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main([])

@@ -265,3 +265,24 @@ def test_the_report_says_which_int8_route_shipped_after_qat():
     assert "5 epoch(s)" in line
     assert int8_route_line({"precision": "int8", "host": {"calibration": dict(calibration, qat=None)}}) is None
     assert int8_route_line({"precision": "fp32", "host": {"calibration": calibration}}) is None
+
+
+def test_trace_fixes_optional_arguments_and_refuses_what_fx_cannot_follow():
+    from edgekit.host.qat import trace
+
+    class Masked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x, mask=None):
+            return self.conv(x) if mask is None else self.conv(x * mask)
+
+    class ShapeIf(Masked):
+        def forward(self, x, mask=None):
+            return self.conv(x) if x.shape[-1] > 16 else x
+
+    model, x = Masked().eval(), torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(trace(model)(x), model(x))  # traced with mask=None, not as a graph input
+    with pytest.raises(LookupError, match="QAT needs a model torch.fx can trace"):
+        trace(ShapeIf())
