@@ -152,7 +152,9 @@ def test_untraceable_model_folds_on_the_onnx_graph_and_the_device_rule_is_checke
     assert not list((root / "home" / "local-device").glob("queue/*"))  # nothing was published
 
     config = root / "deploy.toml"
-    config.write_text(config.read_text().replace("min_cosine = 0.9999999", "min_cosine = 0.99"))
+    # a loose rule (the model is barely trained, so its INT8 top-1 agreement varies between trainings)
+    loose = "min_cosine = 0.9\nmin_top1_agreement = 0.5"
+    config.write_text(config.read_text().replace("min_cosine = 0.9999999", loose))
     result, data = push(root, env)
     assert result.returncode == 0, result.stderr
     assert data["report"]["host"]["folding"]["onnx_folded"] == 2
