@@ -35,3 +35,18 @@ def test_a_key_the_device_does_not_trust_is_refused(tmp_path):
     with pytest.raises(SignatureError, match="does not trust"):
         verify(b"x", sign(theirs, b"x"), load_trusted_keys(tmp_path / "trusted"))
     assert load_trusted_keys(tmp_path / "missing") == {}
+
+
+def test_concurrent_first_pushes_agree_on_one_signing_key(tmp_path):
+    """Five pushes at once on a fresh machine: each gets the same key, none fails on the other's file."""
+    import stat
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgekit.host.keys import load_or_create_key, public_line
+
+    with ThreadPoolExecutor(8) as pool:
+        lines = set(pool.map(lambda _: public_line(load_or_create_key(tmp_path / "home")), range(16)))
+    assert len(lines) == 1
+    assert [p.name for p in (tmp_path / "home").iterdir()] == ["signing_key"]  # no temporary file left
+    assert stat.S_IMODE((tmp_path / "home" / "signing_key").stat().st_mode) == 0o600
+    assert public_line(load_or_create_key(tmp_path / "home")) in lines
