@@ -40,7 +40,9 @@ def test_push_twice_reuses_the_optimised_model_and_the_engine(project):
     assert again["report"]["uploaded_bytes"] == 0
     assert "no host work needed" in second.stderr
     events = (local_spool().jobs / again["report"]["job"] / "events.jsonl").read_text()
-    assert "reusing cached engine" in events and "building" not in events
+    assert "reusing cached engine" in events
+    # auto races the runtimes again and may pick the other one this time; only its baseline is new then
+    assert all("baseline" in line for line in events.splitlines() if "building" in line)
 
     table = run_cli("report", cwd=project)
     assert table.returncode == 0 and "passed" in table.stdout and f"{report['backend']} (auto)" in table.stdout
