@@ -9,6 +9,12 @@ Part 1 (the zoo): every model of ``tests/user_models.py`` (and ``densenet121``) 
 end (validation passed) or the one line it failed with, the layers protected from pruning, the folding
 count and the push time. Nothing may end in a traceback.
 
+Part 1b (``--timm``): the same recipe on timm models (``TIMM``, or ``--models``), built by a factory
+module written into the work folder, as a user would (``timm.create_model(name, num_classes=...)``).
+Where timm does not import (it needs torchvision, which does not import with this project's CPU torch)
+it is skipped in one line; run it from a venv with timm. Results: ``results/user_models_timm.json``.
+The table adds top-1 FP32 → final (the worst INT8 file) so an accuracy collapse cannot hide.
+
 Part 2 (``--target``): push time of a DenseNet-121-like model (``tests/user_models.py:densenet121``,
 written here since torchvision/timm do not import with this torch) with pruning + INT8 against
 ResNet-20 ×4 with the same recipe, interleaved rounds from a clean cache each time. Target: ≤ 3×.
@@ -35,8 +41,24 @@ from edgekit.host.data import write_digits
 ROOT = Path(__file__).resolve().parent.parent
 EDGEKIT = str(Path(sys.executable).parent / "edgekit")
 ZOO = ["shufflenet", "senet", "densenet", "upskip", "two_outputs", "optional_input", "two_inputs",
-       "classifier_first", "hard_view", "shape_if", "fused_bn_act", "attention", "densenet121"]
+       "classifier_first", "hard_view", "shape_if", "fused_bn_act", "attention", "layer_scale",
+       "linear_attention", "densenet121"]
 OUTPUT = {"two_outputs": 1}
+TIMM = ["resnet18", "mobilenetv3_small_100", "efficientnet_b0", "regnetx_002", "densenet121", "ghostnet_100",
+        "convnext_atto", "mobilevitv2_050"]
+TIMM_FACTORIES = '''"""timm models as a user's factories (written by benchmarks/user_models.py --timm)."""
+import timm
+
+
+def _factory(name):
+    def build(num_classes=10, **_):
+        return timm.create_model(name, num_classes=num_classes, pretrained=False)
+    return build
+
+
+for _name in {names!r}:
+    globals()[_name] = _factory(_name)
+'''
 
 PROJECT = """\
 [project]
@@ -69,7 +91,8 @@ precision = "int8"
 
 
 def edgekit(args: list[str], cwd: Path, home: Path) -> tuple[subprocess.CompletedProcess, float]:
-    env = dict(os.environ, EDGEKIT_HOME=str(home), PYTHONPATH=f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}")
+    path = f"{ROOT / 'tests'}:{home.parent}:{os.environ.get('PYTHONPATH', '')}"  # home.parent: timm_zoo.py
+    env = dict(os.environ, EDGEKIT_HOME=str(home), PYTHONPATH=path)
     start = time.perf_counter()
     result = subprocess.run([EDGEKIT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=7200)
     return result, time.perf_counter() - start
@@ -108,8 +131,19 @@ def push(folder: Path, home: Path) -> dict:
     return outcome
 
 
+def timm_zoo(work: Path, names: list[str]) -> str | None:
+    """Write ``timm_zoo.py`` (one factory per timm model) into ``work``; the reason when timm does not import."""
+    try:
+        import timm  # noqa: F401 - only whether it imports
+    except Exception as exc:  # noqa: BLE001 - torchvision's import fails with RuntimeError on this torch
+        return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:100]}"
+    (work / "timm_zoo.py").write_text(TIMM_FACTORIES.format(names=names))
+    return None
+
+
 def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, train_epochs: int,
-        minutes: float = 0.0, on_row: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+        minutes: float = 0.0, on_row: Callable[[list[dict]], None] = lambda rows: None,
+        module: str = "user_models") -> list[dict]:
     """Train and push each model; with ``minutes``, models not started by then are listed as not run."""
     rows: list[dict] = []
     start = time.monotonic()
@@ -119,7 +153,7 @@ def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, 
                          "error": f"not run: the {minutes:g}-minute budget was spent"})
             continue
         home = work / "home"
-        folder = project(work, data, name, f"user_models:{name}", width, finetune, train_epochs)
+        folder = project(work, data, name, f"{module}:{name}", width, finetune, train_epochs)
         if not (folder / "model.pt").exists():  # a re-run with --work reuses the trained model
             trained, train_s = edgekit(["train"], folder, home)
             if trained.returncode != 0:
@@ -166,25 +200,29 @@ def zoo_table(rows: list[dict]) -> list[list]:
     table = []
     for row in rows:
         top = row.get("accuracy", {})
+        final = min(top.values()) if top else None
+        baseline = top.get("trained (FP32 baseline)")
         status = ("pushed, validation passed" if row.get("validation") else
                   "pushed, validation FAILED" if row["exit"] == 0 else
                   "not run" if row["exit"] is None else f"exit {row['exit']}")
         table.append([row["model"], status, "yes" if row["traceback"] else "no",
                       ", ".join(row.get("protected", {})) or "-", row.get("error", row.get("folding", ""))[:90],
-                      f"{min(top.values()):.1%}" if top else "-", row["seconds"]])
+                      f"{baseline:.1%} → {final:.1%}" if top and baseline is not None else "-", row["seconds"]])
     return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(ZOO))
+    parser.add_argument("--models", default=None, help="default: the zoo, or TIMM with --timm")
+    parser.add_argument("--timm", action="store_true", help="push timm models instead of the zoo (needs timm)")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--finetune", type=int, default=1)
     parser.add_argument("--train-epochs", type=int, default=3)
     parser.add_argument("--target", action="store_true", help="also measure the densenet121 / resnet20x4 target")
     parser.add_argument("--only-target", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--name", default="user_models", help="zoo results: benchmarks/results/NAME.json")
+    parser.add_argument("--name", default=None, help="zoo results: benchmarks/results/NAME.json (default "
+                        "user_models, or user_models_timm with --timm)")
     parser.add_argument("--minutes", type=float, default=0.0,
                         help="zoo: start no model after this many minutes (the rest are listed as not run)")
     parser.add_argument("--work", type=Path, default=None, help="keep projects here (default: a temp folder)")
@@ -195,18 +233,26 @@ def main() -> None:
     if not (data / "test_batch").exists():
         write_digits(data)
     results: dict = {"settings": vars(args) | {"work": str(work)}}
+    name = args.name or ("user_models_timm" if args.timm else "user_models")
+    models = args.models.split(",") if args.models else (TIMM if args.timm else ZOO)
+    module = "user_models"
+    if args.timm:
+        missing = timm_zoo(work, models)
+        if missing:
+            print(f"skipped the timm models: timm does not import here ({missing}); run from a venv with timm")
+            return
+        module = "timm_zoo"
     if not args.only_target:
         def write(rows: list[dict]) -> None:  # after every model: a stopped sweep still leaves its results
             results["zoo"] = rows
             results["load_average"] = os.getloadavg()
             RESULTS.mkdir(exist_ok=True)
-            (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+            (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
-        rows = zoo(work, data, args.models.split(","), args.width, args.finetune, args.train_epochs, args.minutes,
-                   write)
+        rows = zoo(work, data, models, args.width, args.finetune, args.train_epochs, args.minutes, write, module)
         results["zoo"] = rows
-        report(args.name, f"user models, prune 50% + INT8 on local ({args.finetune} fine-tune epoch(s))",
-               ["model", "result", "traceback", "protected from pruning", "error / folding", "worst top-1",
+        report(name, f"user models, prune 50% + INT8 on local ({args.finetune} fine-tune epoch(s))",
+               ["model", "result", "traceback", "protected from pruning", "error / folding", "top-1 FP32 → worst",
                 "seconds"], zoo_table(rows), results)
     if args.target or args.only_target:
         partial_path = RESULTS / "user_models_target.partial.json"  # after every push: a stopped run leaves its rounds

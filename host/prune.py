@@ -124,8 +124,14 @@ def check_trainable(model: nn.Module) -> None:
 
 
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph, built quietly.
+
+    ``verbose=False``: torch-pruning otherwise warns, in six lines per build and a dozen builds per push,
+    about bare per-channel parameters (ConvNeXt's layer scale) and ops it treats as element-wise. Both are
+    what the probe (``unfollowable``) checks on real images, and what it cannot follow it names itself.
+    """
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     except Exception as exc:  # noqa: BLE001 - torch-pruning raises many kinds on untraceable models
         raise ConfigError(f"torch-pruning cannot trace this model ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:160]}); protect the layer in prune.protect or disable pruning"

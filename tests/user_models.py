@@ -311,5 +311,54 @@ def attention(num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -
                          conv_bn(2 * c, 2 * c, stride=2), Head(2 * c, num_classes))
 
 
+# -- layer scale (ConvNeXt, CaiT): a bare nn.Parameter scales each channel --------------------------
+class LayerScaleBlock(nn.Module):
+    """ConvNeXt-style: depthwise conv, inverted bottleneck, then ``x * gamma`` with ``gamma`` a bare
+    per-channel parameter (no module of its own: torch-pruning calls it "unwrapped")."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.norm = nn.BatchNorm2d(channels)
+        self.expand = nn.Conv2d(channels, 4 * channels, 1)
+        self.reduce = nn.Conv2d(4 * channels, channels, 1)
+        self.gamma = nn.Parameter(torch.full((channels,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.reduce(F.gelu(self.expand(self.norm(self.dw(x)))))
+        return x + out * self.gamma.reshape(1, -1, 1, 1)
+
+
+def layer_scale(num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> nn.Module:
+    c = _c(16, width)
+    return nn.Sequential(conv_bn(in_channels, c, stride=2), LayerScaleBlock(c), LayerScaleBlock(c),
+                         Head(c, num_classes))
+
+
+# -- separable linear attention (MobileViTv2): q/k/v split to sizes fixed in the code ----------------
+class LinearAttention(nn.Module):
+    """One conv makes a 1-channel query plus d-channel key and value, split with sizes from ``__init__``:
+    after pruning that conv the literal sizes no longer add up."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.qkv = nn.Conv2d(channels, 1 + 2 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.qkv(x).split([1, self.channels, self.channels], dim=1)
+        scores = torch.softmax(query.flatten(2), dim=-1).view_as(query)
+        context = (key * scores).sum(dim=(2, 3), keepdim=True)
+        return x + self.proj(F.relu(value) * context)
+
+
+def linear_attention(num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> nn.Module:
+    c = _c(16, width)
+    return nn.Sequential(conv_bn(in_channels, c), conv_bn(c, 2 * c, stride=2), LinearAttention(2 * c),
+                         conv_bn(2 * c, 2 * c, stride=2), Head(2 * c, num_classes))
+
+
 ZOO = ["shufflenet", "senet", "densenet", "upskip", "two_outputs", "optional_input", "classifier_first",
-       "hard_view", "shape_if", "fused_bn_act", "attention"]
+       "hard_view", "shape_if", "fused_bn_act", "attention", "layer_scale",
+       "linear_attention"]
