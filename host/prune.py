@@ -220,7 +220,8 @@ def prune_to(graph: tp.DependencyGraph, group: PruneGroup, score: torch.Tensor, 
         return
     pruning = graph.get_pruning_group(*cut)
     if not graph.check_pruning_group(pruning):
-        raise ConfigError(f"pruning {group.name} to {kept} channels would leave a layer empty; lower prune.ratio")
+        raise ConfigError(f"pruning {group.name} to {kept} channels would leave a layer of its group empty; set "
+                          f"prune.protect = [{group.name!r}] or lower prune.ratio")
     pruning.prune()
 
 

@@ -152,8 +152,11 @@ def try_groups(model: nn.Module, batch: torch.Tensor, names: list[str], plan: Pl
     try:
         graph = build(probe)
         cuts = plan(probe, graph, names)
+        planned = [(root, graph.get_out_channels(root) - len(set(idxs))) for root, _, idxs in cuts]
         for root, function, idxs in cuts:
             group = graph.get_pruning_group(root, function, idxs)
+            if not graph.check_pruning_group(group):
+                return Verdict(False, "torch-pruning would remove every channel of a layer in this group")
             zero_channels(group, graph)
             mixing |= {type(dep.target.module).__name__ for dep, _ in group
                        if isinstance(dep.target.module, CROSS_CHANNEL_NORMS)}
@@ -165,11 +168,25 @@ def try_groups(model: nn.Module, batch: torch.Tensor, names: list[str], plan: Pl
             after = probe(batch)
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
         return Verdict(False, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:120]}")
-    change = compare_outputs(before, after)
+    change = compare_outputs(before, after) or overcut(graph, planned)
     if change and mixing:  # not a wrong mapping: the statistics of the remaining channels changed
         change = (f"{'/'.join(sorted(mixing))} normalises across channels, so removing even all-zero channels "
                   "changes the others")
     return Verdict(not change, change)
+
+
+def overcut(graph: Any, planned: list[tuple[nn.Module, int]]) -> str:
+    """'' when every pruned root kept the width it was cut to, else which did not.
+
+    torch-pruning can tie a channel to others (GhostNet concatenates a layer with a depthwise conv of
+    itself, then slices to width): the cut grows, the function survives (the probe's outputs match) but
+    the widths do not — ghostnet_100 then failed "would leave a layer empty", and misaligned widths
+    broke ``round_to``."""
+    for root, kept in planned:
+        width = graph.get_out_channels(root)
+        if width != kept:
+            return f"cut to {width} channels, not the {kept} asked for: torch-pruning ties its channels to others"
+    return ""
 
 
 def culprits(model: nn.Module, batch: torch.Tensor, names: list[str], plan: Plan,

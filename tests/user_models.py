@@ -359,6 +359,39 @@ def linear_attention(num_classes: int = 10, width: float = 1.0, in_channels: int
                          conv_bn(2 * c, 2 * c, stride=2), Head(2 * c, num_classes))
 
 
+# -- ghost modules (GhostNet): half the channels from a cheap op, concatenated and sliced to width --
+class GhostModule(nn.Module):
+    def __init__(self, cin: int, cout: int, relu: bool = True) -> None:
+        super().__init__()
+        self.out = cout
+        half = (cout + 1) // 2
+        act = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.primary = nn.Sequential(nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), act)
+        self.cheap = nn.Sequential(nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False), nn.BatchNorm2d(half), act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        primary = self.primary(x)
+        return torch.cat([primary, self.cheap(primary)], 1)[:, :self.out]
+
+
+class GhostBottleneck(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int) -> None:
+        super().__init__()
+        self.ghost1, self.ghost2 = GhostModule(cin, mid), GhostModule(mid, cout, relu=False)
+        self.shortcut = nn.Identity() if cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ghost2(self.ghost1(x)) + self.shortcut(x)
+
+
+def ghost(num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> nn.Module:
+    c = _c(16, width)
+    return nn.Sequential(conv_bn(in_channels, c, stride=2), GhostBottleneck(c, 3 * c, 2 * c),
+                         GhostBottleneck(2 * c, 6 * c, 2 * c), Head(2 * c, num_classes))
+
+
 ZOO = ["shufflenet", "senet", "densenet", "upskip", "two_outputs", "optional_input", "classifier_first",
        "hard_view", "shape_if", "fused_bn_act", "attention", "layer_scale",
-       "linear_attention"]
+       "linear_attention", "ghost"]
