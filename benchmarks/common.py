@@ -7,10 +7,13 @@ a shared machine hits every candidate alike; medians are reported, and ratios co
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import platform
+import statistics
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 import onnxruntime as ort
@@ -89,3 +92,75 @@ def report(name: str, title: str, columns: list[str], rows: list[list[Any]], dat
     path.write_text(json.dumps(data, indent=2, default=float) + "\n")
     console.print(f"wrote {path}")
     return path
+
+
+def engine_worker(connection: Any, runtime: str, path: str, batches: list[int]) -> None:
+    """Build and load the engine like the agent does, then answer 'outputs' and 'round' requests."""
+    from edgekit.device.backends import get_backend
+
+    backend = get_backend(runtime)
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+        meta = backend.build(Path(path), Path(tmp), {"batch_sizes": batches, "threads": 0,
+                                                     "openvino_cache_dir": str(Path(tmp) / "cache")}, lambda m: None)
+        engine = backend.load(Path(tmp), meta)
+        data = {b: np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32) for b in batches}
+        connection.send("ready")
+        while True:
+            request = connection.recv()
+            if request[0] == "stop":
+                break
+            if request[0] == "outputs":
+                inputs = request[1]
+                connection.send(np.concatenate([engine.run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)]))
+                continue
+            _, batch, seconds = request
+            engine.run(data[batch])  # wake the threads, untimed
+            timings, begin = [], time.perf_counter()
+            while len(timings) < 3 or time.perf_counter() - begin < seconds:
+                tick = time.perf_counter()
+                engine.run(data[batch])
+                timings.append((time.perf_counter() - tick) * 1000.0)
+            connection.send(statistics.median(timings))
+
+
+class EngineWorkers:
+    """One worker process per (model file, runtime), built by the agent's own backend classes.
+
+    Each engine lives in its own process so one runtime's idle (spinning) threads cannot slow another;
+    ``rounds`` makes them take turns round by round, so noise on a shared machine hits every one alike.
+    """
+
+    def __init__(self, engines: dict[Hashable, tuple[str, Path]], batches: list[int]) -> None:
+        context = mp.get_context("spawn")
+        self.batches = batches
+        self.workers = {}
+        for key, (runtime, path) in engines.items():
+            ours, theirs = context.Pipe()
+            process = context.Process(target=engine_worker, args=(theirs, runtime, str(path), batches), daemon=True)
+            process.start()
+            self.workers[key] = (ours, process)
+        for ours, _ in self.workers.values():
+            ours.recv()
+
+    def outputs(self, key: Hashable, inputs: np.ndarray) -> np.ndarray:
+        ours, _ = self.workers[key]
+        ours.send(("outputs", inputs))
+        return ours.recv()
+
+    def rounds(self, rounds: int, round_s: float) -> dict[Hashable, dict[int, list[float]]]:
+        """Per engine and batch size, the median latency (ms) of each round."""
+        medians: dict[Hashable, dict[int, list[float]]] = {key: {b: [] for b in self.batches} for key in self.workers}
+        for _ in range(rounds):
+            for batch in self.batches:
+                for key, (ours, _) in self.workers.items():
+                    ours.send(("round", batch, round_s))
+                    medians[key][batch].append(ours.recv())
+        return medians
+
+    def __enter__(self) -> EngineWorkers:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for ours, process in self.workers.values():
+            ours.send(("stop",))
+            process.join(timeout=30)

@@ -22,16 +22,14 @@ ONNX Runtime's on the same file at the same validation result.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RESULTS, digits, report, trained
+from common import RESULTS, EngineWorkers, digits, report, trained
 
 from edgekit.calibration.collect import collect, make_table
 from edgekit.calibration.cpu import write_cpu_int8
@@ -98,37 +96,6 @@ def versions() -> dict[str, str]:
     return {"onnxruntime": onnxruntime.__version__, "openvino": openvino.get_version()}
 
 
-def worker(connection: Any, runtime: str, path: str, batches: list[int]) -> None:
-    """Build and load the engine like the agent does, then answer 'outputs' and 'round' requests."""
-    import time
-
-    from edgekit.device.backends import get_backend
-
-    backend = get_backend(runtime)
-    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
-        meta = backend.build(Path(path), Path(tmp), {"batch_sizes": batches, "threads": 0,
-                                                     "openvino_cache_dir": str(Path(tmp) / "cache")}, lambda m: None)
-        engine = backend.load(Path(tmp), meta)
-        data = {b: np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32) for b in batches}
-        connection.send("ready")
-        while True:
-            request = connection.recv()
-            if request[0] == "stop":
-                break
-            if request[0] == "outputs":
-                inputs = request[1]
-                connection.send(np.concatenate([engine.run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)]))
-                continue
-            _, batch, seconds = request
-            engine.run(data[batch])  # wake the threads, untimed
-            timings, begin = [], time.perf_counter()
-            while len(timings) < 3 or time.perf_counter() - begin < seconds:
-                tick = time.perf_counter()
-                engine.run(data[batch])
-                timings.append((time.perf_counter() - tick) * 1000.0)
-            connection.send(statistics.median(timings))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20x4,mobilenetv2")
@@ -143,7 +110,6 @@ def main() -> None:
     work = RESULTS / ".work"
     work.mkdir(parents=True, exist_ok=True)
     cpu = describe_cpu()
-    context = mp.get_context("spawn")
     results: dict[str, Any] = {"cpu": cpu, "rounds": args.rounds, "round_s": args.round_s, "models": {},
                                "command": " ".join(["python", *sys.argv]), "versions": versions(),
                                "load_average": {"start": os.getloadavg()}}
@@ -153,30 +119,11 @@ def main() -> None:
         sources.append((project_name(args.project), lambda: project_models(args.project)))
     for name, make in sources:
         files, inputs, reference, labels = make()
-        workers = {}
-        for file in FILES:
-            for runtime in RUNTIMES:
-                ours, theirs = context.Pipe()
-                process = context.Process(target=worker, args=(theirs, runtime, str(files[file]), batches),
-                                          daemon=True)
-                process.start()
-                workers[(file, runtime)] = (ours, process)
-        for ours, _ in workers.values():
-            ours.recv()
-        verdicts = {}
-        for key, (ours, _) in workers.items():
-            ours.send(("outputs", inputs))
-            precision = "fp32" if key[0] == MODEL_FP32 else "int8"
-            verdicts[key] = compare(reference, ours.recv(), labels, precision, {})
-        medians: dict[tuple, dict[int, list[float]]] = {key: {b: [] for b in batches} for key in workers}
-        for _ in range(args.rounds):
-            for batch in batches:
-                for key, (ours, _) in workers.items():
-                    ours.send(("round", batch, args.round_s))
-                    medians[key][batch].append(ours.recv())
-        for ours, process in workers.values():
-            ours.send(("stop",))
-            process.join(timeout=30)
+        engines = {(file, runtime): (runtime, files[file]) for file in FILES for runtime in RUNTIMES}
+        with EngineWorkers(engines, batches) as workers:
+            verdicts = {key: compare(reference, workers.outputs(key, inputs), labels,
+                                     "fp32" if key[0] == MODEL_FP32 else "int8", {}) for key in engines}
+            medians = workers.rounds(args.rounds, args.round_s)
         base = {b: statistics.median(medians[(MODEL_FP32, "onnxruntime")][b]) for b in batches}
         model_result = {}
         for (file, runtime), per_batch in medians.items():
