@@ -394,13 +394,13 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
         say(f"sparsity training of BatchNorm scales for {spec.sparsity_epochs} epoch(s) (λ={spec.sparsity_lambda})")
         fit(model, 0, None, sparsify_bn(model, spec.sparsity_lambda))
     build = lambda net: build_graph(net.eval(), example)  # noqa: E731
+    graph = build(model)  # built once: tracing a 120-layer DenseNet costs seconds per build
     auto = {name: reason for name, reason in channel_mixers(model.eval(), example).items() if name not in protect}
-    auto.update(unfollowable(model, batch, protect + list(auto), spec, build))
+    auto.update(unfollowable(model, batch, protect + list(auto), spec, build, graph))
     if auto:
         say(f"left {len(auto)} layer group(s) unpruned that torch-pruning cannot follow: "
             + "; ".join(f"{name} ({reason})" for name, reason in list(auto.items())[:4]))
     protect += list(auto)
-    graph = build(model)
     before = widths(model)
     groups = prune_groups(graph, model, protect)
     if not groups:
@@ -488,8 +488,9 @@ def check_still_runs(model: nn.Module, batch: torch.Tensor, reference: list[tupl
 
 
 def unfollowable(model: nn.Module, batch: torch.Tensor, protect: list[str], spec: PruneSpec,
-                 build: Callable[[nn.Module], tp.DependencyGraph]) -> dict[str, str]:
-    """Groups whose pruning breaks the model or changes its function, found on a copy (prune_probe)."""
+                 build: Callable[[nn.Module], tp.DependencyGraph], graph: tp.DependencyGraph) -> dict[str, str]:
+    """Groups whose pruning breaks the model or changes its function, found on a copy (prune_probe);
+    ``graph`` is the model's own (its groups are the candidates), ``build`` makes one for each copy."""
     generator = torch.Generator().manual_seed(0)
 
     def plan(net: nn.Module, graph: tp.DependencyGraph, names: list[str]) -> list[Cut]:
@@ -505,7 +506,7 @@ def unfollowable(model: nn.Module, batch: torch.Tensor, protect: list[str], spec
         return cuts
 
     found: dict[str, str] = {}
-    names = [g.name for g in prune_groups(build(model), model, protect)]
+    names = [g.name for g in prune_groups(graph, model, protect)]
     for _ in range(3):  # culprits found one by one; a pair that only fails together shows up next round
         more, whole = culprits(model, batch, [n for n in names if n not in found], plan, build)
         found.update(more)

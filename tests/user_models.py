@@ -98,10 +98,18 @@ class Transition(nn.Sequential):
                          nn.AvgPool2d(2))
 
 
+def imagenet_stem(cin: int, cout: int) -> nn.Module:
+    """torchvision's and timm's DenseNet stem: 7×7 stride-2 conv, BN, ReLU, 3×3 stride-2 max-pool."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+
+
 class DenseNet(nn.Module):
-    def __init__(self, blocks: tuple[int, ...], growth: int, stem: int, num_classes: int, in_channels: int) -> None:
+    def __init__(self, blocks: tuple[int, ...], growth: int, stem: int, num_classes: int, in_channels: int,
+                 imagenet: bool = False) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, stem, 3, padding=1, bias=False)]
+        layers: list[nn.Module] = [imagenet_stem(in_channels, stem) if imagenet
+                                   else nn.Conv2d(in_channels, stem, 3, padding=1, bias=False)]
         channels = stem
         for index, count in enumerate(blocks):
             for _ in range(count):
@@ -124,7 +132,14 @@ def densenet(num_classes: int = 10, width: float = 1.0, in_channels: int = 3) ->
 
 
 def densenet121(num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> nn.Module:
-    """DenseNet-121's layout (6, 12, 24, 16 layers, growth 32, bottleneck 4) with a CIFAR stem."""
+    """DenseNet-121 as timm and torchvision build it (6, 12, 24, 16 layers, growth 32, bottleneck 4,
+    ImageNet stem): what a user brings. At 32×32 the stem leaves 8×8 maps, 58.5 M MACs."""
+    growth = _c(32, width)
+    return DenseNet((6, 12, 24, 16), growth, 2 * growth, num_classes, in_channels, imagenet=True)
+
+
+def densenet121_cifar(num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> nn.Module:
+    """The same layers behind a CIFAR stem (3×3, stride 1): full 32×32 maps in block 1, 899 M MACs."""
     growth = _c(32, width)
     return DenseNet((6, 12, 24, 16), growth, 2 * growth, num_classes, in_channels)
 
