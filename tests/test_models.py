@@ -34,13 +34,17 @@ def test_the_zoo_lists_every_model():
 @pytest.mark.parametrize("arch", ZOO)
 def test_folding_removes_every_batchnorm_and_keeps_outputs(arch):
     model = randomize_bn(create_model(arch, num_classes=10, width=0.5))
-    inputs = torch.randn(4, 3, 32, 32)
+    inputs = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     folded, count = fold_batchnorm(model)
     batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert count == batchnorms and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
-        assert torch.allclose(model(inputs), folded(inputs), rtol=1e-4, atol=1e-4)
-        assert model(inputs).shape == (4, 10)
+        expected = model(inputs)
+        # float32 rounding through 56 random-BN layers grows with the activations (logits ~1e4 here): the
+        # tolerance is relative to the output's scale, far below what a wrongly folded layer changes
+        scale = float(expected.abs().max())
+        assert torch.allclose(expected, folded(inputs), rtol=1e-4, atol=1e-5 * scale)
+        assert expected.shape == (4, 10)
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2", "nin"])
