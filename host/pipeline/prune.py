@@ -133,8 +133,9 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
     shape = config.input.shape
     history = []
     for step in steps:
-        snapshot = model if step is steps[-1] else rebuild(ctx, step.history)  # the last step is the model
-        if snapshot is not model:
+        snapshot = model  # the last step is the model itself: no rebuild (a graph trace) needed
+        if step is not steps[-1]:
+            snapshot = rebuild(ctx, step.history)
             snapshot.load_state_dict(step.state)
         history.append(dict(step=step.step, **count(snapshot, shape), finetune_epochs=step.epochs,
                             validation_top1=step.validation_top1))
