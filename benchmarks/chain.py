@@ -32,17 +32,17 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, EngineWorkers, digits, report, trained
 
-from edgekit.device.auto import Candidate, choose
 from edgekit.device.backends import available
+from edgekit.device.contract.manifest import MODEL_BASELINE
+from edgekit.device.contract.model_files import model_file
+from edgekit.device.contract.validate import compare
 from edgekit.device.cpu import describe_cpu
-from edgekit.device.manifest import MODEL_BASELINE
-from edgekit.device.model_files import model_file
-from edgekit.device.validate import compare
-from edgekit.host.checkpoint import save_checkpoint
+from edgekit.device.jobs.auto import Candidate, choose
 from edgekit.host.config import load_config
-from edgekit.host.data import Dataset, channel_stats, normalize
-from edgekit.host.export import export_onnx, onnx_predict, onnx_top1
-from edgekit.host.pipeline import optimize
+from edgekit.host.optimize import optimize
+from edgekit.host.optimize.export.onnx_export import export_onnx, onnx_predict, onnx_top1
+from edgekit.host.train.checkpoint import save_checkpoint
+from edgekit.host.train.data import Dataset, channel_stats, normalize
 
 PROJECT = """\
 [project]
@@ -93,7 +93,7 @@ def peer_chain(model, data: Dataset, mean, std, finetune: int, out: Path) -> tup
     import torch_pruning as tp
     from onnxruntime.quantization import quantize_static
 
-    from edgekit.host.train import train
+    from edgekit.host.train.loop import train
 
     start = time.perf_counter()
     net = copy.deepcopy(model).train()

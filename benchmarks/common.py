@@ -21,11 +21,11 @@ from rich.console import Console
 from rich.table import Table
 
 from edgekit.device.stats import summarize
-from edgekit.host.checkpoint import load_model, save_checkpoint
-from edgekit.host.data import Dataset, channel_stats, load_cifar, write_digits
-from edgekit.host.export import onnx_session
-from edgekit.host.models import create_model
-from edgekit.host.train import top1, train
+from edgekit.host.optimize.export.onnx_export import onnx_session
+from edgekit.host.train.checkpoint import load_model, save_checkpoint
+from edgekit.host.train.data import Dataset, channel_stats, load_cifar, write_digits
+from edgekit.host.train.loop import top1, train
+from edgekit.host.train.models import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console(width=160)

@@ -34,13 +34,13 @@ from common import RESULTS, EngineWorkers, digits, report, trained
 from edgekit.calibration.collect import collect, make_table
 from edgekit.calibration.cpu import write_cpu_int8
 from edgekit.calibration.trt_qdq import write_trt_qdq
+from edgekit.device.contract.manifest import MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, REFERENCE
+from edgekit.device.contract.model_files import model_file
+from edgekit.device.contract.validate import compare
 from edgekit.device.cpu import describe_cpu
-from edgekit.device.manifest import MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, REFERENCE
-from edgekit.device.model_files import model_file
-from edgekit.device.validate import compare
-from edgekit.host.data import normalize
-from edgekit.host.export import export_onnx
-from edgekit.host.fold import fold_batchnorm
+from edgekit.host.optimize.export.onnx_export import export_onnx
+from edgekit.host.optimize.fold.batchnorm import fold_batchnorm
+from edgekit.host.train.data import normalize
 
 MODELS = {"resnet20x4": ("resnet20", 4.0), "mobilenetv2": ("mobilenetv2", 1.0)}
 FILES = (MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ)
@@ -50,7 +50,7 @@ REFERENCE_IMAGES = 128
 
 def make_models(name: str, work: Path, epochs: int) -> tuple[dict[str, Path], np.ndarray, np.ndarray, np.ndarray]:
     """Train (cached), fold, export and calibrate once; returns the folder and held-out inputs/logits/labels."""
-    from edgekit.host.export import onnx_predict
+    from edgekit.host.optimize.export.onnx_export import onnx_predict
 
     arch, width = MODELS[name]
     data = digits(work)
@@ -81,7 +81,7 @@ def project_name(root: Path) -> str:
 def project_models(root: Path) -> tuple[dict[str, Path], np.ndarray, np.ndarray, np.ndarray]:
     """A project's own files (its stage cache; optimised now if it is not there) and its reference.npz."""
     from edgekit.host.config import load_config
-    from edgekit.host.pipeline import optimize
+    from edgekit.host.optimize import optimize
 
     optimized = optimize(load_config(root / "deploy.toml"), say=lambda message: None)
     files = {file: optimized.files[file] for file in FILES}

@@ -33,9 +33,9 @@ from common import RESULTS, digits, report, side_by_side, timed, trained
 from edgekit.calibration.collect import collect, make_table
 from edgekit.calibration.cpu import write_cpu_int8
 from edgekit.calibration.trt_qdq import write_trt_qdq
-from edgekit.host.data import normalize
-from edgekit.host.export import export_onnx, onnx_top1
-from edgekit.host.fold import fold_batchnorm
+from edgekit.host.optimize.export.onnx_export import export_onnx, onnx_top1
+from edgekit.host.optimize.fold.batchnorm import fold_batchnorm
+from edgekit.host.train.data import normalize
 
 
 def ours(fp32: Path, images: np.ndarray, out: Path, method: str) -> None:
@@ -69,12 +69,10 @@ def qat_routes(arch: str, width: float, epochs: int, finetune: int, qat_epochs: 
     import torch
     from prune import PROJECT
 
-    from edgekit.host.checkpoint import read_checkpoint, save_checkpoint
     from edgekit.host.config import load_config
-    from edgekit.host.models import create_model
-    from edgekit.host.pipeline import optimize
-    from edgekit.host.prune import apply_history
-    from edgekit.host.quantize import (
+    from edgekit.host.optimize import optimize
+    from edgekit.host.optimize.prune.structured import apply_history
+    from edgekit.host.optimize.quantize.ptq import (
         Candidate,
         calibrate,
         calibration_images,
@@ -83,6 +81,8 @@ def qat_routes(arch: str, width: float, epochs: int, finetune: int, qat_epochs: 
         qat_candidate,
         write_all,
     )
+    from edgekit.host.train.checkpoint import read_checkpoint, save_checkpoint
+    from edgekit.host.train.models import create_model
 
     data = digits(work)
     model, mean, std = trained(work, arch, width, epochs, data)

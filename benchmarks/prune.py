@@ -24,11 +24,11 @@ from pathlib import Path
 
 from common import RESULTS, digits, report, side_by_side, trained
 
-from edgekit.host.checkpoint import save_checkpoint
 from edgekit.host.config import load_config
-from edgekit.host.export import export_onnx
-from edgekit.host.fold import fold_batchnorm
-from edgekit.host.pipeline import optimize
+from edgekit.host.optimize import optimize
+from edgekit.host.optimize.export.onnx_export import export_onnx
+from edgekit.host.optimize.fold.batchnorm import fold_batchnorm
+from edgekit.host.train.checkpoint import save_checkpoint
 
 PROJECT = """\
 [project]

@@ -22,10 +22,10 @@ from common import report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgekit.device.manifest import sha256_file  # noqa: E402
+from edgekit.device.contract.manifest import sha256_file  # noqa: E402
 from edgekit.host.config import DeviceSection  # noqa: E402
-from edgekit.host.transports.connect import resolve, scan_host_key, trust_host_key  # noqa: E402
-from edgekit.host.transports.ssh import SSHTransport  # noqa: E402
+from edgekit.host.ship.transports.connect import resolve, scan_host_key, trust_host_key  # noqa: E402
+from edgekit.host.ship.transports.ssh import SSHTransport  # noqa: E402
 from tests.sshd import SSHServer, device_user, free_port, keygen  # noqa: E402
 
 

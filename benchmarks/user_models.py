@@ -38,7 +38,7 @@ from typing import Callable
 
 from common import RESULTS, report
 
-from edgekit.host.data import write_digits
+from edgekit.host.train.data import write_digits
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGEKIT = str(Path(sys.executable).parent / "edgekit")

@@ -34,7 +34,7 @@ def thermal_zones(root: Path = Path("/sys/class/thermal")) -> Dict[str, float]:
 
 def snapshot() -> Dict[str, Any]:
     """Load, temperatures and (on a Jetson) clocks, throttling and rail power at one moment."""
-    from .jetson import jetson_state
+    from .backends.tensorrt.jetson import jetson_state
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     state = {"loadavg_1m": load[0] if load else None, "temperatures_c": thermal_zones() or None}
@@ -45,7 +45,7 @@ def snapshot() -> Dict[str, Any]:
 
 def describe_host() -> Dict[str, Any]:
     """Static facts: what machine ran the job."""
-    from .jetson import jetson_facts
+    from .backends.tensorrt.jetson import jetson_facts
 
     return {
         "hostname": socket.gethostname(),

@@ -1,5 +1,5 @@
 """edgekit's host side: CLI, models, data, training, optimisation, bundles, transports and reports."""
 
-from edgekit.device import __version__
+from ..device import __version__
 
 __all__ = ["__version__"]

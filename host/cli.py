@@ -49,7 +49,7 @@ def _say(json_mode: bool):
 def init(directory: Path = typer.Argument(Path("."), help="where to write deploy.toml"),
          arch: str = typer.Option("resnet20", help="zoo model or module:function")) -> None:
     """Write a starter deploy.toml."""
-    from .models import list_models
+    from .train.models import list_models
 
     target = directory / "deploy.toml"
     if target.exists():
@@ -65,7 +65,7 @@ def init(directory: Path = typer.Argument(Path("."), help="where to write deploy
 def data_digits(directory: Path = typer.Argument(..., help="where to write the CIFAR-format data set"),
                 json_mode: bool = JsonOption) -> None:
     """Write scikit-learn's handwritten digits (real images) as a 3×32×32 CIFAR-format data set."""
-    from .data import channel_stats, write_digits
+    from .train.data import channel_stats, write_digits
 
     data = write_digits(directory)
     mean, std = channel_stats(data.train)
@@ -82,14 +82,14 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
     """Train the project's model on its data set and write model.checkpoint."""
     from rich.progress import Progress
 
-    from .accelerator import resolve
-    from .checkpoint import save_checkpoint
-    from .data import channel_stats
-    from .models import create_model
-    from .pipeline import load_data
-    from .pipeline.load import check_interface
-    from .train import top1
-    from .train import train as run_training
+    from .optimize import load_data
+    from .optimize.load import check_interface
+    from .train.accelerator import resolve
+    from .train.checkpoint import save_checkpoint
+    from .train.data import channel_stats
+    from .train.loop import top1
+    from .train.loop import train as run_training
+    from .train.models import create_model
 
     config = _load(config_path)
     data = load_data(config)
@@ -120,8 +120,8 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
 def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Option(False, help="ignore the cache"),
                      json_mode: bool = JsonOption) -> None:
     """Fold BN, export and verify ONNX, evaluate every stage; cached by content."""
-    from .pipeline import optimize
-    from .report import stage_table
+    from .optimize import optimize
+    from .records.report import stage_table
 
     config = _load(config_path)
     result = optimize(config, _say(json_mode), force=force)
@@ -144,7 +144,7 @@ def push(device: Optional[str] = typer.Argument(None, help="device name from dep
          parallel: int = typer.Option(4, min=1, max=32, help="devices pushed at once (fleets)"),
          config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Optimise, ship to DEVICE (or a fleet), build there, validate, benchmark, and print the latency report."""
-    from .fleet import select_devices
+    from .ship.fleet import select_devices
 
     config = _load(config_path)
     names = select_devices(config, device, all_devices, group)
@@ -154,9 +154,9 @@ def push(device: Optional[str] = typer.Argument(None, help="device name from dep
 
 
 def _push_one(config, device: str, json_mode: bool) -> None:
-    from .push import budget_failures
-    from .push import push as run_push
-    from .report import latency_rows, print_report, stage_table
+    from .records.report import latency_rows, print_report, stage_table
+    from .ship.push import budget_failures
+    from .ship.push import push as run_push
 
     say = _say(json_mode)
     with err.status("working…") as status:
@@ -210,8 +210,8 @@ class _UploadBar:
 
 
 def _push_fleet(config, names: list[str], parallel: int, json_mode: bool) -> None:
-    from .fleet import push_fleet
-    from .report import latency_rows, latency_table
+    from .records.report import latency_rows, latency_table
+    from .ship.fleet import push_fleet
 
     outcome = push_fleet(config, names, parallel, _say(json_mode),
                          lambda device, event: None if json_mode or event["kind"] not in ("stage", "failed", "cache")
@@ -251,10 +251,10 @@ def devices(config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> N
 def status(device: str = typer.Argument(...), job: Optional[str] = typer.Argument(None, help="default: the last"),
            config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Re-attach to a job on DEVICE: follow its events and print its report."""
-    from .history import History
-    from .push import follow, lost_connection
-    from .report import print_report
-    from .transports import open_transport
+    from .records.history import History
+    from .records.report import print_report
+    from .ship.push import follow, lost_connection
+    from .ship.transports import open_transport
 
     config = _load(config_path)
     history = History(config.state_dir / "history.db")
@@ -285,8 +285,8 @@ def report(job: Optional[str] = typer.Argument(None, help="job id; default: the 
            plot: bool = typer.Option(False, "--plot", help="write the run's PNG plots (and open them on a desktop)"),
            config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Print a stored report from the run history."""
-    from .history import History
-    from .report import print_report
+    from .records.history import History
+    from .records.report import print_report
 
     config = _load(config_path)
     history = History(config.state_dir / "history.db")
@@ -294,7 +294,7 @@ def report(job: Optional[str] = typer.Argument(None, help="job id; default: the 
     if stored is None:
         raise ConfigError(f"no run {job!r} in the history" if job else "the run history is empty; run `edgekit push`")
     if plot:
-        from .push import write_run_files
+        from .ship.push import write_run_files
 
         stored["plots"] = [str(p) for p in write_run_files(history.run_dir(stored["job"]), stored, stored["device"])]
     if json_mode:
@@ -321,8 +321,8 @@ def compare(old: Optional[str] = typer.Argument(None, help="job id (default: the
     """Compare two runs: median latencies, each run's speed-up over its FP32 baseline, host top-1."""
     from rich.table import Table
 
-    from .history import History
-    from .report import compare_rows
+    from .records.history import History
+    from .records.report import compare_rows
 
     history = History(_load(config_path).state_dir / "history.db")
     before = history.get(old) if old else history.latest(offset=1, status="done")
@@ -361,8 +361,8 @@ def device_add(name: str = typer.Argument(..., help="the device's name in deploy
                backend: str = typer.Option("auto", help="auto, onnxruntime, openvino or tensorrt"),
                config_path: Path = ConfigOption) -> None:
     """Show DEVICE's host key fingerprint, record it once you confirm, and add the device to deploy.toml."""
-    from .fleet import append_device
-    from .transports.connect import fingerprint, resolve, scan_host_key, trust_host_key
+    from .ship.fleet import append_device
+    from .ship.transports.connect import fingerprint, resolve, scan_host_key, trust_host_key
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or name == "local":
         raise ConfigError(f"device name {name!r}: use letters, digits, '.', '_' or '-' ('local' is built in)")
@@ -391,8 +391,8 @@ def device_setup(name: str = typer.Argument(...),
                                                help="ship OpenVINO (x86-64 and aarch64 wheels) for the CPU"),
                  config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Install edgekit's agent on DEVICE (no internet needed there), trust this host's key, start the service."""
-    from .transports.setup import install
-    from .transports.ssh import SSHTransport
+    from .ship.transports.setup import install
+    from .ship.transports.ssh import SSHTransport
 
     config = _load(config_path)
     device = config.device(name)
@@ -412,8 +412,8 @@ def device_setup(name: str = typer.Argument(...),
 def device_check(name: str = typer.Argument(...), config_path: Path = ConfigOption,
                  json_mode: bool = JsonOption) -> None:
     """Reachable? Agent version and state, backends with versions, Jetson model and JetPack, free disk."""
-    from .transports.setup import check
-    from .transports.ssh import SSHTransport
+    from .ship.transports.setup import check
+    from .ship.transports.ssh import SSHTransport
 
     config = _load(config_path)
     transport = SSHTransport(name, config.device(name))

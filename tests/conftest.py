@@ -58,7 +58,7 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, check: bool = False)
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
-    from edgekit.host.data import write_digits
+    from edgekit.host.train.data import write_digits
 
     target = tmp_path_factory.mktemp("digits")
     write_digits(target)

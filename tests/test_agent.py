@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.device.agent import agent_running
-from edgekit.device.service import parse_exec_start
-from edgekit.device.spool import Spool, new_job_id, read_json
-from edgekit.host.bundle import make_manifest, manifest_bytes
+from edgekit.device.agent.main import agent_running
+from edgekit.device.agent.spool import Spool, new_job_id, read_json
+from edgekit.device.contract.service import parse_exec_start
 from edgekit.host.config import load_config
-from edgekit.host.keys import load_or_create_key, public_line, sign
-from edgekit.host.pipeline import optimize
-from edgekit.host.transports.local import LocalTransport
+from edgekit.host.optimize import optimize
+from edgekit.host.ship.bundle import make_manifest, manifest_bytes
+from edgekit.host.ship.keys import load_or_create_key, public_line, sign
+from edgekit.host.ship.transports.local import LocalTransport
 
 from .conftest import AGENT
 
@@ -151,7 +151,7 @@ def test_a_second_agent_on_the_same_root_exits_quietly(agent_root):
 
 def test_device_package_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import edgekit.device.agent, edgekit.device.jobs, edgekit.device.backends.onnxruntime\n"
+            "import edgekit.device.agent.main, edgekit.device.jobs.runner, edgekit.device.backends.onnxruntime\n"
             "assert not [m for m in sys.modules if m.startswith('edgekit.host')]\n"
             "print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -24,8 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "api"
-TRT_SOURCES = [ROOT / "device" / "backends" / "tensorrt.py"]
-CUDA_SOURCES = [ROOT / "device" / "cuda.py"]
+TRT_SOURCES = [ROOT / "device" / "backends" / "tensorrt" / "backend.py"]
+CUDA_SOURCES = [ROOT / "device" / "backends" / "tensorrt" / "cuda.py"]
 # the variables TensorRT objects live in → their class in the bindings
 TRT_OBJECTS = {"builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser",
                "config": "IBuilderConfig", "profile": "IOptimizationProfile", "runtime": "Runtime",

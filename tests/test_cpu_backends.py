@@ -14,9 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgekit.device.auto import Candidate, choose, interleave
-from edgekit.device.cpu import cpu_flags, describe_cpu, summarize_isa
-from edgekit.device.manifest import (
+from edgekit.device.agent.spool import Spool
+from edgekit.device.contract.manifest import (
     CALIBRATION_CACHE,
     MODEL_FP32,
     MODEL_INT8_CPU,
@@ -24,8 +23,9 @@ from edgekit.device.manifest import (
     MODEL_INT8_QDQ,
     REFERENCE,
 )
-from edgekit.device.model_files import ModelChoiceError, candidates, model_file, needed_files, unused_files
-from edgekit.device.spool import Spool
+from edgekit.device.contract.model_files import ModelChoiceError, candidates, model_file, needed_files, unused_files
+from edgekit.device.cpu import cpu_flags, describe_cpu, summarize_isa
+from edgekit.device.jobs.auto import Candidate, choose, interleave
 
 from .conftest import run_cli
 
@@ -90,9 +90,9 @@ def test_only_the_files_a_backend_reads_are_shipped_the_rest_stays():
 
 
 def test_host_picks_files_from_what_the_device_reports(tmp_path):
-    from edgekit.host.bundle import files_for_device
     from edgekit.host.config import DeviceSection
     from edgekit.host.errors import ConfigError
+    from edgekit.host.ship.bundle import files_for_device
 
     files = {name: tmp_path / name for name in ALL_FILES}
     config = SimpleNamespace(path=Path("deploy.toml"))
@@ -159,7 +159,7 @@ def test_interleave_alternates_candidates_within_each_round():
 @pytest.fixture(scope="module")
 def optimized(trained_project, tmp_path_factory):
     from edgekit.host.config import load_config
-    from edgekit.host.pipeline import optimize
+    from edgekit.host.optimize import optimize
 
     root = tmp_path_factory.mktemp("cpu-backends")
     shutil.copytree(trained_project, root / "p", ignore=shutil.ignore_patterns("home", ".edgekit"))
@@ -174,7 +174,7 @@ def test_openvino_builds_runs_and_validates_every_model_file(optimized, tmp_path
     pytest.importorskip("openvino")
     from edgekit.device.backends.openvino import OpenVinoBackend
     from edgekit.device.benchmark import Plan
-    from edgekit.device.validate import compare, reference_key
+    from edgekit.device.contract.validate import compare, reference_key
 
     backend = OpenVinoBackend()
     about = backend.describe()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.host.transports.cuda_wheels import PROBE, cuda_python_wheels, parse_probe, requirement
-from edgekit.host.transports.setup import DevicePython
+from edgekit.host.ship.transports.cuda_wheels import PROBE, cuda_python_wheels, parse_probe, requirement
+from edgekit.host.ship.transports.setup import DevicePython
 
 NVCC = """nvcc: NVIDIA (R) Cuda compiler driver
 Copyright (c) 2005-2023 NVIDIA Corporation

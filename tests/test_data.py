@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from edgekit.host.data import batches, channel_stats, load_cifar, load_folder
 from edgekit.host.errors import ConfigError
+from edgekit.host.train.data import batches, channel_stats, load_cifar, load_folder
 
 
 def test_digits_round_trip_through_the_cifar_loader(digits_dir):

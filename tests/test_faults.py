@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.device.spool import Spool
-from edgekit.host.bundle import manifest_bytes
-from edgekit.host.keys import sign
+from edgekit.device.agent.spool import Spool
+from edgekit.host.ship.bundle import manifest_bytes
+from edgekit.host.ship.keys import sign
 
 from .conftest import EDGEKIT, run_cli
 from .faults import (
@@ -125,10 +125,10 @@ def test_symlinks_and_absurd_sizes_are_refused_and_good_blobs_kept(local, tmp_pa
 
 def test_a_runtime_crashing_the_worker_is_dropped_by_auto_and_the_job_finishes(local, monkeypatch):
     """OpenVINO segfaulted converting a user's DenseNet: under ``auto`` the other runtime must take over."""
-    from edgekit.device import agent
+    from edgekit.device.agent import main as agent
     from edgekit.device.backends import available
-    from edgekit.device.jobs import JobRunner
-    from edgekit.device.model_files import AUTO, candidates
+    from edgekit.device.contract.model_files import AUTO, candidates
+    from edgekit.device.jobs.runner import JobRunner
 
     scenario = "a runtime crashes the worker (SIGSEGV) under auto: dropped, job done"
     transport, manifest, key = local
@@ -205,7 +205,7 @@ def remount_read_only(mount: Path, wait_s: float = 20.0) -> None:
 
 def test_a_full_or_read_only_disk_fails_the_job_and_the_agent_keeps_serving(project, small_disk):
     with trial("full and read-only disk: job fails, agent keeps serving"):
-        from edgekit.host.transports.local import LocalTransport
+        from edgekit.host.ship.transports.local import LocalTransport
 
         transport, manifest, key = prepare(project)
         manifest = quick(manifest)
@@ -290,7 +290,7 @@ def failing_disk(tmp_path):
 
 def test_an_io_error_fails_the_job_with_one_line_and_the_agent_keeps_serving(project, failing_disk):
     with trial("EIO from the disk: job fails with its reason, agent keeps serving"):
-        from edgekit.host.transports.local import LocalTransport
+        from edgekit.host.ship.transports.local import LocalTransport
 
         mount, control = failing_disk
         transport, manifest, key = prepare(project)
@@ -365,9 +365,9 @@ def test_cut_connections_mid_upload_and_mid_follow_give_one_line_and_resume(ssh_
 
     from edgekit.host.config import load_config
     from edgekit.host.errors import CheckFailed
-    from edgekit.host.push import UploadProgress, push
-    from edgekit.host.transports.connect import resolve, trust_host_key
-    from edgekit.host.transports.ssh import SSHTransport
+    from edgekit.host.ship.push import UploadProgress, push
+    from edgekit.host.ship.transports.connect import resolve, trust_host_key
+    from edgekit.host.ship.transports.ssh import SSHTransport
 
     project, env, server = ssh_device
     for name in ("HOME", "EDGEKIT_HOME", "SSH_AUTH_SOCK"):

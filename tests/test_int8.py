@@ -12,19 +12,19 @@ from onnx import numpy_helper
 
 from edgekit.calibration.table import parse_trt_cache
 from edgekit.calibration.trt_qdq import check_trt_qdq
-from edgekit.device.cpu import describe_cpu
-from edgekit.device.manifest import (
+from edgekit.device.contract.manifest import (
     CALIBRATION_CACHE,
     CALIBRATION_JSON,
     MODEL_INT8_CPU,
     MODEL_INT8_CPU_AVX2,
     MODEL_INT8_QDQ,
 )
-from edgekit.device.model_files import model_file
-from edgekit.device.validate import tolerances
+from edgekit.device.contract.model_files import model_file
+from edgekit.device.contract.validate import tolerances
+from edgekit.device.cpu import describe_cpu
 from edgekit.host.config import load_config
-from edgekit.host.pipeline import optimize
-from edgekit.host.prevalidate import REFERENCE_RUNTIME
+from edgekit.host.optimize import optimize
+from edgekit.host.ship.prevalidate import REFERENCE_RUNTIME
 
 from .conftest import run_cli
 
@@ -44,8 +44,8 @@ def test_a_7_bit_file_that_would_fail_validation_is_not_shipped(trained_project,
     """Without VNNI a device gets the 7-bit-weight file; when that file misses the device's rule against FP32
     it is left out (every push to such a device would be refused) and such CPUs get the U8S8 file."""
     from edgekit.device.cpu import cpu_flags, summarize_isa
-    from edgekit.host.bundle import files_for_device
     from edgekit.host.config import DeviceSection
+    from edgekit.host.ship.bundle import files_for_device
 
     shutil.copytree(trained_project, tmp_path / "p", ignore=shutil.ignore_patterns("home", ".edgekit"))
     config = tmp_path / "p" / "deploy.toml"
@@ -130,7 +130,7 @@ def test_mixed_precision_names_the_layers_it_keeps_in_float(trained_project, tmp
     shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("home", ".edgekit"))
     config = root / "deploy.toml"
     # Calibration on images at a tenth of their brightness: ranges far too narrow, so INT8 loses accuracy.
-    from edgekit.host.data import load_cifar
+    from edgekit.host.train.data import load_cifar
 
     np.save(root / "dim.npy", load_cifar(root / "data").train.images[:64] // 10)
     config.write_text(config.read_text() + '\n[quantize]\nsource = "dim.npy"\nmax_accuracy_drop = 0.0\n')

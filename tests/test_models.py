@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.host.export import export_onnx, verify_onnx
-from edgekit.host.fold import fold_batchnorm
-from edgekit.host.models import create_model, list_models
+from edgekit.host.optimize.export.onnx_export import export_onnx, verify_onnx
+from edgekit.host.optimize.fold.batchnorm import fold_batchnorm
+from edgekit.host.train.models import create_model, list_models
 
 ZOO = ["mobilenetv2", "nin", "resnet20", "resnet56", "vgg11_bn", "vgg16_bn"]
 
@@ -82,8 +82,8 @@ def test_user_models_come_from_module_function(tmp_path, monkeypatch):
 
 
 def test_checkpoints_load_weights_only_and_refuse_pickled_objects(tmp_path):
-    from edgekit.host.checkpoint import load_model, save_checkpoint
     from edgekit.host.errors import ConfigError
+    from edgekit.host.train.checkpoint import load_model, save_checkpoint
 
     model = create_model("resnet20", width=0.25).eval()
     save_checkpoint(tmp_path / "ok.pt", model, {"arch": "resnet20"})

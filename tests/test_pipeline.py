@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from edgekit.host.config import load_config
-from edgekit.host.pipeline import STAGES, Output, Stage, stage_keys
-from edgekit.host.pipeline.cache import StageCache
-from edgekit.host.pipeline.runner import run_stages
+from edgekit.host.optimize import STAGES, Output, Stage, stage_keys
+from edgekit.host.optimize.cache import StageCache
+from edgekit.host.optimize.runner import run_stages
 
 NAMES = [stage.name for stage in STAGES]
 PROJECT = """\
@@ -205,7 +205,7 @@ def test_concurrent_cold_runs_compute_each_stage_once(keyed):
 
 
 def test_code_fingerprint_lists_only_python_sources():
-    from edgekit.host.pipeline.fingerprint import code_files
+    from edgekit.host.optimize.fingerprint import code_files
 
     files = code_files()
     assert any(f.name == "runner.py" for f in files) and all(f.suffix == ".py" for f in files)

@@ -21,7 +21,7 @@ def copy_project(trained_project, tmp_path):
 
 
 def test_turning_pruning_on_after_a_cached_optimise_prunes(trained_project, tmp_path):
-    from edgekit.host.pipeline import optimize
+    from edgekit.host.optimize import optimize
 
     root = copy_project(trained_project, tmp_path)
     first = optimize(load_config(root / "deploy.toml"), say=lambda m: None)
@@ -38,18 +38,18 @@ def test_code_fingerprint_covers_edgekit_files_only():
     import edgekit.calibration
     import edgekit.device
     import edgekit.host
-    from edgekit.host.pipeline.fingerprint import code_files
+    from edgekit.host.optimize.fingerprint import code_files
 
     roots = [Path(p.__file__).resolve().parent for p in (edgekit.host, edgekit.device, edgekit.calibration)]
     files = code_files()
     assert files and all(any(root in f.parents for root in roots) for f in files)
     assert not any(".venv" in f.parts or "site-packages" in f.parts for f in files)
-    assert Path(edgekit.host.pipeline.__file__).resolve() in files
+    assert Path(edgekit.host.optimize.__file__).resolve() in files
 
 
 def test_each_change_reruns_exactly_its_stages_on_a_real_project(trained_project, tmp_path):
     """The cache cases of the issue, on the real pipeline (keys alone are covered in test_pipeline)."""
-    from edgekit.host.pipeline import optimize
+    from edgekit.host.optimize import optimize
 
     root = tmp_path / "p"
     shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("home", ".edgekit"))
@@ -76,8 +76,8 @@ def test_each_change_reruns_exactly_its_stages_on_a_real_project(trained_project
 def test_int8_is_called_slower_than_fp32_only_when_it_clearly_is():
     """resnet18 at 32×32 got "model.int8.cpu.onnx runs slower than FP32 (batch 1: 0.09 ms vs 0.09 ms)": a tie
     within timing noise reported as a finding."""
-    from edgekit.device.manifest import MODEL_INT8_CPU
-    from edgekit.host.pipeline.evaluate import slower_than_fp32
+    from edgekit.device.contract.manifest import MODEL_INT8_CPU
+    from edgekit.host.optimize.evaluate import slower_than_fp32
 
     def rows(ms: float) -> list[dict]:
         return [{"file": MODEL_INT8_CPU, "latency_ms": {1: ms}}]

@@ -10,12 +10,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgekit.host.checkpoint import load_model, save_checkpoint
 from edgekit.host.errors import ConfigError
-from edgekit.host.export import export_onnx, verify_onnx
-from edgekit.host.fold import fold_batchnorm
-from edgekit.host.models import create_model
-from edgekit.host.prune import (
+from edgekit.host.optimize.export.onnx_export import export_onnx, verify_onnx
+from edgekit.host.optimize.fold.batchnorm import fold_batchnorm
+from edgekit.host.optimize.prune.structured import (
     PruneSpec,
     aligned_width,
     build_graph,
@@ -26,6 +24,8 @@ from edgekit.host.prune import (
     prune_model,
     widths,
 )
+from edgekit.host.train.checkpoint import load_model, save_checkpoint
+from edgekit.host.train.models import create_model
 
 ZOO = ["mobilenetv2", "nin", "resnet20", "resnet56", "vgg11_bn", "vgg16_bn"]
 EXAMPLE = torch.zeros(1, 3, 32, 32)
@@ -143,7 +143,7 @@ def test_concat_depthwise_and_grouped_convs_prune_export_and_validate(tmp_path, 
 
 @pytest.mark.parametrize("method", ["bn_scale", "taylor", "magnitude"])
 def test_each_method_prunes_with_its_own_importance(digits_dir, method):
-    from edgekit.host.data import batches, load_cifar
+    from edgekit.host.train.data import batches, load_cifar
 
     data = load_cifar(digits_dir)
     model = create_model("vgg11_bn", width=0.5)
@@ -213,7 +213,7 @@ def test_a_ratio_that_empties_layers_is_refused_in_config(trained_project, tmp_p
 
 def test_optimize_prunes_fine_tunes_and_reports_each_step(trained_project, tmp_path):
     from edgekit.host.config import load_config
-    from edgekit.host.pipeline import optimize
+    from edgekit.host.optimize import optimize
 
     root = tmp_path / "p"
     shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("home", ".edgekit"))
@@ -236,7 +236,7 @@ def test_optimize_prunes_fine_tunes_and_reports_each_step(trained_project, tmp_p
 
 
 def test_fine_tuning_stops_once_recovered_not_at_the_budget_edge():
-    from edgekit.host.pipeline.prune import recovered
+    from edgekit.host.optimize.prune.stage import recovered
 
     assert not recovered(0.985, 0.99)  # within a 1-point budget, yet the budget must still cover INT8 and noise
     assert recovered(0.99, 0.99) and recovered(1.0, 0.99)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.device.spool import Spool
+from edgekit.device.agent.spool import Spool
 
 from .conftest import run_cli
 
@@ -117,12 +117,12 @@ def test_push_survives_the_local_agent_being_killed_mid_job(project):
 
 
 def test_upload_progress_reports_exactly_the_bytes_the_device_lacks(project):
-    from edgekit.host.bundle import make_manifest, manifest_bytes
     from edgekit.host.config import host_home, load_config
-    from edgekit.host.keys import load_or_create_key, sign
-    from edgekit.host.pipeline import optimize
-    from edgekit.host.push import UploadProgress, ship
-    from edgekit.host.transports.local import LocalTransport
+    from edgekit.host.optimize import optimize
+    from edgekit.host.ship.bundle import make_manifest, manifest_bytes
+    from edgekit.host.ship.keys import load_or_create_key, sign
+    from edgekit.host.ship.push import UploadProgress, ship
+    from edgekit.host.ship.transports.local import LocalTransport
 
     class Recorder(UploadProgress):
         def __init__(self):

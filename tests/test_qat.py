@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from edgekit.calibration.table import parse_trt_cache
 from edgekit.calibration.trt_qdq import check_trt_qdq
-from edgekit.device.manifest import (
+from edgekit.device.contract.manifest import (
     CALIBRATION_CACHE,
     CALIBRATION_JSON,
     MODEL_FP32,
@@ -27,14 +27,20 @@ from edgekit.device.manifest import (
     MODEL_QAT,
     REFERENCE,
 )
-from edgekit.device.model_files import model_file
-from edgekit.device.validate import reference_key
+from edgekit.device.contract.model_files import model_file
+from edgekit.device.contract.validate import reference_key
 from edgekit.host.config import load_config
 from edgekit.host.errors import ConfigError
-from edgekit.host.fp16 import add_typed_files
-from edgekit.host.pipeline import optimize
-from edgekit.host.qat import build_qat_model, fake_quantize, locate, no_inplace, quantised_activations
-from edgekit.host.quantize import Candidate, choose
+from edgekit.host.optimize import optimize
+from edgekit.host.optimize.quantize.fp16 import add_typed_files
+from edgekit.host.optimize.quantize.ptq import Candidate, choose
+from edgekit.host.optimize.quantize.qat import (
+    build_qat_model,
+    fake_quantize,
+    locate,
+    no_inplace,
+    quantised_activations,
+)
 
 from .conftest import TINY_PROJECT
 
@@ -102,7 +108,7 @@ BUDGET = 0.03
 @pytest.fixture(scope="module")
 def dim_project(trained_project, tmp_path_factory) -> Path:
     """The tiny project calibrated on images at a third of their brightness: activation ranges far too narrow."""
-    from edgekit.host.data import load_cifar
+    from edgekit.host.train.data import load_cifar
 
     root = tmp_path_factory.mktemp("qat") / "p"
     shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("home", ".edgekit"))
@@ -213,10 +219,10 @@ def test_fake_quantised_torch_model_runs_like_the_written_qdq_model(trained_proj
     """The quantisers sit where the Q/DQ writer puts Q/DQ: before training, torch and ONNX Runtime agree."""
     from edgekit.calibration.collect import collect, make_table
     from edgekit.calibration.trt_qdq import write_trt_qdq
-    from edgekit.host.checkpoint import load_model
-    from edgekit.host.data import channel_stats, load_cifar, normalize
-    from edgekit.host.export import export_onnx, onnx_predict
-    from edgekit.host.fold import fold_batchnorm
+    from edgekit.host.optimize.export.onnx_export import export_onnx, onnx_predict
+    from edgekit.host.optimize.fold.batchnorm import fold_batchnorm
+    from edgekit.host.train.checkpoint import load_model
+    from edgekit.host.train.data import channel_stats, load_cifar, normalize
 
     data = load_cifar(trained_project / "data")
     model, _ = load_model(trained_project / "runs" / "tiny.pt", "resnet20", 10, 0.25, 3)
@@ -239,8 +245,8 @@ def test_fake_quantised_torch_model_runs_like_the_written_qdq_model(trained_proj
 
 
 def test_implicit_int8_builds_the_qat_float_model_only_when_it_shipped():
-    from edgekit.device.model_files import unused_files
-    from edgekit.device.trt_plan import TrtVersion, plan_build
+    from edgekit.device.backends.tensorrt.plan import TrtVersion, plan_build
+    from edgekit.device.contract.model_files import unused_files
 
     qat = [MODEL_FP32, MODEL_QAT, MODEL_INT8_QDQ, MODEL_INT8_CPU, CALIBRATION_CACHE, REFERENCE]
     ptq = [name for name in qat if name != MODEL_QAT]
@@ -257,7 +263,7 @@ def test_implicit_int8_builds_the_qat_float_model_only_when_it_shipped():
 
 
 def test_the_report_says_which_int8_route_shipped_after_qat():
-    from edgekit.host.report import int8_route_line
+    from edgekit.host.records.report import int8_route_line
 
     calibration = {"int8": "ptq+fallback", "chosen": "INT8 PTQ + fallback", "qat": {"epochs": 5, "seconds": 47.0},
                    "reason": "post-training INT8 misses quantize.max_accuracy_drop"}
@@ -269,7 +275,7 @@ def test_the_report_says_which_int8_route_shipped_after_qat():
 
 
 def test_trace_fixes_optional_arguments_and_refuses_what_fx_cannot_follow():
-    from edgekit.host.qat import trace
+    from edgekit.host.optimize.quantize.qat import trace
 
     class Masked(torch.nn.Module):
         def __init__(self) -> None:

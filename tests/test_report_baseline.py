@@ -8,9 +8,9 @@ import json
 import pytest
 
 from edgekit.device.benchmark import Plan, interleaved, merge_rounds
+from edgekit.device.contract.manifest import MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2
+from edgekit.device.contract.model_files import model_file
 from edgekit.device.cpu import describe_cpu, summarize_isa
-from edgekit.device.manifest import MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2
-from edgekit.device.model_files import model_file
 
 from .conftest import run_cli
 
@@ -72,7 +72,7 @@ def report_with_baseline(job: str = "j1", final: float = 1.0, base: float = 8.0)
 
 
 def test_latency_rows_carry_baseline_speedup_and_both_accuracies():
-    from edgekit.host.report import latency_rows, summary_lines
+    from edgekit.host.records.report import latency_rows, summary_lines
 
     row = latency_rows(report_with_baseline(), "local")[0]
     assert row["baseline_p50_ms"] == 8.0 and row["speedup"] == 8.0
@@ -86,7 +86,7 @@ def test_report_names_the_runtime_both_models_ran_on_and_the_cpus_int8_isa():
     """With auto the baseline runs on the winner: the summary says which; rich must not eat the [ISA] list."""
     from rich.console import Console
 
-    from edgekit.host.report import print_report, summary_lines
+    from edgekit.host.records.report import print_report, summary_lines
 
     report = report_with_baseline()
     report.update(backend="openvino", baseline={"model_file": "model.baseline.onnx", "backend": "openvino"},
@@ -100,8 +100,8 @@ def test_report_names_the_runtime_both_models_ran_on_and_the_cpus_int8_isa():
 
 def test_a_job_still_in_flight_reads_as_published_not_failed(tmp_path):
     """The history row written at publish: `report` shows it in flight; `compare` skips it for finished runs."""
-    from edgekit.host.history import History
-    from edgekit.host.push import published_stub
+    from edgekit.host.records.history import History
+    from edgekit.host.ship.push import published_stub
 
     from .conftest import TINY_PROJECT
 
@@ -121,14 +121,14 @@ def test_a_job_still_in_flight_reads_as_published_not_failed(tmp_path):
 
 
 def test_compare_shows_each_runs_baseline_speedup():
-    from edgekit.host.report import compare_rows
+    from edgekit.host.records.report import compare_rows
 
     rows = compare_rows(report_with_baseline("a", 2.0), report_with_baseline("b", 1.0))
     assert rows[0]["speedup"] == 2.0 and rows[0]["old_vs_baseline"] == 4.0 and rows[0]["new_vs_baseline"] == 8.0
 
 
 def test_plots_are_written_as_png_files(tmp_path):
-    from edgekit.host.plots import write_plots
+    from edgekit.host.records.plots import write_plots
 
     paths = write_plots(dict(report_with_baseline(), device="local"), tmp_path)
     assert sorted(p.name for p in paths) == ["latency-b32.png", "stages.png"]

@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from edgekit.device.signing import SignatureError, load_trusted_keys, verify
-from edgekit.host.keys import load_or_create_key, public_line, sign
+from edgekit.device.contract.signing import SignatureError, load_trusted_keys, verify
+from edgekit.host.ship.keys import load_or_create_key, public_line, sign
 
 
 def test_host_key_is_created_once_with_mode_0600(tmp_path):
@@ -42,7 +42,7 @@ def test_concurrent_first_pushes_agree_on_one_signing_key(tmp_path):
     import stat
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgekit.host.keys import load_or_create_key, public_line
+    from edgekit.host.ship.keys import load_or_create_key, public_line
 
     with ThreadPoolExecutor(8) as pool:
         lines = set(pool.map(lambda _: public_line(load_or_create_key(tmp_path / "home")), range(16)))

@@ -74,12 +74,12 @@ def test_unknown_and_changed_host_keys_are_refused(lab_project, ssh_lab):
 
 
 def test_tampered_unsigned_and_foreign_bundles_are_rejected_over_ssh(lab_project, monkeypatch, tmp_path):
-    from edgekit.host.bundle import make_manifest, manifest_bytes
     from edgekit.host.config import load_config
-    from edgekit.host.keys import load_or_create_key, sign
-    from edgekit.host.pipeline import optimize
-    from edgekit.host.push import follow
-    from edgekit.host.transports.ssh import SSHTransport
+    from edgekit.host.optimize import optimize
+    from edgekit.host.ship.bundle import make_manifest, manifest_bytes
+    from edgekit.host.ship.keys import load_or_create_key, sign
+    from edgekit.host.ship.push import follow
+    from edgekit.host.ship.transports.ssh import SSHTransport
 
     project, env, _ = lab_project
     for key in ("HOME", "EDGEKIT_HOME", "SSH_AUTH_SOCK"):
@@ -96,7 +96,7 @@ def test_tampered_unsigned_and_foreign_bundles_are_rejected_over_ssh(lab_project
         cases = [(payload.replace(b'"fp32"', b'"int8"', 1), sign(key, payload), "altered after signing"),
                  (payload, b"", "not an ed25519 signature"),
                  (payload, sign(load_or_create_key(tmp_path / "other"), payload), "does not trust")]
-        from edgekit.device.spool import new_job_id
+        from edgekit.device.agent.spool import new_job_id
 
         for body, signature, words in cases:
             job = new_job_id()
@@ -109,11 +109,11 @@ def test_tampered_unsigned_and_foreign_bundles_are_rejected_over_ssh(lab_project
 
 
 def test_an_upload_cut_off_half_way_resumes_where_it_stopped(lab_project, monkeypatch, tmp_path):
-    from edgekit.device.manifest import sha256_file
+    from edgekit.device.contract.manifest import sha256_file
     from edgekit.host.config import load_config
     from edgekit.host.errors import CheckFailed
-    from edgekit.host.push import lost_connection
-    from edgekit.host.transports.ssh import SSHTransport
+    from edgekit.host.ship.push import lost_connection
+    from edgekit.host.ship.transports.ssh import SSHTransport
 
     project, env, _ = lab_project
     for key in ("HOME", "EDGEKIT_HOME", "SSH_AUTH_SOCK"):

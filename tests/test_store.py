@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.device.budget import budget_failures
-from edgekit.device.spool import Spool, part_name
-from edgekit.device.store import Item, StoreConfig, collect, plan_removals
+from edgekit.device.agent.spool import Spool, part_name
+from edgekit.device.agent.store import Item, StoreConfig, collect, plan_removals
+from edgekit.device.contract.budget import budget_failures
 
 from .conftest import AGENT, run_cli
 
@@ -157,7 +157,7 @@ def test_the_unit_passes_systemd_analyze_verify_and_has_no_start_limit(tmp_path,
 
 def test_benchmark_settings_out_of_bounds_fail_the_job_with_the_key():
     from edgekit.device.errors import JobError
-    from edgekit.device.jobs import benchmark_plan
+    from edgekit.device.jobs.runner import benchmark_plan
 
     assert benchmark_plan({"duration_s": 0.5}).duration_s == 0.5
     for bad in ({"duration_s": 1e9}, {"min_iterations": "many"}, {"warmup_s": True}):

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.calibration.table import CalibrationTable, TensorRange, parse_trt_cache, trt_cache
-from edgekit.device.engines import build_options, engine_key
-from edgekit.device.jetson import (
+from edgekit.device.backends.tensorrt.jetson import (
     clocks_locked,
     devfreq_gpu,
     hwmon_power,
@@ -22,7 +21,7 @@ from edgekit.device.jetson import (
     summarize_power,
     thermal_throttling,
 )
-from edgekit.device.trt_plan import (
+from edgekit.device.backends.tensorrt.plan import (
     PlanError,
     TrtVersion,
     describe_parser_error,
@@ -31,6 +30,7 @@ from edgekit.device.trt_plan import (
     profile_shapes,
     restamp_cache,
 )
+from edgekit.device.jobs.engines import build_options, engine_key
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tegrastats"
 BASE = {"precision": "fp32", "batch_sizes": [1, 32], "input_name": "input", "input_shape": [3, 32, 32]}

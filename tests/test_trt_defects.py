@@ -12,11 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit.device.backends.tensorrt.cuda import CudaPython, CudaUnavailable, PyCuda, cuda_bindings, load_cuda
+from edgekit.device.backends.tensorrt.gpu_timing import measure_gpu
+from edgekit.device.backends.tensorrt.plan import (
+    PlanError,
+    TrtVersion,
+    dla_placement,
+    engine_identity,
+    plan_build,
+    run_chunks,
+)
 from edgekit.device.benchmark import Plan
-from edgekit.device.cuda import CudaPython, CudaUnavailable, PyCuda, cuda_bindings, load_cuda
 from edgekit.device.errors import JobError
-from edgekit.device.gpu_timing import measure_gpu
-from edgekit.device.trt_plan import PlanError, TrtVersion, dla_placement, engine_identity, plan_build, run_chunks
 
 from .trt_doubles import FakeCuda, fake_trt
 
@@ -178,7 +185,7 @@ def test_engine_identity_has_the_build_number_and_the_driver_not_the_binding_run
 
 
 def test_an_engine_that_does_not_deserialize_asks_for_a_rebuild(tmp_path):
-    from edgekit.device.backends.tensorrt import TensorRTBackend
+    from edgekit.device.backends.tensorrt.backend import TensorRTBackend
     from edgekit.device.errors import StaleEngine
 
     backend = TensorRTBackend.__new__(TensorRTBackend)
@@ -226,7 +233,7 @@ def test_teardown_releases_context_then_engine_then_runtime():
 
 
 def make_engine(trt, cuda, low: int = 1, high: int = 8):
-    from edgekit.device.backends.tensorrt import TrtEngine
+    from edgekit.device.backends.tensorrt.backend import TrtEngine
 
     return TrtEngine(trt, cuda, trt.Runtime(), trt.Engine(cuda, low, high, (3, 4, 4)), low, high)
 
@@ -256,9 +263,9 @@ def test_push_with_a_driverless_cuda_binding_fails_clearly_or_falls_back(project
 @pytest.mark.slow
 def test_job_rebuilds_a_cached_engine_that_no_longer_loads(project, monkeypatch):
     """Defect 8, job level: the first load says StaleEngine (another runtime build); the job rebuilds once."""
-    from edgekit.device import jobs
     from edgekit.device.backends.onnxruntime import OnnxRuntimeBackend
     from edgekit.device.errors import StaleEngine
+    from edgekit.device.jobs import runner as jobs
 
     from .test_agent import prepare, publish
 

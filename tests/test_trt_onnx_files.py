@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from edgekit.calibration.table import CalibrationTable, TensorRange
 from edgekit.calibration.trt_qdq import check_trt_qdq, write_trt_qdq
-from edgekit.host.fp16 import needs_typed_files, write_fp16, write_qdq_fp16
+from edgekit.host.optimize.quantize.fp16 import needs_typed_files, write_fp16, write_qdq_fp16
 
 
 class Decoder(torch.nn.Module):
@@ -110,7 +110,7 @@ def test_typed_files_only_where_a_device_needs_them():
 
 
 def test_typed_files_are_added_once_for_the_devices_that_need_them(decoder, tmp_path):
-    from edgekit.host.fp16 import add_typed_files, known_trt_major
+    from edgekit.host.optimize.quantize.fp16 import add_typed_files, known_trt_major
 
     path, _, _ = decoder
     source = tmp_path / "stage" / "model.onnx"
@@ -134,8 +134,8 @@ def test_push_adds_typed_files_unless_the_device_last_ran_tensorrt_before_11(dec
     from types import SimpleNamespace
 
     from edgekit.host.config import DeviceSection
-    from edgekit.host.fp16 import typed_files_for
-    from edgekit.host.history import History
+    from edgekit.host.optimize.quantize.fp16 import typed_files_for
+    from edgekit.host.records.history import History
 
     path, _, _ = decoder
     config = SimpleNamespace(state_dir=tmp_path / "state")

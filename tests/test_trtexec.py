@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.device.backends.tensorrt.plan import TrtVersion
+from edgekit.device.backends.tensorrt.trtexec import command, compare, cross_check, parse_summary
 from edgekit.device.benchmark import Plan
-from edgekit.device.trt_plan import TrtVersion
-from edgekit.device.trtexec import command, compare, cross_check, parse_summary
 
 SAMPLES = Path(__file__).parent / "fixtures" / "trtexec"
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.host.accelerator import resolve
 from edgekit.host.errors import ConfigError
-from edgekit.host.export import export_onnx, onnx_predict, verify_onnx
-from edgekit.host.fold import fold_in_onnx, fold_in_torch
-from edgekit.host.onnx_fold import count_batchnorm
+from edgekit.host.optimize.export.onnx_export import export_onnx, onnx_predict, verify_onnx
+from edgekit.host.optimize.fold.batchnorm import fold_in_onnx, fold_in_torch
+from edgekit.host.optimize.fold.onnx_graph import count_batchnorm
+from edgekit.host.optimize.prune.structured import PruneSpec, prune_model
 from edgekit.host.outputs import check_classifier, check_single_input, output_layers
-from edgekit.host.prune import PruneSpec, prune_model
+from edgekit.host.train.accelerator import resolve
 
 from . import user_models
 from .test_models import randomize_bn
@@ -179,8 +179,8 @@ def test_onnx_folding_is_exact_for_grouped_conv_transpose_and_linear_batchnorm(t
 
 
 def test_training_uses_the_classifier_output_and_mixed_precision_runs(digits_dir):
-    from edgekit.host.data import channel_stats, load_dataset
-    from edgekit.host.train import top1, train
+    from edgekit.host.train.data import channel_stats, load_dataset
+    from edgekit.host.train.loop import top1, train
 
     data = load_dataset("cifar", digits_dir, (32, 32))
     mean, std = channel_stats(data.train)

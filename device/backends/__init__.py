@@ -26,7 +26,7 @@ def get_backend(name: str) -> Backend:
 
         return OpenVinoBackend()
     if name == "tensorrt":
-        from .tensorrt import TensorRTBackend
+        from .tensorrt.backend import TensorRTBackend
 
         return TensorRTBackend()
     raise BackendUnavailable("unknown backend {!r}".format(name))

@@ -1,0 +1,304 @@
+"""The spool protocol: the directory layout host and agent share, and its atomic steps.
+
+Every step that another process can observe is a rename or an append, so a crash (of the host, the
+connection or the agent) never leaves a half-written thing where a reader would take it as whole:
+
+    blobs/<sha256>          content store (uploaded as ``<sha>.<writer>.part``, renamed once the hash checks)
+    incoming/<job>.part/    a job being published
+    queue/<job>/            published jobs (renamed from incoming/)
+    jobs/<job>/             state.json, events.jsonl (append-only), report.json, build artefacts
+    engines/<key>/          built engines, content-addressed by the build key
+    models/<name>/current   symlink to the active engine; ``previous`` keeps the one before
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..contract.manifest import MANIFEST, SIGNATURE, is_safe_name, sha256_file
+
+TERMINAL_STATES = ("done", "failed")
+TRUSTED_KEYS = "trusted_keys"
+LOCK = "agent.lock"
+HEARTBEAT = "agent.heartbeat"  # its mtime is the agent's pulse: touched every second, also while a job runs
+HEARTBEAT_S = 1.0
+STALE_PART_S = 15 * 60  # an upload untouched this long is abandoned (a cut one resumes well within it)
+STALE_INCOMING_S = 60  # publishing takes milliseconds
+
+
+def part_name(sha: str, writer: str = "") -> str:
+    """The working name of one writer's upload of a blob: concurrent writers never share a file."""
+    return "{}.{}.part".format(sha, writer) if writer else "{}.part".format(sha)
+
+
+def new_job_id(now: Optional[float] = None) -> str:
+    """Sortable by publish time, unique without coordination."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return "{}-{}".format(stamp, secrets.token_hex(3))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write next to the target and rename, so readers see the old or the new file, never half."""
+    tmp = path.with_name(".{}.{}.tmp".format(path.name, os.getpid()))
+    try:
+        with open(str(tmp), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(str(tmp), str(path))
+    except BaseException:
+        try:  # a full disk must not also keep the half-written temporary
+            os.unlink(str(tmp))
+        except OSError:
+            pass
+        raise
+
+
+def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        with open(str(path), "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+class Spool:
+    """One agent root. Used by the agent directly and by the host's local transport."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = Path(root).expanduser()
+
+    # -- layout -----------------------------------------------------------------------------
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
+
+    @property
+    def queue(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def engines(self) -> Path:
+        return self.root / "engines"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def trusted_keys(self) -> Path:
+        return self.root / TRUSTED_KEYS
+
+    def ensure(self) -> Spool:
+        for path in (self.blobs, self.incoming, self.queue, self.jobs, self.engines, self.models):
+            path.mkdir(parents=True, exist_ok=True)
+        if self.root.stat().st_mode & 0o777 != 0o700:
+            os.chmod(str(self.root), 0o700)
+        return self
+
+    # -- content store ----------------------------------------------------------------------
+    def blob(self, sha: str) -> Path:
+        if not is_safe_name(sha):
+            raise ValueError("not a blob name: {!r}".format(sha))
+        return self.blobs / sha
+
+    def has_blob(self, sha: str) -> bool:
+        path = self.blob(sha)
+        return path.is_file() and not path.is_symlink()
+
+    def part(self, sha: str, writer: str = "") -> Path:
+        name = part_name(sha, writer)
+        if not is_safe_name(name):
+            raise ValueError("not an upload name: {!r}".format(name))
+        return self.blobs / name
+
+    def commit_blob(self, sha: str, part: Path) -> None:
+        """Move an uploaded ``.part`` into the store only if its content hashes to its name.
+
+        Two writers may commit the same blob: the content is the same, so whichever rename lands last wins.
+        """
+        if part.is_symlink() or not part.is_file():
+            raise ValueError("no upload {} to commit; push again".format(part.name))
+        actual = sha256_file(part)
+        if actual != sha:
+            part.unlink()
+            raise ValueError("upload of {} arrived corrupted (sha256 {}); push again".format(sha[:12], actual[:12]))
+        os.replace(str(part), str(self.blob(sha)))
+
+    def sweep_parts(self, older_than: float, now: Optional[float] = None) -> List[str]:
+        """Remove uploads and publishes abandoned longer than ``older_than`` seconds (at start, and by gc)."""
+        now = time.time() if now is None else now
+        removed = []
+        candidates = [p for p in self.blobs.glob("*.part")] if self.blobs.is_dir() else []
+        candidates += [p for p in self.incoming.glob("*.part")] if self.incoming.is_dir() else []
+        for path in candidates:
+            try:
+                age = now - path.lstat().st_mtime
+                if path.parent == self.incoming and age < STALE_INCOMING_S:
+                    continue
+                if path.parent == self.blobs and age < older_than:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(str(path))
+                else:
+                    path.unlink()
+                removed.append(path.name)
+            except OSError:
+                continue
+        return removed
+
+    def beat(self) -> None:
+        """Touch the heartbeat (metadata only: works on a full disk, costs nothing during a benchmark)."""
+        path = self.root / HEARTBEAT
+        try:
+            os.utime(str(path))
+        except FileNotFoundError:
+            path.touch()
+
+    # -- jobs -------------------------------------------------------------------------------
+    def publish(self, job: str, manifest: bytes, signature: bytes) -> None:
+        """Make a job visible to the agent in one rename."""
+        staging = self.incoming / "{}.part".format(job)
+        staging.mkdir(parents=True)
+        try:
+            write_atomic(staging / MANIFEST, manifest)
+            write_atomic(staging / SIGNATURE, signature)
+            os.rename(str(staging), str(self.queue / job))
+        except OSError:
+            shutil.rmtree(str(staging), ignore_errors=True)
+            raise
+
+    def queued(self) -> List[str]:
+        """Published jobs, oldest first; only real directories (a symlink could lead outside the spool)."""
+        return sorted(p.name for p in self.queue.iterdir() if _real_dir(p) and is_safe_name(p.name))
+
+    def foreign_entries(self) -> List[Path]:
+        """Queue entries that are not plain job directories (symlinks, files, odd names): refused."""
+        return [p for p in self.queue.iterdir() if not (_real_dir(p) and is_safe_name(p.name))]
+
+    def claim(self, job: str) -> Path:
+        """Move a queued job into jobs/; after this the agent owns it until it is terminal."""
+        target = self.jobs / job
+        os.rename(str(self.queue / job), str(target))
+        return target
+
+    def job_dir(self, job: str) -> Path:
+        if not is_safe_name(job):
+            raise ValueError("not a job id: {!r}".format(job))
+        return self.jobs / job
+
+    def state(self, job: str) -> Optional[Dict[str, Any]]:
+        return read_json(self.job_dir(job) / "state.json")
+
+    def set_state(self, job: str, status: str, **extra: Any) -> None:
+        data = {"job": job, "status": status, "updated": time.time()}
+        data.update(extra)
+        write_json_atomic(self.job_dir(job) / "state.json", data)
+
+    def unfinished(self) -> List[str]:
+        """Claimed jobs that are not terminal: what a restarted agent must finish first.
+
+        A job with a report is terminal whatever its state file says (``is_terminal``): the agent only
+        completes its state from the report, never runs it again.
+        """
+        result = []
+        for path in sorted(self.jobs.iterdir()):
+            if not _real_dir(path) or not is_safe_name(path.name):
+                continue
+            state = _read_json_quiet(path / "state.json")
+            if state.get("status") not in TERMINAL_STATES:  # with a report: only its state is left to write
+                result.append(path.name)
+        return result
+
+    def is_terminal(self, job: str) -> bool:
+        state = _read_json_quiet(self.job_dir(job) / "state.json")
+        return state.get("status") in TERMINAL_STATES or (self.job_dir(job) / "report.json").exists()
+
+    def append_event(self, job: str, kind: str, message: str, **data: Any) -> None:
+        """One JSON line per event; appends of a single write are atomic for readers of whole lines."""
+        event = {"t": round(time.time(), 3), "kind": kind, "message": message}
+        event.update(data)
+        line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
+        fd = os.open(str(self.job_dir(job) / "events.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def write_report(self, job: str, report: Dict[str, Any]) -> None:
+        write_json_atomic(self.job_dir(job) / "report.json", report)
+
+    def report(self, job: str) -> Optional[Dict[str, Any]]:
+        return read_json(self.job_dir(job) / "report.json")
+
+    # -- active models ----------------------------------------------------------------------
+    def current(self, model: str) -> Optional[str]:
+        link = self.models / model / "current"
+        return os.readlink(str(link)) if link.is_symlink() else None
+
+    def switch(self, model: str, engine_dir: Path) -> Optional[str]:
+        """Point ``current`` at a new engine atomically; keep the old target as ``previous``."""
+        folder = self.models / model
+        folder.mkdir(parents=True, exist_ok=True)
+        old = self.current(model)
+        target = os.path.relpath(str(engine_dir), str(folder))
+        if old is not None and old != target:
+            _symlink_atomic(folder / "previous", old)
+        _symlink_atomic(folder / "current", target)
+        return old
+
+
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _read_json_quiet(path: Path) -> Dict[str, Any]:
+    """A state file that cannot be read counts as empty (a half-dead disk must not stop the agent)."""
+    try:
+        return read_json(path) or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _symlink_atomic(link: Path, target: str) -> None:
+    tmp = link.with_name(".{}.{}.tmp".format(link.name, os.getpid()))
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, str(tmp))
+    os.replace(str(tmp), str(link))
+
+
+def read_events(path: Path, offset: int) -> Tuple[List[Dict[str, Any]], int]:
+    """Whole lines from ``offset`` on; a trailing partial line is left for the next read."""
+    try:
+        with open(str(path), "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return [], offset
+    return parse_event_chunk(chunk, offset)
+
+
+def parse_event_chunk(chunk: bytes, offset: int) -> Tuple[List[Dict[str, Any]], int]:
+    end = chunk.rfind(b"\n") + 1
+    events = [json.loads(line) for line in chunk[:end].decode("utf-8").splitlines() if line.strip()]
+    return events, offset + end
+

@@ -1,0 +1,1 @@
+"""BatchNorm folding: in torch before export, and on the ONNX graph after it."""

@@ -1,0 +1,115 @@
+"""Write the ONNX files TensorRT 11's strongly typed builds need: FP16 types in the graph itself.
+
+TensorRT 11 dropped BuilderFlag.FP16/INT8 and weak typing (NVIDIA's 10.x → 11.x migration guide): a
+network runs in the types its ONNX declares. For ``precision = "fp16"`` we ship ``model.fp16.onnx``
+(weights and activations FP16, float32 inputs/outputs so the device feeds the same data); for INT8 with
+FP16 for the unquantised layers, ``model.int8.qdq.fp16.onnx`` (our Q/DQ model moved to opset 19, where
+Q/DQ take FP16 scales, so every DequantizeLinear yields FP16 directly).
+
+The conversion is onnxconverter-common's ``convert_float_to_float16`` (Microsoft's maintained converter,
+used by ONNX Runtime's own transformers tooling). It was chosen over NVIDIA ModelOpt's AutoCast because
+it is a small pure-Python wheel that installs and works with our onnx/torch here, converts exactly what
+we ask (everything, with ``keep_io_types``) and needs no GPU or TensorRT; AutoCast's value — choosing
+which nodes to keep in FP32 by measuring accuracy — is what our own validation against reference
+outputs already checks on the device.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from onnx import version_converter
+
+QDQ_FP16_OPSET = 19  # QuantizeLinear/DequantizeLinear accept float16 scales from opset 19
+
+
+def _convert(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxconverter_common import float16
+
+    converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    onnx.checker.check_model(converted)
+    return converted
+
+
+def write_fp16(source: Path, output: Path) -> Path:
+    """FP16 weights and activations, float32 I/O (Cast at the edges)."""
+    onnx.save(_convert(onnx.load(str(source))), str(output))
+    return output
+
+
+def write_qdq_fp16(source: Path, output: Path) -> Path:
+    """The Q/DQ INT8 model with FP16 everywhere it is not INT8 (opset 19 for FP16 Q/DQ scales)."""
+    model = onnx.load(str(source))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < QDQ_FP16_OPSET:
+        model = version_converter.convert_version(model, QDQ_FP16_OPSET)
+    onnx.save(_convert(model), str(output))
+    return output
+
+
+def needs_typed_files(backend: str, precision: str, int8_mode: str, trt_major: int | None) -> bool:
+    """Ship FP16-typed files to TensorRT devices that build FP16/INT8, unless we know they run TensorRT < 11.
+
+    8.5–10 build the same precision from the float files with builder flags; only 11 needs types in the
+    ONNX. The device's TensorRT major comes from its last report; unknown means ship (a strongly typed
+    build without the file cannot be done).
+    """
+    if backend != "tensorrt" or precision == "fp32" or (precision == "int8" and int8_mode != "explicit"):
+        return False
+    return trt_major is None or trt_major >= 11
+
+
+def known_trt_major(last_report: dict | None) -> int | None:
+    """The TensorRT major the device ran in its last report (None when it never ran TensorRT)."""
+    if not last_report or last_report.get("backend") != "tensorrt":
+        return None
+    version = str((last_report.get("backend_describe") or {}).get("version") or "")
+    return int(version.split(".")[0]) if version[:1].isdigit() else None
+
+
+def add_typed_files(files: dict[str, Path], backend: str, precision: str, int8_mode: str, trt_major: int | None,
+                    store: Path, say=lambda message: None) -> dict[str, Path]:
+    """``files`` plus the FP16-typed ONNX this device needs, written once under ``store`` per source content."""
+    from ....device.contract.manifest import MODEL_FP16, MODEL_FP32, MODEL_INT8_QDQ, MODEL_INT8_QDQ_FP16
+
+    if not needs_typed_files(backend, precision, int8_mode, trt_major):
+        return dict(files)
+    wanted = {"fp16": (MODEL_FP16, MODEL_FP32, write_fp16), "int8": (MODEL_INT8_QDQ_FP16, MODEL_INT8_QDQ,
+                                                                     write_qdq_fp16)}[precision]
+    name, source_name, writer = wanted
+    if source_name not in files:
+        return dict(files)
+    from ....device.contract.manifest import sha256_file
+
+    source = files[source_name]
+    target = store / sha256_file(source)[:32] / name  # keyed by the source's content: never stale
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".{}.part".format(os.getpid()))
+        writer(source, partial)
+        partial.replace(target)
+        say(f"wrote {name} (FP16 types for TensorRT 11's strongly typed build)")
+    return dict(files, **{name: target})
+
+
+def typed_files_for(config, device_name: str, device, files: dict[str, Path], say=lambda message: None
+                    ) -> dict[str, Path]:
+    """What ``push`` adds for this device: the typed ONNX it needs, judged by its last TensorRT reports."""
+    if device.backend != "tensorrt" or device.precision == "fp32":
+        return {}
+    from ...records.history import History
+
+    history = History(config.state_dir / "history.db")
+    major = None
+    for offset in range(20):  # the newest report that says which TensorRT the device runs
+        report = history.latest(device_name, offset)
+        if report is None:
+            break
+        major = known_trt_major(report)
+        if major is not None:
+            break
+    added = add_typed_files(files, device.backend, device.precision, device.int8_mode, major,
+                            config.state_dir / "typed-onnx", say)
+    return {name: path for name, path in added.items() if name not in files}

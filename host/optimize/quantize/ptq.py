@@ -1,0 +1,405 @@
+"""The INT8 stage of ``optimize``: calibrate once, write every INT8 artefact, measure, and fall back
+to mixed precision when the accuracy budget is missed.
+
+Calibration and the writers live in ``edgekit.calibration`` (no torch); this module supplies the
+project's images with its preprocessing and judges accuracy on held-out data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from torch import nn
+
+from ....calibration.collect import collect, make_table
+from ....calibration.cpu import write_cpu_int8
+from ....calibration.table import CalibrationTable
+from ....calibration.trt_qdq import WEIGHTED, write_trt_qdq
+from ....device.contract.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ, MODEL_QAT
+from ...config import Config
+from ...errors import ConfigError
+from ...ship.prevalidate import Fidelity
+from ...train.data import IMAGE_SUFFIXES, Dataset, normalize
+from ..export.onnx_export import onnx_predict, onnx_top1
+from ..latency import onnx_latency
+
+Say = Callable[[str], None]
+SENSITIVITY_IMAGES = 256
+QAT_FLOAT = MODEL_QAT  # the float model of QAT's INT8 files (TensorRT's implicit INT8 builds it)
+INT8_FILES = (MODEL_INT8_QDQ, MODEL_INT8_CPU, CALIBRATION_JSON, CALIBRATION_CACHE)
+
+
+@dataclass
+class QuantizeResult:
+    files: list[str]
+    accuracy: dict[str, float]
+    excluded: list[str] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+
+
+def calibration_images(config: Config, data: Dataset, mean: list[float], std: list[float]) -> np.ndarray:
+    """``quantize.images`` preprocessed inputs: a seeded sample of the training split, an .npy, or a folder."""
+    section, shape = config.quantize, config.input.shape
+    if section.source is None:
+        return training_sample(data, section.images, mean, std)
+    source = config.resolve(section.source)
+    if source.suffix == ".npy":
+        array = np.load(source, allow_pickle=False)
+        if array.ndim == 4 and array.shape[-1] == shape[0] and array.shape[1] != shape[0]:
+            array = array.transpose(0, 3, 1, 2)
+        if list(array.shape[1:]) != list(shape):
+            raise ConfigError(f"{config.path.name}: quantize.source: {source} holds images of shape "
+                              f"{list(array.shape[1:])}, the model takes {shape}")
+        array = array[:section.images]
+        return normalize(array, mean, std) if array.dtype == np.uint8 else array.astype(np.float32)
+    if source.is_dir():
+        return normalize(_folder_images(source, shape, section.images), mean, std)
+    raise ConfigError(f"{config.path.name}: quantize.source: {source} is neither an .npy file nor a folder")
+
+
+def training_sample(data: Dataset, count: int, mean: list[float], std: list[float]) -> np.ndarray:
+    """A seeded sample of ``count`` preprocessed training images (the same one on every run)."""
+    pick = np.random.default_rng(0).permutation(len(data.train))[:count]
+    return normalize(data.train.images[np.sort(pick)], mean, std)
+
+
+def _folder_images(folder: Path, shape: list[int], limit: int) -> np.ndarray:
+    from PIL import Image
+
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not paths:
+        raise ConfigError(f"quantize.source: no images in {folder}")
+    mode = "RGB" if shape[0] == 3 else "L"
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode).resize((shape[2], shape[1]), Image.BILINEAR), dtype=np.uint8)
+        images.append(array.transpose(2, 0, 1) if array.ndim == 3 else array[None])
+    return np.stack(images)
+
+
+def weighted_nodes(path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(path))
+    initializers = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in WEIGHTED and len(n.input) > 1
+            and n.input[1] in initializers]
+
+
+Writer = Callable[[set[str], Path], None]
+
+
+def rank_sensitivity(fp32: Path, writer: Writer, inputs: np.ndarray, work: Path) -> list[dict]:
+    """Quantise one layer at a time and measure how far the logits move (MSE against FP32), worst first."""
+    reference = onnx_predict(fp32, inputs)
+    nodes = weighted_nodes(fp32)
+    probe = work / "sensitivity.onnx"
+    scores = []
+    for node in nodes:
+        writer(set(nodes) - {node}, probe)
+        scores.append({"node": node, "mse": float(np.mean((onnx_predict(probe, inputs) - reference) ** 2))})
+    probe.unlink(missing_ok=True)
+    return sorted(scores, key=lambda s: -s["mse"])
+
+
+def quantize(config: Config, fp32: Path, work: Path, data: Dataset, mean: list[float], std: list[float],
+             fp32_top1: float, say: Say) -> QuantizeResult:
+    """PTQ: calibrate once and write the INT8 files into ``work``; then the mixed-precision fallback when the
+    budget is missed — unless QAT was asked for by epochs (``qat_epochs = N``): it starts from plain PTQ.
+    """
+    section = config.quantize
+    clock = time.perf_counter()
+    images = calibration_images(config, data, mean, std)
+    table = calibrate(fp32, images, config)
+    ptq_dir = _fresh(work / "int8-ptq")
+    write_all(fp32, table, ptq_dir)
+    calibrate_s = time.perf_counter() - clock
+    say(f"calibrated {len(images)} images ({section.method}) and wrote both INT8 models in {calibrate_s:.1f}s")
+    test = normalize(data.test.images, mean, std)
+    ptq = Candidate("INT8 PTQ", ptq_dir, fp32, table, _accuracy(ptq_dir, test, data.test.labels))
+    fidelity = device_rule(config, fp32, test, data.test.labels)
+    ptq.unfaithful = fidelity.failures({name: ptq_dir / name for name in ptq.accuracy})
+    for name, reason in ptq.unfaithful.items():
+        say(f"{name} would fail the device's validation against the FP32 model ({reason})")
+    info = {"method": section.method, "images": len(images), "calibrate_s": calibrate_s,
+            "percentile": table.percentile}
+    candidates = [ptq]
+    if section.qat_epochs in (0, "auto"):
+        fallback = mixed_precision_fallback(config, ptq, images, test, data.test.labels, fp32_top1, say, fidelity)
+        if fallback is not None:
+            candidates.append(fallback)
+    best = choose(candidates, fp32_top1, section.max_accuracy_drop)
+    return _finish(work, best, candidates, [ptq_dir, ptq_dir.with_name(ptq_dir.name + "-fallback")], info,
+                   fp32_top1, section.max_accuracy_drop, config.input.shape, rows=section.qat_epochs != 0)
+
+
+def device_rule(config: Config, fp32: Path, test: np.ndarray, labels: np.ndarray) -> Fidelity:
+    """The device's validation rule for INT8 files against the FP32 model, on the reference images."""
+    samples = min(config.optimize.reference_samples, len(test))
+    return Fidelity(fp32, test[:samples], labels[:samples], config.validation.model_dump(exclude_none=True))
+
+
+def qat_reason(config: Config, calibrated: dict) -> str | None:
+    """Why QAT runs after PTQ (``calibrated``: the PTQ result's info), or None when it does not."""
+    section = config.quantize
+    if section.qat_epochs == 0:
+        return None
+    if section.qat_epochs != "auto":
+        return f"quantize.qat_epochs = {section.qat_epochs}"
+    if not calibrated["within_budget"]:
+        return "post-training INT8 misses quantize.max_accuracy_drop"
+    if len(calibrated["fp_layers"]) > section.qat_max_float_layers:
+        return (f"the fallback keeps {len(calibrated['fp_layers'])} layer(s) in floating point "
+                f"(quantize.qat_max_float_layers = {section.qat_max_float_layers})")
+    return None
+
+
+def quantize_aware(config: Config, model: nn.Module, fp32: Path, calibrated: Path, result: QuantizeResult,
+                   work: Path, data: Dataset, mean: list[float], std: list[float], fp32_top1: float,
+                   say: Say) -> QuantizeResult:
+    """QAT from the calibration in ``calibrated`` (the PTQ files and ``result``); the better of PTQ (with
+    its fallback) and QAT (with a fallback of its own if it still misses) is written into ``work``.
+
+    ``model`` is the pruned, BN-folded torch model ``fp32`` was exported from.
+    """
+    section = config.quantize
+    table = CalibrationTable.from_json((calibrated / CALIBRATION_JSON).read_text())
+    previous = Candidate(result.info.get("chosen", "INT8 PTQ"), calibrated, fp32, table, dict(result.accuracy),
+                         list(result.excluded), list(result.sensitivity), info=dict(result.info),
+                         unfaithful=dict(result.info.get("unfaithful") or {}),
+                         weighted_only=bool(result.info.get("weighted_only", result.excluded)))
+    epochs = section.qat_auto_epochs if section.qat_epochs == "auto" else int(section.qat_epochs)
+    images = calibration_images(config, data, mean, std)
+    test = normalize(data.test.images, mean, std)
+    candidates, scratch = [previous], [work / "int8-qat", work / "int8-qat-fallback"]
+    qat = qat_candidate(config, model, fp32, table, images, data, mean, std, epochs, scratch[0], say)
+    fidelity = device_rule(config, fp32, test, data.test.labels)  # against the original FP32 model
+    if qat is not None:
+        qat.unfaithful = fidelity.failures({name: qat.directory / name for name in qat.accuracy})
+        candidates.append(qat)
+        # layers left in float run QAT's float weights: when those alone fail the device's rule against the FP32
+        # model, no fallback from QAT can pass it
+        drifted = fidelity.failures({QAT_FLOAT: qat.float_onnx})
+        if drifted and not qat.meets(fp32_top1, section.max_accuracy_drop):
+            say(f"no fallback from QAT: its float model itself would fail the device's validation against the FP32 "
+                f"model ({drifted[QAT_FLOAT]})")
+        fallback = None if drifted else mixed_precision_fallback(config, qat, images, test, data.test.labels,
+                                                                 fp32_top1, say, fidelity)
+        if fallback is not None:
+            candidates.append(fallback)
+    best = choose(candidates, fp32_top1, section.max_accuracy_drop)
+    info = {k: result.info[k] for k in ("method", "images", "calibrate_s", "percentile") if k in result.info}
+    final = _finish(work, best, candidates, scratch, info, fp32_top1, section.max_accuracy_drop, config.input.shape)
+    final.rows = [row for row in final.rows if row["stage"] != previous.name]  # PTQ's rows are already shown
+    say(f"INT8: {final.info['int8']} chosen ({best.name}, top-1 {best.top1:.2%}, "
+        f"{len(best.excluded)} layer(s) in float)")
+    return final
+
+
+@dataclass
+class Candidate:
+    """One way of writing the INT8 files: its directory, the float model and ranges they come from, top-1."""
+    name: str
+    directory: Path
+    float_onnx: Path
+    table: CalibrationTable
+    accuracy: dict[str, float]
+    excluded: list[str] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    unfaithful: dict[str, str] = field(default_factory=dict)  # files the device's validation would reject
+    weighted_only: bool = False  # the CPU file quantises only the weighted layers (the fallback's route)
+
+    @property
+    def top1(self) -> float:
+        """The INT8 file that loses most decides (both ship)."""
+        return min(self.accuracy.values())
+
+    def meets(self, fp32_top1: float, budget: float | None) -> bool:
+        return (budget is None or fp32_top1 - self.top1 <= budget + 1e-9) and not self.unfaithful
+
+
+def choose(candidates: list[Candidate], fp32_top1: float, budget: float | None) -> Candidate:
+    """Within budget first, then fewest layers in float (each breaks INT8 fusion), then the full INT8
+    placement over the weighted-only one (float Adds break fusion too), then top-1; when none is within
+    budget, the most accurate."""
+    def key(c: Candidate) -> tuple:  # ties on the worse file: the better other file decides
+        meets = c.meets(fp32_top1, budget)
+        return (meets, -len(c.excluded) if meets else 0, not c.weighted_only if meets else 0, c.top1,
+                sum(c.accuracy.values()))
+
+    return max(candidates, key=key)
+
+
+def _verdict(candidate: Candidate, fp32_top1: float, budget: float | None) -> str:
+    drop = f"loses {fp32_top1 - candidate.top1:.2%} top-1"
+    if not candidate.meets(fp32_top1, budget):
+        return f"{drop}, over the budget {budget:.2%}"
+    return f"{drop} with {len(candidate.excluded)} layer(s) in floating point (quantize.qat_max_float_layers)"
+
+
+def calibrate(fp32: Path, images: np.ndarray, config: Config) -> CalibrationTable:
+    batch = config.quantize.batch_size
+    collected = collect(fp32, (images[i:i + batch] for i in range(0, len(images), batch)))
+    return make_table(collected, config.quantize.method, config.quantize.percentile)
+
+
+def write_all(fp32: Path, table: CalibrationTable, directory: Path, exclude: set[str] | frozenset[str] = frozenset()
+              ) -> None:
+    """The four INT8 artefacts from one table: both models and both calibration files."""
+    table.write(directory / CALIBRATION_JSON, directory / CALIBRATION_CACHE)
+    write_trt_qdq(fp32, table, directory / MODEL_INT8_QDQ, exclude=exclude)
+    write_cpu_int8(fp32, table, directory / MODEL_INT8_CPU, exclude=exclude, weighted_only=bool(exclude))
+
+
+def _fresh(directory: Path) -> Path:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def _accuracy(directory: Path, test: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {name: onnx_top1(directory / name, test, labels) for name in (MODEL_INT8_CPU, MODEL_INT8_QDQ)}
+
+
+def _finish(work: Path, best: Candidate, candidates: list[Candidate], scratch: list[Path], info: dict,
+            fp32_top1: float, budget: float | None, shape: list[int], rows: bool = False) -> QuantizeResult:
+    """Copy the chosen files into ``work`` and remove the ``scratch`` directories; when there was a choice,
+    every candidate is a stage-table row."""
+    if best.directory.resolve() != work.resolve():
+        for name in INT8_FILES:
+            shutil.copyfile(best.directory / name, work / name)
+    if best.info.get("qat"):  # the fine-tuned float model the INT8 files come from (other writers need it)
+        shutil.copyfile(best.float_onnx, work / QAT_FLOAT)
+    table_rows = []
+    for candidate in candidates if len(candidates) > 1 or rows else []:
+        cpu_model = candidate.directory / MODEL_INT8_CPU
+        table_rows.append({"stage": candidate.name, "top1": candidate.top1, "top1_by_file": dict(candidate.accuracy),
+                           "fp_layers": len(candidate.excluded),
+                           "note": _route_note(candidate), "chosen": candidate is best,
+                           "onnx_bytes": cpu_model.stat().st_size, "latency_ms": onnx_latency(cpu_model, shape)})
+    for directory in scratch:
+        shutil.rmtree(directory, ignore_errors=True)
+    used = "qat" if best.info.get("qat") else "ptq"
+    qat = next((c.info["qat"] for c in candidates if c.info.get("qat")), None)
+    info = dict(info, int8=used + ("+fallback" if best.weighted_only else ""), chosen=best.name,
+                fp_layers=list(best.excluded), weighted_only=best.weighted_only,
+                within_budget=best.meets(fp32_top1, budget), qat=qat,
+                unfaithful=dict(best.unfaithful))
+    return QuantizeResult(list(INT8_FILES), dict(best.accuracy), list(best.excluded), list(best.sensitivity),
+                          info=info, rows=table_rows)
+
+
+def _route_note(candidate: Candidate) -> str:
+    """Layers in float, and why the device's validation would reject the route (so it was not chosen)."""
+    note = f"{len(candidate.excluded)} layer(s) in float"
+    failed = next(iter(candidate.unfaithful.items()), None)
+    return note + (f"; device validation would fail ({failed[0]}: {failed[1]})" if failed else "")
+
+
+def mixed_precision_fallback(config: Config, base: Candidate, images: np.ndarray, test: np.ndarray,
+                             labels: np.ndarray, fp32_top1: float, say: Say, fidelity: Fidelity) -> Candidate | None:
+    """Leave the most sensitive layers in floating point, one at a time, until the budget is met and every
+    INT8 file passes the device's validation rule against the FP32 model (``prevalidate.Fidelity``).
+
+    Layers are ranked with the writer of the model that misses the budget by more; both models then
+    keep the same layers in float. None when the base needs no fallback or mixed precision is off.
+    """
+    section = config.quantize
+    budget = section.max_accuracy_drop
+    if base.meets(fp32_top1, budget):
+        return None
+    if not section.mixed_precision:
+        say(f"{base.name}: INT8 loses {fp32_top1 - base.top1:.2%} top-1, over quantize.max_accuracy_drop {budget}")
+        return None
+    fp32, table = base.float_onnx, base.table
+    writers: dict[str, Writer] = {
+        MODEL_INT8_QDQ: lambda exclude, out: write_trt_qdq(fp32, table, out, exclude=exclude),
+        MODEL_INT8_CPU: lambda exclude, out: write_cpu_int8(fp32, table, out, exclude=exclude, weighted_only=True),
+    }
+    worst = min(base.accuracy, key=base.accuracy.get)
+    worst = next(iter(base.unfaithful), worst)  # rank with the file the device would reject
+    say(f"{base.name}: INT8 loses {fp32_top1 - base.accuracy[worst]:.2%} top-1 (budget {budget:.2%}); "
+        "trying INT8 on the weighted layers only")
+    directory = _fresh(base.directory.with_name(base.directory.name + "-fallback"))
+    excluded: list[str] = []
+    ranking: list[dict] = []
+    remaining: Iterator[dict] | None = None
+    while True:  # first: only the weighted layers in INT8, nothing excluded yet; then the most sensitive out
+        for name, writer in writers.items():
+            writer(set(excluded), directory / name)
+        accuracy = {name: onnx_top1(directory / name, test, labels) for name in writers}
+        unfaithful = fidelity.failures({name: directory / name for name in writers})
+        if fp32_top1 - min(accuracy.values()) <= (1.0 if budget is None else budget) and not unfaithful:
+            break
+        if remaining is None:  # ranked only when needed: one model write and run per weighted layer
+            say("ranking layer sensitivity")
+            ranking = rank_sensitivity(fp32, writers[worst], images[:SENSITIVITY_IMAGES], directory)
+            remaining = iter(ranking)
+        entry = next(remaining, None)
+        if entry is None:
+            break
+        excluded.append(entry["node"])
+    table.write(directory / CALIBRATION_JSON, directory / CALIBRATION_CACHE)
+    candidate = Candidate(f"{base.name} + fallback", directory, fp32, table, accuracy, excluded, ranking,
+                          info=dict(base.info), unfaithful=unfaithful, weighted_only=True)
+    met = candidate.meets(fp32_top1, budget)
+    say(f"left {len(excluded)} layer(s) in floating point: {', '.join(excluded) or 'none'}"
+        + ("" if met else " — the budget is still not met with every layer in floating point"))
+    return candidate
+
+
+def qat_candidate(config: Config, model: nn.Module, fp32: Path, table: CalibrationTable, images: np.ndarray,
+                  data: Dataset, mean: list[float], std: list[float], epochs: int, directory: Path,
+                  say: Say) -> Candidate | None:
+    """QAT from the PTQ ranges; None (with the reason said) when the model's values cannot be matched."""
+    import math
+
+    from ...train.data import batches
+    from ..export.onnx_export import export_onnx
+    from .qat import QatSettings, run_qat, scale_mismatches
+
+    section = config.quantize
+    _fresh(directory)
+    placement = directory / "placement.qdq.onnx"  # PTQ's Q/DQ with every layer in INT8: where QAT quantises
+    write_trt_qdq(fp32, table, placement)
+    settings = QatSettings(epochs=epochs, lr=section.qat_lr, batch_size=config.train.batch_size,
+                           momentum=config.train.momentum, augment=tuple(config.train.augment),
+                           seed=config.train.seed, output=config.model.output)
+    try:
+        outcome = run_qat(
+            model, fp32, placement, table,
+            train_batches=lambda seed: batches(data.train, settings.batch_size, mean, std, shuffle=True,
+                                               augment=settings.augment, seed=seed),
+            steps_per_epoch=math.ceil(len(data.train) / settings.batch_size),
+            # QAT fine-tunes on the training split: the tensors it learns no range for (those only the CPU
+            # model quantises, e.g. convolution outputs) are calibrated on that split too, not on
+            # quantize.source, so they match the weights QAT trained
+            calibration=lambda onnx_path: calibrate(onnx_path, training_sample(data, len(images), mean, std),
+                                                    config),
+            match_inputs=images,
+            export=lambda net, path: export_onnx(net, path, config.input.shape, opset=config.optimize.opset,
+                                                 input_name=config.input.name, output=config.model.output),
+            settings=settings, work=directory, say=say)
+    except LookupError as exc:
+        say(f"QAT skipped: {exc}; keeping post-training quantisation")
+        return None
+    write_all(outcome.float_onnx, outcome.table, directory)
+    mismatched = scale_mismatches(directory / MODEL_INT8_QDQ, outcome.learned)
+    if mismatched:
+        raise RuntimeError(f"QAT export is inconsistent: Q/DQ scales are not the learned ranges for {mismatched[:3]}")
+    test = normalize(data.test.images, mean, std)
+    accuracy = _accuracy(directory, test, data.test.labels)
+    info = dict(outcome.info, seconds=outcome.seconds, float_top1=onnx_top1(outcome.float_onnx, test,
+                                                                              data.test.labels))
+    say(f"QAT ({epochs} epochs, {outcome.seconds:.0f}s): INT8 top-1 {min(accuracy.values()):.2%}")
+    return Candidate(f"INT8 QAT ({epochs} epochs)", directory, outcome.float_onnx, outcome.table, accuracy,
+                     info={"qat": info})

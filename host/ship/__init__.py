@@ -1,0 +1,1 @@
+"""Shipping to devices: bundle, signing keys, prevalidation, transports (local, SSH), push and fleet."""

@@ -1,0 +1,103 @@
+"""Assemble a bundle's manifest for one device from the optimised artefacts, and sign it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ...device import __version__
+from ...device.contract.manifest import SCHEMA_VERSION, canonical_bytes, parse_manifest, sha256_file
+from ...device.contract.model_files import CPU_RUNTIMES, ModelChoiceError, candidates, needed_files, unused_files
+from ..config import Config, DeviceSection
+from ..errors import ConfigError
+
+
+def file_entries(files: dict[str, Path]) -> list[dict[str, Any]]:
+    return [{"name": name, "sha256": sha256_file(path), "size": path.stat().st_size}
+            for name, path in sorted(files.items())]
+
+
+def node_tables(files: dict[str, Path]) -> dict[str, list[list[str]]]:
+    """[name, op] of every node of each ONNX file: lets the device name the node a parser rejects."""
+    import onnx
+
+    tables = {}
+    for name, path in files.items():
+        if name.endswith(".onnx"):
+            graph = onnx.load(str(path), load_external_data=False).graph
+            tables[name] = [[node.name, node.op_type] for node in graph.node]
+    return tables
+
+
+# When the device did not say what CPU it has, ship the INT8 files for both kinds (see model_files).
+_EITHER_CPU = ({"flags_read": True, "u8s8_saturates": True}, {"flags_read": True, "u8s8_saturates": False})
+
+
+def device_backends(device: DeviceSection, info: dict[str, Any] | None) -> list[str]:
+    """The backends the device may run this job on, from its status (unknown: every CPU runtime)."""
+    reported = (info or {}).get("backends")
+    have = [name for name, about in reported.items() if about.get("available")] if reported else list(CPU_RUNTIMES)
+    chosen = candidates(device.backend, have) or list(CPU_RUNTIMES)
+    if device.allow_fallback and "onnxruntime" not in chosen:
+        chosen.append("onnxruntime")
+    return chosen
+
+
+def files_for_device(config: Config, device: DeviceSection, files: dict[str, Path],
+                     info: dict[str, Any] | None) -> dict[str, Path]:
+    """Only what the device will read: model_files decides, from the device's backends and CPU (its status)."""
+    backends = device_backends(device, info)
+    cpus = [info["cpu"]] if info and info.get("cpu") else list(_EITHER_CPU)
+    try:
+        needed = {name for cpu in cpus
+                  for name in needed_files(backends, device.precision, device.int8_mode, cpu, shipped=files)}
+    except ModelChoiceError as exc:
+        raise ConfigError(f"{config.path.name}: devices: {exc}") from None
+    absent = sorted(needed - set(files))
+    if absent:
+        raise ConfigError(f"{config.path.name}: precision {device.precision!r} on {device.backend} needs "
+                          f"{', '.join(absent)}, which this project does not produce (quantize.enabled = true writes "
+                          "the INT8 files); or use precision = \"fp32\"")
+    unused = set.intersection(*(set(unused_files(files, backends, device.precision, device.int8_mode, cpu))
+                                for cpu in cpus))
+    return {name: path for name, path in files.items() if name not in unused}
+
+
+def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path], host: dict[str, Any],
+                  device_info: dict[str, Any] | None = None) -> dict:
+    """Everything the agent needs to build, validate and benchmark, as plain data; ``device_info`` (the
+    agent's status) narrows the files to those its backend will read on its CPU."""
+    files = files_for_device(config, device, files, device_info)
+    build: dict[str, Any] = {"allow_fallback": device.allow_fallback}
+    if device.threads:
+        build["threads"] = device.threads
+    if device.openvino_device and device.backend in ("openvino", "auto"):
+        build["openvino_device"] = device.openvino_device
+    if device.backend == "tensorrt":
+        build.update(int8_mode=device.int8_mode, workspace_mb=device.workspace_mb)
+        build.update({k: v for k, v in (("dla_core", device.dla_core),
+                                        ("builder_optimization_level", device.builder_optimization_level))
+                      if v is not None})
+    benchmark = config.benchmark.model_dump()
+    if device.backend == "tensorrt":
+        benchmark.update(cuda_graph=device.cuda_graph, profile_layers=device.profile_layers)
+    validation = {k: v for k, v in config.validation.model_dump().items() if v is not None}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "model": config.project.name,
+        "edgekit_version": __version__,
+        "input": {"name": config.input.name, "shape": config.input.shape, "dtype": "float32",
+                  "batch_sizes": config.input.batch_sizes, "normalization": host.get("normalization")},
+        "outputs": [{"name": "logits", "classes": config.model.num_classes}],
+        "target": {"backend": device.backend, "precision": device.precision, "build": build,
+                   "benchmark": benchmark, "validation": validation},
+        "files": file_entries(files),
+        "budget": {k: v for k, v in config.budget.model_dump().items() if v is not None},  # checked on the device
+        "host": dict(host, graphs=node_tables(files)),
+    }
+    parse_manifest(manifest)
+    return manifest
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return canonical_bytes(manifest)

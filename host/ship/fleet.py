@@ -1,0 +1,79 @@
+"""Pushing to many devices: which devices, in parallel (bounded), one result per device whatever happens."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..config import Config, load_config
+from ..errors import ConfigError, EdgekitError
+
+FleetSink = Callable[[str, dict[str, Any]], None]
+
+
+def select_devices(config: Config, device: Optional[str], all_devices: bool, group: Optional[str]) -> list[str]:
+    chosen = [flag for flag in (device, all_devices or None, group) if flag]
+    if len(chosen) != 1:
+        raise ConfigError("name one device, or --all, or --group G")
+    if device:
+        config.device(device)
+        return [device]
+    names = sorted(config.devices) if all_devices else sorted(n for n, d in config.devices.items()
+                                                              if group in d.groups)
+    if not names:
+        raise ConfigError(f"{config.path.name}: no devices" + (f" in group {group!r}" if group else ""))
+    return names
+
+
+def push_fleet(config: Config, names: list[str], parallel: int, say: Callable[[str], None],
+               on_event: FleetSink) -> dict[str, dict[str, Any]]:
+    """Optimise once, then push to every device at most ``parallel`` at a time; failures become reports."""
+    from ..optimize import optimize
+    from .push import push
+
+    optimize(config, say)  # once, before the threads: they all find it cached
+    lock = threading.Lock()
+
+    def one(name: str) -> dict[str, Any]:
+        try:
+            report, _ = push(config, name, lambda message: None,
+                             lambda event: _locked(lock, on_event, name, event))
+            return report
+        except EdgekitError as exc:
+            return {"job": None, "status": "failed", "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - one broken device must not stop the fleet
+            return {"job": None, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        results = dict(zip(names, pool.map(one, names)))
+    return results
+
+
+def _locked(lock: threading.Lock, sink: FleetSink, name: str, event: dict[str, Any]) -> None:
+    with lock:
+        sink(name, event)
+
+
+def append_device(config_path: Path, name: str, host: str, user: Optional[str], port: Optional[int],
+                  backend: str) -> bool:
+    """Add a [devices.NAME] table to deploy.toml unless it is there; validated before it is kept."""
+    if not config_path.is_file():
+        return False
+    text = config_path.read_text()
+    if load_config(config_path).devices.get(name) is not None:
+        return False
+    lines = [f"\n[devices.{name}]", f'host = "{host}"']
+    if user:
+        lines.append(f'user = "{user}"')
+    if port:
+        lines.append(f"port = {port}")
+    lines.append(f'backend = "{backend}"')
+    config_path.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    try:
+        load_config(config_path)
+    except ConfigError:
+        config_path.write_text(text)
+        raise
+    return True

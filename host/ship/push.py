@@ -1,0 +1,213 @@
+"""``edgekit push``: optimise (cached), sign, upload what the device lacks, publish, follow, report."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from ...device.agent.spool import new_job_id
+from ...device.contract.budget import budget_failures as check_budget
+from ...device.contract.manifest import MODEL_BASELINE, REFERENCE
+from ...device.contract.model_files import MODEL_VARIANTS
+from ..config import Config, DeviceSection, host_home
+from ..errors import CheckFailed
+from ..optimize import Optimized, optimize
+from ..optimize.quantize.fp16 import typed_files_for
+from ..records.history import History
+from .bundle import files_for_device, make_manifest, manifest_bytes
+from .keys import load_or_create_key, public_line, sign
+from .prevalidate import check_before_upload
+from .transports import Transport, open_transport
+from .transports.sftp import ConnectionLost
+
+Say = Callable[[str], None]
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class UploadProgress:
+    """What the upload reports as it goes; the CLI draws a bar with bytes and rate, others ignore it."""
+
+    def start(self, total_bytes: int, files: int) -> None:
+        """Called once with what is about to be sent."""
+
+    def advance(self, sent_bytes: int) -> None:
+        """Called after each chunk."""
+
+    def finish(self) -> None:
+        """Called when every blob is on the device."""
+
+
+@dataclass
+class Shipment:
+    job: str
+    uploaded_bytes: int
+    skipped: int
+
+
+def store_settings(device: DeviceSection) -> dict[str, Any]:
+    """The device's disk settings declared in deploy.toml (the agent keeps them in its config.json)."""
+    return {k: getattr(device, k) for k in ("store_limit_mb", "min_free_mb", "keep_jobs") if getattr(device, k)
+            is not None}
+
+
+def ship(transport: Transport, optimized: Optimized, manifest: dict, signature: bytes, payload: bytes, say: Say,
+         progress: UploadProgress | None = None, settings: dict[str, Any] | None = None,
+         on_publish: Callable[[str], None] | None = None) -> Shipment:
+    """Make room, upload missing blobs (content-addressed, resumable), then publish the job in one atomic step."""
+    progress = progress or UploadProgress()
+    by_hash = {entry["sha256"]: optimized.files[entry["name"]] for entry in manifest["files"]}
+    device = transport.device_name
+    with lost_connection(device, "checking what the device has; push again"):
+        missing = transport.missing(sorted(by_hash))
+        need = sum(by_hash[sha].stat().st_size for sha in missing)
+        if need or settings:
+            transport.make_room(need, settings or {})
+    sent = 0
+
+    def count(size: int) -> None:
+        nonlocal sent
+        sent += size
+        progress.advance(size)
+
+    progress.start(need, len(missing))
+    try:
+        with lost_connection(device, "uploading; push again: the upload resumes where it stopped"):
+            for sha in missing:
+                transport.upload(sha, by_hash[sha], count)
+    finally:
+        progress.finish()
+    say(f"uploaded {len(missing)} file(s), {sent / 1e6:.2f} MB; {len(by_hash) - len(missing)} already on the device")
+    job = new_job_id()
+    with lost_connection(device, f"publishing job {job}; push again (the blobs are on the device already)"):
+        transport.publish(job, payload, signature)
+    if on_publish is not None:
+        on_publish(job)
+    return Shipment(job, sent, len(by_hash) - len(missing))
+
+
+@contextmanager
+def lost_connection(device: str, what: str) -> Iterator[None]:
+    """A broken connection or a refusing device becomes one line naming the device and what to do."""
+    try:
+        yield
+    except ConnectionLost as exc:
+        raise CheckFailed(f"lost the connection to {device} ({exc.reason}) while {what}") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise CheckFailed(f"{device} refused a file operation ({reason}; its disk may be full or read-only) "
+                          f"while {what}") from None
+
+
+def follow(transport: Transport, job: str, on_event: EventSink, poll: float = 0.1,
+           stall_timeout: float = 5.0) -> dict[str, Any]:
+    """Stream the job's events until its report is written.
+
+    When no event comes for ``stall_timeout`` seconds the agent's heartbeat is checked: a dead local
+    agent is started again (the job resumes), a dead remote one is an error that says how to go on.
+    """
+    device = transport.device_name
+    with lost_connection(device, f"following job {job}; it keeps running there: `edgekit status {device} {job}` "
+                                 "re-attaches"):
+        return _follow(transport, job, on_event, poll, stall_timeout)
+
+
+def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, stall_timeout: float) -> dict[str, Any]:
+    offset, waited, final_since = 0, time.monotonic(), None
+    while True:
+        events, offset = transport.events(job, offset)
+        for event in events:
+            on_event(event)
+        state = transport.state(job) or {}
+        if state.get("status") in ("done", "failed"):
+            report = transport.report(job)
+            if report is None and state["status"] == "failed":
+                final_since = final_since or time.monotonic()
+                if time.monotonic() - final_since > 2.0:  # the device could record the state but not the report
+                    report = {"job": job, "status": "failed", "error": state.get("error", "the job failed")}
+            if report is not None:
+                events, offset = transport.events(job, offset)
+                for event in events:
+                    on_event(event)
+                return report
+        if events:
+            waited = time.monotonic()
+        elif time.monotonic() - waited > stall_timeout:
+            if not transport.agent_alive() and not transport.revive_agent():
+                raise CheckFailed(f"job {job} is {state.get('status', 'unknown')} but the agent on "
+                                  f"{transport.device_name} shows no heartbeat: it is stopped, or its disk is "
+                                  "read-only; start it (`systemctl start edgekit-agent`), the job resumes, and "
+                                  f"`edgekit status {transport.device_name}` follows it")
+            waited = time.monotonic()
+        time.sleep(poll)
+
+
+def push(config: Config, device_name: str, say: Say, on_event: EventSink,
+         progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
+    device = config.device(device_name)
+    optimized = optimize(config, say)
+    optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
+    files = {name: path for name, path in optimized.files.items()
+             if name != MODEL_BASELINE or config.benchmark.baseline}
+    files_for_device(config, device, files, None)  # a configuration mistake fails before connecting
+    key = load_or_create_key(host_home())
+    history = History(config.state_dir / "history.db")
+    with lost_connection(device_name, "connecting; push again"):
+        transport = open_transport(device_name, device)
+    try:
+        with lost_connection(device_name, "preparing the device; push again"):
+            if device.kind == "local":
+                transport.trust(public_line(key))
+            transport.ensure_agent()
+            status = transport.status()
+        # The device's backends and CPU decide which model files it gets (edgekit.device.contract.model_files).
+        manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)
+        for model_file in [entry["name"] for entry in manifest["files"] if entry["name"] in MODEL_VARIANTS]:
+            check_before_upload(files[REFERENCE], model_file, device.precision, manifest["target"]["validation"],
+                                device_name)
+        payload = manifest_bytes(manifest)
+        signature = sign(key, payload)
+        shipment = ship(transport, optimized, manifest, signature, payload, say, progress, store_settings(device),
+                        lambda job: history.record(device_name, published_stub(job, device_name, config.project.name)))
+        say(f"published job {shipment.job} to {device_name}")
+        report = follow(transport, shipment.job, on_event)
+    finally:
+        transport.close()
+    report["uploaded_bytes"] = shipment.uploaded_bytes
+    store_run(config, device_name, report)
+    return report, optimized
+
+
+def store_run(config: Config, device_name: str, report: dict[str, Any]) -> None:
+    """The report into the run history, and beside it (``.edgekit/runs/<job>/``) its JSON and PNG plots."""
+    history = History(config.state_dir / "history.db")
+    if report.get("job"):
+        report["plots"] = [str(p) for p in write_run_files(history.run_dir(report["job"]), report, device_name)]
+    history.record(device_name, report)
+
+
+def write_run_files(directory, report: dict[str, Any], device_name: str) -> list:
+    import json
+
+    from ..records.plots import write_plots
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.json").write_text(json.dumps(dict(report, device=device_name), indent=2, default=str))
+    return write_plots(dict(report, device=device_name), directory)
+
+
+def published_stub(job: str, device: str, model: str) -> dict[str, Any]:
+    """The history row of a job published but not yet reported: `edgekit status` finds it and re-attaches."""
+    return {"job": job, "status": "published", "model": model,
+            "error": f"job {job}: no report yet (it may still be running): `edgekit status {device} {job}` follows it"}
+
+
+def budget_failures(config: Config, report: dict[str, Any]) -> list[str]:
+    """Limits the job crossed: decided by the agent before the switch; re-checked for agents older than that."""
+    if report.get("budget_failures"):
+        return list(report["budget_failures"])
+    if report.get("status") != "done":
+        return []
+    budget = {k: v for k, v in config.budget.model_dump().items() if v is not None}
+    return check_budget(budget, report.get("benchmarks", []), report.get("host", {}).get("accuracy", {}) or {})

@@ -1,0 +1,196 @@
+"""Image data sets held in memory as uint8 N×C×H×W, with the loaders edgekit supports.
+
+- CIFAR-10/100 in their standard python-pickle format, read through an unpickler that only admits
+  the numpy and builtin types those files contain (a pickle is code; a data file must not run any).
+- An image folder: ``root/{train,test}/<class>/<image>``.
+- ``write_digits``: scikit-learn's bundled handwritten digits written in the CIFAR format, so the
+  demo and the tests use real images through the same loader.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"}
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8, N×C×H×W
+    labels: np.ndarray  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: list[str]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR batches hold: dicts, lists, bytes, numbers and numpy arrays."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _load_batch(path: Path) -> dict:
+    try:
+        return _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a CIFAR python batch ({exc})") from None
+
+
+def _batch_split(batches: list[dict]) -> Split:
+    data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
+    key = b"labels" if b"labels" in batches[0] else b"fine_labels"
+    labels = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
+    side = int(round((data.shape[1] / 3) ** 0.5))
+    return Split(data.reshape(-1, 3, side, side), labels)
+
+
+def load_cifar(root: Path) -> Dataset:
+    """CIFAR-10 (data_batch_*, test_batch, batches.meta) or CIFAR-100 (train, test, meta)."""
+    root = Path(root)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    if (root / "cifar-100-python").is_dir():
+        root = root / "cifar-100-python"
+    train_files = sorted(root.glob("data_batch_*")) or [p for p in [root / "train"] if p.is_file()]
+    test_file = root / "test_batch" if (root / "test_batch").is_file() else root / "test"
+    if not train_files or not test_file.is_file():
+        raise ConfigError(f"{root}: no CIFAR batches (data_batch_* and test_batch, or train and test); "
+                          "run `edgekit data digits DIR` for the demo data set")
+    meta_file = root / "batches.meta" if (root / "batches.meta").is_file() else root / "meta"
+    classes: list[str] = []
+    if meta_file.is_file():
+        meta = _load_batch(meta_file)
+        names = meta.get(b"label_names") or meta.get(b"fine_label_names") or []
+        classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    train = _batch_split([_load_batch(p) for p in train_files])
+    test = _batch_split([_load_batch(test_file)])
+    return Dataset(train, test, classes or [str(i) for i in range(int(train.labels.max()) + 1)])
+
+
+def load_folder(root: Path, size: tuple[int, int]) -> Dataset:
+    """``root/train/<class>/*`` and ``root/test/<class>/*``, resized to ``size`` (H, W), RGB."""
+    from PIL import Image
+
+    root = Path(root)
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
+    if not classes:
+        raise ConfigError(f"{root}: expected train/<class>/<image> and test/<class>/<image> folders")
+
+    def read(split: str) -> Split:
+        images, labels = [], []
+        for index, name in enumerate(classes):
+            for path in sorted((root / split / name).glob("*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    with Image.open(path) as image:
+                        rgb = image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+                    images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+                    labels.append(index)
+        if not images:
+            raise ConfigError(f"{root / split}: no images found")
+        return Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+
+    return Dataset(read("train"), read("test"), classes)
+
+
+def load_dataset(kind: str, path: Path, size: tuple[int, int] = (32, 32)) -> Dataset:
+    if not Path(path).exists():
+        raise ConfigError(f"data path {path} does not exist; run `edgekit data digits {path}` for the demo data")
+    return load_cifar(path) if kind == "cifar" else load_folder(path, size)
+
+
+def channel_stats(split: Split) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, from the training images."""
+    data = split.images.astype(np.float64) / 255.0
+    return data.mean(axis=(0, 2, 3)).round(4).tolist(), data.std(axis=(0, 2, 3)).round(4).tolist()
+
+
+def normalize(images: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """uint8 N×C×H×W → float32 normalised, exactly what the exported model expects as input."""
+    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return ((images.astype(np.float32) / 255.0) - m) / s
+
+
+def batches(split: Split, batch_size: int, mean: list[float], std: list[float], shuffle: bool = False,
+            augment: tuple[str, ...] = (), seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised tensor batches; ``augment`` may hold 'crop' (pad 4, random 32x32) and 'flip'."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(split)) if shuffle else np.arange(len(split))
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        images = split.images[index]
+        if "crop" in augment:
+            images = _random_crop(images, 4, rng)
+        if "flip" in augment:
+            flip = rng.random(len(images)) < 0.5
+            images = np.where(flip[:, None, None, None], images[..., ::-1], images)
+        yield torch.from_numpy(normalize(images, mean, std)), torch.from_numpy(split.labels[index])
+
+
+def _random_crop(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    n, _, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dy, dx = rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n)
+    return np.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
+def write_digits(target: Path, size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's 1,797 handwritten digits (8×8, 17 grey levels) as a 3×size×size CIFAR data set.
+
+    Upscaled bilinearly and split stratified with a fixed seed, so every machine gets the same files.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    grey = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR)) for g in grey])
+    rgb = np.repeat(big[:, None], 3, axis=1)
+    labels = digits.target.astype(np.int64)
+    index_train, index_test = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed,
+                                               stratify=labels)
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    names = [str(i) for i in range(10)]
+    _write_batch(target / "data_batch_1", rgb[index_train], labels[index_train], "training batch 1 of 1")
+    _write_batch(target / "test_batch", rgb[index_test], labels[index_test], "testing batch 1 of 1")
+    (target / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in names],
+                                                        b"num_vis": size * size * 3}, protocol=2))
+    return Dataset(Split(rgb[index_train], labels[index_train]), Split(rgb[index_test], labels[index_test]), names)
+
+
+def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray, label: str) -> None:
+    batch = {b"batch_label": label.encode(), b"labels": labels.tolist(),
+             b"data": images.reshape(len(images), -1),
+             b"filenames": [f"{i:05d}.png".encode() for i in range(len(images))]}
+    path.write_bytes(pickle.dumps(batch, protocol=2))

@@ -1,0 +1,82 @@
+"""Training and top-1 evaluation in torch: SGD with momentum, cosine learning-rate schedule.
+
+Runs on ``device`` (see ``accelerator.py``: CUDA when present) with optional mixed precision; models
+that return several outputs are trained and evaluated on their classifier output (``output``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..outputs import OutputKey, select
+from .accelerator import autocast, device_of, grad_scaler
+from .data import Split, batches
+
+Progress = Callable[[int, int, float], None]  # epoch, epochs, loss
+
+
+def train(model: nn.Module, split: Split, mean: list[float], std: list[float], *, epochs: int, batch_size: int,
+          lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, augment: tuple[str, ...] = (),
+          seed: int = 0, progress: Optional[Progress] = None,
+          loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+          after_backward: Optional[Callable[[], None]] = None,
+          stop: Optional[Callable[[int], bool]] = None, device: Optional[torch.device] = None,
+          amp: bool = False, output: OutputKey = 0) -> int:
+    """Train in place (on ``device``, default: where the model is) and return the epochs run.
+
+    ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (distillation), ``after_backward`` edits
+    gradients (network slimming's L1 on BN scales), ``stop(epoch)`` ends training early (accuracy budget met).
+    """
+    torch.manual_seed(seed)
+    device = device or device_of(model)
+    model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                nesterov=momentum > 0)
+    steps = epochs * math.ceil(len(split) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+    criterion = nn.CrossEntropyLoss()
+    scaler = grad_scaler(device, amp)
+    for epoch in range(epochs):
+        model.train()
+        total, count = 0.0, 0
+        for inputs, labels in batches(split, batch_size, mean, std, shuffle=True, augment=augment, seed=seed + epoch):
+            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, amp):
+                logits = select(model(inputs), output)
+                loss = loss_fn(logits, labels, inputs) if loss_fn else criterion(logits, labels)
+            scaler.scale(loss).backward()
+            if after_backward:
+                scaler.unscale_(optimizer)
+                after_backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            total += float(loss.detach()) * len(labels)
+            count += len(labels)
+        if progress:
+            progress(epoch + 1, epochs, total / max(1, count))
+        if stop and stop(epoch + 1):
+            model.eval()
+            return epoch + 1
+    model.eval()
+    return epochs
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, mean: list[float], std: list[float], batch_size: int = 256,
+            output: OutputKey = 0) -> torch.Tensor:
+    """Classifier logits for a split, computed where the model lives, returned on the CPU."""
+    model.eval()
+    device = device_of(model)
+    return torch.cat([select(model(inputs.to(device)), output).float().cpu()
+                      for inputs, _ in batches(split, batch_size, mean, std)])
+
+
+def top1(model: nn.Module, split: Split, mean: list[float], std: list[float], output: OutputKey = 0) -> float:
+    logits = predict(model, split, mean, std, output=output)
+    return float((logits.argmax(1).numpy() == split.labels).mean())
