@@ -38,38 +38,20 @@ from edgekit.device.contract.model_files import model_file
 from edgekit.device.contract.validate import compare
 from edgekit.device.cpu import describe_cpu
 from edgekit.device.jobs.auto import Candidate, choose
-from edgekit.host.config import load_config
+from edgekit.host.config import deploy_toml, load_config
 from edgekit.host.optimize import optimize
 from edgekit.host.optimize.export.onnx_export import export_onnx, onnx_predict, onnx_top1
 from edgekit.host.train.checkpoint import save_checkpoint
 from edgekit.host.train.data import Dataset, channel_stats, normalize
 
-PROJECT = """\
-[project]
-name = "{name}"
-[model]
-arch = "{arch}"
-width = {width}
-checkpoint = "model.pt"
-[data]
-path = "{data}"
-[train]
-augment = ["crop"]
-[prune]
-enabled = true
-ratio = 0.5
-cost_weight = {cost_weight}
-round_to = 16
-finetune_epochs = {finetune}
-early_stop = false
-[quantize]
-images = 512
-"""
-
 
 def edgekit_chain(project: Path, arch: str, width: float, finetune: int, data_dir: Path, cost_weight: float):
-    (project / "deploy.toml").write_text(PROJECT.format(name=f"{arch}-w{width:g}", arch=arch, width=width,
-                                                        data=data_dir, finetune=finetune, cost_weight=cost_weight))
+    (project / "deploy.toml").write_text(deploy_toml(
+        project={"name": f"{arch}-w{width:g}"}, model={"arch": arch, "width": width, "checkpoint": "model.pt"},
+        data={"path": data_dir}, train={"augment": ["crop"]},
+        prune={"enabled": True, "ratio": 0.5, "cost_weight": cost_weight, "round_to": 16, "finetune_epochs": finetune,
+               "early_stop": False},
+        quantize={"images": 512}))
     start = time.perf_counter()
     result = optimize(load_config(project / "deploy.toml"), say=print)
     return result, time.perf_counter() - start

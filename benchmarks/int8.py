@@ -67,7 +67,7 @@ def qat_routes(arch: str, width: float, epochs: int, finetune: int, qat_epochs: 
     import shutil
 
     import torch
-    from prune import PROJECT
+    from prune import project_toml
 
     from edgekit.host.config import load_config
     from edgekit.host.optimize import optimize
@@ -78,9 +78,9 @@ def qat_routes(arch: str, width: float, epochs: int, finetune: int, qat_epochs: 
         calibration_images,
         device_rule,
         mixed_precision_fallback,
-        qat_candidate,
         write_all,
     )
+    from edgekit.host.optimize.quantize.qat import qat_candidate
     from edgekit.host.train.checkpoint import read_checkpoint, save_checkpoint
     from edgekit.host.train.models import create_model
 
@@ -90,11 +90,9 @@ def qat_routes(arch: str, width: float, epochs: int, finetune: int, qat_epochs: 
     project.mkdir(exist_ok=True)
     save_checkpoint(project / "model.pt", model, {"arch": arch, "width": width, "mean": mean, "std": std})
     budget = QAT_BUDGET.get(arch, 0.01)
-    toml = PROJECT.format(name=project.name, arch=arch, width=width, data=work / "digits", finetune=finetune,
-                          ratio=0.5, scope="uniform", cost_weight=0.2, round_to=16)
-    toml = toml.replace("[quantize]\nenabled = false\n", f"[quantize]\nenabled = false\nimages = {images}\n"
-                        f"max_accuracy_drop = {budget}\n")
-    (project / "deploy.toml").write_text(toml)
+    (project / "deploy.toml").write_text(project_toml(project.name, arch, width, work / "digits", finetune, ratio=0.5,
+                                                      scope="uniform", cost_weight=0.2, round_to=16,
+                                                      quantize={"images": images, "max_accuracy_drop": budget}))
     config = load_config(project / "deploy.toml")
     pruned = optimize(config, say=print)  # cached: a re-run measures, not prunes
     state, meta = read_checkpoint(pruned.directories["prune"] / "pruned.pt")

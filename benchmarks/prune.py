@@ -24,39 +24,24 @@ from pathlib import Path
 
 from common import RESULTS, digits, report, side_by_side, trained
 
-from edgekit.host.config import load_config
+from edgekit.host.config import deploy_toml, load_config
 from edgekit.host.optimize import optimize
 from edgekit.host.optimize.export.onnx_export import export_onnx
 from edgekit.host.optimize.fold.batchnorm import fold_batchnorm
 from edgekit.host.train.checkpoint import save_checkpoint
 
-PROJECT = """\
-[project]
-name = "{name}"
-[model]
-arch = "{arch}"
-width = {width}
-checkpoint = "model.pt"
-[data]
-path = "{data}"
-[train]
-augment = ["crop"]
-[prune]
-enabled = true
-ratio = {ratio}
-scope = "{scope}"
-cost_weight = {cost_weight}
-round_to = {round_to}
-steps = 1
-finetune_epochs = {finetune}
-lr = 0.01
-distill = true
-max_accuracy_drop = 0.002
-allow_accuracy_drop = true
-early_stop = false
-[quantize]
-enabled = false
-"""
+
+def project_toml(name: str, arch: str, width: float, data: Path, finetune: int, ratio: float = 0.5,
+                 scope: str = "uniform", cost_weight: float = 0.0, round_to: int = 8,
+                 quantize: dict | None = None) -> str:
+    """The benchmark's project: distilled fine-tuning after one pruning step; INT8 off unless ``quantize`` says."""
+    return deploy_toml(project={"name": name}, model={"arch": arch, "width": width, "checkpoint": "model.pt"},
+                       data={"path": data}, train={"augment": ["crop"]},
+                       prune={"enabled": True, "ratio": ratio, "scope": scope, "cost_weight": cost_weight,
+                              "round_to": round_to, "steps": 1, "finetune_epochs": finetune, "lr": 0.01,
+                              "distill": True, "max_accuracy_drop": 0.002, "allow_accuracy_drop": True,
+                              "early_stop": False},
+                       quantize={"enabled": False, **(quantize or {})})
 
 
 def run(arch: str, width: float, epochs: int, finetune: int, work: Path, ratio: float = 0.5,
@@ -67,10 +52,8 @@ def run(arch: str, width: float, epochs: int, finetune: int, work: Path, ratio: 
     shutil.rmtree(project, ignore_errors=True)
     project.mkdir()
     save_checkpoint(project / "model.pt", model, {"arch": arch, "width": width, "mean": mean, "std": std})
-    (project / "deploy.toml").write_text(PROJECT.format(name=f"{arch}-w{width}", arch=arch, width=width,
-                                                        data=work / "digits", finetune=finetune, ratio=ratio,
-                                                        scope=scope, cost_weight=cost_weight,
-                                                        round_to=round_to))
+    (project / "deploy.toml").write_text(project_toml(f"{arch}-w{width}", arch, width, work / "digits", finetune,
+                                                      ratio, scope, cost_weight, round_to))
     result = optimize(load_config(project / "deploy.toml"), say=print, force=True)
     original = project / "original.onnx"
     export_onnx(fold_batchnorm(model)[0], original, [3, 32, 32])

@@ -38,6 +38,7 @@ from typing import Callable
 
 from common import RESULTS, report
 
+from edgekit.host.config import deploy_toml
 from edgekit.host.train.data import write_digits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,36 +63,6 @@ for _name in {names!r}:
     globals()[_name] = _factory(_name)
 '''
 
-PROJECT = """\
-[project]
-name = "{name}"
-[model]
-arch = "{arch}"
-width = {width}
-checkpoint = "model.pt"
-output = {output}
-[data]
-path = "data"
-[input]
-batch_sizes = [1, 32]
-[train]
-epochs = {train_epochs}
-augment = ["crop"]
-[prune]
-enabled = true
-ratio = 0.5
-finetune_epochs = {finetune}
-early_stop = false
-allow_accuracy_drop = {allow}
-[benchmark]
-warmup_s = 0.1
-duration_s = 1.0
-[devices.local]
-kind = "local"
-precision = "int8"
-"""
-
-
 def edgekit(args: list[str], cwd: Path, home: Path) -> tuple[subprocess.CompletedProcess, float]:
     path = f"{ROOT / 'tests'}:{home.parent}:{os.environ.get('PYTHONPATH', '')}"  # home.parent: timm_zoo.py
     env = dict(os.environ, EDGEKIT_HOME=str(home), PYTHONPATH=path)
@@ -106,9 +77,14 @@ def project(work: Path, data: Path, name: str, arch: str, width: float, finetune
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "data").exists():
         os.symlink(data, folder / "data")
-    (folder / "deploy.toml").write_text(PROJECT.format(
-        name=name.replace("_", "-"), arch=arch, width=width, output=OUTPUT.get(name, 0), finetune=finetune,
-        train_epochs=train_epochs, allow=str(allow).lower()))
+    (folder / "deploy.toml").write_text(deploy_toml(
+        project={"name": name.replace("_", "-")},
+        model={"arch": arch, "width": width, "checkpoint": "model.pt", "output": OUTPUT.get(name, 0)},
+        data={"path": "data"}, input={"batch_sizes": [1, 32]}, train={"epochs": train_epochs, "augment": ["crop"]},
+        prune={"enabled": True, "ratio": 0.5, "finetune_epochs": finetune, "early_stop": False,
+               "allow_accuracy_drop": allow},
+        benchmark={"warmup_s": 0.1, "duration_s": 1.0},
+        devices={"local": {"kind": "local", "precision": "int8"}}))
     return folder
 
 

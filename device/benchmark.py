@@ -6,15 +6,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping
 
+from .contract.benchmark import CV_WARN_PERCENT, DURATION_S, MIN_ITERATIONS, ROUNDS, WARMUP_S
 from .stats import summarize, throughput
 
 
 @dataclass(frozen=True)
 class Plan:
-    warmup_s: float = 0.2
-    duration_s: float = 3.0
-    min_iterations: int = 10
-    cv_warn_percent: float = 10.0
+    warmup_s: float = WARMUP_S
+    duration_s: float = DURATION_S
+    min_iterations: int = MIN_ITERATIONS
+    cv_warn_percent: float = CV_WARN_PERCENT
 
     @classmethod
     def from_manifest(cls, data: Mapping[str, Any]) -> Plan:
@@ -85,7 +86,7 @@ def thin(values: List[float], limit: int) -> List[float]:
 
 
 def interleaved(engines: Dict[str, Callable[[Plan], Dict[str, Any]]], plan: Plan,
-                rounds: int = 4) -> Dict[str, Dict[str, Any]]:
+                rounds: int = ROUNDS) -> Dict[str, Dict[str, Any]]:
     """Benchmark several engines in alternating rounds (ABBA order), same plan split across the rounds.
 
     On a shared or throttling device, load and clocks drift over seconds; alternating short rounds

@@ -43,6 +43,14 @@ def snapshot() -> Dict[str, Any]:
     return state
 
 
+def sampler() -> Any:
+    """A context manager sampling the device while a benchmark runs (tegrastats on a Jetson, whichever runtime
+    is measured: power is the module's); ``result()`` says so where there is nothing to sample."""
+    from .backends.tensorrt.jetson import TegrastatsSampler
+
+    return TegrastatsSampler()
+
+
 def describe_host() -> Dict[str, Any]:
     """Static facts: what machine ran the job."""
     from .backends.tensorrt.jetson import jetson_facts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -12,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import EXIT_FAILED, CheckFailed, ConfigError, EdgekitError
+from .errors import EXIT_FAILED, CheckFailed, ConfigError, EdgekitError, save_traceback
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prune, fold, quantise and ship CNNs to edge devices; build, validate and benchmark there.")
@@ -49,15 +48,9 @@ def _say(json_mode: bool):
 def init(directory: Path = typer.Argument(Path("."), help="where to write deploy.toml"),
          arch: str = typer.Option("resnet20", help="zoo model or module:function")) -> None:
     """Write a starter deploy.toml."""
-    from .train.models import list_models
+    from .config import init_project
 
-    target = directory / "deploy.toml"
-    if target.exists():
-        raise ConfigError(f"{target} already exists; edit it or choose another directory")
-    if ":" not in arch and arch not in list_models():
-        raise ConfigError(f"--arch {arch!r}: unknown model; choose one of {', '.join(list_models())}")
-    directory.mkdir(parents=True, exist_ok=True)
-    target.write_text(STARTER.format(name=directory.resolve().name or "model", arch=arch))
+    target = init_project(directory, arch)
     console.print(f"wrote {target}; next: `edgekit data digits data/digits`, `edgekit train`, `edgekit push local`")
 
 
@@ -65,11 +58,9 @@ def init(directory: Path = typer.Argument(Path("."), help="where to write deploy
 def data_digits(directory: Path = typer.Argument(..., help="where to write the CIFAR-format data set"),
                 json_mode: bool = JsonOption) -> None:
     """Write scikit-learn's handwritten digits (real images) as a 3×32×32 CIFAR-format data set."""
-    from .train.data import channel_stats, write_digits
+    from .train.data import prepare_digits
 
-    data = write_digits(directory)
-    mean, std = channel_stats(data.train)
-    result = {"path": str(directory), "train": len(data.train), "test": len(data.test), "mean": mean, "std": std}
+    result = prepare_digits(directory)
     if json_mode:
         _emit(result)
     else:
@@ -80,40 +71,29 @@ def data_digits(directory: Path = typer.Argument(..., help="where to write the C
 def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
           json_mode: bool = JsonOption) -> None:
     """Train the project's model on its data set and write model.checkpoint."""
+    from .train.project import train_project
+
+    trained = train_project(_load(config_path), epochs, _epoch_bar(transient=json_mode))
+    if json_mode:
+        _emit(dict(trained.meta, checkpoint=str(trained.checkpoint)))
+    else:
+        console.print(f"top-1 on {trained.test_images} held-out images: {trained.meta['top1']:.2%}; "
+                      f"saved {trained.checkpoint}")
+
+
+def _epoch_bar(transient: bool):
+    """A rich bar over the training epochs with the last epoch's loss (on stderr)."""
+    from contextlib import contextmanager
+
     from rich.progress import Progress
 
-    from .optimize import load_data
-    from .optimize.load import check_interface
-    from .train.accelerator import resolve
-    from .train.checkpoint import save_checkpoint
-    from .train.data import channel_stats
-    from .train.loop import top1
-    from .train.loop import train as run_training
-    from .train.models import create_model
-
-    config = _load(config_path)
-    data = load_data(config)
-    mean, std = (config.data.mean, config.data.std) if config.data.mean else channel_stats(data.train)
-    model = create_model(config.model.arch, config.model.num_classes, config.model.width, config.input.shape[0])
-    section = config.train
-    check_interface(config, model)
-    total = epochs or section.epochs
-    with Progress(console=err, transient=json_mode) as progress:
-        task = progress.add_task(f"training {config.model.arch}", total=total)
-        run_training(model, data.train, mean, std, epochs=total, batch_size=section.batch_size, lr=section.lr,
-                     momentum=section.momentum, weight_decay=section.weight_decay, augment=tuple(section.augment),
-                     seed=section.seed, device=resolve(section.device), amp=section.amp, output=config.model.output,
-                     progress=lambda e, n, loss: progress.update(
-                         task, completed=e, description=f"training {config.model.arch} (loss {loss:.3f})"))
-    accuracy = top1(model, data.test, mean, std, output=config.model.output)
-    model.cpu()
-    meta = {"arch": config.model.arch, "width": config.model.width, "num_classes": config.model.num_classes,
-            "epochs": total, "top1": accuracy, "mean": mean, "std": std}
-    save_checkpoint(config.checkpoint, model, meta)
-    if json_mode:
-        _emit(dict(meta, checkpoint=str(config.checkpoint)))
-    else:
-        console.print(f"top-1 on {len(data.test)} held-out images: {accuracy:.2%}; saved {config.checkpoint}")
+    @contextmanager
+    def bar(name: str, epochs: int):
+        with Progress(console=err, transient=transient) as progress:
+            task = progress.add_task(f"training {name}", total=epochs)
+            yield lambda epoch, _, loss: progress.update(task, completed=epoch,
+                                                         description=f"training {name} (loss {loss:.3f})")
+    return bar
 
 
 @app.command("optimize")
@@ -121,7 +101,7 @@ def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Optio
                      json_mode: bool = JsonOption) -> None:
     """Fold BN, export and verify ONNX, evaluate every stage; cached by content."""
     from .optimize import optimize
-    from .records.report import stage_table
+    from .records.report import optimize_lines, stage_table
 
     config = _load(config_path)
     result = optimize(config, _say(json_mode), force=force)
@@ -130,11 +110,8 @@ def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Optio
                "files": sorted(result.files)})
     else:
         console.print(stage_table(result.stages))
-        calibration = result.host.get("calibration") or {}
-        if calibration.get("int8"):  # which INT8 route ships: ptq, ptq+fallback, qat or qat+fallback
-            console.print(f"INT8: {calibration['int8']} ({calibration.get('chosen')})")
-        if calibration.get("fp_layers"):
-            console.print(f"mixed precision: kept in floating point: {', '.join(calibration['fp_layers'])}")
+        for line in optimize_lines(result.host):
+            console.print(line)
 
 
 @app.command()
@@ -230,51 +207,26 @@ def _push_fleet(config, names: list[str], parallel: int, json_mode: bool) -> Non
 @app.command()
 def devices(config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """List the devices deploy.toml knows (plus the built-in 'local')."""
-    config = _load(config_path)
-    names = sorted(set(config.devices) | {"local"})
-    rows = [dict(name=n, **config.device(n).model_dump()) for n in names]
+    from .ship.fleet import device_rows
+
+    rows = device_rows(_load(config_path))
     if json_mode:
         _emit(rows)
         return
-    from rich.table import Table
+    from .records.report import devices_table
 
-    table = Table(title="devices")
-    for column in ("name", "kind", "host", "backend", "precision", "groups"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["name"], row["kind"], row["host"] or "-", row["backend"], row["precision"],
-                      ",".join(row["groups"]) or "-")
-    console.print(table)
+    console.print(devices_table(rows))
 
 
 @app.command()
 def status(device: str = typer.Argument(...), job: Optional[str] = typer.Argument(None, help="default: the last"),
            config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Re-attach to a job on DEVICE: follow its events and print its report."""
-    from .records.history import History
     from .records.report import print_report
-    from .ship.push import follow, lost_connection
-    from .ship.transports import open_transport
+    from .ship.push import reattach
 
-    config = _load(config_path)
-    history = History(config.state_dir / "history.db")
-    if job is None:
-        last = history.latest(device)
-        if last is None:
-            raise ConfigError(f"no job on record for {device}; pass a job id")
-        job = last["job"]
-    with lost_connection(device, "connecting; try again"):
-        transport = open_transport(device, config.device(device))
-    try:
-        with lost_connection(device, f"looking up job {job}; try again"):
-            known = (transport.state(job) or {}).get("status") != "unknown"
-        if not known:
-            raise ConfigError(f"device {device} has no job {job}")
-        report = follow(transport, job,
-                        lambda e: None if json_mode else console.print(f"[dim]{escape(str(e['message']))}[/dim]"))
-    finally:
-        transport.close()
-    history.record(device, report)
+    report = reattach(_load(config_path), device, job,
+                      lambda e: None if json_mode else console.print(f"[dim]{escape(str(e['message']))}[/dim]"))
     _emit(report) if json_mode else print_report(console, report, device)
     if report.get("status") != "done":
         raise typer.Exit(EXIT_FAILED)
@@ -288,15 +240,12 @@ def report(job: Optional[str] = typer.Argument(None, help="job id; default: the 
     from .records.history import History
     from .records.report import print_report
 
-    config = _load(config_path)
-    history = History(config.state_dir / "history.db")
-    stored = history.get(job) if job else history.latest()
-    if stored is None:
-        raise ConfigError(f"no run {job!r} in the history" if job else "the run history is empty; run `edgekit push`")
+    history = History(_load(config_path).state_dir / "history.db")
+    stored = history.run(job)
     if plot:
-        from .ship.push import write_run_files
+        from .ship.push import replot
 
-        stored["plots"] = [str(p) for p in write_run_files(history.run_dir(stored["job"]), stored, stored["device"])]
+        stored["plots"] = replot(history, stored)
     if json_mode:
         _emit(stored)
         return
@@ -319,38 +268,15 @@ def compare(old: Optional[str] = typer.Argument(None, help="job id (default: the
             new: Optional[str] = typer.Argument(None, help="job id (default: the last run)"),
             config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Compare two runs: median latencies, each run's speed-up over its FP32 baseline, host top-1."""
-    from rich.table import Table
-
     from .records.history import History
-    from .records.report import compare_rows
+    from .records.report import compare_rows, compare_table
 
-    history = History(_load(config_path).state_dir / "history.db")
-    before = history.get(old) if old else history.latest(offset=1, status="done")
-    after = history.get(new) if new else history.latest(status="done")
-    if before is None or after is None:
-        raise ConfigError("need two successful runs in the history (or two job ids) to compare")
+    before, after = History(_load(config_path).state_dir / "history.db").compared(old, new)
     rows = compare_rows(before, after)
     if json_mode:
         _emit({"old": before["job"], "new": after["job"], "rows": rows})
         return
-    table = Table(title=f"{before['job']} → {after['job']}")
-    for column in ("batch", "old p50 ms", "new p50 ms", "new vs old", "old: baseline p50 / vs baseline",
-                   "new: baseline p50 / vs baseline", "host top-1 old → new"):
-        table.add_column(column, justify="right")
-
-    def versus(p50: Optional[float], ratio: Optional[float]) -> str:
-        return f"{p50:.3f} ms / {ratio:.2f}×" if p50 and ratio else "-"
-
-    def top1(value: Optional[float]) -> str:
-        return f"{value:.2%}" if value is not None else "-"
-
-    for row in rows:
-        table.add_row(str(row["batch"]), f"{row['old_p50_ms']:.3f}", f"{row['new_p50_ms']:.3f}",
-                      f"{row['speedup']:.2f}×" if row["speedup"] else "-",
-                      versus(row["old_baseline_p50_ms"], row["old_vs_baseline"]),
-                      versus(row["new_baseline_p50_ms"], row["new_vs_baseline"]),
-                      f"{top1(row['old_top1'])} → {top1(row['new_top1'])}")
-    console.print(table)
+    console.print(compare_table(before["job"], after["job"], rows))
 
 
 @device_app.command("add")
@@ -361,11 +287,10 @@ def device_add(name: str = typer.Argument(..., help="the device's name in deploy
                backend: str = typer.Option("auto", help="auto, onnxruntime, openvino or tensorrt"),
                config_path: Path = ConfigOption) -> None:
     """Show DEVICE's host key fingerprint, record it once you confirm, and add the device to deploy.toml."""
-    from .ship.fleet import append_device
+    from .ship.fleet import append_device, check_device_name
     from .ship.transports.connect import fingerprint, resolve, scan_host_key, trust_host_key
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or name == "local":
-        raise ConfigError(f"device name {name!r}: use letters, digits, '.', '_' or '-' ('local' is built in)")
+    check_device_name(name)
     destination = resolve(host, user, port)
     key = scan_host_key(destination)
     seen = fingerprint(key)
@@ -391,94 +316,27 @@ def device_setup(name: str = typer.Argument(...),
                                                help="ship OpenVINO (x86-64 and aarch64 wheels) for the CPU"),
                  config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Install edgekit's agent on DEVICE (no internet needed there), trust this host's key, start the service."""
-    from .ship.transports.setup import install
-    from .ship.transports.ssh import SSHTransport
+    from .ship.fleet import setup_device
 
-    config = _load(config_path)
-    device = config.device(name)
-    if device.kind != "ssh":
-        raise ConfigError(f"device {name!r} is {device.kind}; only ssh devices are set up")
-    transport = SSHTransport(name, device)
-    try:
-        result = install(transport, device, onnxruntime, _say(json_mode), with_openvino=openvino)
-    finally:
-        transport.close()
-    summary = {"device": name, "venv": result.venv, "service": result.service, "wheels": result.wheels,
-               "python": result.python.python, "machine": result.python.machine}
-    _emit(summary) if json_mode else console.print(f"{name}: agent installed in {result.venv}; {result.service}")
+    summary = setup_device(_load(config_path), name, onnxruntime, openvino, _say(json_mode))
+    _emit(summary) if json_mode else console.print(f"{name}: agent installed in {summary['venv']}; "
+                                                   f"{summary['service']}")
 
 
 @device_app.command("check")
 def device_check(name: str = typer.Argument(...), config_path: Path = ConfigOption,
                  json_mode: bool = JsonOption) -> None:
     """Reachable? Agent version and state, backends with versions, Jetson model and JetPack, free disk."""
-    from .ship.transports.setup import check
-    from .ship.transports.ssh import SSHTransport
+    from .records.report import check_table
+    from .ship.fleet import check_device
 
-    config = _load(config_path)
-    transport = SSHTransport(name, config.device(name))
-    try:
-        info = check(transport)
-    finally:
-        transport.close()
+    info = check_device(_load(config_path), name)
     if json_mode:
         _emit(info)
     else:
-        _print_check(info)
+        console.print(check_table(info))
     if not info["agent_running"]:
         raise typer.Exit(EXIT_FAILED)
-
-
-def _print_check(info: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{info['device']} ({info['destination']})", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
-    table.add_row("agent", f"{info['agent_version']} " + ("[green]running[/green]" if info["agent_running"]
-                                                          else "[red]not running[/red]"))
-    for backend, about in info["backends"].items():
-        text = (f"{about.get('version')} ({', '.join(about.get('providers', [])) or about.get('device', '')})"
-                if about.get("available") else f"[yellow]unavailable[/yellow]: {about.get('reason')}")
-        table.add_row(backend, text)
-    for binding in info.get("cuda", []):
-        state = (f"[green]works[/green] (driver {binding.get('driver')})" if binding.get("usable")
-                 else f"[yellow]unusable[/yellow]: {binding.get('reason')}")
-        table.add_row(f"CUDA: {binding['binding']}", f"{binding.get('version') or ''} {state}".strip())
-    device = info["device_info"]
-    jetson = device.get("jetson") or {}
-    table.add_row("device", str(jetson.get("model") or f"{device.get('machine')} {device.get('system')}"))
-    if jetson.get("jetson"):
-        table.add_row("L4T / JetPack", f"{jetson.get('l4t') or 'missing'} / {jetson.get('jetpack') or 'missing'}")
-        table.add_row("nvpmodel", jetson.get("nvpmodel") or "missing")
-    free = info.get("free_disk_bytes")
-    table.add_row("free disk", f"{free / 1e9:.1f} GB" if free else "-")
-    table.add_row("active models", ", ".join(f"{k} → {v}" for k, v in info["models"].items()) or "none")
-    console.print(table)
-
-
-STARTER = """\
-[project]
-name = "{name}"
-
-[model]
-arch = "{arch}"
-width = 1.0
-num_classes = 10
-checkpoint = "runs/model.pt"
-
-[data]
-format = "cifar"
-path = "data/digits"
-
-[input]
-shape = [3, 32, 32]
-batch_sizes = [1, 32]
-
-[train]
-epochs = 15
-augment = ["crop"]
-"""
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -506,20 +364,3 @@ def main(argv: Optional[list[str]] = None) -> None:
                   f"edgekit: please report it with {saved}",
                   highlight=False, soft_wrap=True)
         sys.exit(EXIT_FAILED)
-
-
-def save_traceback() -> str:
-    """The current exception's traceback in ``$EDGEKIT_HOME/crash-<time>.txt`` (or the reason it could not be)."""
-    import time
-    import traceback
-
-    from .config import host_home
-
-    try:
-        home = host_home()
-        home.mkdir(parents=True, exist_ok=True)
-        path = home / f"crash-{time.strftime('%Y%m%dT%H%M%S')}.txt"
-        path.write_text(traceback.format_exc())
-        return str(path)
-    except OSError as exc:
-        return f"the traceback (not saved: {exc}; rerun with EDGEKIT_TRACEBACK=1 to see it)"

@@ -6,16 +6,21 @@ paths resolve against the file's own directory, so a project works from any work
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..device.contract.benchmark import BASELINE, CV_WARN_PERCENT, DURATION_S, MIN_ITERATIONS, ROUNDS, WARMUP_S
 from .errors import ConfigError
 
 Precision = Literal["fp32", "fp16", "int8"]
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a project's name, and a device's
 
 
 class Strict(BaseModel):
@@ -23,7 +28,7 @@ class Strict(BaseModel):
 
 
 class ProjectSection(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    name: str = Field(pattern=NAME)
 
 
 class ModelSection(Strict):
@@ -145,14 +150,15 @@ class PruneSection(Strict):
 
 
 class BenchmarkSection(Strict):
-    warmup_s: float = Field(default=0.2, ge=0)
-    duration_s: float = Field(default=3.0, gt=0)
-    min_iterations: int = Field(default=10, ge=1)
-    cv_warn_percent: float = Field(default=10.0, gt=0)
+    # the defaults are the manifest's, which the device falls back on too (edgekit.device.contract.benchmark)
+    warmup_s: float = Field(default=WARMUP_S, ge=0)
+    duration_s: float = Field(default=DURATION_S, gt=0)
+    min_iterations: int = Field(default=MIN_ITERATIONS, ge=1)
+    cv_warn_percent: float = Field(default=CV_WARN_PERCENT, gt=0)
     cross_check: bool = Field(default=False, description="TensorRT: also run trtexec on the engine, flag >5% apart")
     # the unpruned FP32 model benchmarked beside the final one, in alternating rounds: the report's speed-up
-    baseline: bool = True
-    rounds: int = Field(default=4, ge=1, le=50)
+    baseline: bool = BASELINE
+    rounds: int = Field(default=ROUNDS, ge=1, le=50)
 
 
 class ValidationSection(Strict):
@@ -303,3 +309,66 @@ def load_config(path: Path | str = "deploy.toml") -> Config:
         if name == "local" and device.kind != "local":
             raise ConfigError(f"{path}: devices.local: the name 'local' is reserved for the built-in local device")
     return config
+
+
+# -- writing deploy.toml ----------------------------------------------------------------------------
+def deploy_toml(**sections: Mapping[str, Any]) -> str:
+    """deploy.toml text: one ``[table]`` per keyword argument and one ``key = value`` line per entry, in order.
+
+    A mapping inside a section is a table of its own (``devices={"local": {...}}`` → ``[devices.local]``);
+    a None value is left out (TOML has no null). What ``edgekit init``, the tests and the benchmarks write.
+    """
+    blocks: list[str] = []
+
+    def table(name: str, values: Mapping[str, Any]) -> None:
+        keys = {k: v for k, v in values.items() if v is not None and not isinstance(v, Mapping)}
+        tables = {k: v for k, v in values.items() if isinstance(v, Mapping)}
+        if keys or not tables:
+            blocks.append("\n".join([f"[{name}]", *(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in keys.items())]))
+        for key, sub in tables.items():
+            table(f"{name}.{_toml_key(key)}", sub)
+
+    for name, values in sections.items():
+        table(_toml_key(name), values)
+    return "\n\n".join(blocks) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(float(value))
+    if isinstance(value, (str, Path)):  # a JSON string is a TOML basic string, but for DEL
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"deploy.toml: no TOML form for {value!r}")
+
+
+def starter(name: str, arch: str) -> dict[str, dict[str, Any]]:
+    """What ``edgekit init`` writes: the demo data set (``edgekit data digits``), the rest as deploy.toml's defaults."""
+    return {"project": {"name": name},
+            "model": {"arch": arch, "width": 1.0, "num_classes": 10, "checkpoint": "runs/model.pt"},
+            "data": {"format": "cifar", "path": "data/digits"},
+            "input": {"shape": [3, 32, 32], "batch_sizes": [1, 32]},
+            "train": {"epochs": 15, "augment": ["crop"]}}
+
+
+def init_project(directory: Path, arch: str) -> Path:
+    """``edgekit init``: a starter deploy.toml in ``directory`` for ``arch`` (a zoo model or module:function)."""
+    from .train.models import list_models
+
+    target = directory / "deploy.toml"
+    if target.exists():
+        raise ConfigError(f"{target} already exists; edit it or choose another directory")
+    if ":" not in arch and arch not in list_models():
+        raise ConfigError(f"--arch {arch!r}: unknown model; choose one of {', '.join(list_models())}")
+    directory.mkdir(parents=True, exist_ok=True)
+    target.write_text(deploy_toml(**starter(directory.resolve().name or "model", arch)))
+    return target

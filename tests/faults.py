@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from edgekit.device.agent.spool import TERMINAL_STATES, Spool, read_json
+from edgekit.device.agent.spool import Spool, read_json
+from edgekit.device.contract.protocol import TERMINAL_STATES
 
 # Benchmarks as short as still measure something: the faults are the point here, not the latency.
 QUICK_BENCHMARK = {"warmup_s": 0.01, "duration_s": 0.03, "min_iterations": 3, "cv_warn_percent": 1000.0}

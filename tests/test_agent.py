@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.device.agent.main import agent_running
-from edgekit.device.agent.spool import Spool, new_job_id, read_json
+from edgekit.device.agent.admin import agent_running
+from edgekit.device.agent.spool import Spool, read_json
+from edgekit.device.contract.protocol import new_job_id
 from edgekit.device.contract.service import parse_exec_start
 from edgekit.host.config import load_config
 from edgekit.host.optimize import optimize

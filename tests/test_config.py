@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.host.config import load_config
+from edgekit.host.config import deploy_toml, load_config
 from edgekit.host.errors import ConfigError
 
 from .conftest import TINY_PROJECT, run_cli
@@ -55,6 +55,18 @@ def test_a_missing_checkpoint_is_one_line_naming_the_key(tmp_path):
     result = run_cli("push", "local", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "model.checkpoint" in result.stderr and "edgekit train" in result.stderr
+
+
+def test_deploy_toml_writes_what_load_config_reads(tmp_path):
+    text = deploy_toml(project={"name": "p"}, model={"arch": 'zoo:make "x"', "width": 0.5, "checkpoint": "a\\b.pt"},
+                       data={"path": tmp_path / "d"}, input={"batch_sizes": [1, 8]},
+                       prune={"enabled": True, "max_accuracy_drop": None, "cost_weight": 1e-05},
+                       devices={"local": {"kind": "local"}, "jet.1": {"host": "h", "groups": ["lab"]}})
+    config = load_config(write(tmp_path, text))
+    assert config.model.arch == 'zoo:make "x"' and config.model.checkpoint.name == "a\\b.pt"
+    assert config.data.path == tmp_path / "d" and config.input.batch_sizes == [1, 8]
+    assert config.prune.enabled and config.prune.max_accuracy_drop == 0.01 and config.prune.cost_weight == 1e-05
+    assert config.devices["local"].kind == "local" and config.device("jet.1").groups == ["lab"]
 
 
 def test_unknown_device_lists_the_known_ones(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.device.agent.spool import parse_event_chunk
 from edgekit.device.contract.manifest import ManifestError, canonical_bytes, load_manifest_bytes, parse_manifest
+from edgekit.device.contract.protocol import parse_event_chunk
 from edgekit.device.contract.service import parse_exec_start, unit_text
 from edgekit.device.contract.validate import compare
 from edgekit.device.jobs.engines import build_options, engine_key

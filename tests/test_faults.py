@@ -125,9 +125,10 @@ def test_symlinks_and_absurd_sizes_are_refused_and_good_blobs_kept(local, tmp_pa
 
 def test_a_runtime_crashing_the_worker_is_dropped_by_auto_and_the_job_finishes(local, monkeypatch):
     """OpenVINO segfaulted converting a user's DenseNet: under ``auto`` the other runtime must take over."""
-    from edgekit.device.agent import main as agent
+    from edgekit.device.agent import daemon as agent
     from edgekit.device.backends import available
     from edgekit.device.contract.model_files import AUTO, candidates
+    from edgekit.device.jobs import prepare
     from edgekit.device.jobs.runner import JobRunner
 
     scenario = "a runtime crashes the worker (SIGSEGV) under auto: dropped, job done"
@@ -138,15 +139,15 @@ def test_a_runtime_crashing_the_worker_is_dropped_by_auto_and_the_job_finishes(l
         pytest.skip(f"auto has one runtime here ({names}): nothing to fall back to")
     with trial(scenario):
         spool, crashing = transport.spool, names[0]
-        original = JobRunner.prepare_one
+        original = prepare.prepare_one
 
-        def prepare_one(self, job, manifest_, files, backend, options, cpu):  # a native crash in the runtime
+        def prepare_one(job, manifest_, files, backend, options, cpu):  # a native crash in the runtime
             if backend.name == crashing:
                 faulthandler.disable()  # pytest's handler would print a "Fatal Python error" dump for the crash we want
                 os.kill(os.getpid(), signal.SIGSEGV)
-            return original(self, job, manifest_, files, backend, options, cpu)
+            return original(job, manifest_, files, backend, options, cpu)
 
-        monkeypatch.setattr(JobRunner, "prepare_one", prepare_one)
+        monkeypatch.setattr(prepare, "prepare_one", prepare_one)
         job = publish(transport, dict(manifest, target=dict(manifest["target"], backend="auto")), key)
         assert agent.take(spool, job)
         agent.supervise(spool, JobRunner(spool), job, set())  # forks the worker, as the agent does

@@ -24,7 +24,7 @@ from edgekit.device.contract.validate import tolerances
 from edgekit.device.cpu import describe_cpu
 from edgekit.host.config import load_config
 from edgekit.host.optimize import optimize
-from edgekit.host.ship.prevalidate import REFERENCE_RUNTIME
+from edgekit.host.optimize.prevalidate import REFERENCE_RUNTIME
 
 from .conftest import run_cli
 

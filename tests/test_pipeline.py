@@ -8,23 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.host.config import load_config
+from edgekit.host.config import deploy_toml, load_config
 from edgekit.host.optimize import STAGES, Output, Stage, stage_keys
 from edgekit.host.optimize.cache import StageCache
 from edgekit.host.optimize.runner import run_stages
 
 NAMES = [stage.name for stage in STAGES]
-PROJECT = """\
-[project]
-name = "keys"
-
-[model]
-arch = "resnet20"
-checkpoint = "model.pt"
-
-[data]
-path = "data"
-"""
+PROJECT = deploy_toml(project={"name": "keys"}, model={"arch": "resnet20", "checkpoint": "model.pt"},
+                      data={"path": "data"})
 
 
 @pytest.fixture

@@ -133,8 +133,9 @@ def test_qat_repairs_a_badly_calibrated_int8_model(qat_result):
     # The TensorRT Q/DQ model quantises exactly the tensors QAT learns: the dim calibration is repaired.
     fp32 = qat_result.host["accuracy_by_file"]["model.onnx"]
     before, after = ptq["top1_by_file"][MODEL_INT8_QDQ], qat["top1_by_file"][MODEL_INT8_QDQ]
-    if before >= fp32 - BUDGET:  # the premise varies with the session's tiny training: say so, visibly
-        pytest.skip(f"this training's PTQ kept {before:.2%} of {fp32:.2%} with the dim calibration: nothing to repair")
+    # the premise: the dim calibration breaks post-training INT8 (the tiny training is seeded, so this is the
+    # same model on every run; measured: PTQ keeps 81% of 97%, QAT 96-97%)
+    assert before < fp32 - BUDGET, f"PTQ kept {before:.2%} of {fp32:.2%} with the dim calibration: nothing to repair"
     assert after >= fp32 - BUDGET, (fp32, before, after)
     # What ships is a QAT route with every weighted layer in INT8 (the CPU file keeps only the learned
     # tensors in INT8 when its other, dim-calibrated ones miss the budget), within the budget in both files.

@@ -96,7 +96,7 @@ def test_tampered_unsigned_and_foreign_bundles_are_rejected_over_ssh(lab_project
         cases = [(payload.replace(b'"fp32"', b'"int8"', 1), sign(key, payload), "altered after signing"),
                  (payload, b"", "not an ed25519 signature"),
                  (payload, sign(load_or_create_key(tmp_path / "other"), payload), "does not trust")]
-        from edgekit.device.agent.spool import new_job_id
+        from edgekit.device.contract.protocol import new_job_id
 
         for body, signature, words in cases:
             job = new_job_id()

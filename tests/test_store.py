@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.device.agent.spool import Spool, part_name
+from edgekit.device.agent.spool import Spool
 from edgekit.device.agent.store import Item, StoreConfig, collect, plan_removals
 from edgekit.device.contract.budget import budget_failures
+from edgekit.device.contract.protocol import part_name
 
 from .conftest import AGENT, run_cli
 
@@ -119,13 +120,13 @@ def test_stale_parts_are_swept_and_fresh_ones_kept(tmp_path):
 
 
 def test_declaring_local_keeps_the_local_devices_root(tmp_path, monkeypatch):
-    from edgekit.host.config import load_config
+    from edgekit.host.config import deploy_toml, load_config
 
     monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "home"))
-    base = "[project]\nname = 'p'\n[model]\narch = 'resnet20'\ncheckpoint = 'x.pt'\n[data]\npath = 'd'\n"
-    (tmp_path / "a.toml").write_text(base)
-    (tmp_path / "b.toml").write_text(base + "[devices.local]\nkind = 'local'\nprecision = 'int8'\n")
-    (tmp_path / "c.toml").write_text(base + "[devices.local]\nkind = 'local'\nroot = '/srv/x'\n")
+    base = dict(project={"name": "p"}, model={"arch": "resnet20", "checkpoint": "x.pt"}, data={"path": "d"})
+    (tmp_path / "a.toml").write_text(deploy_toml(**base))
+    (tmp_path / "b.toml").write_text(deploy_toml(**base, devices={"local": {"kind": "local", "precision": "int8"}}))
+    (tmp_path / "c.toml").write_text(deploy_toml(**base, devices={"local": {"kind": "local", "root": "/srv/x"}}))
     implicit = load_config(tmp_path / "a.toml").device("local")
     declared = load_config(tmp_path / "b.toml").device("local")
     assert implicit.root == declared.root == str(tmp_path / "home" / "local-device")
@@ -157,7 +158,7 @@ def test_the_unit_passes_systemd_analyze_verify_and_has_no_start_limit(tmp_path,
 
 def test_benchmark_settings_out_of_bounds_fail_the_job_with_the_key():
     from edgekit.device.errors import JobError
-    from edgekit.device.jobs.runner import benchmark_plan
+    from edgekit.device.jobs.measure import benchmark_plan
 
     assert benchmark_plan({"duration_s": 0.5}).duration_s == 0.5
     for bad in ({"duration_s": 1e9}, {"min_iterations": "many"}, {"warmup_s": True}):

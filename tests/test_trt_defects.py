@@ -265,7 +265,8 @@ def test_job_rebuilds_a_cached_engine_that_no_longer_loads(project, monkeypatch)
     """Defect 8, job level: the first load says StaleEngine (another runtime build); the job rebuilds once."""
     from edgekit.device.backends.onnxruntime import OnnxRuntimeBackend
     from edgekit.device.errors import StaleEngine
-    from edgekit.device.jobs import runner as jobs
+    from edgekit.device.jobs import prepare as prepare_step
+    from edgekit.device.jobs.runner import JobRunner
 
     from .test_agent import prepare, publish
 
@@ -278,13 +279,13 @@ def test_job_rebuilds_a_cached_engine_that_no_longer_loads(project, monkeypatch)
                 raise StaleEngine("cannot load the cached engine {}".format(engine_dir))
             return super().load(engine_dir, meta)
 
-    monkeypatch.setattr(jobs, "get_backend", lambda name: Upgraded())
+    monkeypatch.setattr(prepare_step, "get_backend", lambda name: Upgraded())
     with (project / "deploy.toml").open("a") as config:  # one named backend, not the auto race
         config.write('\n[devices.local]\nkind = "local"\nbackend = "onnxruntime"\n')
     transport, manifest, key = prepare(project)
     job = publish(transport, manifest, key)
     transport.spool.claim(job)
-    report = jobs.JobRunner(transport.spool).run(job)
+    report = JobRunner(transport.spool).run(job)
     assert report["status"] == "done", report.get("error")
     # the final engine is loaded twice (stale, then rebuilt); the baseline engine is loaded after it
     assert loads[0] == loads[1] and loads.count(loads[0]) == 2 and report["engine_reused"] is False

@@ -14,59 +14,39 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekit.host.config import deploy_toml
+
 from .conftest import kill_agents, run_cli
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
 
-PROJECT = """\
-[project]
-name = "{name}"
-[model]
-arch = "user_models:{arch}"
-width = {width}
-checkpoint = "model.pt"
-{model_extra}
-[data]
-path = "data"
-[input]
-batch_sizes = [1, 8]
-[train]
-epochs = 2
-augment = ["crop"]
-[optimize]
-reference_samples = 32
-[quantize]
-images = 128
-{quantize_extra}
-[prune]
-enabled = true
-finetune_epochs = {finetune}
-early_stop = false
-{prune_extra}
-[benchmark]
-warmup_s = 0.05
-duration_s = 0.2
-min_iterations = 5
-{validation}
-[devices.local]
-kind = "local"
-backend = "onnxruntime"  # same runtime as the host: the tight comparison
-precision = "int8"
-"""
+
+def project_toml(arch: str, width: float, finetune: int, prune: dict, quantize: dict, validation: dict) -> str:
+    sections = dict(
+        project={"name": arch.replace("_", "-")},
+        model={"arch": f"user_models:{arch}", "width": width, "checkpoint": "model.pt"},
+        data={"path": "data"}, input={"batch_sizes": [1, 8]}, train={"epochs": 2, "augment": ["crop"]},
+        optimize={"reference_samples": 32}, quantize={"images": 128, **quantize},
+        prune={"enabled": True, "finetune_epochs": finetune, "early_stop": False, **prune},
+        benchmark={"warmup_s": 0.05, "duration_s": 0.2, "min_iterations": 5})
+    if validation:
+        sections["validation"] = validation
+    # the same runtime as the host: the tight comparison
+    sections["devices"] = {"local": {"kind": "local", "backend": "onnxruntime", "precision": "int8"}}
+    return deploy_toml(**sections)
 
 
 @pytest.fixture
 def user_project(tmp_path, digits_dir):
     homes = []
 
-    def make(arch: str, model_extra: str = "", prune_extra: str = "", quantize_extra: str = "", finetune: int = 1,
-             validation: str = "", train: bool = True, width: float = 0.5):
+    def make(arch: str, prune: dict | None = None, quantize: dict | None = None, finetune: int = 1,
+             validation: dict | None = None, train: bool = True, width: float = 0.5):
         root = tmp_path / arch
         shutil.copytree(digits_dir, root / "data")
-        (root / "deploy.toml").write_text(PROJECT.format(
-            name=arch.replace("_", "-"), arch=arch, model_extra=model_extra, prune_extra=prune_extra,
-            quantize_extra=quantize_extra, finetune=finetune, validation=validation, width=width))
+        (root / "deploy.toml").write_text(project_toml(arch, width, finetune, prune or {}, quantize or {},
+                                                       validation or {}))
         env = dict(os.environ, EDGEKIT_HOME=str(root / "home"), PYTHONPATH=str(TESTS))
         homes.append(root / "home")
         trained = run_cli("train", cwd=root, env=env) if train else None
@@ -120,7 +100,7 @@ def test_a_second_required_input_is_one_line(user_project):
 
 
 def test_pruning_that_misses_its_budget_fails_with_figures_and_allowing_it_reuses_the_pruned_model(user_project):
-    root, env, trained = user_project("hard_view", finetune=0, prune_extra="max_accuracy_drop = 0.0", width=1.0)
+    root, env, trained = user_project("hard_view", finetune=0, prune={"max_accuracy_drop": 0.0}, width=1.0)
     assert trained.returncode == 0, trained.stderr
     failed, _ = push(root, env)
     line = one_error_line(failed)
@@ -138,9 +118,8 @@ def test_pruning_that_misses_its_budget_fails_with_figures_and_allowing_it_reuse
 
 
 def test_untraceable_model_folds_on_the_onnx_graph_and_the_device_rule_is_checked_before_upload(user_project):
-    root, env, trained = user_project("shape_if", prune_extra="allow_accuracy_drop = true",
-                                      quantize_extra="mixed_precision = false",
-                                      validation="[validation]\nmin_cosine = 0.9999999")
+    root, env, trained = user_project("shape_if", prune={"allow_accuracy_drop": True},
+                                      quantize={"mixed_precision": False}, validation={"min_cosine": 0.9999999})
     assert trained.returncode == 0, trained.stderr
     refused, _ = push(root, env)
     line = one_error_line(refused)

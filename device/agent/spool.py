@@ -1,46 +1,42 @@
-"""The spool protocol: the directory layout host and agent share, and its atomic steps.
+"""The agent root on disk (the agent's side of the spool protocol), and the atomic writes everything here uses.
 
-Every step that another process can observe is a rename or an append, so a crash (of the host, the
-connection or the agent) never leaves a half-written thing where a reader would take it as whole:
-
-    blobs/<sha256>          content store (uploaded as ``<sha>.<writer>.part``, renamed once the hash checks)
-    incoming/<job>.part/    a job being published
-    queue/<job>/            published jobs (renamed from incoming/)
-    jobs/<job>/             state.json, events.jsonl (append-only), report.json, build artefacts
-    engines/<key>/          built engines, content-addressed by the build key
-    models/<name>/current   symlink to the active engine; ``previous`` keeps the one before
+The layout and the names host and agent share are the contract's (``..contract.protocol``); this module
+adds what only the agent does with them: claiming, state, events, reports, switching ``current``, and
+the lock and status file that say an agent serves the root.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from ..contract.manifest import MANIFEST, SIGNATURE, is_safe_name, sha256_file
+from ..contract.protocol import (
+    BLOBS,
+    ENGINES,
+    EVENTS,
+    HEARTBEAT,
+    INCOMING,
+    JOBS,
+    LAYOUT,
+    MODELS,
+    QUEUE,
+    REPORT,
+    STALE_INCOMING_S,
+    STATE,
+    TERMINAL_STATES,
+    TRUSTED_KEYS,
+    part_name,
+    staging_name,
+)
 
-TERMINAL_STATES = ("done", "failed")
-TRUSTED_KEYS = "trusted_keys"
-LOCK = "agent.lock"
-HEARTBEAT = "agent.heartbeat"  # its mtime is the agent's pulse: touched every second, also while a job runs
-HEARTBEAT_S = 1.0
-STALE_PART_S = 15 * 60  # an upload untouched this long is abandoned (a cut one resumes well within it)
-STALE_INCOMING_S = 60  # publishing takes milliseconds
-
-
-def part_name(sha: str, writer: str = "") -> str:
-    """The working name of one writer's upload of a blob: concurrent writers never share a file."""
-    return "{}.{}.part".format(sha, writer) if writer else "{}.part".format(sha)
-
-
-def new_job_id(now: Optional[float] = None) -> str:
-    """Sortable by publish time, unique without coordination."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now if now is not None else time.time()))
-    return "{}-{}".format(stamp, secrets.token_hex(3))
+LOCK = "agent.lock"  # flock-ed by the serving agent for its whole life
+STATUS_FILE = "agent.json"  # written by the serving agent at start: its pid, version, start time
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -73,7 +69,7 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
 
 
 class Spool:
-    """One agent root. Used by the agent directly and by the host's local transport."""
+    """One agent root. Used by the agent, and by the host's local transport through ``admin.open_root``."""
 
     def __init__(self, root: Any) -> None:
         self.root = Path(root).expanduser()
@@ -81,35 +77,35 @@ class Spool:
     # -- layout -----------------------------------------------------------------------------
     @property
     def blobs(self) -> Path:
-        return self.root / "blobs"
+        return self.root / BLOBS
 
     @property
     def incoming(self) -> Path:
-        return self.root / "incoming"
+        return self.root / INCOMING
 
     @property
     def queue(self) -> Path:
-        return self.root / "queue"
+        return self.root / QUEUE
 
     @property
     def jobs(self) -> Path:
-        return self.root / "jobs"
+        return self.root / JOBS
 
     @property
     def engines(self) -> Path:
-        return self.root / "engines"
+        return self.root / ENGINES
 
     @property
     def models(self) -> Path:
-        return self.root / "models"
+        return self.root / MODELS
 
     @property
     def trusted_keys(self) -> Path:
         return self.root / TRUSTED_KEYS
 
     def ensure(self) -> Spool:
-        for path in (self.blobs, self.incoming, self.queue, self.jobs, self.engines, self.models):
-            path.mkdir(parents=True, exist_ok=True)
+        for name in LAYOUT:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
         if self.root.stat().st_mode & 0o777 != 0o700:
             os.chmod(str(self.root), 0o700)
         return self
@@ -176,7 +172,7 @@ class Spool:
     # -- jobs -------------------------------------------------------------------------------
     def publish(self, job: str, manifest: bytes, signature: bytes) -> None:
         """Make a job visible to the agent in one rename."""
-        staging = self.incoming / "{}.part".format(job)
+        staging = self.incoming / staging_name(job)
         staging.mkdir(parents=True)
         try:
             write_atomic(staging / MANIFEST, manifest)
@@ -206,12 +202,12 @@ class Spool:
         return self.jobs / job
 
     def state(self, job: str) -> Optional[Dict[str, Any]]:
-        return read_json(self.job_dir(job) / "state.json")
+        return read_json(self.job_dir(job) / STATE)
 
     def set_state(self, job: str, status: str, **extra: Any) -> None:
         data = {"job": job, "status": status, "updated": time.time()}
         data.update(extra)
-        write_json_atomic(self.job_dir(job) / "state.json", data)
+        write_json_atomic(self.job_dir(job) / STATE, data)
 
     def unfinished(self) -> List[str]:
         """Claimed jobs that are not terminal: what a restarted agent must finish first.
@@ -223,31 +219,31 @@ class Spool:
         for path in sorted(self.jobs.iterdir()):
             if not _real_dir(path) or not is_safe_name(path.name):
                 continue
-            state = _read_json_quiet(path / "state.json")
+            state = _read_json_quiet(path / STATE)
             if state.get("status") not in TERMINAL_STATES:  # with a report: only its state is left to write
                 result.append(path.name)
         return result
 
     def is_terminal(self, job: str) -> bool:
-        state = _read_json_quiet(self.job_dir(job) / "state.json")
-        return state.get("status") in TERMINAL_STATES or (self.job_dir(job) / "report.json").exists()
+        state = _read_json_quiet(self.job_dir(job) / STATE)
+        return state.get("status") in TERMINAL_STATES or (self.job_dir(job) / REPORT).exists()
 
     def append_event(self, job: str, kind: str, message: str, **data: Any) -> None:
         """One JSON line per event; appends of a single write are atomic for readers of whole lines."""
         event = {"t": round(time.time(), 3), "kind": kind, "message": message}
         event.update(data)
         line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
-        fd = os.open(str(self.job_dir(job) / "events.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(str(self.job_dir(job) / EVENTS), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line)
         finally:
             os.close(fd)
 
     def write_report(self, job: str, report: Dict[str, Any]) -> None:
-        write_json_atomic(self.job_dir(job) / "report.json", report)
+        write_json_atomic(self.job_dir(job) / REPORT, report)
 
     def report(self, job: str) -> Optional[Dict[str, Any]]:
-        return read_json(self.job_dir(job) / "report.json")
+        return read_json(self.job_dir(job) / REPORT)
 
     # -- active models ----------------------------------------------------------------------
     def current(self, model: str) -> Optional[str]:
@@ -264,6 +260,27 @@ class Spool:
             _symlink_atomic(folder / "previous", old)
         _symlink_atomic(folder / "current", target)
         return old
+
+
+class AgentLock:
+    """An flock on the root: one agent per root, and a held lock is how others see an agent is alive."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.path = spool.root / LOCK
+        self.handle = None  # type: Any
+
+    def acquire(self) -> bool:
+        try:
+            self.handle = open(str(self.path), "a+")
+        except OSError:  # a read-only root: an existing lock file can still be locked through a read handle
+            self.handle = open(str(self.path))
+        try:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.close()
+            self.handle = None
+            return False
+        return True
 
 
 def _real_dir(path: Path) -> bool:
@@ -284,21 +301,3 @@ def _symlink_atomic(link: Path, target: str) -> None:
         tmp.unlink()
     os.symlink(target, str(tmp))
     os.replace(str(tmp), str(link))
-
-
-def read_events(path: Path, offset: int) -> Tuple[List[Dict[str, Any]], int]:
-    """Whole lines from ``offset`` on; a trailing partial line is left for the next read."""
-    try:
-        with open(str(path), "rb") as handle:
-            handle.seek(offset)
-            chunk = handle.read()
-    except FileNotFoundError:
-        return [], offset
-    return parse_event_chunk(chunk, offset)
-
-
-def parse_event_chunk(chunk: bytes, offset: int) -> Tuple[List[Dict[str, Any]], int]:
-    end = chunk.rfind(b"\n") + 1
-    events = [json.loads(line) for line in chunk[:end].decode("utf-8").splitlines() if line.strip()]
-    return events, offset + end
-

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from ..contract.manifest import MANIFEST, is_safe_name
-from .spool import STALE_PART_S, Spool, read_json, write_json_atomic
+from ..contract.protocol import STALE_PART_S
+from .spool import Spool, read_json, write_json_atomic
 
 CONFIG = "config.json"
 MB = 1024 * 1024

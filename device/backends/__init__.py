@@ -1,18 +1,19 @@
 """Inference backends behind one interface; which exist is decided by what imports on the device.
 
-This registry is the one list of backend names: the agent's status, ``auto``'s candidates and the
-host's choice of files all ask it.
+The names are the contract's (``contract.runtimes``, which the host reads too); this registry turns a name
+into the backend that runs it here, for the agent's status, ``auto``'s candidates and the jobs.
 """
 
 from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
+from ..contract.runtimes import names
 from .base import Backend, BackendUnavailable, Engine
 
 __all__ = ["Backend", "BackendUnavailable", "Engine", "NAMES", "get_backend", "available", "describe_all"]
 
-NAMES = ("onnxruntime", "openvino", "tensorrt")
+NAMES = names()
 
 
 def get_backend(name: str) -> Backend:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 
 from ..benchmark import Plan
+from ..contract.runtimes import Runtime, runtime
 
 Progress = Callable[[str], None]
 
@@ -30,7 +31,24 @@ class Engine:
 
 
 class Backend:
+    """One runtime on this device. What the host must know about it too is the contract's (``runtime``);
+    the methods below answer what only the device knows, so job code never asks for a backend by name."""
+
     name = "base"
+
+    @property
+    def runtime(self) -> Runtime:
+        """This runtime's entry in the contract's table: the files it reads, its benchmark switches..."""
+        return runtime(self.name)
+
+    def job_options(self, agent_root: Path, engines: Path, files: Mapping[str, Path]) -> Dict[str, Any]:
+        """Build options only the device knows: caches kept across jobs, the bundle's files on disk. They stay
+        out of the engine key (a cache's place does not change what is built); none by default."""
+        return {}
+
+    def benchmark_options(self, settings: Mapping[str, Any]) -> Dict[str, bool]:
+        """The manifest's benchmark switches this runtime's engines take (declared in the contract)."""
+        return {key: bool(settings[key]) for key in self.runtime.benchmark_extras if key in settings}
 
     def describe(self) -> Dict[str, Any]:
         """Versions and capabilities, for `edgekit device check` and reports."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -123,6 +123,10 @@ class OpenVinoBackend(Backend):
         cpu = describe_cpu()
         return {"backend": self.name, "version": self.version, "cpu": cpu["model"], "isa": cpu["isa"],
                 "machine": platform.machine()}
+
+    def job_options(self, agent_root: Path, engines: Path, files: Mapping[str, Path]) -> Dict[str, Any]:
+        """OpenVINO's model cache in the agent root, kept across jobs and restarts: a recompile is a cache hit."""
+        return {"openvino_cache_dir": str(agent_root / "cache" / "openvino")}
 
     def build(self, model: Path, engine_dir: Path, options: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
         """Convert the ONNX to IR once; compile each batch size now so errors and the cache come early."""

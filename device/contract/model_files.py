@@ -1,8 +1,9 @@
 """Which model file each backend builds from: decided here and nowhere else.
 
 The host asks the same question to decide what to upload (only the files the device will read) and the
-agent to decide what to build, so the two cannot disagree. Pure functions of the backend, the precision,
-the TensorRT INT8 mode and the CPU's ISA as the device reports it (``cpu.describe_cpu``).
+agent to decide what to build, so the two cannot disagree. Pure functions of the backend (what it reads is
+declared in ``runtimes``), the precision, the TensorRT INT8 mode and the CPU's ISA as the device reports it
+(``cpu.describe_cpu``).
 
 INT8 on CPUs: the U8S8 file (``model.int8.cpu.onnx``: uint8 activations) is the fast path for both ONNX
 Runtime and OpenVINO, but on x86 without VNNI its uint8 × int8 pair sums can saturate int16, so there the
@@ -16,10 +17,8 @@ from __future__ import annotations
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
 from .manifest import CALIBRATION_CACHE, MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, MODEL_QAT
+from .runtimes import AUTO, Runtime, UnknownRuntime, auto_alone, cpu_runtimes, fp16_runtimes, runtime
 
-AUTO = "auto"
-# CPU runtimes ``auto`` measures against each other; on a tie the first wins.
-CPU_RUNTIMES = ("openvino", "onnxruntime")
 # Every model variant this module chooses between; any other bundle file is shipped as is.
 MODEL_VARIANTS = (MODEL_FP32, MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, MODEL_QAT)
 
@@ -43,16 +42,30 @@ def model_file(backend: str, precision: str, int8_mode: str = "explicit",
     bundle's file names, when known)."""
     if backend == AUTO:
         raise ModelChoiceError("auto is not a backend: ask for each candidate (model_files.candidates)")
-    if precision == "fp16" and backend != "tensorrt":
-        raise ModelChoiceError("precision fp16 needs the tensorrt backend; use fp32 or int8 with {}".format(backend))
+    entry = _runtime(backend)
+    if precision == "fp16" and not entry.fp16:
+        raise ModelChoiceError("precision fp16 needs the {} backend; use fp32 or int8 with {}".format(
+            " or ".join(fp16_runtimes()), backend))
     if precision != "int8":
         return MODEL_FP32
-    if backend == "tensorrt":
-        if int8_mode == "explicit":
-            return MODEL_INT8_QDQ
+    if _implicit_int8(entry, precision, int8_mode):
         # implicit INT8 builds the float model calibration.cache's ranges belong to: QAT's when it shipped
         return MODEL_QAT if shipped is not None and MODEL_QAT in set(shipped) else MODEL_FP32
+    if entry.qdq_int8:
+        return MODEL_INT8_QDQ
     return cpu_int8_file(cpu, shipped)
+
+
+def _runtime(backend: str) -> Runtime:
+    try:
+        return runtime(backend)
+    except UnknownRuntime as exc:
+        raise ModelChoiceError(str(exc)) from None
+
+
+def _implicit_int8(entry: Runtime, precision: str, int8_mode: str) -> bool:
+    """INT8 from the float model and calibration.cache, where the runtime has it and deploy.toml asks for it."""
+    return entry.implicit_int8 and precision == "int8" and int8_mode != "explicit"
 
 
 def candidates(backend: str, available: Iterable[str]) -> List[str]:
@@ -61,9 +74,10 @@ def candidates(backend: str, available: Iterable[str]) -> List[str]:
     if backend != AUTO:
         return [backend]
     have = set(available)
-    if "tensorrt" in have:
-        return ["tensorrt"]
-    return [name for name in CPU_RUNTIMES if name in have]
+    alone = auto_alone(have)
+    if alone is not None:
+        return [alone]
+    return [name for name in cpu_runtimes() if name in have]
 
 
 def needed_files(backends: Sequence[str], precision: str, int8_mode: str = "explicit",
@@ -73,7 +87,7 @@ def needed_files(backends: Sequence[str], precision: str, int8_mode: str = "expl
     shipped = None if shipped is None else list(shipped)
     for backend in backends:
         names.add(model_file(backend, precision, int8_mode, cpu, shipped))
-        if backend == "tensorrt" and precision == "int8" and int8_mode != "explicit":
+        if _implicit_int8(_runtime(backend), precision, int8_mode):
             names.add(CALIBRATION_CACHE)
     return sorted(names)
 

@@ -16,6 +16,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+# The crash protocol with the agent: the worker names the runtime it is trying in AUTO_TRYING; when a runtime
+# crashes the worker, the agent records it in AUTO_CRASHED and runs the job again without it, up to
+# MAX_CRASHED_CANDIDATES times.
+AUTO_TRYING = "auto.trying"
+AUTO_CRASHED = "auto.crashed.json"
+MAX_CRASHED_CANDIDATES = 3
+
 ROUNDS = 5
 ROUND_S = 0.15  # per candidate and round; at least MIN_RUNS runs each
 MIN_RUNS = 2

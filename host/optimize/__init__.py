@@ -14,11 +14,12 @@ from typing import Any, Callable
 
 from ...device import __version__
 from ..config import Config
+from ..train.project import load_data
 from .evaluate import EvaluateStage
 from .export.stage import ExportStage
 from .fingerprint import code_fingerprint, content_hash
 from .fold.stage import FoldStage
-from .load import LoadStage, count, load_data, normalization
+from .load import LoadStage, count, normalization
 from .prune.stage import PruneStage
 from .quantize.qat_stage import QatStage
 from .quantize.stage import CalibrateStage
@@ -68,7 +69,7 @@ def mark_chosen(rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
 def host_summary(config: Config, run: Run) -> dict[str, Any]:
     """What the manifest carries about the host side: accuracy of every stage and file, calibration, pruning."""
     from ...device.contract.manifest import MODEL_BASELINE, MODEL_FP32
-    from ..ship.prevalidate import REFERENCE_RUNTIME
+    from .prevalidate import REFERENCE_RUNTIME
 
     info = run.ctx.info
     load, calibrate = info["load"], info.get("calibrate", {})

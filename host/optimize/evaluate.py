@@ -52,7 +52,7 @@ class EvaluateStage(Stage):
     def run(self, ctx: Context, out: Path) -> Output:
         import numpy as np
 
-        from ..ship.prevalidate import reference_outputs, write_reference
+        from .prevalidate import reference_outputs, write_reference
 
         config = ctx.config
         mean, std = ctx.info["load"]["mean"], ctx.info["load"]["std"]

@@ -11,29 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from ...device.contract.manifest import MODEL_BASELINE
 from ..config import Config
-from ..errors import ConfigError
+from ..train.project import check_interface, load_data, require_data
 from .runner import Context, Lazy, Output, Stage
 
 if TYPE_CHECKING:  # the data module imports torch: a fully cached run must not pay for it
     from ..train.data import Dataset
-
-
-def require_data(config: Config) -> Path:
-    if not config.data_path.exists():
-        raise ConfigError(f"{config.path.name}: data.path: {config.data_path} does not exist; "
-                          f"run `edgekit data digits {config.data.path}` for the demo data set or fix the path")
-    return config.data_path
-
-
-def load_data(config: Config) -> Dataset:
-    from ..train.data import load_dataset
-
-    require_data(config)
-    data = load_dataset(config.data.format, config.data_path, tuple(config.input.shape[1:]))
-    if list(data.shape) != list(config.input.shape):
-        raise ConfigError(f"{config.path.name}: input.shape {config.input.shape} does not match the data set's "
-                          f"images {list(data.shape)}; set input.shape = {list(data.shape)}")
-    return data
 
 
 def normalization(config: Config, data: Dataset) -> tuple[list[float], list[float]]:
@@ -58,18 +40,6 @@ def load_trained(config: Config) -> tuple[Any, dict[str, Any]]:
 
     return load_model(config.require_checkpoint(), config.model.arch, config.model.num_classes,
                       config.model.width, config.input.shape[0])
-
-
-def check_interface(config: Config, model: Any) -> None:
-    """One image in, the classifier among the outputs: else one line naming the fix (before any work)."""
-    import torch
-
-    from ..outputs import check_classifier, check_single_input
-
-    check_single_input(model)
-    with torch.no_grad():
-        result = model.eval()(torch.zeros(2, *config.input.shape))
-    check_classifier(result, config.model.output, config.model.num_classes)
 
 
 def onnx_row(label: str, path: Path, config: Config, data: Dataset, mean: list[float], std: list[float],

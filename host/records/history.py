@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import ConfigError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     job TEXT PRIMARY KEY,
@@ -50,6 +52,29 @@ class History:
             ("WHERE " + " AND ".join(clause for clause, _ in where)) if where else "")
         row = self.db.execute(query, (*[value for _, value in where], offset)).fetchone()
         return dict(json.loads(row[1]), device=row[0]) if row else None
+
+    def run(self, job: Optional[str] = None) -> dict[str, Any]:
+        """``edgekit report``: the run ``job``, by default the last; a missing one is a usage error."""
+        stored = self.get(job) if job else self.latest()
+        if stored is None:
+            raise ConfigError(f"no run {job!r} in the history" if job
+                              else "the run history is empty; run `edgekit push`")
+        return stored
+
+    def compared(self, old: Optional[str] = None, new: Optional[str] = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``edgekit compare``: two runs, by default the last two finished ones (not a job still in flight)."""
+        before = self.get(old) if old else self.latest(offset=1, status="done")
+        after = self.get(new) if new else self.latest(status="done")
+        if before is None or after is None:
+            raise ConfigError("need two successful runs in the history (or two job ids) to compare")
+        return before, after
+
+    def last_job(self, device: str) -> str:
+        """``edgekit status``: the job last published to ``device``."""
+        last = self.latest(device)
+        if last is None:
+            raise ConfigError(f"no job on record for {device}; pass a job id")
+        return last["job"]
 
     def list(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT job, device, model, status, created FROM runs ORDER BY created DESC LIMIT ?",

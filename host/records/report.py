@@ -190,7 +190,8 @@ def model_warnings(report: dict[str, Any]) -> list[str]:
     """What the user should know about the model itself: INT8 slower than FP32, layers left unpruned."""
     host, lines = report.get("host", {}), []
     slower = host.get("int8_slower_than_fp32", {}).get(report.get("model_file", ""))
-    if report.get("precision") == "int8" and report.get("backend") == "onnxruntime" and slower:
+    # the host timed its files on one runtime (ONNX Runtime): the warning holds only where the device ran that one
+    if report.get("precision") == "int8" and report.get("backend") == host.get("reference_runtime") and slower:
         lines.append(f"{report['model_file']} ran slower than the FP32 model on the host's ONNX Runtime ({slower}); "
                      "on this device precision = \"fp32\" may be faster")
     protected = host.get("pruning", {}).get("protected") or {}
@@ -215,3 +216,73 @@ def compare_rows(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any
                      "old_vs_baseline": previous.get("speedup"), "new_vs_baseline": bench.get("speedup"),
                      "old_top1": host_accuracy(old), "new_top1": host_accuracy(new)})
     return rows
+
+
+def compare_table(old_job: str, new_job: str, rows: list[dict[str, Any]]) -> Table:
+    """``edgekit compare``: the rows of ``compare_rows`` as a table."""
+    table = Table(title=f"{old_job} → {new_job}")
+    for column in ("batch", "old p50 ms", "new p50 ms", "new vs old", "old: baseline p50 / vs baseline",
+                   "new: baseline p50 / vs baseline", "host top-1 old → new"):
+        table.add_column(column, justify="right")
+
+    def versus(p50: Optional[float], ratio: Optional[float]) -> str:
+        return f"{p50:.3f} ms / {ratio:.2f}×" if p50 and ratio else "-"
+
+    def top1(value: Optional[float]) -> str:
+        return f"{value:.2%}" if value is not None else "-"
+
+    for row in rows:
+        table.add_row(str(row["batch"]), f"{row['old_p50_ms']:.3f}", f"{row['new_p50_ms']:.3f}",
+                      f"{row['speedup']:.2f}×" if row["speedup"] else "-",
+                      versus(row["old_baseline_p50_ms"], row["old_vs_baseline"]),
+                      versus(row["new_baseline_p50_ms"], row["new_vs_baseline"]),
+                      f"{top1(row['old_top1'])} → {top1(row['new_top1'])}")
+    return table
+
+
+def optimize_lines(host: dict[str, Any]) -> list[str]:
+    """``edgekit optimize``: which INT8 route ships (ptq, ptq+fallback, qat or qat+fallback), layers kept in float."""
+    calibration, lines = host.get("calibration") or {}, []
+    if calibration.get("int8"):
+        lines.append(f"INT8: {calibration['int8']} ({calibration.get('chosen')})")
+    if calibration.get("fp_layers"):
+        lines.append(f"mixed precision: kept in floating point: {', '.join(calibration['fp_layers'])}")
+    return lines
+
+
+def devices_table(rows: list[dict[str, Any]]) -> Table:
+    """``edgekit devices``: one row per device (its deploy.toml settings)."""
+    table = Table(title="devices")
+    for column in ("name", "kind", "host", "backend", "precision", "groups"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["kind"], row["host"] or "-", row["backend"], row["precision"],
+                      ",".join(row["groups"]) or "-")
+    return table
+
+
+def check_table(info: dict[str, Any]) -> Table:
+    """``edgekit device check``: agent, backends, CUDA bindings, Jetson model, disk and active models."""
+    table = Table(title=f"{info['device']} ({info['destination']})", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("agent", f"{info['agent_version']} " + ("[green]running[/green]" if info["agent_running"]
+                                                          else "[red]not running[/red]"))
+    for backend, about in info["backends"].items():
+        text = (f"{about.get('version')} ({', '.join(about.get('providers', [])) or about.get('device', '')})"
+                if about.get("available") else f"[yellow]unavailable[/yellow]: {about.get('reason')}")
+        table.add_row(backend, text)
+    for binding in info.get("cuda", []):
+        state = (f"[green]works[/green] (driver {binding.get('driver')})" if binding.get("usable")
+                 else f"[yellow]unusable[/yellow]: {binding.get('reason')}")
+        table.add_row(f"CUDA: {binding['binding']}", f"{binding.get('version') or ''} {state}".strip())
+    device = info["device_info"]
+    jetson = device.get("jetson") or {}
+    table.add_row("device", str(jetson.get("model") or f"{device.get('machine')} {device.get('system')}"))
+    if jetson.get("jetson"):
+        table.add_row("L4T / JetPack", f"{jetson.get('l4t') or 'missing'} / {jetson.get('jetpack') or 'missing'}")
+        table.add_row("nvpmodel", jetson.get("nvpmodel") or "missing")
+    free = info.get("free_disk_bytes")
+    table.add_row("free disk", f"{free / 1e9:.1f} GB" if free else "-")
+    table.add_row("active models", ", ".join(f"{k} → {v}" for k, v in info["models"].items()) or "none")
+    return table

@@ -7,7 +7,8 @@ from typing import Any
 
 from ...device import __version__
 from ...device.contract.manifest import SCHEMA_VERSION, canonical_bytes, parse_manifest, sha256_file
-from ...device.contract.model_files import CPU_RUNTIMES, ModelChoiceError, candidates, needed_files, unused_files
+from ...device.contract.model_files import ModelChoiceError, candidates, needed_files, unused_files
+from ...device.contract.runtimes import benchmark_keys, build_keys, cpu_runtimes, fallback_runtime
 from ..config import Config, DeviceSection
 from ..errors import ConfigError
 
@@ -36,10 +37,12 @@ _EITHER_CPU = ({"flags_read": True, "u8s8_saturates": True}, {"flags_read": True
 def device_backends(device: DeviceSection, info: dict[str, Any] | None) -> list[str]:
     """The backends the device may run this job on, from its status (unknown: every CPU runtime)."""
     reported = (info or {}).get("backends")
-    have = [name for name, about in reported.items() if about.get("available")] if reported else list(CPU_RUNTIMES)
-    chosen = candidates(device.backend, have) or list(CPU_RUNTIMES)
-    if device.allow_fallback and "onnxruntime" not in chosen:
-        chosen.append("onnxruntime")
+    have = [name for name, about in reported.items() if about.get("available")] if reported else list(cpu_runtimes())
+    chosen = candidates(device.backend, have) or list(cpu_runtimes())
+    if device.allow_fallback:  # the agent may fall back to another runtime, which must find its files too
+        for fallback in [fallback_runtime(name) for name in chosen]:
+            if fallback is not None and fallback not in chosen:
+                chosen.append(fallback)
     return chosen
 
 
@@ -71,16 +74,10 @@ def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path],
     build: dict[str, Any] = {"allow_fallback": device.allow_fallback}
     if device.threads:
         build["threads"] = device.threads
-    if device.openvino_device and device.backend in ("openvino", "auto"):
-        build["openvino_device"] = device.openvino_device
-    if device.backend == "tensorrt":
-        build.update(int8_mode=device.int8_mode, workspace_mb=device.workspace_mb)
-        build.update({k: v for k, v in (("dla_core", device.dla_core),
-                                        ("builder_optimization_level", device.builder_optimization_level))
-                      if v is not None})
+    # the runtime's own keys (the contract's table says which); they are part of the device's engine key
+    build.update({key: getattr(device, key) for key in build_keys(device.backend) if getattr(device, key) is not None})
     benchmark = config.benchmark.model_dump()
-    if device.backend == "tensorrt":
-        benchmark.update(cuda_graph=device.cuda_graph, profile_layers=device.profile_layers)
+    benchmark.update({key: getattr(device, key) for key in benchmark_keys(device.backend)})
     validation = {k: v for k, v in config.validation.model_dump().items() if v is not None}
     manifest = {
         "schema_version": SCHEMA_VERSION,

@@ -1,13 +1,15 @@
-"""Pushing to many devices: which devices, in parallel (bounded), one result per device whatever happens."""
+"""The devices of deploy.toml: listing, adding, setting up and checking them; pushing to many of them in
+parallel (bounded), one result per device whatever happens."""
 
 from __future__ import annotations
 
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import Config, load_config
+from ..config import NAME, Config, load_config
 from ..errors import ConfigError, EdgekitError
 
 FleetSink = Callable[[str, dict[str, Any]], None]
@@ -54,6 +56,46 @@ def push_fleet(config: Config, names: list[str], parallel: int, say: Callable[[s
 def _locked(lock: threading.Lock, sink: FleetSink, name: str, event: dict[str, Any]) -> None:
     with lock:
         sink(name, event)
+
+
+def device_rows(config: Config) -> list[dict[str, Any]]:
+    """``edgekit devices``: every device deploy.toml declares plus the built-in ``local``, with its settings."""
+    return [dict(name=n, **config.device(n).model_dump()) for n in sorted(set(config.devices) | {"local"})]
+
+
+def check_device_name(name: str) -> None:
+    if not re.fullmatch(NAME, name) or name == "local":
+        raise ConfigError(f"device name {name!r}: use letters, digits, '.', '_' or '-' ('local' is built in)")
+
+
+def setup_device(config: Config, name: str, with_onnxruntime: bool, with_openvino: bool,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    """``edgekit device setup``: the agent installed on an ssh device; what was installed where."""
+    from .transports.setup import install
+    from .transports.ssh import SSHTransport
+
+    device = config.device(name)
+    if device.kind != "ssh":
+        raise ConfigError(f"device {name!r} is {device.kind}; only ssh devices are set up")
+    transport = SSHTransport(name, device)
+    try:
+        result = install(transport, device, with_onnxruntime, say, with_openvino=with_openvino)
+    finally:
+        transport.close()
+    return {"device": name, "venv": result.venv, "service": result.service, "wheels": result.wheels,
+            "python": result.python.python, "machine": result.python.machine}
+
+
+def check_device(config: Config, name: str) -> dict[str, Any]:
+    """``edgekit device check``: reachability, agent, backends, CUDA, Jetson, disk, active models."""
+    from .transports.setup import check
+    from .transports.ssh import SSHTransport
+
+    transport = SSHTransport(name, config.device(name))
+    try:
+        return check(transport)
+    finally:
+        transport.close()
 
 
 def append_device(config_path: Path, name: str, host: str, user: Optional[str], port: Optional[int],

@@ -7,18 +7,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from ...device.agent.spool import new_job_id
 from ...device.contract.budget import budget_failures as check_budget
 from ...device.contract.manifest import MODEL_BASELINE, REFERENCE
 from ...device.contract.model_files import MODEL_VARIANTS
+from ...device.contract.protocol import new_job_id
 from ..config import Config, DeviceSection, host_home
-from ..errors import CheckFailed
+from ..errors import CheckFailed, ConfigError
 from ..optimize import Optimized, optimize
+from ..optimize.prevalidate import check_before_upload
 from ..optimize.quantize.fp16 import typed_files_for
 from ..records.history import History
 from .bundle import files_for_device, make_manifest, manifest_bytes
 from .keys import load_or_create_key, public_line, sign
-from .prevalidate import check_before_upload
 from .transports import Transport, open_transport
 from .transports.sftp import ConnectionLost
 
@@ -179,12 +179,36 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     return report, optimized
 
 
+def reattach(config: Config, device_name: str, job: str | None, on_event: EventSink) -> dict[str, Any]:
+    """``edgekit status``: follow a job already on the device (default: its last on record), record its report."""
+    history = History(config.state_dir / "history.db")
+    if job is None:
+        job = history.last_job(device_name)
+    with lost_connection(device_name, "connecting; try again"):
+        transport = open_transport(device_name, config.device(device_name))
+    try:
+        with lost_connection(device_name, f"looking up job {job}; try again"):
+            known = (transport.state(job) or {}).get("status") != "unknown"
+        if not known:
+            raise ConfigError(f"device {device_name} has no job {job}")
+        report = follow(transport, job, on_event)
+    finally:
+        transport.close()
+    history.record(device_name, report)
+    return report
+
+
 def store_run(config: Config, device_name: str, report: dict[str, Any]) -> None:
     """The report into the run history, and beside it (``.edgekit/runs/<job>/``) its JSON and PNG plots."""
     history = History(config.state_dir / "history.db")
     if report.get("job"):
         report["plots"] = [str(p) for p in write_run_files(history.run_dir(report["job"]), report, device_name)]
     history.record(device_name, report)
+
+
+def replot(history: History, stored: dict[str, Any]) -> list[str]:
+    """A stored run's report.json and PNG plots written again beside the history (``edgekit report --plot``)."""
+    return [str(p) for p in write_run_files(history.run_dir(stored["job"]), stored, stored["device"])]
 
 
 def write_run_files(directory, report: dict[str, Any], device_name: str) -> list:

@@ -13,7 +13,7 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -187,6 +187,13 @@ def write_digits(target: Path, size: int = 32, test_fraction: float = 0.2, seed:
     (target / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in names],
                                                         b"num_vis": size * size * 3}, protocol=2))
     return Dataset(Split(rgb[index_train], labels[index_train]), Split(rgb[index_test], labels[index_test]), names)
+
+
+def prepare_digits(target: Path) -> dict[str, Any]:
+    """``edgekit data digits``: the digits written to ``target``, with their sizes and channel statistics."""
+    data = write_digits(target)
+    mean, std = channel_stats(data.train)
+    return {"path": str(target), "train": len(data.train), "test": len(data.test), "mean": mean, "std": std}
 
 
 def _write_batch(path: Path, images: np.ndarray, labels: np.ndarray, label: str) -> None:

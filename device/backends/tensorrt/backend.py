@@ -15,11 +15,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from ...benchmark import Plan
+from ...contract.manifest import CALIBRATION_CACHE
 from ...errors import JobError, StaleEngine
 from ..base import Backend, BackendUnavailable, Engine, Progress
 from .cuda import CudaUnavailable, load_cuda
@@ -95,6 +96,18 @@ class TensorRTBackend(Backend):
             return plan_build(options, self.version, cores, sorted(options.get("model_paths", {})))
         except PlanError as exc:
             raise JobError(str(exc)) from None
+
+    def job_options(self, agent_root: Path, engines: Path, files: Mapping[str, Path]) -> Dict[str, Any]:
+        """The timing cache, one per TensorRT version, kept beside the engines (later builds skip the tactic
+        timing it holds); every ONNX file of the bundle, since the plan picks the one this version builds
+        from; the calibration cache for implicit INT8."""
+        version = self.identity().get("version", "unknown")
+        extra: Dict[str, Any] = {
+            "timing_cache_path": str(engines / "timing-tensorrt-{}.cache".format(version)),
+            "model_paths": {name: str(path) for name, path in files.items() if name.endswith(".onnx")}}
+        if CALIBRATION_CACHE in files:
+            extra["calibration_cache"] = str(files[CALIBRATION_CACHE])
+        return extra
 
     def build(self, model: Path, engine_dir: Path, options: Dict[str, Any], progress: Progress) -> Dict[str, Any]:
         trt = self.trt

@@ -17,9 +17,9 @@ class ExportStage(Stage):
     reads = ("optimize.opset", "optimize.reference_samples", "input.name")
 
     def run(self, ctx: Context, out: Path) -> Output:
-        from ...ship.prevalidate import reference_outputs, write_reference
         from ...train.data import normalize
         from ..fold.batchnorm import FoldReport, fold_in_onnx
+        from ..prevalidate import reference_outputs, write_reference
         from .onnx_export import export_onnx, verify_onnx
 
         config, model, data = ctx.config, ctx.get("model"), ctx.get("data")

@@ -107,10 +107,7 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
     validation = Split(data.train.images[order[:cut]], data.train.labels[order[:cut]])
     fitting = Split(data.train.images[order[cut:]], data.train.labels[order[cut:]])
     baseline = top1(model, validation, mean, std, output=output)
-    spec = PruneSpec(**{k: v for k, v in section.model_dump().items()
-                        if k in PruneSpec.__dataclass_fields__ and k != "protect"},
-                     protect=tuple(section.protect), augment=tuple(config.train.augment), output=output,
-                     num_classes=config.model.num_classes)
+    spec = PruneSpec(**section.model_dump(), output=output, num_classes=config.model.num_classes)
 
     def fit(net: Any, step: int, loss_fn: Any, after_backward: Any) -> tuple[int, float]:
         epochs = section.sparsity_epochs if step == 0 else section.finetune_epochs

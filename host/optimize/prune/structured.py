@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ...config import PruneSection
 from ...errors import ConfigError
 from ...outputs import OutputKey, check_classifier, named_outputs, output_layers, select
 from .probe import Cut, channel_mixers, culprits
@@ -290,27 +291,10 @@ def misaligned(before: dict[str, int], after: dict[str, int], round_to: int) -> 
 
 
 # -- the driver: prune → fine-tune, step by step ----------------------------------------------
-@dataclass
-class PruneSpec:
-    method: str = "magnitude"
-    norm: int = 2
-    ratio: float = 0.5
-    scope: str = "uniform"
-    max_layer_ratio: float = 0.9
-    cost_weight: float = 0.0
-    round_to: int = 8
-    protect: tuple[str, ...] = ()
-    steps: int = 1
-    finetune_epochs: int = 5
-    lr: float = 0.01
-    batch_size: int = 64
-    distill: bool = False
-    distill_temperature: float = 4.0
-    distill_alpha: float = 0.7
-    max_accuracy_drop: float | None = 0.01
-    sparsity_epochs: int = 3
-    sparsity_lambda: float = 1e-4
-    augment: tuple[str, ...] = ("crop",)
+class PruneSpec(PruneSection):
+    """What ``prune_model`` works to: deploy.toml's ``[prune]`` (its keys, defaults and checks) plus the model's
+    classifier output (``model.output``, and ``model.num_classes`` when its shape is to be checked)."""
+
     output: OutputKey = 0
     num_classes: int | None = None
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import onnx
 from onnx import version_converter
 
+from ....device.contract.runtimes import reads_fp16_typed_files
+
 QDQ_FP16_OPSET = 19  # QuantizeLinear/DequantizeLinear accept float16 scales from opset 19
 
 
@@ -56,14 +58,15 @@ def needs_typed_files(backend: str, precision: str, int8_mode: str, trt_major: i
     ONNX. The device's TensorRT major comes from its last report; unknown means ship (a strongly typed
     build without the file cannot be done).
     """
-    if backend != "tensorrt" or precision == "fp32" or (precision == "int8" and int8_mode != "explicit"):
+    if not reads_fp16_typed_files(backend) or precision == "fp32" or (precision == "int8" and int8_mode != "explicit"):
         return False
     return trt_major is None or trt_major >= 11
 
 
 def known_trt_major(last_report: dict | None) -> int | None:
-    """The TensorRT major the device ran in its last report (None when it never ran TensorRT)."""
-    if not last_report or last_report.get("backend") != "tensorrt":
+    """The TensorRT major the device ran in its last report (None when it never ran TensorRT, the runtime whose
+    version decides whether typed files are needed)."""
+    if not last_report or not reads_fp16_typed_files(last_report.get("backend")):
         return None
     version = str((last_report.get("backend_describe") or {}).get("version") or "")
     return int(version.split(".")[0]) if version[:1].isdigit() else None
@@ -97,7 +100,7 @@ def add_typed_files(files: dict[str, Path], backend: str, precision: str, int8_m
 def typed_files_for(config, device_name: str, device, files: dict[str, Path], say=lambda message: None
                     ) -> dict[str, Path]:
     """What ``push`` adds for this device: the typed ONNX it needs, judged by its last TensorRT reports."""
-    if device.backend != "tensorrt" or device.precision == "fp32":
+    if not reads_fp16_typed_files(device.backend) or device.precision == "fp32":
         return {}
     from ...records.history import History
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from torch import nn
 
 from ....calibration.collect import collect, make_table
 from ....calibration.cpu import write_cpu_int8
@@ -23,10 +22,10 @@ from ....calibration.trt_qdq import WEIGHTED, write_trt_qdq
 from ....device.contract.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ, MODEL_QAT
 from ...config import Config
 from ...errors import ConfigError
-from ...ship.prevalidate import Fidelity
 from ...train.data import IMAGE_SUFFIXES, Dataset, normalize
 from ..export.onnx_export import onnx_predict, onnx_top1
 from ..latency import onnx_latency
+from ..prevalidate import Fidelity
 
 Say = Callable[[str], None]
 SENSITIVITY_IMAGES = 256
@@ -119,12 +118,12 @@ def quantize(config: Config, fp32: Path, work: Path, data: Dataset, mean: list[f
     clock = time.perf_counter()
     images = calibration_images(config, data, mean, std)
     table = calibrate(fp32, images, config)
-    ptq_dir = _fresh(work / "int8-ptq")
+    ptq_dir = fresh(work / "int8-ptq")
     write_all(fp32, table, ptq_dir)
     calibrate_s = time.perf_counter() - clock
     say(f"calibrated {len(images)} images ({section.method}) and wrote both INT8 models in {calibrate_s:.1f}s")
     test = normalize(data.test.images, mean, std)
-    ptq = Candidate("INT8 PTQ", ptq_dir, fp32, table, _accuracy(ptq_dir, test, data.test.labels))
+    ptq = Candidate("INT8 PTQ", ptq_dir, fp32, table, accuracy_of(ptq_dir, test, data.test.labels))
     fidelity = device_rule(config, fp32, test, data.test.labels)
     ptq.unfaithful = fidelity.failures({name: ptq_dir / name for name in ptq.accuracy})
     for name, reason in ptq.unfaithful.items():
@@ -137,7 +136,7 @@ def quantize(config: Config, fp32: Path, work: Path, data: Dataset, mean: list[f
         if fallback is not None:
             candidates.append(fallback)
     best = choose(candidates, fp32_top1, section.max_accuracy_drop)
-    return _finish(work, best, candidates, [ptq_dir, ptq_dir.with_name(ptq_dir.name + "-fallback")], info,
+    return finish(work, best, candidates, [ptq_dir, ptq_dir.with_name(ptq_dir.name + "-fallback")], info,
                    fp32_top1, section.max_accuracy_drop, config.input.shape, rows=section.qat_epochs != 0)
 
 
@@ -145,63 +144,6 @@ def device_rule(config: Config, fp32: Path, test: np.ndarray, labels: np.ndarray
     """The device's validation rule for INT8 files against the FP32 model, on the reference images."""
     samples = min(config.optimize.reference_samples, len(test))
     return Fidelity(fp32, test[:samples], labels[:samples], config.validation.model_dump(exclude_none=True))
-
-
-def qat_reason(config: Config, calibrated: dict) -> str | None:
-    """Why QAT runs after PTQ (``calibrated``: the PTQ result's info), or None when it does not."""
-    section = config.quantize
-    if section.qat_epochs == 0:
-        return None
-    if section.qat_epochs != "auto":
-        return f"quantize.qat_epochs = {section.qat_epochs}"
-    if not calibrated["within_budget"]:
-        return "post-training INT8 misses quantize.max_accuracy_drop"
-    if len(calibrated["fp_layers"]) > section.qat_max_float_layers:
-        return (f"the fallback keeps {len(calibrated['fp_layers'])} layer(s) in floating point "
-                f"(quantize.qat_max_float_layers = {section.qat_max_float_layers})")
-    return None
-
-
-def quantize_aware(config: Config, model: nn.Module, fp32: Path, calibrated: Path, result: QuantizeResult,
-                   work: Path, data: Dataset, mean: list[float], std: list[float], fp32_top1: float,
-                   say: Say) -> QuantizeResult:
-    """QAT from the calibration in ``calibrated`` (the PTQ files and ``result``); the better of PTQ (with
-    its fallback) and QAT (with a fallback of its own if it still misses) is written into ``work``.
-
-    ``model`` is the pruned, BN-folded torch model ``fp32`` was exported from.
-    """
-    section = config.quantize
-    table = CalibrationTable.from_json((calibrated / CALIBRATION_JSON).read_text())
-    previous = Candidate(result.info.get("chosen", "INT8 PTQ"), calibrated, fp32, table, dict(result.accuracy),
-                         list(result.excluded), list(result.sensitivity), info=dict(result.info),
-                         unfaithful=dict(result.info.get("unfaithful") or {}),
-                         weighted_only=bool(result.info.get("weighted_only", result.excluded)))
-    epochs = section.qat_auto_epochs if section.qat_epochs == "auto" else int(section.qat_epochs)
-    images = calibration_images(config, data, mean, std)
-    test = normalize(data.test.images, mean, std)
-    candidates, scratch = [previous], [work / "int8-qat", work / "int8-qat-fallback"]
-    qat = qat_candidate(config, model, fp32, table, images, data, mean, std, epochs, scratch[0], say)
-    fidelity = device_rule(config, fp32, test, data.test.labels)  # against the original FP32 model
-    if qat is not None:
-        qat.unfaithful = fidelity.failures({name: qat.directory / name for name in qat.accuracy})
-        candidates.append(qat)
-        # layers left in float run QAT's float weights: when those alone fail the device's rule against the FP32
-        # model, no fallback from QAT can pass it
-        drifted = fidelity.failures({QAT_FLOAT: qat.float_onnx})
-        if drifted and not qat.meets(fp32_top1, section.max_accuracy_drop):
-            say(f"no fallback from QAT: its float model itself would fail the device's validation against the FP32 "
-                f"model ({drifted[QAT_FLOAT]})")
-        fallback = None if drifted else mixed_precision_fallback(config, qat, images, test, data.test.labels,
-                                                                 fp32_top1, say, fidelity)
-        if fallback is not None:
-            candidates.append(fallback)
-    best = choose(candidates, fp32_top1, section.max_accuracy_drop)
-    info = {k: result.info[k] for k in ("method", "images", "calibrate_s", "percentile") if k in result.info}
-    final = _finish(work, best, candidates, scratch, info, fp32_top1, section.max_accuracy_drop, config.input.shape)
-    final.rows = [row for row in final.rows if row["stage"] != previous.name]  # PTQ's rows are already shown
-    say(f"INT8: {final.info['int8']} chosen ({best.name}, top-1 {best.top1:.2%}, "
-        f"{len(best.excluded)} layer(s) in float)")
-    return final
 
 
 @dataclass
@@ -260,17 +202,17 @@ def write_all(fp32: Path, table: CalibrationTable, directory: Path, exclude: set
     write_cpu_int8(fp32, table, directory / MODEL_INT8_CPU, exclude=exclude, weighted_only=bool(exclude))
 
 
-def _fresh(directory: Path) -> Path:
+def fresh(directory: Path) -> Path:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     return directory
 
 
-def _accuracy(directory: Path, test: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def accuracy_of(directory: Path, test: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {name: onnx_top1(directory / name, test, labels) for name in (MODEL_INT8_CPU, MODEL_INT8_QDQ)}
 
 
-def _finish(work: Path, best: Candidate, candidates: list[Candidate], scratch: list[Path], info: dict,
+def finish(work: Path, best: Candidate, candidates: list[Candidate], scratch: list[Path], info: dict,
             fp32_top1: float, budget: float | None, shape: list[int], rows: bool = False) -> QuantizeResult:
     """Copy the chosen files into ``work`` and remove the ``scratch`` directories; when there was a choice,
     every candidate is a stage-table row."""
@@ -329,7 +271,7 @@ def mixed_precision_fallback(config: Config, base: Candidate, images: np.ndarray
     worst = next(iter(base.unfaithful), worst)  # rank with the file the device would reject
     say(f"{base.name}: INT8 loses {fp32_top1 - base.accuracy[worst]:.2%} top-1 (budget {budget:.2%}); "
         "trying INT8 on the weighted layers only")
-    directory = _fresh(base.directory.with_name(base.directory.name + "-fallback"))
+    directory = fresh(base.directory.with_name(base.directory.name + "-fallback"))
     excluded: list[str] = []
     ranking: list[dict] = []
     remaining: Iterator[dict] | None = None
@@ -355,51 +297,3 @@ def mixed_precision_fallback(config: Config, base: Candidate, images: np.ndarray
     say(f"left {len(excluded)} layer(s) in floating point: {', '.join(excluded) or 'none'}"
         + ("" if met else " — the budget is still not met with every layer in floating point"))
     return candidate
-
-
-def qat_candidate(config: Config, model: nn.Module, fp32: Path, table: CalibrationTable, images: np.ndarray,
-                  data: Dataset, mean: list[float], std: list[float], epochs: int, directory: Path,
-                  say: Say) -> Candidate | None:
-    """QAT from the PTQ ranges; None (with the reason said) when the model's values cannot be matched."""
-    import math
-
-    from ...train.data import batches
-    from ..export.onnx_export import export_onnx
-    from .qat import QatSettings, run_qat, scale_mismatches
-
-    section = config.quantize
-    _fresh(directory)
-    placement = directory / "placement.qdq.onnx"  # PTQ's Q/DQ with every layer in INT8: where QAT quantises
-    write_trt_qdq(fp32, table, placement)
-    settings = QatSettings(epochs=epochs, lr=section.qat_lr, batch_size=config.train.batch_size,
-                           momentum=config.train.momentum, augment=tuple(config.train.augment),
-                           seed=config.train.seed, output=config.model.output)
-    try:
-        outcome = run_qat(
-            model, fp32, placement, table,
-            train_batches=lambda seed: batches(data.train, settings.batch_size, mean, std, shuffle=True,
-                                               augment=settings.augment, seed=seed),
-            steps_per_epoch=math.ceil(len(data.train) / settings.batch_size),
-            # QAT fine-tunes on the training split: the tensors it learns no range for (those only the CPU
-            # model quantises, e.g. convolution outputs) are calibrated on that split too, not on
-            # quantize.source, so they match the weights QAT trained
-            calibration=lambda onnx_path: calibrate(onnx_path, training_sample(data, len(images), mean, std),
-                                                    config),
-            match_inputs=images,
-            export=lambda net, path: export_onnx(net, path, config.input.shape, opset=config.optimize.opset,
-                                                 input_name=config.input.name, output=config.model.output),
-            settings=settings, work=directory, say=say)
-    except LookupError as exc:
-        say(f"QAT skipped: {exc}; keeping post-training quantisation")
-        return None
-    write_all(outcome.float_onnx, outcome.table, directory)
-    mismatched = scale_mismatches(directory / MODEL_INT8_QDQ, outcome.learned)
-    if mismatched:
-        raise RuntimeError(f"QAT export is inconsistent: Q/DQ scales are not the learned ranges for {mismatched[:3]}")
-    test = normalize(data.test.images, mean, std)
-    accuracy = _accuracy(directory, test, data.test.labels)
-    info = dict(outcome.info, seconds=outcome.seconds, float_top1=onnx_top1(outcome.float_onnx, test,
-                                                                              data.test.labels))
-    say(f"QAT ({epochs} epochs, {outcome.seconds:.0f}s): INT8 top-1 {min(accuracy.values()):.2%}")
-    return Candidate(f"INT8 QAT ({epochs} epochs)", directory, outcome.float_onnx, outcome.table, accuracy,
-                     info={"qat": info})

@@ -39,7 +39,27 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from ....calibration.table import CalibrationTable, TensorRange
+from ....calibration.trt_qdq import write_trt_qdq
+from ....device.contract.manifest import CALIBRATION_JSON, MODEL_INT8_QDQ
+from ...config import Config
 from ...outputs import OutputKey, select
+from ...train.data import Dataset, batches, normalize
+from ..export.onnx_export import export_onnx, onnx_top1
+from .ptq import (
+    QAT_FLOAT,
+    Candidate,
+    QuantizeResult,
+    accuracy_of,
+    calibrate,
+    calibration_images,
+    choose,
+    device_rule,
+    finish,
+    fresh,
+    mixed_precision_fallback,
+    training_sample,
+    write_all,
+)
 
 Say = Callable[[str], None]
 QMIN, QMAX = -128, 127  # int8 as QuantizeLinear saturates; scale = amax / 127 as the writers use
@@ -359,3 +379,103 @@ def run_qat(folded: nn.Module, fp32_onnx: Path, ptq_qdq: Path, ptq_table: Calibr
                       info={"epochs": settings.epochs, "quantizers": len(qat.quantizers),
                             "median_range_change": float(np.median([learned[n] / max(initial[n], 1e-12)
                                                                     for n in learned]))})
+
+
+# -- QAT as a route of the INT8 stage: when it runs, and the better of PTQ and QAT --------------------
+def qat_reason(config: Config, calibrated: dict) -> str | None:
+    """Why QAT runs after PTQ (``calibrated``: the PTQ result's info), or None when it does not."""
+    section = config.quantize
+    if section.qat_epochs == 0:
+        return None
+    if section.qat_epochs != "auto":
+        return f"quantize.qat_epochs = {section.qat_epochs}"
+    if not calibrated["within_budget"]:
+        return "post-training INT8 misses quantize.max_accuracy_drop"
+    if len(calibrated["fp_layers"]) > section.qat_max_float_layers:
+        return (f"the fallback keeps {len(calibrated['fp_layers'])} layer(s) in floating point "
+                f"(quantize.qat_max_float_layers = {section.qat_max_float_layers})")
+    return None
+
+
+def quantize_aware(config: Config, model: nn.Module, fp32: Path, calibrated: Path, result: QuantizeResult,
+                   work: Path, data: Dataset, mean: list[float], std: list[float], fp32_top1: float,
+                   say: Say) -> QuantizeResult:
+    """QAT from the calibration in ``calibrated`` (the PTQ files and ``result``); the better of PTQ (with
+    its fallback) and QAT (with a fallback of its own if it still misses) is written into ``work``.
+
+    ``model`` is the pruned, BN-folded torch model ``fp32`` was exported from.
+    """
+    section = config.quantize
+    table = CalibrationTable.from_json((calibrated / CALIBRATION_JSON).read_text())
+    previous = Candidate(result.info.get("chosen", "INT8 PTQ"), calibrated, fp32, table, dict(result.accuracy),
+                         list(result.excluded), list(result.sensitivity), info=dict(result.info),
+                         unfaithful=dict(result.info.get("unfaithful") or {}),
+                         weighted_only=bool(result.info.get("weighted_only", result.excluded)))
+    epochs = section.qat_auto_epochs if section.qat_epochs == "auto" else int(section.qat_epochs)
+    images = calibration_images(config, data, mean, std)
+    test = normalize(data.test.images, mean, std)
+    candidates, scratch = [previous], [work / "int8-qat", work / "int8-qat-fallback"]
+    qat = qat_candidate(config, model, fp32, table, images, data, mean, std, epochs, scratch[0], say)
+    fidelity = device_rule(config, fp32, test, data.test.labels)  # against the original FP32 model
+    if qat is not None:
+        qat.unfaithful = fidelity.failures({name: qat.directory / name for name in qat.accuracy})
+        candidates.append(qat)
+        # layers left in float run QAT's float weights: when those alone fail the device's rule against the FP32
+        # model, no fallback from QAT can pass it
+        drifted = fidelity.failures({QAT_FLOAT: qat.float_onnx})
+        if drifted and not qat.meets(fp32_top1, section.max_accuracy_drop):
+            say(f"no fallback from QAT: its float model itself would fail the device's validation against the FP32 "
+                f"model ({drifted[QAT_FLOAT]})")
+        fallback = None if drifted else mixed_precision_fallback(config, qat, images, test, data.test.labels,
+                                                                 fp32_top1, say, fidelity)
+        if fallback is not None:
+            candidates.append(fallback)
+    best = choose(candidates, fp32_top1, section.max_accuracy_drop)
+    info = {k: result.info[k] for k in ("method", "images", "calibrate_s", "percentile") if k in result.info}
+    final = finish(work, best, candidates, scratch, info, fp32_top1, section.max_accuracy_drop, config.input.shape)
+    final.rows = [row for row in final.rows if row["stage"] != previous.name]  # PTQ's rows are already shown
+    say(f"INT8: {final.info['int8']} chosen ({best.name}, top-1 {best.top1:.2%}, "
+        f"{len(best.excluded)} layer(s) in float)")
+    return final
+
+
+def qat_candidate(config: Config, model: nn.Module, fp32: Path, table: CalibrationTable, images: np.ndarray,
+                  data: Dataset, mean: list[float], std: list[float], epochs: int, directory: Path,
+                  say: Say) -> Candidate | None:
+    """QAT from the PTQ ranges; None (with the reason said) when the model's values cannot be matched."""
+    section = config.quantize
+    fresh(directory)
+    placement = directory / "placement.qdq.onnx"  # PTQ's Q/DQ with every layer in INT8: where QAT quantises
+    write_trt_qdq(fp32, table, placement)
+    settings = QatSettings(epochs=epochs, lr=section.qat_lr, batch_size=config.train.batch_size,
+                           momentum=config.train.momentum, augment=tuple(config.train.augment),
+                           seed=config.train.seed, output=config.model.output)
+    try:
+        outcome = run_qat(
+            model, fp32, placement, table,
+            train_batches=lambda seed: batches(data.train, settings.batch_size, mean, std, shuffle=True,
+                                               augment=settings.augment, seed=seed),
+            steps_per_epoch=math.ceil(len(data.train) / settings.batch_size),
+            # QAT fine-tunes on the training split: the tensors it learns no range for (those only the CPU
+            # model quantises, e.g. convolution outputs) are calibrated on that split too, not on
+            # quantize.source, so they match the weights QAT trained
+            calibration=lambda onnx_path: calibrate(onnx_path, training_sample(data, len(images), mean, std),
+                                                    config),
+            match_inputs=images,
+            export=lambda net, path: export_onnx(net, path, config.input.shape, opset=config.optimize.opset,
+                                                 input_name=config.input.name, output=config.model.output),
+            settings=settings, work=directory, say=say)
+    except LookupError as exc:
+        say(f"QAT skipped: {exc}; keeping post-training quantisation")
+        return None
+    write_all(outcome.float_onnx, outcome.table, directory)
+    mismatched = scale_mismatches(directory / MODEL_INT8_QDQ, outcome.learned)
+    if mismatched:
+        raise RuntimeError(f"QAT export is inconsistent: Q/DQ scales are not the learned ranges for {mismatched[:3]}")
+    test = normalize(data.test.images, mean, std)
+    accuracy = accuracy_of(directory, test, data.test.labels)
+    info = dict(outcome.info, seconds=outcome.seconds, float_top1=onnx_top1(outcome.float_onnx, test,
+                                                                              data.test.labels))
+    say(f"QAT ({epochs} epochs, {outcome.seconds:.0f}s): INT8 top-1 {min(accuracy.values()):.2%}")
+    return Candidate(f"INT8 QAT ({epochs} epochs)", directory, outcome.float_onnx, outcome.table, accuracy,
+                     info={"qat": info})

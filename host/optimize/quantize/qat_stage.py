@@ -26,7 +26,8 @@ class QatStage(Stage):
         return {"quantize.source": config.resolve(source)} if source is not None else {}
 
     def run(self, ctx: Context, out: Path) -> Output:
-        from .ptq import QuantizeResult, qat_reason, quantize_aware
+        from .ptq import QuantizeResult
+        from .qat import qat_reason, quantize_aware
 
         calibrated: dict[str, Any] = ctx.info.get("calibrate", {})
         if not calibrated.get("enabled"):

@@ -18,8 +18,23 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ....device.agent.spool import HEARTBEAT, HEARTBEAT_S, TRUSTED_KEYS, parse_event_chunk, part_name
 from ....device.contract.manifest import MANIFEST, SIGNATURE
+from ....device.contract.protocol import (
+    BLOBS,
+    EVENTS,
+    HEARTBEAT,
+    HEARTBEAT_S,
+    INCOMING,
+    JOBS,
+    LAYOUT,
+    QUEUE,
+    REPORT,
+    STATE,
+    TRUSTED_KEYS,
+    parse_event_chunk,
+    part_name,
+    staging_name,
+)
 from ...config import host_home
 from ...errors import CheckFailed
 from .fs import BytesProgress, SpoolFS
@@ -100,7 +115,7 @@ class SpoolClient:
 
     # -- set-up ------------------------------------------------------------------------------------
     def ensure_layout(self) -> None:
-        for folder in ("blobs", "incoming", "queue", "jobs", "engines", "models"):
+        for folder in LAYOUT:
             self.fs.mkdir(folder)
 
     def trust(self, public_line: str) -> None:
@@ -113,7 +128,7 @@ class SpoolClient:
 
     # -- blobs -------------------------------------------------------------------------------------
     def missing(self, hashes: list[str]) -> list[str]:
-        present = set(self.fs.listdir("blobs"))
+        present = set(self.fs.listdir(BLOBS))
         return [sha for sha in hashes if sha not in present]
 
     def make_room(self, need_bytes: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +144,7 @@ class SpoolClient:
 
     def upload(self, sha: str, path: Path, progress: BytesProgress) -> None:
         """Send the blob into this writer's part from where an earlier cut-off upload stopped; then commit."""
-        part = f"blobs/{part_name(sha, self.writer)}"
+        part = f"{BLOBS}/{part_name(sha, self.writer)}"
         size = path.stat().st_size
         entry = self.fs.stat(part)
         offset = entry.size if entry is not None and not entry.is_dir else 0
@@ -145,12 +160,12 @@ class SpoolClient:
     # -- jobs --------------------------------------------------------------------------------------
     def publish(self, job: str, manifest: bytes, signature: bytes) -> None:
         """Write the job under incoming/ and rename it into queue/ in one step; nothing is left on failure."""
-        staging = f"incoming/{job}.part"
+        staging = f"{INCOMING}/{staging_name(job)}"
         self.fs.mkdir(staging)
         try:
             self.fs.write(f"{staging}/{MANIFEST}", manifest)
             self.fs.write(f"{staging}/{SIGNATURE}", signature)
-            self.fs.rename(staging, f"queue/{job}")
+            self.fs.rename(staging, f"{QUEUE}/{job}")
         except CheckFailed:
             raise
         except OSError:
@@ -161,22 +176,22 @@ class SpoolClient:
             raise
 
     def events(self, job: str, offset: int) -> tuple[list[dict[str, Any]], int]:
-        chunk = self.fs.read(f"jobs/{job}/events.jsonl", offset)
+        chunk = self.fs.read(f"{JOBS}/{job}/{EVENTS}", offset)
         return parse_event_chunk(chunk, offset) if chunk else ([], offset)
 
     def state(self, job: str) -> Optional[dict[str, Any]]:
-        raw = self.fs.read(f"jobs/{job}/state.json")
+        raw = self.fs.read(f"{JOBS}/{job}/{STATE}")
         if raw:
             try:
                 return json.loads(raw)
             except ValueError:
                 pass  # being replaced right now (never half-written, but be safe): read again next time
-        if self.fs.stat(f"jobs/{job}") is not None:
+        if self.fs.stat(f"{JOBS}/{job}") is not None:
             return {"status": "claimed"}
-        return {"status": "queued" if self.fs.stat(f"queue/{job}") is not None else "unknown"}
+        return {"status": "queued" if self.fs.stat(f"{QUEUE}/{job}") is not None else "unknown"}
 
     def report(self, job: str) -> Optional[dict[str, Any]]:
-        raw = self.fs.read(f"jobs/{job}/report.json")
+        raw = self.fs.read(f"{JOBS}/{job}/{REPORT}")
         try:
             return json.loads(raw) if raw else None
         except ValueError:

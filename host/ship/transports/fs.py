@@ -3,7 +3,7 @@
 The spool protocol (``client.py``) is written once against ``SpoolFS``; a transport only says how to
 stat, list, read, write, rename and remove paths under the agent root, and how to run the agent's two
 device-side steps (hash-check an upload into the store; garbage-collect to make room). ``LocalFS`` does
-that with ``os`` and the agent's own functions; ``SFTPFS`` (``sftp.py``) with SFTP and ``edgekit-agent``
+that with ``os`` and the agent's admin interface; ``SFTPFS`` (``sftp.py``) with SFTP and ``edgekit-agent``
 over SSH. Paths are relative to the agent root, '/'-separated.
 """
 
@@ -135,11 +135,11 @@ class LocalFS(SpoolFS):
         os.chmod(self._path(path), mode)
 
     def commit(self, sha: str, writer: str) -> Optional[str]:
-        from ....device.agent.main import commit_upload
+        from ....device.agent.admin import commit_upload
 
         return commit_upload(self.root, sha, writer)
 
     def collect(self, need_bytes: int, settings: dict[str, Any]) -> dict[str, Any]:
-        from ....device.agent.main import gc
+        from ....device.agent.admin import gc
 
         return gc(self.root, need_bytes, settings)

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ....device.agent.main import agent_running
-from ....device.agent.main import status as agent_status
-from ....device.agent.spool import Spool
+from ....device.agent.admin import agent_running, open_root
+from ....device.agent.admin import status as agent_status
 from ....device.contract.service import exec_start
 from ...errors import CheckFailed
 from .client import SpoolClient
@@ -28,7 +27,7 @@ class LocalTransport(SpoolClient):
     name = "local"
 
     def __init__(self, root: str, device_name: str = "local") -> None:
-        self.spool = Spool(Path(root).expanduser()).ensure()
+        self.spool = open_root(Path(root).expanduser())
         super().__init__(device_name, LocalFS(self.spool.root))
 
     def ensure_agent(self) -> None:

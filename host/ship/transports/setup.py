@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ....device import __version__
+from ....device.contract.runtimes import needs_cuda_python
 from ...config import DeviceSection, host_home
 from ...errors import CheckFailed, ConfigError
 from ..keys import load_or_create_key, public_line
@@ -55,7 +56,9 @@ class SetupResult:
 
 def source_tree() -> Path:
     """edgekit's source checkout (where pyproject.toml is), from which the wheel is built."""
-    root = Path(__file__).resolve().parent.parent.parent
+    from .... import host
+
+    root = Path(host.__file__).resolve().parent.parent  # host/ sits at the checkout's root
     if not (root / "pyproject.toml").is_file():
         raise ConfigError("`device setup` builds edgekit's wheel from its source tree, which this installation "
                           "does not have; install edgekit from a checkout (pip install -e .)")
@@ -113,7 +116,7 @@ def install(transport: SSHTransport, device: DeviceSection, with_onnxruntime: bo
         for package, wanted in (("onnxruntime", with_onnxruntime), ("openvino", with_openvino)):
             if wanted:
                 wheels += download_runtime(python, Path(tmp), package)
-        if device.backend == "tensorrt":
+        if needs_cuda_python(device.backend):
             from .cuda_wheels import cuda_python_wheels
 
             wheels += cuda_python_wheels(transport.run, python.python, python.pip_platforms, Path(tmp), say,

@@ -23,7 +23,7 @@ REFERENCE_RUNTIME = "onnxruntime"
 
 def reference_outputs(files: Mapping[str, Path], inputs: np.ndarray) -> dict[str, np.ndarray]:
     """The classifier outputs of every ONNX model file on ``inputs``, run by the host's ONNX Runtime."""
-    from ..optimize.export.onnx_export import onnx_predict  # torch comes with it: not imported by a fully cached push
+    from .export.onnx_export import onnx_predict  # torch comes with it: not imported by a fully cached push
 
     return {name: onnx_predict(path, inputs) for name, path in files.items() if name.endswith(".onnx")}
 

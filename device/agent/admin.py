@@ -1,0 +1,101 @@
+"""The agent's admin interface: the few calls a host makes on an agent root besides the spool protocol.
+
+Both transports use these same functions: the SSH one runs them on the device as ``edgekit-agent
+status|commit-blob|gc`` (``main.py``), the local one calls them in-process. That is why they take a root,
+return plain data and never need a running agent; none of them imports the daemon or the job runner.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .. import __version__
+from ..backends import describe_all
+from ..backends.tensorrt.cuda import cuda_bindings
+from ..contract.service import unit_text
+from ..cpu import describe_cpu
+from ..errors import ConfigError, device_error
+from ..telemetry import describe_host
+from .spool import LOCK, STATUS_FILE, AgentLock, Spool, read_json
+from .store import CONFIG as STORE_CONFIG
+from .store import collect, load_config, save_config, usage
+
+
+def open_root(root: Any) -> Spool:
+    """The agent root at ``root``, its layout created (mode 0700) if missing: the local device's host side
+    writes into it before any agent has started there."""
+    return Spool(root).ensure()
+
+
+def agent_running(root: Path) -> bool:
+    """True when some process holds the root's agent lock."""
+    spool = Spool(root)
+    if not (spool.root / LOCK).exists():
+        return False
+    probe = AgentLock(spool)
+    if probe.acquire():
+        probe.handle.close()
+        return False
+    return True
+
+
+def status(root: Path) -> Dict[str, Any]:
+    """`edgekit-agent status`: the agent, its jobs and models, its disk, and what the device can run (JSON)."""
+    spool = Spool(root)
+    info = read_json(spool.root / STATUS_FILE) or {}
+    models = {}
+    if spool.models.is_dir():
+        models = {p.name: spool.current(p.name) for p in sorted(spool.models.iterdir())}
+    disk = usage(spool) if spool.blobs.is_dir() else {}
+    return {
+        "version": __version__, "root": str(spool.root), "running": agent_running(spool.root),
+        "pid": info.get("pid"), "queued": spool.queued() if spool.queue.is_dir() else [],
+        "unfinished": spool.unfinished() if spool.jobs.is_dir() else [], "models": models,
+        "free_disk_bytes": disk.get("free_bytes"), "store_bytes": disk.get("store_bytes"),
+        "store": vars(load_config(spool)), "backends": describe_all(), "device": describe_host(),
+        "cuda": cuda_bindings(),
+        "cpu": describe_cpu(),
+    }
+
+
+def commit_upload(root: Path, sha: str, writer: str) -> Optional[str]:
+    """The upload's last step, run on the device: the hash is checked where the bytes landed. An error or None."""
+    spool = Spool(root)
+    try:
+        part = spool.part(sha, writer)
+        if spool.has_blob(sha):  # another writer committed the same content first
+            if part.is_file():
+                part.unlink()
+            return None
+        spool.commit_blob(sha, part)
+    except ValueError as exc:
+        return str(exc)
+    except OSError as exc:
+        return device_error(exc, "storing an upload")
+    return None
+
+
+def gc(root: Path, need_bytes: int, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """`edgekit-agent gc`: optionally store new limits, then collect; says whether ``need_bytes`` fit."""
+    spool = open_root(root)
+    config = None
+    if settings:
+        try:
+            config = save_config(spool, dict(read_json(spool.root / STORE_CONFIG) or {}, **settings))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return collect(spool, config, need_bytes)
+
+
+def install_service(root: str, output: Optional[str], system: bool, user: Optional[str]) -> str:
+    """`edgekit-agent install-service`: the unit text, naming this installation's agent; written to ``output``."""
+    agent = shutil.which("edgekit-agent") or os.path.join(os.path.dirname(sys.executable), "edgekit-agent")
+    text = unit_text(os.path.abspath(agent), str(Path(root).expanduser().resolve()),
+                     user or os.environ.get("USER"), system)
+    if output:
+        Path(output).expanduser().write_text(text)
+    return text

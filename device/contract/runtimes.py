@@ -1,0 +1,111 @@
+"""What host and device agree about each runtime, declared once per runtime as data.
+
+The host cannot load a backend (it has no TensorRT), yet it must know which files a runtime reads, what
+``auto`` does with it, which deploy.toml keys reach it and what ``edgekit device setup`` ships for it. So
+those facts live here, and code asks the functions below instead of comparing backend names. On the device
+each ``Backend`` exposes its entry (``Backend.runtime``) and adds what only the device knows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Tuple
+
+AUTO = "auto"  # not a runtime: the agent measures the CPU runtimes it has and keeps the fastest
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One runtime's part of the contract; every flag answers a question some code used to ask by name."""
+
+    name: str
+    fp16: bool = False  # builds precision = "fp16"
+    fp16_typed_files: bool = False  # its newest version builds strongly typed: FP16 types written on the host
+    qdq_int8: bool = False  # INT8 from the explicit Q/DQ file; otherwise from the CPU INT8 files (model_files)
+    implicit_int8: bool = False  # int8_mode = "implicit": the float model plus calibration.cache
+    race_rank: Optional[int] = None  # a CPU runtime auto races; on a tie the lower rank wins
+    auto_alone: bool = False  # the GPU runtime: where present, auto takes it without a race
+    fallback: Optional[str] = None  # where a job goes when this runtime is missing and allow_fallback is set
+    build_keys: Tuple[str, ...] = ()  # target.build keys it reads, set from the device's deploy.toml keys
+    benchmark_keys: Tuple[str, ...] = ()  # target.benchmark keys set from the device's deploy.toml keys
+    benchmark_extras: Tuple[str, ...] = ()  # target.benchmark switches its engines' benchmark takes
+    cuda_python: bool = False  # CUDA memory through cuda-python: `edgekit device setup` ships its wheels
+
+
+# In the order the agent lists them (status, `edgekit device check`).
+RUNTIMES: Dict[str, Runtime] = {runtime.name: runtime for runtime in (
+    Runtime("onnxruntime", race_rank=1),
+    Runtime("openvino", race_rank=0, fallback="onnxruntime", build_keys=("openvino_device",)),
+    Runtime("tensorrt", fp16=True, fp16_typed_files=True, qdq_int8=True, implicit_int8=True, auto_alone=True,
+            fallback="onnxruntime", build_keys=("int8_mode", "workspace_mb", "dla_core", "builder_optimization_level"),
+            benchmark_keys=("cuda_graph", "profile_layers"),
+            benchmark_extras=("cuda_graph", "profile_layers", "cross_check"), cuda_python=True),
+)}
+
+
+class UnknownRuntime(ValueError):
+    """A name that is neither a runtime of the table nor ``auto``."""
+
+
+def names() -> Tuple[str, ...]:
+    """Every runtime edgekit knows, in the table's order."""
+    return tuple(RUNTIMES)
+
+
+def runtime(name: str) -> Runtime:
+    try:
+        return RUNTIMES[name]
+    except KeyError:
+        raise UnknownRuntime("unknown backend {!r}; edgekit knows {}".format(name, ", ".join(RUNTIMES))) from None
+
+
+def cpu_runtimes() -> Tuple[str, ...]:
+    """The runtimes ``auto`` measures against each other, the tie-winner first."""
+    racing = [r for r in RUNTIMES.values() if r.race_rank is not None]
+    return tuple(r.name for r in sorted(racing, key=lambda r: r.race_rank))
+
+
+def auto_alone(have: Iterable[str]) -> Optional[str]:
+    """The runtime ``auto`` takes without a race when the device has it (the GPU one), else None."""
+    have = set(have)
+    return next((name for name, r in RUNTIMES.items() if r.auto_alone and name in have), None)
+
+
+def fp16_runtimes() -> Tuple[str, ...]:
+    return tuple(name for name, r in RUNTIMES.items() if r.fp16)
+
+
+def reads_fp16_typed_files(backend: Optional[str]) -> bool:
+    """Whether the host may have to write FP16-typed ONNX for ``backend`` (TensorRT 11's strong typing)."""
+    entry = RUNTIMES.get(backend or "")
+    return entry is not None and entry.fp16_typed_files
+
+
+def fallback_runtime(backend: str) -> Optional[str]:
+    """Where a job for ``backend`` goes when its runtime is missing and deploy.toml allows fallback."""
+    entry = RUNTIMES.get(backend)
+    return entry.fallback if entry is not None else None
+
+
+def needs_cuda_python(backend: str) -> bool:
+    """Whether `edgekit device setup` ships cuda-python for a device running ``backend``."""
+    entry = RUNTIMES.get(backend)
+    return entry is not None and entry.cuda_python
+
+
+def _configured(backend: str) -> Tuple[Runtime, ...]:
+    """The runtimes a device's deploy.toml keys reach: the one named; for auto, the CPU runtimes it races
+    (on a device with TensorRT, auto builds with TensorRT's defaults)."""
+    if backend == AUTO:
+        return tuple(RUNTIMES[name] for name in cpu_runtimes())
+    return (runtime(backend),)
+
+
+def build_keys(backend: str) -> Tuple[str, ...]:
+    """The device's deploy.toml keys the manifest's target.build carries (when set) for ``backend``."""
+    return tuple(key for entry in _configured(backend) for key in entry.build_keys)
+
+
+def benchmark_keys(backend: str) -> Tuple[str, ...]:
+    """The device's deploy.toml keys the manifest's target.benchmark carries for ``backend``."""
+    return tuple(key for entry in _configured(backend) for key in entry.benchmark_keys)

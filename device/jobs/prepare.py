@@ -1,0 +1,240 @@
+"""Step 2: the engine this job runs, built (or reused from the cache), loaded and validated.
+
+Either the backend the manifest names (or the contract's fallback for it, when deploy.toml allows), or for
+``auto`` every candidate runtime built and validated, the valid ones raced and the fastest kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..agent.spool import read_json, write_atomic
+from ..backends import Backend, BackendUnavailable, Engine, available, get_backend
+from ..contract.manifest import MODEL_BASELINE, REFERENCE, Manifest
+from ..contract.model_files import AUTO, ModelChoiceError, candidates, model_file
+from ..contract.runtimes import cpu_runtimes, fallback_runtime
+from ..cpu import describe_cpu
+from ..errors import JobError, StaleEngine, storage_failure
+from .auto import AUTO_CRASHED, AUTO_TRYING, ROUNDS, Candidate, choose, interleave
+from .context import Job
+from .engines import build_engine, build_options, engine_key, job_build_options
+from .measure import validate
+
+Files = Mapping[str, Path]
+
+
+@dataclass
+class Prepared:
+    """A built, loaded and validated engine, and how it came to be chosen."""
+
+    backend: Backend
+    engine: Engine
+    engine_dir: Path
+    meta: Dict[str, Any]
+    reused: bool
+    key: str
+    model_file: str
+    validation: Dict[str, Any]
+    fallback: Any = None
+    auto: Optional[Dict[str, Any]] = None
+
+
+def prepare(job: Job, manifest: Manifest, files: Files) -> Prepared:
+    """The engine this job runs, built (or reused) and validated: the backend asked for, or auto's pick."""
+    options = build_options(manifest.precision, manifest.batch_sizes, manifest.build)
+    cpu = describe_cpu()
+    if manifest.backend == AUTO:
+        return prepare_auto(job, manifest, files, options, cpu)
+    backend, fallback = select_backend(manifest)
+    chosen = prepare_one(job, manifest, files, backend, options, cpu)
+    validation = chosen.validation
+    if not validation["passed"]:
+        chosen.engine.close()
+        raise JobError("validation failed against the host's outputs of {}: {}; the active model was not "
+                       "changed. {}".format(validation["reference"], validation["reason"],
+                                            validation_advice(validation)))
+    chosen.fallback = fallback
+    return chosen
+
+
+def select_backend(manifest: Manifest) -> Tuple[Backend, Optional[str]]:
+    """The backend the manifest names; when its runtime is missing here, the contract's fallback for it if
+    deploy.toml allows, with the reason for the report."""
+    try:
+        return get_backend(manifest.backend), None
+    except BackendUnavailable as exc:
+        fallback = fallback_runtime(manifest.backend)
+        if fallback is not None and manifest.build.get("allow_fallback"):
+            reason = "{} unavailable ({}); fell back to {} as deploy.toml allows".format(manifest.backend, exc,
+                                                                                         fallback)
+            return get_backend(fallback), reason
+        message = "backend {} is not available on this device: {}".format(manifest.backend, exc)
+        raise BackendUnavailable(message) from None
+
+
+def prepare_one(job: Job, manifest: Manifest, files: Files, backend: Backend, options: Dict[str, Any],
+                cpu: Dict[str, Any]) -> Prepared:
+    """Build or reuse ``backend``'s engine from the file model_files picks for this CPU, and validate it."""
+    model_name = _model_file(manifest, files, backend, cpu)
+    hashes = {name: manifest.files[name].sha256 for name in manifest.files
+              if name not in (REFERENCE, MODEL_BASELINE)}
+    key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
+    extra = job_build_options(job, options, manifest, files, backend, model_name)
+    engine_dir, meta, reused, engine = _build_and_load(job, backend, files[model_name], key, extra)
+    try:
+        job.event("stage", "validating {} ({}) against the host's reference outputs".format(
+            backend.name, model_name), stage="validate", backend=backend.name)
+        validation = validate(engine, files[REFERENCE], manifest, model_name, backend.name)
+    except BaseException:
+        engine.close()
+        raise
+    return Prepared(backend, engine, engine_dir, meta, reused, key, model_name, validation)
+
+
+def _model_file(manifest: Manifest, files: Files, backend: Backend, cpu: Dict[str, Any]) -> str:
+    """The bundle file ``backend`` builds from on this CPU; the job fails when the bundle lacks it."""
+    try:
+        model_name = model_file(backend.name, manifest.precision, manifest.build.get("int8_mode", "explicit"), cpu,
+                                manifest.files)
+    except ModelChoiceError as exc:
+        raise JobError(str(exc)) from None
+    if model_name not in files:
+        raise JobError("{} on this CPU needs {}, which the bundle lacks; push again (the host chose files for "
+                       "another device?)".format(backend.name, model_name))
+    return model_name
+
+
+def _build_and_load(job: Job, backend: Backend, model: Path, key: str,
+                    options: Dict[str, Any]) -> Tuple[Path, Dict[str, Any], bool, Engine]:
+    """Build (or reuse) and load; a cached engine this runtime can no longer load is rebuilt once."""
+    engine_dir, meta, reused = build_engine(job, backend, model, key, options)
+    try:
+        return engine_dir, meta, reused, backend.load(engine_dir, meta)
+    except StaleEngine as exc:
+        job.event("warning", "{}; rebuilding it".format(exc))
+        shutil.rmtree(str(engine_dir), ignore_errors=True)
+    engine_dir, meta, reused = build_engine(job, backend, model, key, options)
+    return engine_dir, meta, reused, backend.load(engine_dir, meta)
+
+
+# -- auto ---------------------------------------------------------------------------------------
+def prepare_auto(job: Job, manifest: Manifest, files: Files, options: Dict[str, Any],
+                 cpu: Dict[str, Any]) -> Prepared:
+    """Build and validate every candidate runtime, race the valid ones, keep the fastest."""
+    found = available()
+    names = candidates(AUTO, found)
+    if not names:
+        raise BackendUnavailable("backend auto: no runtime on this device (have neither {}); install one with "
+                                 "`edgekit device setup`".format(" nor ".join(cpu_runtimes())))
+    job.event("stage", "auto: trying {}".format(", ".join(names)), stage="auto", candidates=names)
+    tried: List[Candidate] = []
+    ready: Dict[str, Prepared] = {}
+    crashed = read_json(job.folder / AUTO_CRASHED) or {}  # written by the agent (supervise)
+    for name in names:
+        candidate = Candidate(name)
+        tried.append(candidate)
+        prepared = _try_candidate(job, manifest, files, found[name], options, cpu, candidate, crashed, ready)
+        if prepared is not None:
+            ready[name] = prepared
+    batch = max(manifest.batch_sizes)
+    if len(ready) > 1:
+        _race(job, manifest, ready, tried, batch)
+    return _keep_fastest(job, ready, tried, batch, cpu)
+
+
+def _try_candidate(job: Job, manifest: Manifest, files: Files, backend: Backend, options: Dict[str, Any],
+                   cpu: Dict[str, Any], candidate: Candidate, crashed: Mapping[str, str],
+                   ready: Dict[str, Prepared]) -> Optional[Prepared]:
+    """One runtime built and validated, or dropped with the reason in ``candidate``: one runtime failing (or
+    having crashed the worker before) must not stop the others; a failing disk fails the job."""
+    name = candidate.backend
+    if name in crashed:
+        candidate.reason = "crashed the job's worker ({}) on this model".format(crashed[name])
+        return None
+    trying = job.folder / AUTO_TRYING  # names the runtime to the agent if it crashes the worker
+    try:
+        write_atomic(trying, name.encode("utf-8"))
+        prepared = prepare_one(job, manifest, files, backend, options, cpu)
+    except Exception as exc:  # noqa: BLE001 - one runtime failing must not stop the others
+        job.log(traceback.format_exc())
+        _remove(trying)
+        if storage_failure(exc):  # the disk, not the runtime: the job fails with the storage's reason
+            _close(ready.values())
+            raise
+        candidate.reason = str(exc) if isinstance(exc, JobError) else "{}: {}".format(type(exc).__name__, exc)
+        job.event("warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=name)
+        return None
+    _remove(trying)
+    validation = prepared.validation
+    candidate.model_file, candidate.passed = prepared.model_file, bool(validation["passed"])
+    candidate.reason = "" if candidate.passed else "validation failed: {}".format(validation["reason"])
+    candidate.extra = {"engine_key": prepared.key, "engine_reused": prepared.reused,
+                       "top1_agreement": validation.get("top1_agreement"), "cosine_min": validation.get("cosine_min")}
+    if candidate.passed:
+        return prepared
+    prepared.engine.close()
+    job.event("warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=name)
+    return None
+
+
+def _race(job: Job, manifest: Manifest, ready: Mapping[str, Prepared], tried: List[Candidate], batch: int) -> None:
+    """Every valid candidate measured in interleaved rounds at every batch size, into ``tried``."""
+    sizes = sorted(set(manifest.batch_sizes))
+    job.event("stage", "auto: measuring {} at batch {} ({} interleaved rounds each)".format(
+        " vs ".join(ready), ", ".join(str(b) for b in sizes), ROUNDS), stage="auto", batch=batch)
+    for size in sizes:
+        data = np.random.default_rng(0).standard_normal([size] + list(manifest.input_shape)).astype(np.float32)
+        rounds = interleave({name: _runner(prepared.engine, data) for name, prepared in ready.items()})
+        for candidate in tried:
+            if size == batch:
+                candidate.round_medians_ms = rounds.get(candidate.backend, [])
+            elif candidate.backend in rounds:
+                candidate.other_batches[size] = rounds[candidate.backend]
+
+
+def _keep_fastest(job: Job, ready: Dict[str, Prepared], tried: List[Candidate], batch: int,
+                  cpu: Dict[str, Any]) -> Prepared:
+    """``choose``'s winner, the others' engines closed, the figures behind the choice kept for the report."""
+    try:
+        choice = choose(tried, batch)
+    except ValueError as exc:
+        _close(ready.values())
+        raise JobError("{}; the active model was not changed".format(exc)) from None
+    winner = ready.pop(choice.winner)
+    _close(ready.values())
+    job.event("auto", choice.message, stage="auto", chosen=choice.winner, speedup=choice.speedup)
+    winner.auto = {"chosen": choice.winner, "runner_up": choice.runner_up, "speedup": choice.speedup,
+                   "batch": batch, "message": choice.message, "cpu": cpu,
+                   "candidates": [candidate.summary() for candidate in tried]}
+    return winner
+
+
+def validation_advice(validation: Dict[str, Any]) -> str:
+    """The next step after a failed validation."""
+    if validation.get("same_runtime"):
+        return ("The device runs the same file in the same runtime yet computes differently (a different CPU "
+                "instruction set can saturate INT8 kernels): use precision = \"fp32\" on this device, or report it")
+    return ("The device's runtime departs from the host's results: keep more layers in floating point "
+            "(lower quantize.max_accuracy_drop), use precision = \"fp16\" (TensorRT) or \"fp32\"")
+
+
+def _close(prepared: Iterable[Prepared]) -> None:
+    for each in prepared:
+        each.engine.close()
+
+
+def _runner(engine: Engine, data: np.ndarray) -> Callable[[], Any]:
+    return lambda: engine.run(data)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass

@@ -1,0 +1,32 @@
+"""Last step: the latency budget, then ``current`` switched to the new engine atomically.
+
+The budget is checked on the device's own figures before the switch, so an engine over budget is built,
+validated and measured, but never served; the previous engine is kept for rollback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from ..contract.budget import budget_of, latency_failures
+from ..contract.manifest import Manifest
+from ..errors import JobError
+from .context import Job
+from .prepare import Prepared
+
+
+def switch(job: Job, manifest: Manifest, chosen: Prepared, results: List[Dict[str, Any]]) -> Optional[str]:
+    """Point the model's ``current`` at the chosen engine; what it pointed at before, if anything."""
+    check_latency_budget(manifest, chosen, results)
+    previous = job.spool.switch(manifest.model, chosen.engine_dir)
+    job.event("stage", "switched {} to engine {}".format(manifest.model, chosen.key[:12]), stage="switch")
+    return previous
+
+
+def check_latency_budget(manifest: Manifest, chosen: Prepared, results: List[Dict[str, Any]]) -> None:
+    """Fail the job, with the figures, when a benchmarked latency crosses the budget."""
+    missed = latency_failures(budget_of(manifest.raw), results)
+    if missed:
+        raise JobError("over budget: {}; the active model was not changed".format("; ".join(missed)),
+                       {"budget_failures": missed, "benchmarks": results, "validation": chosen.validation,
+                        "backend": chosen.backend.name, "precision": manifest.precision, "engine_key": chosen.key})

@@ -1,0 +1,70 @@
+"""Step 1: trust the bundle. The signature is checked before anything else in it is read, then the
+manifest's own checks, the accuracy budget (known before any build) and every file against its hash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+from ..agent.spool import Spool
+from ..agent.store import touch
+from ..contract.budget import accuracy_failures, budget_of
+from ..contract.manifest import MANIFEST, SIGNATURE, Manifest, ManifestError, load_manifest_bytes, sha256_file
+from ..contract.signing import load_trusted_keys, verify
+from ..errors import JobError
+
+
+def verify_bundle(folder: Path, trusted_keys: Path) -> Tuple[Manifest, str]:
+    """The manifest and who signed it; nothing else in the bundle is trusted before this."""
+    payload = _read(folder / MANIFEST, "manifest.json")
+    signature = _read(folder / SIGNATURE, "manifest.sig (the bundle is unsigned)")
+    signer = verify(payload, signature, load_trusted_keys(trusted_keys))
+    return load_manifest_bytes(payload), signer
+
+
+def check_accuracy_budget(manifest: Manifest) -> None:
+    """The host's measured accuracy against the budget: a miss fails the job before anything is built."""
+    missed = accuracy_failures(budget_of(manifest.raw), manifest.raw.get("host", {}).get("accuracy", {}) or {})
+    if missed:
+        raise JobError("over budget: {}; nothing was built and the active model was not changed".format(
+            "; ".join(missed)), {"budget_failures": missed, "model": manifest.model})
+
+
+def resolve_files(spool: Spool, manifest: Manifest) -> Dict[str, Path]:
+    """Each file from the content store, its size and hash checked now (a corrupt blob is dropped)."""
+    paths = {}
+    for entry in manifest.files.values():
+        path = spool.blob(entry.sha256)
+        if path.is_symlink():
+            path.unlink()
+            raise JobError("{} is a symlink in the device's store, which is refused; it was removed, push "
+                           "again".format(entry.name))
+        if not path.is_file():
+            raise JobError("{} is missing from the device's store; push again".format(entry.name))
+        if sha256_file(path) != entry.sha256:
+            path.unlink()
+            raise JobError("{} is corrupted on the device (hash mismatch); it was removed, push again".format(
+                entry.name))
+        size = path.stat().st_size
+        if size != entry.size:  # the content is right, the manifest is not: keep the good blob
+            raise JobError("the manifest says {} has {} bytes but its content (sha256 {}) has {}; the bundle is "
+                           "inconsistent, push again".format(entry.name, entry.size, entry.sha256[:12], size))
+        touch(path)
+        paths[entry.name] = path
+    return paths
+
+
+def try_manifest(folder: Path) -> Any:
+    """The job's manifest when it can be read at all (for a failure's report), else None; not verified."""
+    try:
+        return load_manifest_bytes((folder / MANIFEST).read_bytes())
+    except (OSError, ManifestError, json.JSONDecodeError):
+        return None
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise JobError("the job has no {}".format(what)) from None
