@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import EXIT_FAILED, CheckFailed, ConfigError, EdgekitError, save_traceback
+from .errors import EXIT_FAILED, CheckFailed, ConfigError, EdgekitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prune, fold, quantise and ship CNNs to edge devices; build, validate and benchmark there.")
@@ -48,7 +48,7 @@ def _say(json_mode: bool):
 def init(directory: Path = typer.Argument(Path("."), help="where to write deploy.toml"),
          arch: str = typer.Option("resnet20", help="zoo model or module:function")) -> None:
     """Write a starter deploy.toml."""
-    from .config import init_project
+    from .train.project import init_project
 
     target = init_project(directory, arch)
     console.print(f"wrote {target}; next: `edgekit data digits data/digits`, `edgekit train`, `edgekit push local`")
@@ -364,3 +364,20 @@ def main(argv: Optional[list[str]] = None) -> None:
                   f"edgekit: please report it with {saved}",
                   highlight=False, soft_wrap=True)
         sys.exit(EXIT_FAILED)
+
+
+def save_traceback() -> str:
+    """The current exception's traceback in ``$EDGEKIT_HOME/crash-<time>.txt`` (or the reason it could not be)."""
+    import time
+    import traceback
+
+    from .config import host_home
+
+    try:
+        home = host_home()
+        home.mkdir(parents=True, exist_ok=True)
+        path = home / f"crash-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+        path.write_text(traceback.format_exc())
+        return str(path)
+    except OSError as exc:
+        return f"the traceback (not saved: {exc}; rerun with EDGEKIT_TRACEBACK=1 to see it)"

@@ -349,26 +349,3 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"deploy.toml: no TOML form for {value!r}")
-
-
-def starter(name: str, arch: str) -> dict[str, dict[str, Any]]:
-    """What ``edgekit init`` writes: the demo data set (``edgekit data digits``), the rest as deploy.toml's defaults."""
-    return {"project": {"name": name},
-            "model": {"arch": arch, "width": 1.0, "num_classes": 10, "checkpoint": "runs/model.pt"},
-            "data": {"format": "cifar", "path": "data/digits"},
-            "input": {"shape": [3, 32, 32], "batch_sizes": [1, 32]},
-            "train": {"epochs": 15, "augment": ["crop"]}}
-
-
-def init_project(directory: Path, arch: str) -> Path:
-    """``edgekit init``: a starter deploy.toml in ``directory`` for ``arch`` (a zoo model or module:function)."""
-    from .train.models import list_models
-
-    target = directory / "deploy.toml"
-    if target.exists():
-        raise ConfigError(f"{target} already exists; edit it or choose another directory")
-    if ":" not in arch and arch not in list_models():
-        raise ConfigError(f"--arch {arch!r}: unknown model; choose one of {', '.join(list_models())}")
-    directory.mkdir(parents=True, exist_ok=True)
-    target.write_text(deploy_toml(**starter(directory.resolve().name or "model", arch)))
-    return target

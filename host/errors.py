@@ -20,20 +20,3 @@ class CheckFailed(EdgekitError):
     """A job, validation or budget check failed."""
 
     exit_code = EXIT_FAILED
-
-
-def save_traceback() -> str:
-    """The current exception's traceback in ``$EDGEKIT_HOME/crash-<time>.txt`` (or the reason it could not be)."""
-    import time
-    import traceback
-
-    from .config import host_home
-
-    try:
-        home = host_home()
-        home.mkdir(parents=True, exist_ok=True)
-        path = home / f"crash-{time.strftime('%Y%m%dT%H%M%S')}.txt"
-        path.write_text(traceback.format_exc())
-        return str(path)
-    except OSError as exc:
-        return f"the traceback (not saved: {exc}; rerun with EDGEKIT_TRACEBACK=1 to see it)"

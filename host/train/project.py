@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional
 
-from ..config import Config
+from ..config import Config, deploy_toml
 from ..errors import ConfigError
 
 if TYPE_CHECKING:  # the loop imports torch: `edgekit train --help` must not pay for it
@@ -90,3 +90,26 @@ def check_interface(config: Config, model: Any) -> None:
     with torch.no_grad():
         result = model.eval()(torch.zeros(2, *config.input.shape))
     check_classifier(result, config.model.output, config.model.num_classes)
+
+
+def starter(name: str, arch: str) -> dict[str, dict[str, Any]]:
+    """What ``edgekit init`` writes: the demo data set (``edgekit data digits``), the rest as deploy.toml's defaults."""
+    return {"project": {"name": name},
+            "model": {"arch": arch, "width": 1.0, "num_classes": 10, "checkpoint": "runs/model.pt"},
+            "data": {"format": "cifar", "path": "data/digits"},
+            "input": {"shape": [3, 32, 32], "batch_sizes": [1, 32]},
+            "train": {"epochs": 15, "augment": ["crop"]}}
+
+
+def init_project(directory: Path, arch: str) -> Path:
+    """``edgekit init``: a starter deploy.toml in ``directory`` for ``arch`` (a zoo model or module:function)."""
+    from .models import list_models
+
+    target = directory / "deploy.toml"
+    if target.exists():
+        raise ConfigError(f"{target} already exists; edit it or choose another directory")
+    if ":" not in arch and arch not in list_models():
+        raise ConfigError(f"--arch {arch!r}: unknown model; choose one of {', '.join(list_models())}")
+    directory.mkdir(parents=True, exist_ok=True)
+    target.write_text(deploy_toml(**starter(directory.resolve().name or "model", arch)))
+    return target
