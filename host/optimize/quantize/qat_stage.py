@@ -14,6 +14,7 @@ from typing import Any
 from ....device.contract.manifest import CALIBRATION_JSON, MODEL_FP32, MODEL_INT8_CPU_AVX2
 from ...config import Config
 from ..runner import Context, Output, Stage
+from .stage import source_files
 
 
 class QatStage(Stage):
@@ -22,8 +23,7 @@ class QatStage(Stage):
     reads = ("quantize", "validation")  # the device's rule decides which INT8 route is good enough
 
     def files(self, config: Config) -> dict[str, Path]:
-        source = config.quantize.source
-        return {"quantize.source": config.resolve(source)} if source is not None else {}
+        return source_files(config)
 
     def run(self, ctx: Context, out: Path) -> Output:
         from .ptq import QuantizeResult

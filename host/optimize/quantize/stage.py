@@ -10,14 +10,19 @@ from ...errors import CheckFailed, EdgekitError
 from ..runner import Context, Output, Stage
 
 
+def source_files(config: Config) -> dict[str, Path]:
+    """The calibration images both INT8 stages read (``quantize.source``), hashed into their cache keys."""
+    source = config.quantize.source
+    return {"quantize.source": config.resolve(source)} if source is not None else {}
+
+
 class CalibrateStage(Stage):
     name = "calibrate"
     title = "calibrate + INT8"
     reads = ("quantize", "validation")  # the device's rule decides which INT8 route is good enough
 
     def files(self, config: Config) -> dict[str, Path]:
-        source = config.quantize.source
-        return {"quantize.source": config.resolve(source)} if source is not None else {}
+        return source_files(config)
 
     def run(self, ctx: Context, out: Path) -> Output:
         from .ptq import quantize
