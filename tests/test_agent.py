@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.device.agent.admin import agent_running
-from edgekit.device.agent.spool import Spool, read_json
+from edgekit.device.agent.spool import AgentLock, Spool, read_json
 from edgekit.device.contract.protocol import new_job_id
 from edgekit.device.contract.service import parse_exec_start
 from edgekit.host.config import load_config
@@ -148,6 +148,29 @@ def test_a_second_agent_on_the_same_root_exits_quietly(agent_root):
     second = subprocess.run([AGENT, "serve", "--root", str(transport.spool.root)], capture_output=True, text=True,
                             timeout=30)
     assert second.returncode == 0 and "another agent already serves" in second.stderr
+
+
+def test_a_worker_outliving_its_killed_agent_does_not_keep_the_next_agent_out(tmp_path):
+    """A forked worker shares the agent's flock; it must let go of it, or a restart finds the root taken."""
+    spool = Spool(tmp_path / "root")
+    spool.ensure()
+    agent = AgentLock(spool)
+    assert agent.acquire()
+    ready, told = os.pipe()
+    worker = os.fork()
+    if worker == 0:
+        agent.forget()  # as the agent's worker does first
+        os.write(told, b"x")
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert os.read(ready, 1) == b"x"
+        agent.handle.close()  # the agent is gone; its worker is not (yet)
+        restarted = AgentLock(spool)
+        assert restarted.acquire() and agent_running(spool.root)
+    finally:
+        os.kill(worker, signal.SIGKILL)
+        os.waitpid(worker, 0)
 
 
 def test_device_package_imports_without_torch():

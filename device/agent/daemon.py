@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import __version__
 from ..contract.protocol import HEARTBEAT_S, STALE_PART_S
@@ -31,6 +31,9 @@ RESERVE = "agent.reserve"  # space kept back so a failure can still be recorded 
 RESERVE_BYTES = 1024 * 1024
 WORKER_FAILED = 70  # the worker could not record the job's end itself
 RETRY_S = 30.0
+LOCK_WAIT_S = 5.0  # a killed predecessor's worker can take a moment to die (it holds the runtimes' memory)
+
+_held: Optional[AgentLock] = None  # this agent's lock, which its forked workers must let go of
 
 
 def log(message: str) -> None:
@@ -47,10 +50,12 @@ def serve(root: Path, poll: float, once: bool) -> int:
         spool.ensure()
     except OSError as exc:
         raise ConfigError("cannot use agent root {}: {}".format(root, exc)) from None
-    lock = AgentLock(spool)  # held in this frame for the agent's life: closing it would release the root
-    if not lock.acquire():
+    global _held
+    lock = AgentLock(spool)  # held for the agent's life: closing it would release the root
+    if not lock.acquire(wait=LOCK_WAIT_S):
         log("another agent already serves {}; exiting".format(spool.root))
         return 0
+    _held = lock
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _start(spool)
     runner = JobRunner(spool, log)
@@ -184,10 +189,11 @@ def supervise(spool: Spool, runner: JobRunner, job: str, given_up: Set[str]) -> 
 def _run_worker(spool: Spool, runner: JobRunner, job: str) -> Tuple[int, str]:
     """Fork the worker, keep the heartbeat until it ends; its wait status and what it sent up the pipe."""
     reader, writer = os.pipe()
+    agent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker
         os.close(reader)
-        _worker(runner, job, writer)
+        _worker(runner, job, writer, agent)
     os.close(writer)
     status = _wait(spool, pid)
     with os.fdopen(reader, "rb") as pipe:
@@ -220,11 +226,13 @@ def _drop_crashed_candidate(runner: JobRunner, job: str, number: int) -> bool:
     return bool(name)
 
 
-def _worker(runner: JobRunner, job: str, pipe: int) -> None:
+def _worker(runner: JobRunner, job: str, pipe: int, agent: int) -> None:
     """The forked child: run the job, send up the pipe why it could not end it itself, never return."""
     code = 0
     try:
-        _die_with_parent()
+        if _held is not None:
+            _held.forget()
+        _die_with_parent(agent)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         runner.run(job)
     except OSError as exc:
@@ -254,14 +262,14 @@ def _wait(spool: Spool, pid: int) -> int:
         time.sleep(0.02)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(agent: int) -> None:
     """The worker must not outlive an agent killed from outside (Linux: PR_SET_PDEATHSIG)."""
     try:
         libc = ctypes.CDLL(None)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the agent died before the call took effect
+    if os.getppid() != agent:  # the agent died before the call took effect (reparented: to 1 or a subreaper)
         os._exit(0)
 
 

@@ -269,7 +269,16 @@ class AgentLock:
         self.path = spool.root / LOCK
         self.handle = None  # type: Any
 
-    def acquire(self) -> bool:
+    def acquire(self, wait: float = 0.0) -> bool:
+        """Take the lock, retrying for ``wait`` seconds: a killed agent's last worker may still be dying."""
+        deadline = time.monotonic() + wait
+        while not self._try():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _try(self) -> bool:
         try:
             self.handle = open(str(self.path), "a+")
         except OSError:  # a read-only root: an existing lock file can still be locked through a read handle
@@ -281,6 +290,15 @@ class AgentLock:
             self.handle = None
             return False
         return True
+
+    def forget(self) -> None:
+        """In a forked worker: drop the inherited descriptor, so the lock dies with the agent, not its worker.
+
+        An flock belongs to the open file, which fork shares; a worker holding it would keep a restarted
+        agent out (and, exiting 0 as "already served", out for good under systemd's Restart=on-failure).
+        """
+        if self.handle is not None:
+            os.close(self.handle.fileno())
 
 
 def _real_dir(path: Path) -> bool:
