@@ -57,7 +57,8 @@ def round_plan(plan: Plan, rounds: int, first: bool) -> Plan:
 
 
 def merge_rounds(results: List[Dict[str, Any]], plan: Plan) -> Dict[str, Any]:
-    """One result from several rounds of the same engine: statistics over every iteration of every round.
+    """One result from several rounds of the same engine: statistics over every iteration of every round
+    (latency from ``samples_ms``, any other per-query series from ``series_ms``).
 
     A backend that reports no raw samples is summarised by the round whose median is the median round.
     """
@@ -66,10 +67,13 @@ def merge_rounds(results: List[Dict[str, Any]], plan: Plan) -> Dict[str, Any]:
         return dict(ordered[len(ordered) // 2], rounds=len(results))
     samples = [t for r in results for t in r["samples_ms"]]
     wall = sum(r["wall_s"] for r in results)
-    merged = {k: v for k, v in results[0].items() if k not in ("samples_ms", "warning")}
+    merged = {k: v for k, v in results[0].items() if k not in ("samples_ms", "series_ms", "warning")}
     latency = summarize(samples)
     merged.update(iterations=len(samples), wall_s=wall, latency_ms=latency, rounds=len(results),
                   samples_ms=thin(samples, MAX_SAMPLES))
+    if all("series_ms" in r for r in results):  # further per-query series (trtexec's GPU compute, H2D, ...)
+        for key in results[0]["series_ms"]:
+            merged[key] = summarize([t for r in results for t in r["series_ms"].get(key, [])])
     merged.update(throughput(results[0]["batch"], len(samples), wall))
     if latency["cv_percent"] > plan.cv_warn_percent:
         merged["warning"] = ("latency varies (CV {:.1f}% > {}%): the device is busy or throttling; "

@@ -1,210 +1,213 @@
-"""Every TensorRT / cuda-python name our code uses exists in every targeted version, or is version-gated.
+"""The real TensorRT backend and CUDA module driven against proxies of NVIDIA's real binding wheels.
 
-The fixtures in tests/fixtures/api/ are recorded from NVIDIA's real bindings by tools/trt_api_fixtures.py
-(TensorRT 10.x/11.x wheels from PyPI, 8.5/8.6 from NVIDIA's pybind11 sources; cuda-python 11.8-13.x).
-The names used are found statically (AST) in the backend and the CUDA module:
-
-- ``trt.X`` / ``trt.X.Y`` (module names, enum members, class attributes);
-- attributes of the objects TensorRT hands back, by the variable they are kept in (``builder``,
-  ``config``, ``network``, ``context``, ...);
-- cuda-python runtime calls (``self._check("cudaX", ...)``, ``self.rt.X`` and ``self.rt.X.Y``).
-
-A use is *gated* when it sits under an ``if`` that tests a version capability (``plan.progress_monitor``,
-``plan.use_calibration_cache``, ...) or behind ``hasattr``/``getattr`` with a default: a gated name must
-exist in at least one targeted version; any other must exist in all of them.
+tests/trt_api/extract.py records each wheel's surface (tensorrt-bindings 8.6.1, tensorrt-cu12-bindings
+10.3.0 (JetPack 6.1/6.2), 10.16 and 11.0; cuda-python 11.8.2 (JetPack 5), 11.8.7, 12.6, 12.9, 13.0) into
+tests/fixtures/api/; tests/trt_api/proxy.py turns a surface into a ``tensorrt`` module whose classes have
+exactly the wheel's members and signatures. The backend's own code then builds, loads, runs, profiles,
+calibrates and places on DLA for every precision on every version, so a wrong name, a wrong argument count
+or a wrong version gate fails here however it is spelled; a misspelled or missing override of a TensorRT
+callback fails because the proxy calls the callbacks as TensorRT does.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
+from typing import Any, Dict, List
 
+import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "api"
-TRT_SOURCES = [ROOT / "device" / "backends" / "tensorrt" / "backend.py"]
-CUDA_SOURCES = [ROOT / "device" / "backends" / "tensorrt" / "cuda.py"]
-# the variables TensorRT objects live in → their class in the bindings
-TRT_OBJECTS = {"builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser",
-               "config": "IBuilderConfig", "profile": "IOptimizationProfile", "runtime": "Runtime",
-               "engine": "ICudaEngine", "context": "IExecutionContext", "error": "ParserError", "layer": "ILayer"}
-GATES = ("progress_monitor", "use_calibration_cache", "optimization_level", "dla_core", "implicit_int8",
-         "strongly_typed", "explicit_batch_flag")
+from edgekit.device.backends.tensorrt import backend as trt_backend
+from edgekit.device.backends.tensorrt import cuda as cuda_module
+from edgekit.device.backends.tensorrt.plan import TrtVersion
+from edgekit.device.benchmark import Plan
+from edgekit.device.errors import JobError
+
+from .trt_api.cuda_proxy import cuda_runtime, cuda_versions
+from .trt_api.proxy import ApiViolation, Semantics, surface_versions, tensorrt_module
+from .trt_doubles import FakeCuda
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "api"
+TRT_VERSIONS = surface_versions()
+FAST = Plan(warmup_s=0.0, duration_s=0.0, min_iterations=4)
+BASE = {"batch_sizes": [1, 4], "input_name": "input", "input_shape": [3, 8, 8]}
+SCENARIOS = {
+    "fp32": {"precision": "fp32"},
+    "fp16": {"precision": "fp16", "builder_optimization_level": 3},
+    "int8-explicit": {"precision": "int8", "int8_mode": "explicit"},
+    "int8-explicit-no-fp16": {"precision": "int8", "int8_mode": "explicit", "int8_fp16_fallback": False},
+    "int8-implicit": {"precision": "int8", "int8_mode": "implicit"},
+    "dla-fp16": {"precision": "fp16", "dla_core": 1, "batch_sizes": [4]},
+    "dla-int8": {"precision": "int8", "dla_core": 0, "batch_sizes": [2]},
+}
+MODEL_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.qdq.onnx", "model.int8.qdq.fp16.onnx",
+               "model.int8.onnx")
 
 
-def load(prefix: str) -> dict[str, dict[str, set[str]]]:
-    tables = {}
-    for path in sorted(FIXTURES.glob(prefix + "-*.json")):
-        data = json.loads(path.read_text())
-        tables[path.stem.split("-")[-1]] = {k: set(v) for k, v in data["names"].items()}
-    return tables
+def test_fixtures_are_the_real_wheels():
+    assert {"8.6.1", "10.3.0", "11.0.0.114"} <= set(TRT_VERSIONS), TRT_VERSIONS
+    surfaces = {v: json.loads((FIXTURES / f"tensorrt-{v}.json").read_text()) for v in TRT_VERSIONS}
+    assert "8.6.1" in surfaces["8.6.1"]["source"] and "tensorrt-bindings==8.6.1" in surfaces["8.6.1"]["source"]
+    classes = {v: s["classes"] for v, s in surfaces.items()}
+    # what a source-parsed 8.6 table got wrong, and the 11.0 removals the migration guide names
+    assert "serialize" not in classes["8.6.1"]["INetworkDefinition"]["members"]
+    assert "float16" in surfaces["8.6.1"]["constants"] and "ResizeMode" in classes["8.6.1"]
+    assert "FP16" in classes["10.3.0"]["BuilderFlag"]["enum"]
+    assert "FP16" not in classes["11.0.0.114"]["BuilderFlag"]["enum"]
+    assert "IInt8EntropyCalibrator2" not in classes["11.0.0.114"]
+    assert "IProgressMonitor" not in classes["8.6.1"] and "IProgressMonitor" in classes["10.3.0"]
+    assert {"11.8.2", "11.8.7"} <= set(cuda_versions()) and any(v.startswith("12.") for v in cuda_versions()) \
+        and any(v.startswith("13.") for v in cuda_versions())
 
 
-def _gated(test: ast.AST) -> bool:
-    text = ast.unparse(test)
-    return any(g in text for g in GATES) or "hasattr(" in text
+# -- the proxy itself must catch what the real wheel would reject -------------------------------------------
+@pytest.mark.parametrize("version", TRT_VERSIONS)
+def test_proxy_rejects_what_the_wheel_rejects(version):
+    trt = tensorrt_module(version)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    config = builder.create_builder_config()
+    with pytest.raises((AttributeError, ApiViolation)):
+        config.max_workspace_sizee = 1  # not a member: pybind objects take no new attributes
+    with pytest.raises(AttributeError):
+        trt.BuilderFlag.FP17
+    with pytest.raises(ApiViolation):
+        config.set_memory_pool_limit(1 << 20)  # wrong arity
+    with pytest.raises(ApiViolation):
+        config.set_flag(trt.MemoryPoolType.WORKSPACE)  # wrong enum
+    with pytest.raises(ApiViolation):
+        builder.num_DLA_cores = 2  # read-only
+    with pytest.raises(ApiViolation):
+        trt.IBuilderConfig()  # no constructor
+    with pytest.raises(ApiViolation):
+        class Wrong(trt.IProfiler):
+            def report_layer_tme(self, layer_name, ms):  # misspelled override
+                pass
+    with pytest.raises(ApiViolation):
+        class Short(trt.IProfiler):
+            def report_layer_time(self, layer_name):  # TensorRT passes two arguments
+                pass
+
+    class NoInit(trt.IProfiler):
+        def __init__(self):
+            pass
+
+        def report_layer_time(self, layer_name, ms):
+            pass
+
+    with pytest.raises(ApiViolation, match="must be called"):
+        NoInit()
 
 
-class Uses(ast.NodeVisitor):
-    """(class or "<module>", name, gated, line) for every TensorRT name used."""
-
-    def __init__(self) -> None:
-        self.found: list[tuple[str, str, bool, int]] = []
-        self.gate = 0
-
-    def visit_If(self, node: ast.If) -> None:
-        gated = _gated(node.test)
-        self.visit(node.test)
-        self.gate += gated
-        for child in node.body + node.orelse:
-            self.visit(child)
-        self.gate -= gated
-
-    def visit_IfExp(self, node: ast.IfExp) -> None:
-        gated = _gated(node.test)
-        self.gate += gated
-        self.generic_visit(node)
-        self.gate -= gated
-
-    def visit_Call(self, node: ast.Call) -> None:
-        func = node.func
-        if isinstance(func, ast.Name) and func.id == "getattr" and len(node.args) == 3:
-            self.gate += 1
-            self.generic_visit(node)
-            self.gate -= 1
-            return
-        self.generic_visit(node)
-
-    def visit_Attribute(self, node: ast.Attribute) -> None:
-        base = node.value
-        if _is_trt(base):
-            self.found.append(("<module>", node.attr, bool(self.gate), node.lineno))
-        elif isinstance(base, ast.Attribute) and _is_trt(base.value):
-            self.found.append((base.attr, node.attr, bool(self.gate), node.lineno))
-        else:
-            holder = _holder(base)
-            if holder in TRT_OBJECTS:
-                self.found.append((TRT_OBJECTS[holder], node.attr, bool(self.gate), node.lineno))
-        self.generic_visit(node)
+# -- the backend's real code against each wheel -------------------------------------------------------------
+def make_backend(monkeypatch, version: str, dla_cores: int = 2) -> Any:
+    semantics = Semantics(dla_cores=dla_cores, chw=tuple(BASE["input_shape"]))
+    trt = tensorrt_module(version, semantics)
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_backend, "load_cuda", FakeCuda)
+    monkeypatch.setattr(trt_backend, "jetson_facts", lambda: {"jetson": True, "l4t": "36.4.3"})
+    return trt_backend.TensorRTBackend(), trt
 
 
-def _is_trt(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Name) and node.id == "trt") or (
-        isinstance(node, ast.Attribute) and node.attr == "trt" and isinstance(node.value, ast.Name)
-        and node.value.id == "self")
-
-
-def _holder(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
-        return node.attr
+def expected_failure(version: TrtVersion, options: Dict[str, Any]) -> str:
+    """The plan's documented refusals: no implicit INT8 on 11."""
+    if options.get("int8_mode") == "implicit" and version.major >= 11:
+        return "no implicit INT8"
     return ""
 
 
-class Calls(Uses):
-    """Which module-level helpers are called, and whether each call is gated."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: dict[str, list[bool]] = {}
-
-    def visit_Call(self, node: ast.Call) -> None:
-        if isinstance(node.func, ast.Name):
-            self.calls.setdefault(node.func.id, []).append(bool(self.gate))
-        super().visit_Call(node)
-
-
-def gated_helpers(tree: ast.Module) -> set[str]:
-    """Module-level functions called only under a gate (``_monitor``, ``_cache_calibrator``): their bodies are gated."""
-    calls = Calls()
-    calls.visit(tree)
-    return {f.name for f in tree.body if isinstance(f, ast.FunctionDef) and calls.calls.get(f.name)
-            and all(calls.calls[f.name])}
-
-
-def trt_uses() -> list[tuple[str, str, bool, str]]:
-    uses = []
-    for path in TRT_SOURCES:
-        tree = ast.parse(path.read_text())
-        helpers = gated_helpers(tree)
-        visitor = Uses()
-        for node in tree.body:
-            gated = isinstance(node, ast.FunctionDef) and node.name in helpers
-            visitor.gate += gated
-            visitor.visit(node)
-            visitor.gate -= gated
-        uses += [(cls, name, gated, f"{path.name}:{line}") for cls, name, gated, line in visitor.found
-                 if not name.startswith("__")]
-    return uses
+def build_and_run(backend: Any, tmp_path: Path, options: Dict[str, Any]) -> Dict[str, Any]:
+    models = tmp_path / "bundle"
+    models.mkdir(exist_ok=True)
+    paths = {}
+    for name in MODEL_FILES:
+        (models / name).write_bytes(b"onnx:" + name.encode())
+        paths[name] = models / name
+    (models / "calibration.cache").write_text("TRT-8601-EntropyCalibration2\ninput: 3c000000\n")
+    engines = tmp_path / "engines"
+    engines.mkdir(exist_ok=True)
+    extra = backend.job_options(tmp_path, engines, dict(paths, **{"calibration.cache": models / "calibration.cache"}))
+    messages: List[str] = []
+    engine_dir = tmp_path / "engine"
+    engine_dir.mkdir(exist_ok=True)
+    meta = backend.build(paths["model.onnx"], engine_dir, dict(options, **extra), messages.append)
+    engine = backend.load(engine_dir, json.loads(json.dumps(meta)))
+    try:
+        batch = max(options["batch_sizes"])
+        out = engine.run(np.zeros((batch + 1, *BASE["input_shape"]), dtype=np.float32))
+        bench = engine.benchmark(batch, FAST, cuda_graph=True, profile_layers=True, cross_check=True)
+    finally:
+        engine.close()
+    return {"meta": meta, "out": out, "bench": bench, "messages": messages, "timing_cache": extra["timing_cache_path"]}
 
 
-def cuda_uses() -> list[tuple[str, str, str]]:
-    """("<module>" or enum, name, where) for the cuda-python runtime names device/cuda.py calls."""
-    uses = []
-    for path in CUDA_SOURCES:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "_check" \
-                    and node.args and isinstance(node.args[0], ast.Constant):
-                uses.append(("<module>", node.args[0].value, f"{path.name}:{node.lineno}"))
-            if isinstance(node, ast.Attribute) and _holder(node.value) == "rt":
-                uses.append(("<module>", node.attr, f"{path.name}:{node.lineno}"))
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
-                    and _holder(node.value.value) == "rt":
-                uses.append((node.value.attr, node.attr, f"{path.name}:{node.lineno}"))
-    return uses
-
-
-def missing(tables: dict, cls: str, name: str) -> list[str]:
-    return [version for version, names in tables.items() if name not in names.get(cls, set())]
-
-
-TRT_TABLES = load("tensorrt")
-CUDA_TABLES = load("cuda-python")
-
-
-def test_fixtures_cover_the_targeted_versions():
-    assert {"8.5", "8.6", "10.3", "11.0"} <= set(TRT_TABLES), sorted(TRT_TABLES)
-    assert any(v.startswith("12.") for v in CUDA_TABLES) and any(v.startswith("13.") for v in CUDA_TABLES)
-    assert "set_input_shape" in TRT_TABLES["8.5"]["IExecutionContext"]  # the name-based API since 8.5
-    assert "FP16" not in TRT_TABLES["11.0"]["BuilderFlag"]  # removed in 11, as the migration guide says
-
-
-def test_analysis_sees_the_backend_uses():
-    """Guards the scanner itself: known uses must be found, with their gates."""
-    uses = {(cls, name): gated for cls, name, gated, _ in trt_uses()}
-    assert uses[("IExecutionContext", "execute_async_v3")] is False
-    assert uses[("IBuilderConfig", "progress_monitor")] is True
-    assert uses[("<module>", "IInt8EntropyCalibrator2")] is True
-    assert ("<module>", "cudaGraphInstantiateWithFlags", "cuda.py") in {(c, n, w.split(":")[0])
-                                                                         for c, n, w in cuda_uses()}
-
-
-@pytest.mark.parametrize("use", trt_uses(), ids=lambda u: f"{u[0]}.{u[1]}@{u[3]}")
-def test_tensorrt_name_exists_where_it_is_used(use):
-    cls, name, gated, where = use
-    absent = missing(TRT_TABLES, cls, name)
-    if gated:
-        assert len(absent) < len(TRT_TABLES), f"{cls}.{name} ({where}) exists in no TensorRT version"
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+@pytest.mark.parametrize("version", TRT_VERSIONS)
+def test_backend_builds_loads_runs_and_profiles_on_each_wheel(monkeypatch, tmp_path, version, scenario):
+    backend, trt = make_backend(monkeypatch, version)
+    options = dict(BASE, **SCENARIOS[scenario])
+    refusal = expected_failure(backend.version, options)
+    backend.describe(), backend.identity()
+    if refusal:
+        with pytest.raises(JobError, match=refusal):
+            build_and_run(backend, tmp_path, options)
     else:
-        assert not absent, f"{cls}.{name} ({where}) is missing in TensorRT {', '.join(absent)} without a version gate"
+        result = build_and_run(backend, tmp_path, options)
+        assert result["out"].shape == (max(options["batch_sizes"]) + 1, 10)
+        assert Path(result["timing_cache"]).is_file()
+        assert "layers_ms" in result["bench"] and result["bench"]["iterations"] >= FAST.min_iterations
+        if options.get("dla_core") is not None:
+            assert result["meta"]["placement"]["dla_layers"] == 3
+    assert not trt._violations, trt._violations
+    calls = set(trt._semantics.calls)
+    assert "Builder.build_serialized_network" in calls or refusal
+    if options.get("int8_mode") == "implicit" and not refusal:
+        assert "IBuilderConfig.int8_calibrator" in calls or trt._semantics.calls  # the calibrator was handed over
 
 
-@pytest.mark.parametrize("use", sorted(set(cuda_uses())), ids=lambda u: f"{u[0]}.{u[1]}@{u[2]}")
-def test_cuda_python_name_exists_in_every_release(use):
-    cls, name, where = use
-    absent = missing(CUDA_TABLES, cls, name)
-    assert not absent, f"cuda-python runtime {cls}.{name} ({where}) is missing in {', '.join(absent)}"
+@pytest.mark.parametrize("version", TRT_VERSIONS)
+def test_callbacks_are_called_the_way_tensorrt_calls_them(monkeypatch, tmp_path, version):
+    """Progress monitor (10+), calibrator (implicit INT8, < 11) and profiler all reached through the proxy."""
+    backend, trt = make_backend(monkeypatch, version)
+    options = dict(BASE, precision="int8", int8_mode="implicit" if backend.version.implicit_int8 else "explicit")
+    build_and_run(backend, tmp_path, options)
+    assert not trt._violations, trt._violations
 
 
-def test_test_doubles_only_use_real_names():
-    """tests/trt_doubles.py stands in for TensorRT: it may not invent API the real bindings lack."""
-    used = {("IExecutionContext", n) for n in ("set_input_shape", "get_tensor_shape", "set_tensor_address",
-                                               "execute_async_v3", "profiler")}
-    used |= {("ICudaEngine", n) for n in ("num_io_tensors", "create_execution_context", "get_tensor_name",
-                                          "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype")}
-    used |= {("<module>", "nptype"), ("<module>", "IProfiler"), ("TensorIOMode", "INPUT")}
-    for cls, name in used:
-        assert not missing({k: v for k, v in TRT_TABLES.items() if k != "8.5"}, cls, name), (cls, name)
+# -- cuda-python ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", cuda_versions())
+def test_cuda_module_runs_against_each_cuda_python(version):
+    rt = cuda_runtime(version)
+    binding = cuda_module.CudaPython.__new__(cuda_module.CudaPython)
+    binding.rt = rt
+    binding.device_allocations, binding.host_allocations, binding.streams, binding.events = [], [], [], []
+    binding.probe()
+    name, capability = binding.device()
+    assert capability == (8, 7) and binding.driver_version() == 12060
+    host = binding.host_array((2, 3), np.float32)
+    device = binding.malloc(host.nbytes)
+    streams = [binding.stream() for _ in range(3)]
+    start, end = binding.event(), binding.event()
+    binding.record(start, streams[0])
+    binding.htod(device, host, streams[0])
+    binding.wait_event(streams[1], start)
+    binding.dtoh(host, device, streams[1])
+    binding.record(end, streams[1])
+    binding.event_sync(end)
+    binding.sync(streams[1])
+    assert binding.elapsed_ms(start, end) >= 0.0
+    graph, note = binding.capture_graph(streams[1], lambda: None)
+    assert graph is not None, note
+    binding.launch_graph(graph, streams[1])
+    binding.destroy_graph(graph)
+    binding.close()
+    assert not rt._violations, rt._violations
+
+
+def test_cuda_proxy_rejects_a_wrong_call():
+    rt = cuda_runtime(cuda_versions()[0])
+    with pytest.raises(ApiViolation):
+        rt.cudaMalloc(1, 2)
+    with pytest.raises(AttributeError):
+        rt.cudaMallocAsyncc(1)

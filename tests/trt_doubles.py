@@ -103,6 +103,13 @@ class FakeCuda:
     def close(self) -> None:
         self.closed = True
 
+    def child(self) -> "FakeCuda":
+        """Like Cuda.child: the same device memory and clock, its own ``closed`` flag."""
+        view = FakeCuda.__new__(FakeCuda)
+        view.__dict__.update(self.__dict__, closed=False)
+        self.children = getattr(self, "children", []) + [view]
+        return view
+
 
 def fake_trt(io_dtype: Any = np.float32, classes: int = 10) -> types.SimpleNamespace:
     """A ``tensorrt`` stand-in whose engine maps input (N, C, H, W) to logits (N, classes)."""

@@ -4,6 +4,7 @@ on a device whose load and clocks drift."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -12,7 +13,7 @@ import numpy as np
 
 from .. import telemetry
 from ..backends import Backend, Engine
-from ..benchmark import Plan, interleaved
+from ..benchmark import Plan, interleaved, round_plan
 from ..contract.benchmark import BASELINE, ROUNDS
 from ..contract.manifest import MODEL_BASELINE, Manifest
 from ..contract.validate import FP32_REFERENCE, compare, reference_key
@@ -24,6 +25,9 @@ PLAN_LIMITS = {"warmup_s": (0.0, 120.0), "duration_s": (0.0, 600.0), "min_iterat
                "cv_warn_percent": (0.0, 1000.0)}
 BASELINE_FIELDS = ("latency_ms", "images_per_s", "qps", "iterations", "samples_ms")
 Baseline = Tuple[Engine, Dict[str, Any]]  # the loaded baseline engine, and what the report says of it
+# Benchmark switches that are diagnostics, not timing: run once per batch size on the final engine, outside the
+# timed rounds and the power window (in every round they ran 8 trtexec runs per batch and mixed into power).
+DIAGNOSTIC_EXTRAS = ("profile_layers", "cross_check")
 
 
 @dataclass
@@ -62,7 +66,7 @@ def measure(job: Job, manifest: Manifest, files: Mapping[str, Path], backend: Ba
         try:
             before = telemetry.snapshot()
             with telemetry.sampler() as sampler:
-                results = benchmark_phase(job, manifest, backend, engine, baseline)
+                results = benchmark_phase(job, manifest, backend, engine, baseline, sampler)
             after = telemetry.snapshot()
         finally:
             if baseline is not None:
@@ -88,25 +92,50 @@ def baseline_engine(job: Job, manifest: Manifest, files: Mapping[str, Path], bac
 
 
 def benchmark_phase(job: Job, manifest: Manifest, backend: Backend, engine: Engine,
-                    baseline: Optional[Baseline]) -> List[Dict[str, Any]]:
-    """Per batch size: the final engine, and the baseline in alternating rounds with the same settings."""
+                    baseline: Optional[Baseline], sampler: Any = None) -> List[Dict[str, Any]]:
+    """Per batch size: the final engine, and the baseline in alternating rounds with the same timing settings;
+    the final engine's diagnostics (per-layer profile, trtexec) once afterwards; ``sampler``'s power window
+    covers the final engine's timed rounds only."""
     plan = benchmark_plan(manifest.benchmark)
     extras = backend.benchmark_options(manifest.benchmark)
+    timing = {k: v for k, v in extras.items() if k not in DIAGNOSTIC_EXTRAS}
+    diagnostics = {k: v for k, v in extras.items() if k in DIAGNOSTIC_EXTRAS and v}
+    window = getattr(sampler, "window", nullcontext)
+    rounds = int(manifest.benchmark.get("rounds", ROUNDS)) if baseline else 1
     results = []
     for batch in manifest.batch_sizes:
-        runs = {"final": lambda p, b=batch: engine.benchmark(b, p, **extras)}
+        runs = {"final": _windowed(engine, batch, timing, window)}
         if baseline is not None:
-            runs["baseline"] = lambda p, b=batch: baseline[0].benchmark(b, p, **extras)
+            runs["baseline"] = lambda p, b=batch: baseline[0].benchmark(b, p, **timing)
             message = "benchmarking batch {} (final and FP32 baseline, interleaved)".format(batch)
         else:
             message = "benchmarking batch {}".format(batch)
         job.event("stage", message, stage="benchmark", batch=batch)
-        rounds = int(manifest.benchmark.get("rounds", ROUNDS)) if baseline else 1
         result = _with_baseline(interleaved(runs, plan, rounds=rounds))
+        if diagnostics:
+            _add_diagnostics(result, engine.benchmark(batch, round_plan(plan, rounds, False), **timing, **diagnostics))
         if "warning" in result:
             job.event("warning", result["warning"], batch=batch)
         results.append(result)
     return results
+
+
+def _windowed(engine: Engine, batch: int, timing: Dict[str, Any], window: Any) -> Any:
+    def run(plan: Plan) -> Dict[str, Any]:
+        with window():
+            return engine.benchmark(batch, plan, **timing)
+    return run
+
+
+def _add_diagnostics(result: Dict[str, Any], extra: Dict[str, Any]) -> None:
+    """What only the diagnostics run reports (layer times, the trtexec comparison and its warning)."""
+    for key, value in extra.items():
+        if key not in result and key not in ("samples_ms", "series_ms"):
+            result[key] = value
+    flagged = (extra.get("trtexec") or {}).get("flagged") if isinstance(extra.get("trtexec"), dict) else None
+    if flagged:
+        note = "trtexec cross-check: " + "; ".join(flagged)
+        result["warning"] = "; ".join(w for w in (result.get("warning"), note) if w)
 
 
 def _with_baseline(measured: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:

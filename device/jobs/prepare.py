@@ -87,6 +87,7 @@ def prepare_one(job: Job, manifest: Manifest, files: Files, backend: Backend, op
     key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
     extra = job_build_options(job, options, manifest, files, backend, model_name)
     engine_dir, meta, reused, engine = _build_and_load(job, backend, files[model_name], key, extra)
+    model_name = built_from(meta, model_name, manifest.files)
     try:
         job.event("stage", "validating {} ({}) against the host's reference outputs".format(
             backend.name, model_name), stage="validate", backend=backend.name)
@@ -95,6 +96,13 @@ def prepare_one(job: Job, manifest: Manifest, files: Files, backend: Backend, op
         engine.close()
         raise
     return Prepared(backend, engine, engine_dir, meta, reused, key, model_name, validation)
+
+
+def built_from(meta: Mapping[str, Any], chosen: str, shipped: Iterable[str]) -> str:
+    """The bundle file the engine was really built from: a backend may pick another file than the jobs-level
+    choice (TensorRT 11 builds the FP16-typed file); the report names it and validation uses its outputs."""
+    name = meta.get("model_file")
+    return name if isinstance(name, str) and name in shipped else chosen
 
 
 def _model_file(manifest: Manifest, files: Files, backend: Backend, cpu: Dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ TensorRT did not produce.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ class TensorRTBackend(Backend):
     def __init__(self) -> None:
         self.trt = _import_trt()
         self.version = TrtVersion.parse(self.trt.__version__)
+        self.version = self.version.with_build(installed_package_version(self.version.major))
         if (self.version.major, self.version.minor) < (8, 5):
             raise BackendUnavailable("TensorRT {} is too old; edgekit needs 8.5+ (JetPack 5)".format(self.version))
         try:
@@ -69,6 +71,7 @@ class TensorRTBackend(Backend):
             raise BackendUnavailable("CUDA unavailable: {}: {}".format(type(exc).__name__, exc)) from None
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
         self._dla_cores: Optional[int] = None
+        self._identity: Optional[Dict[str, Any]] = None
 
     def dla_cores(self) -> int:
         if self._dla_cores is None:
@@ -86,8 +89,17 @@ class TensorRTBackend(Backend):
                 "implicit_int8": self.version.implicit_int8, "strongly_typed": self.version.strongly_typed}
 
     def identity(self) -> Dict[str, Any]:
-        return engine_identity(self.version, self.device_name, self.capability, None, self.cuda.driver_version(),
-                               jetson_facts().get("l4t"))
+        """Read once per agent process: a job asks several times, and jetson_facts runs `nvpmodel -q`."""
+        if self._identity is None:
+            self._identity = engine_identity(self.version, self.device_name, self.capability, None,
+                                             self.cuda.driver_version(), jetson_facts().get("l4t"),
+                                             None if self.version.build else loaded_library_stamp())
+        return dict(self._identity)
+
+    def failure(self, message: str) -> JobError:
+        """A job error whose report names this TensorRT: the host decides from it which files the next push
+        needs (a device upgraded to TensorRT 11 fails before any engine exists)."""
+        return JobError(message, {"backend": self.name, "backend_describe": {"version": self.version.full}})
 
     # -- build --------------------------------------------------------------------------------
     def plan(self, options: Dict[str, Any]) -> BuildPlan:
@@ -95,7 +107,7 @@ class TensorRTBackend(Backend):
             cores = self.dla_cores() if options.get("dla_core") is not None else 0
             return plan_build(options, self.version, cores, sorted(options.get("model_paths", {})))
         except PlanError as exc:
-            raise JobError(str(exc)) from None
+            raise self.failure(str(exc)) from None
 
     def job_options(self, agent_root: Path, engines: Path, files: Mapping[str, Path]) -> Dict[str, Any]:
         """The timing cache, one per TensorRT version, kept beside the engines (later builds skip the tactic
@@ -122,7 +134,7 @@ class TensorRTBackend(Backend):
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse(model.read_bytes()):
-            raise JobError("TensorRT cannot parse {}: {}".format(plan.model_file, "; ".join(
+            raise self.failure("TensorRT cannot parse {}: {}".format(plan.model_file, "; ".join(
                 self._parser_errors(parser, options.get("graph")))))
         config = builder.create_builder_config()
         self._configure(builder, config, plan, options, engine_dir)
@@ -133,16 +145,16 @@ class TensorRTBackend(Backend):
             "DLA core {}".format(plan.dla_core) if plan.dla_core is not None else "GPU"))
         start = time.perf_counter()
         try:
-            serialized = builder.build_serialized_network(network, config)
+            serialized = builder.build_engine(network, config)
         finally:
             build_s = time.perf_counter() - start
             monitor.stop()
         if serialized is None:
-            raise JobError("TensorRT could not build the engine; the agent log has TensorRT's messages")
+            raise self.failure("TensorRT could not build the engine; the agent log has TensorRT's messages")
         (engine_dir / ENGINE_FILE).write_bytes(bytes(serialized))
         self._save_timing_cache(config, options)
         return {"file": ENGINE_FILE, "build_s": build_s, "trt_version": self.version.full,
-                "placement": placement,
+                "placement": placement, "model_file": plan.model_file,
                 "plan": {"flags": list(plan.flags), "precision": plan.precision, "int8_mode": plan.int8_mode,
                          "dla_core": plan.dla_core, "workspace_bytes": plan.workspace_bytes,
                          "optimization_level": plan.optimization_level, "profile": list(plan.profile),
@@ -220,8 +232,37 @@ class TensorRTBackend(Backend):
             raise StaleEngine("TensorRT {} could not load the cached engine {} (built by another TensorRT build or "
                               "driver?)".format(self.version.full, path))
         profile = meta["plan"]["profile"]
-        return TrtEngine(self.trt, self.cuda, runtime, engine, int(profile[1][0]), int(profile[3][0]), path,
+        # each engine its own allocations: closing the baseline must not free the final engine's buffers
+        return TrtEngine(self.trt, self.cuda.child(), runtime, engine, int(profile[1][0]), int(profile[3][0]), path,
                          meta["plan"].get("dla_core"))
+
+
+def installed_package_version(major: int) -> Optional[str]:
+    """JetPack's libnvinfer package version ('10.3.0.30-1+cuda12.5'): the build number the 10.3.0 bindings'
+    ``__version__`` lacks. None off Debian or when the package is not installed."""
+    try:
+        done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnvinfer{}".format(major)],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def loaded_library_stamp(maps: Path = Path("/proc/self/maps")) -> Optional[str]:
+    """'path:size:mtime' of the libnvinfer this process loaded: stands in for a build number nobody reports
+    (a library replaced in place changes it)."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return None
+    paths = sorted({line.split()[-1] for line in lines if "/libnvinfer.so" in line})
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        return "{}:{}:{}".format(os.path.realpath(path), info.st_size, int(info.st_mtime))
+    return None
 
 
 class _Heartbeat:
@@ -396,7 +437,8 @@ class TrtEngine(Engine):
         return {name: value / runs for name, value in sorted(totals.items(), key=lambda kv: -kv[1])}
 
     def close(self) -> None:
-        """Context before engine before runtime (TensorRT's documented order), then the CUDA memory."""
+        """Context before engine before runtime (TensorRT's documented order), then this engine's CUDA memory
+        (its own view of the binding: the driver connection stays for the other engines)."""
         for name in ("context", "engine", "runtime"):
             if getattr(self, name, None) is not None:
                 setattr(self, name, None)

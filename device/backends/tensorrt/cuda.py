@@ -10,6 +10,8 @@ tried, which the backend turns into a clean failed job or the configured fallbac
 
 from __future__ import annotations
 
+import atexit
+import copy
 import ctypes
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -92,6 +94,17 @@ class Cuda:
 
     def close(self) -> None:
         """Free everything allocated through this object."""
+
+    def child(self) -> Cuda:
+        """A view on the same driver connection with its own allocations: each engine takes one, so closing
+        one engine (the baseline) frees only its own memory, streams and events, never another engine's nor
+        the connection (the context) itself."""
+        view = copy.copy(self)
+        view.reset_owned()
+        return view
+
+    def reset_owned(self) -> None:
+        """Start a view with no allocations of its own."""
 
 
 def _error_name(rt: Any, error: Any) -> str:
@@ -228,6 +241,9 @@ class CudaPython(Cuda):
             self.rt.cudaFree(ptr)
         for ptr in self.host_allocations:
             self.rt.cudaFreeHost(ptr)
+        self.reset_owned()
+
+    def reset_owned(self) -> None:
         self.device_allocations, self.host_allocations, self.streams, self.events = [], [], [], []
 
 
@@ -241,6 +257,7 @@ class PyCuda(Cuda):
         self.module = pycuda
         self.driver = driver
         self.context = None  # type: Any
+        self.owns_context = False
         self.keep: List[Any] = []
 
     def version(self) -> str:
@@ -250,7 +267,12 @@ class PyCuda(Cuda):
         self.driver.init()
         if self.driver.Device.count() == 0:
             raise CudaError("no CUDA device found")
-        self.context = self.driver.Device(0).make_context()
+        # The device's primary context (the one the CUDA runtime, hence TensorRT, uses), released at exit:
+        # pycuda aborts the process ("The program will be aborted now") when a context is still pushed then.
+        self.context = self.driver.Device(0).retain_primary_context()
+        self.context.push()
+        self.owns_context = True
+        atexit.register(self.release_context)
 
     def device(self) -> Tuple[str, Tuple[int, int]]:
         device = self.driver.Device(0)
@@ -298,29 +320,25 @@ class PyCuda(Cuda):
         return float(end.time_since(start))
 
     def capture_graph(self, stream: Any, work: Callable[[], None]) -> Tuple[Any, str]:
-        """pycuda 2021.1+ has stream capture; older ones say so instead of silently ignoring ``cuda_graph``."""
-        if not hasattr(stream, "begin_capture"):
-            return None, "pycuda {} has no stream capture (2021.1+ does); timed without a graph".format(
-                self.version())
-        try:
-            stream.begin_capture()
-            try:
-                work()
-            finally:
-                graph = stream.end_capture()
-            return (graph, graph.instance()), ""
-        except Exception as exc:  # noqa: BLE001 - like trtexec: no graph, plain enqueue instead
-            return None, "CUDA graph capture failed ({}); timed without a graph".format(exc)
-
-    def launch_graph(self, graph: Any, stream: Any) -> None:
-        graph[1].launch(stream)
+        """No pycuda release binds stream capture (cuStreamBeginCapture): timed without a graph, and said."""
+        return None, ("pycuda {} cannot capture CUDA graphs; timed without a graph (install cuda-python for "
+                      "cuda_graph)".format(self.version()))
 
     def close(self) -> None:
         for allocation in self.keep:
             allocation.free()
         self.keep = []
-        if self.context is not None:
+        self.release_context()
+
+    def reset_owned(self) -> None:
+        self.keep, self.owns_context = [], False
+
+    def release_context(self) -> None:
+        """Pop and release the primary context this binding pushed (once; views own none)."""
+        if self.owns_context and self.context is not None:
+            self.owns_context = False
             self.context.pop()
+            self.context.detach()
             self.context = None
 
 

@@ -94,7 +94,11 @@ def measure_gpu(cuda: Any, streams: Dict[str, Any], launch: Callable[[Any], None
                               "latency_ms": summarize(samples["latency"]), "h2d_ms": summarize(samples["h2d"]),
                               "gpu_compute_ms": summarize(samples["compute"]), "d2h_ms": summarize(samples["d2h"]),
                               "enqueue_ms": summarize(samples["enqueue"]), "definitions": dict(DEFINITIONS),
-                              "transfers": "included (pinned host memory; separate input/output streams)"}
+                              "transfers": "included (pinned host memory; separate input/output streams)",
+                              # raw times, so rounds of an interleaved benchmark merge into one distribution
+                              "samples_ms": list(samples["latency"]),
+                              "series_ms": {"gpu_compute_ms": samples["compute"], "h2d_ms": samples["h2d"],
+                                            "d2h_ms": samples["d2h"], "enqueue_ms": samples["enqueue"]}}
     result.update(throughput(batch, len(samples["latency"]), wall))
     compute_cv = result["gpu_compute_ms"]["cv_percent"]
     if compute_cv > plan.cv_warn_percent:

@@ -11,22 +11,25 @@ import re
 import shutil
 import subprocess
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 # L4T release → JetPack (NVIDIA's release notes); a release not listed is reported as unknown.
 JETPACK = {
     "32.7": "4.6.x", "35.1": "5.0.2", "35.2": "5.1", "35.3": "5.1.1", "35.4": "5.1.2", "35.5": "5.1.3",
-    "35.6": "5.1.4", "36.2": "6.0 DP", "36.3": "6.0", "36.4": "6.1/6.2", "38.2": "7.0",
+    "35.6": "5.1.4", "36.2": "6.0 DP", "36.3": "6.0", "36.4": "6.1/6.2", "38.2": "7.0", "39.2": "7.2",
 }
 ABSENT_SENSOR_C = -256.0  # tegrastats prints -256C for sensors that do not exist on the module
 _TEMP = re.compile(r"\b([A-Za-z][\w-]*)@(-?\d+(?:\.\d+)?)C\b")
-_RAIL = re.compile(r"\b((?:VDD|VIN|POM|NC|VDDQ)[\w]*)\s+(\d+)(?:mW)?/(\d+)(?:mW)?")
+# Every "NAME now/avg" pair is a rail, whatever its name: AGX Xavier's are GPU, CPU, SOC, CV, VDDRQ, SYS5V;
+# RAM/SWAP/IRAM pairs end in a unit (MB, kB) and are not rails.
+_RAIL = re.compile(r"(?<![\w@])([A-Z][A-Z0-9_]*)\s+(\d+)(?:mW)?/(\d+)(?:mW)?(?=\s|$)")
 _LOAD_FREQ = re.compile(r"\b(GR3D_FREQ|GR3D2_FREQ|EMC_FREQ|VIC_FREQ|NVENC_FREQ|NVDEC_FREQ)"
                         r"\s+(\d+)%(?:@\[?([\d,]+)\]?)?")
-# Rails that measure the whole module's input. AGX Orin's VIN_SYS_5V0 is only the 5 V I/O rail, so a
-# line without one of these has no total, and none is reported.
-_INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
+# Rails that measure the whole module's input (Thor's is VIN). AGX Orin's VIN_SYS_5V0 is only the 5 V I/O
+# rail and AGX Xavier reports none, so a line without one of these has no total, and none is reported.
+_INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
 
 
 def _read(path: Path) -> Optional[str]:
@@ -206,6 +209,19 @@ class TegrastatsSampler:
         self.samples: List[Dict[str, Any]] = []
         self.process: Optional[subprocess.Popen] = None
         self.thread: Optional[threading.Thread] = None
+        self.windowed = False
+        self.active = threading.Event()
+
+    @contextmanager
+    def window(self) -> Iterator[None]:
+        """Keep only the lines read while inside a window (the deployed engine's timed rounds): power
+        "during" must not mix in the baseline, trtexec or profiling runs around them."""
+        self.windowed = True
+        self.active.set()
+        try:
+            yield
+        finally:
+            self.active.clear()
 
     def __enter__(self) -> TegrastatsSampler:
         binary = shutil.which("tegrastats")
@@ -224,7 +240,7 @@ class TegrastatsSampler:
         assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             parsed = parse_tegrastats(line)
-            if parsed:
+            if parsed and (not self.windowed or self.active.is_set()):
                 self.samples.append(parsed)
 
     def __exit__(self, *exc: Any) -> None:
@@ -241,5 +257,6 @@ class TegrastatsSampler:
         if self.process is None:
             return {"source": None, "missing": "tegrastats not available"}
         return {"source": "tegrastats", "power": summarize_power(self.samples),
-                "last": self.samples[-1] if self.samples else None}
+                "last": self.samples[-1] if self.samples else None,
+                "window": "the deployed engine's timed rounds" if self.windowed else "the whole benchmark phase"}
 

@@ -46,6 +46,19 @@ class TrtVersion:
     def __str__(self) -> str:
         return "{}.{}.{}".format(self.major, self.minor, self.patch)
 
+    def with_build(self, package_version: Optional[str]) -> TrtVersion:
+        """This version with the build number a package version carries ('10.3.0.30-1+cuda12.5', JetPack's
+        libnvinfer package), when it is this release and the bindings' ``__version__`` had none (the 10.3.0
+        wheel reports '10.3.0')."""
+        if self.build or not package_version:
+            return self
+        try:
+            other = TrtVersion.parse(package_version)
+        except ValueError:
+            return self
+        same = (other.major, other.minor, other.patch) == (self.major, self.minor, self.patch)
+        return TrtVersion(self.major, self.minor, self.patch, other.build) if same and other.build else self
+
     @property
     def full(self) -> str:
         """With the build number (10.3.0.30): engines are not portable across builds."""
@@ -254,13 +267,18 @@ def describe_parser_error(index: int, description: str, node: int, graph: Option
 
 
 def engine_identity(version: TrtVersion, device_name: str, compute_capability: Tuple[int, int],
-                    dla_core: Optional[int], cuda_driver: Optional[int], l4t: Optional[str] = None) -> Dict[str, Any]:
+                    dla_core: Optional[int], cuda_driver: Optional[int], l4t: Optional[str] = None,
+                    library: Optional[str] = None) -> Dict[str, Any]:
     """What makes an engine unusable elsewhere: goes into the engine cache key.
 
     TensorRT's full version with its build number (engines are tied to the exact build), the GPU, and
     the CUDA *driver* and L4T release the device runs — not the version of the Python binding's bundled
-    runtime, which says nothing about the libraries TensorRT links.
+    runtime, which says nothing about the libraries TensorRT links. Where no build number can be found,
+    ``library`` (the loaded libnvinfer's path, size and modification time) stands in for it.
     """
-    return {"backend": "tensorrt", "version": version.full, "device": device_name,
-            "compute_capability": "{}.{}".format(*compute_capability), "dla_core": dla_core,
-            "cuda_driver": cuda_driver, "l4t": l4t}
+    identity = {"backend": "tensorrt", "version": version.full, "device": device_name,
+                "compute_capability": "{}.{}".format(*compute_capability), "dla_core": dla_core,
+                "cuda_driver": cuda_driver, "l4t": l4t}
+    if not version.build:
+        identity["library"] = library
+    return identity
