@@ -71,7 +71,7 @@ def test_proxy_rejects_what_the_wheel_rejects(version):
     with pytest.raises((AttributeError, ApiViolation)):
         config.max_workspace_sizee = 1  # not a member: pybind objects take no new attributes
     with pytest.raises(AttributeError):
-        trt.BuilderFlag.FP17
+        _ = trt.BuilderFlag.FP17
     with pytest.raises(ApiViolation):
         config.set_memory_pool_limit(1 << 20)  # wrong arity
     with pytest.raises(ApiViolation):

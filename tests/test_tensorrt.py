@@ -126,35 +126,42 @@ def test_profile_shapes_cover_every_batch_size():
 
 
 # -- tegrastats fixtures ------------------------------------------------------------------------
-def test_tegrastats_jetpack4_nano():
-    stats = parse_tegrastats(fixture_line("jetpack4_nano.txt"))
-    assert stats["ram_mb"] == {"used": 1985, "total": 3964}
-    assert stats["cpu"][:2] == [{"load": 9, "mhz": 1420}, {"load": 3, "mhz": 1420}] and stats["cpu"][2] is None
-    assert stats["gr3d"] == {"load_percent": 0, "mhz": 76} and stats["emc"]["mhz"] == 1600
-    assert stats["temperatures_c"]["gpu"] == 34.0 and stats["temperatures_c"]["thermal"] == 35.25
-    assert stats["power_mw"]["POM_5V_IN"] == {"mw": 2578, "avg_mw": 2578} and stats["input_power_mw"] == 2578
+def test_every_tegrastats_fixture_is_a_captured_line_with_its_source():
+    for path in sorted(FIXTURES.glob("*.txt")):
+        header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        assert any(line.startswith("# source: https://") for line in header), path.name
+        assert any(line.startswith("# captured:") for line in header), path.name
 
 
-def test_tegrastats_jetpack5_agx_orin_has_no_invented_total():
-    stats = parse_tegrastats(fixture_line("jetpack5_agx_orin.txt"))
-    assert stats["gr3d"] == {"load_percent": 37, "mhz": 305}
-    assert "cv0" not in stats["temperatures_c"] and "gpu" not in stats["temperatures_c"]  # -256C: absent
-    assert stats["temperatures_c"]["tj"] == 46.281
-    assert stats["power_mw"]["VDD_GPU_SOC"]["mw"] == 2398 and "NC" not in stats["power_mw"]
-    assert stats["input_power_mw"] is None  # VIN_SYS_5V0 is not the module input
+def test_tegrastats_tx2_jetpack4():
+    stats = parse_tegrastats(fixture_line("tx2_jetpack4.txt"))
+    assert stats["ram_mb"] == {"used": 2020, "total": 7852} and len(stats["cpu"]) == 6
+    assert stats["cpu"][1] == {"load": 21, "mhz": 345} and stats["gr3d"] == {"load_percent": 0}
+    assert stats["temperatures_c"]["pmic"] == 100.0 and stats["temperatures_c"]["tdiode"] == 41.25
+    assert stats["power_mw"]["VDD_IN"] == {"mw": 3140, "avg_mw": 3208} and stats["input_power_mw"] == 3140
+    assert len(stats["power_mw"]) == 6
 
 
-def test_tegrastats_jetpack6_orin_nano():
-    stats = parse_tegrastats(fixture_line("jetpack6_orin_nano.txt"))
-    assert stats["gr3d"] == {"load_percent": 0} and stats["input_power_mw"] == 4881
-    assert stats["temperatures_c"]["soc2"] == 44.625 and len(stats["cpu"]) == 6
+def test_tegrastats_agx_xavier_has_no_invented_total():
+    stats = parse_tegrastats(fixture_line("agx_xavier_jetpack4.txt"))
+    assert stats["power_mw"]["SOC"] == {"mw": 2936, "avg_mw": 2936} and stats["input_power_mw"] is None
+    assert stats["temperatures_c"]["thermal"] == 30.8 and len(stats["cpu"]) == 8
 
 
-def test_tegrastats_jetpack7_thor_layout():
-    stats = parse_tegrastats(fixture_line("jetpack7_thor.txt"))
-    assert len(stats["cpu"]) == 14 and stats["gr3d"]["mhz"] == 1575 and stats["input_power_mw"] == 21400
-    summary = summarize_power([stats, parse_tegrastats(fixture_line("jetpack7_thor.txt").replace("21400", "21600"))])
-    assert summary["input_mean_mw"] == 21500 and summary["samples"] == 2
+def test_tegrastats_orin_nano_jetpack6():
+    stats = parse_tegrastats(fixture_line("orin_nano_jetpack6.txt"))
+    assert stats["gr3d"] == {"load_percent": 84, "mhz": 713} and stats["emc"] == {"load_percent": 18, "mhz": 3199}
+    assert stats["input_power_mw"] == 17946 and stats["power_mw"]["VDD_SOC"]["avg_mw"] == 3515
+    assert stats["temperatures_c"]["soc2"] == 64.156 and stats["cpu"][5] == {"load": 93, "mhz": 247}
+    summary = summarize_power([stats, parse_tegrastats(fixture_line("orin_nano_jetpack6.txt").replace(
+        "VDD_IN 17946", "VDD_IN 17954"))])
+    assert summary["input_mean_mw"] == 17950 and summary["samples"] == 2
+
+
+def test_tegrastats_agx_orin_jetpack7_r39():
+    stats = parse_tegrastats(fixture_line("agx_orin_jetpack7_r39.txt"))
+    assert stats["gr3d"] == {"load_percent": 0, "mhz": 1300} and stats["temperatures_c"] == {"cpu": 52.968}
+    assert "power_mw" not in stats  # the published line elides its rails: none is invented
 
 
 # -- Jetson detection from fixture trees ----------------------------------------------------------

@@ -184,7 +184,9 @@ class ProxyModule(types.ModuleType):
         nested = {}
         for member, info in spec["members"].items():
             kind = info["kind"]
-            if kind == "method" and member not in ("__init__", "__del__"):  # __del__: the garbage collector's
+            if kind == "method" and member.startswith("__") and member not in ("__enter__", "__exit__"):
+                continue  # protocols (__getitem__, __len__, __del__...) would answer bytes()/iter() forever
+            if kind == "method" and member != "__init__":
                 setattr(cls, member, self._method(name, member, info))
             elif kind == "static":
                 setattr(cls, member, staticmethod(self._function("{}.{}".format(name, member), info)))

@@ -145,7 +145,7 @@ class TensorRTBackend(Backend):
             "DLA core {}".format(plan.dla_core) if plan.dla_core is not None else "GPU"))
         start = time.perf_counter()
         try:
-            serialized = builder.build_engine(network, config)
+            serialized = builder.build_serialized_network(network, config)
         finally:
             build_s = time.perf_counter() - start
             monitor.stop()

@@ -17,6 +17,7 @@ outputs already checks on the device.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import onnx
@@ -64,12 +65,19 @@ def needs_typed_files(backend: str, precision: str, int8_mode: str, trt_major: i
 
 
 def known_trt_major(last_report: dict | None) -> int | None:
-    """The TensorRT major the device ran in its last report (None when it never ran TensorRT, the runtime whose
-    version decides whether typed files are needed)."""
-    if not last_report or not reads_fp16_typed_files(last_report.get("backend")):
+    """The TensorRT major a report names (None when it names none): a done job's backend, a failed job's backend
+    (agents since issue 23 add it) or its error message. The runtime's version decides whether typed files are
+    needed."""
+    if not last_report:
         return None
-    version = str((last_report.get("backend_describe") or {}).get("version") or "")
-    return int(version.split(".")[0]) if version[:1].isdigit() else None
+    if reads_fp16_typed_files(last_report.get("backend")):
+        version = str((last_report.get("backend_describe") or {}).get("version") or "")
+        if version[:1].isdigit():
+            return int(version.split(".")[0])
+    # A failed job may carry no report fields, only its message ("TensorRT 11.0.0 builds strongly typed
+    # networks and needs model.fp16.onnx ..."): agents before the fix said so only there.
+    said = re.search(r"\bTensorRT (\d+)\.\d+", str(last_report.get("error") or ""))
+    return int(said.group(1)) if last_report.get("status") == "failed" and said else None
 
 
 def add_typed_files(files: dict[str, Path], backend: str, precision: str, int8_mode: str, trt_major: int | None,
