@@ -179,7 +179,7 @@ def make_backend(monkeypatch, version: str, cuda=None, package: str | None = Non
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(trt_backend, "load_cuda", (lambda: cuda) if cuda is not None else FakeCuda)
     monkeypatch.setattr(trt_backend, "jetson_facts", lambda: {"jetson": True, "l4t": "36.4.3"})
-    monkeypatch.setattr(trt_backend, "installed_package_version", lambda major: package)
+    monkeypatch.setattr(trt_backend, "installed_package_version", lambda major: package, raising=False)
     return trt_backend.TensorRTBackend(), trt
 
 
