@@ -175,6 +175,16 @@ def test_callbacks_are_called_the_way_tensorrt_calls_them(monkeypatch, tmp_path,
     assert not trt._violations, trt._violations
 
 
+@pytest.mark.parametrize("version", TRT_VERSIONS)
+def test_a_parser_error_is_reported_through_each_wheels_api(monkeypatch, tmp_path, version):
+    backend, trt = make_backend(monkeypatch, version)
+    trt._semantics.parse_ok = False
+    graph = [["/conv1/Conv", "Conv"], ["/fancy/FancyOp", "FancyOp"]]
+    with pytest.raises(JobError, match=r"cannot parse model.onnx: node 1 \(/fancy/FancyOp, op FancyOp\): No importer"):
+        build_and_run(backend, tmp_path, dict(BASE, precision="fp32", graph=graph))
+    assert not trt._violations, trt._violations
+
+
 # -- cuda-python ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", cuda_versions())
 def test_cuda_module_runs_against_each_cuda_python(version):

@@ -444,8 +444,9 @@ class Semantics:
     logits), layers that can all run on DLA, ``dla_cores`` DLA cores; TensorRT's callbacks made during
     build (progress monitor, calibrator) and execution (profiler)."""
 
-    def __init__(self, dla_cores: int = 0, classes: int = 10, chw: Tuple[int, ...] = (3, 8, 8)) -> None:
-        self.dla_cores, self.classes, self.chw = dla_cores, classes, chw
+    def __init__(self, dla_cores: int = 0, classes: int = 10, chw: Tuple[int, ...] = (3, 8, 8),
+                 parse_ok: bool = True) -> None:
+        self.dla_cores, self.classes, self.chw, self.parse_ok = dla_cores, classes, chw, parse_ok
         self.trt: Any = None
         self.calls: List[str] = []
 
@@ -487,7 +488,16 @@ class Semantics:
         return True
 
     def on_OnnxParser_parse(self, this: Any, args: Dict[str, Any]) -> bool:
-        return True
+        return self.parse_ok
+
+    def on_OnnxParser_num_errors(self, this: Any, args: Dict[str, Any]) -> int:
+        return 0 if self.parse_ok else 1
+
+    def on_ParserError_desc(self, this: Any, args: Dict[str, Any]) -> str:
+        return "No importer registered for op: FancyOp"
+
+    def on_ParserError_node(self, this: Any, args: Dict[str, Any]) -> int:
+        return 1
 
     def on_IBuilderConfig_create_timing_cache(self, this: Any, args: Dict[str, Any]) -> Any:
         cache = self.new("ITimingCache", blob=bytes(args["serialized_timing_cache"]))
