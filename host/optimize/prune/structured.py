@@ -459,8 +459,9 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
     build = lambda net: build_graph(net.eval(), example)  # noqa: E731
     graph = build(model)  # built once: tracing a 120-layer DenseNet costs seconds per build
     auto = {name: reason for name, reason in channel_mixers(model.eval(), example).items() if name not in protect}
+    say("pruning probe: checking which layer groups torch-pruning can follow (on a copy, with real images)")
     auto.update(unmapped_groups(graph, model, protect + list(auto)))
-    auto.update(unfollowable(model, batch, protect + list(auto), spec, build, graph))
+    auto.update(unfollowable(model, batch, protect + list(auto), spec, build, graph, say))
     if auto:
         say(f"left {len(auto)} layer group(s) unpruned that torch-pruning cannot follow: "
             + "; ".join(f"{name} ({reason})" for name, reason in list(auto.items())[:4]))
@@ -552,7 +553,8 @@ def check_still_runs(model: nn.Module, batch: torch.Tensor, reference: list[tupl
 
 
 def unfollowable(model: nn.Module, batch: torch.Tensor, protect: list[str], spec: PruneSpec,
-                 build: Callable[[nn.Module], tp.DependencyGraph], graph: tp.DependencyGraph) -> dict[str, str]:
+                 build: Callable[[nn.Module], tp.DependencyGraph], graph: tp.DependencyGraph,
+                 say: Say | None = None) -> dict[str, str]:
     """Groups whose pruning breaks the model or changes its function, found on a copy (prune_probe);
     ``graph`` is the model's own (its groups are the candidates), ``build`` makes one for each copy."""
     generator = torch.Generator().manual_seed(0)
@@ -572,7 +574,7 @@ def unfollowable(model: nn.Module, batch: torch.Tensor, protect: list[str], spec
     found: dict[str, str] = {}
     names = [g.name for g in prune_groups(graph, model, protect)]
     for _ in range(3):  # culprits found one by one; a pair that only fails together shows up next round
-        more, whole = culprits(model, batch, [n for n in names if n not in found], plan, build)
+        more, whole = culprits(model, batch, [n for n in names if n not in found], plan, build, say=say)
         found.update(more)
         if whole.ok:
             return found
