@@ -7,6 +7,7 @@ architectures can be rebuilt without pickles; a user's factory gets those of the
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from typing import Callable, Dict
@@ -112,7 +113,7 @@ def _timm_model(name: str, num_classes: int, width: float, in_channels: int) -> 
         raise ConfigError(f"model 'timm:{name}': timm does not import ({_first_line(exc)}); install timm (built for "
                           "this torch and torchvision)") from None
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:5]
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
         raise ConfigError(f"model 'timm:{name}': timm has no model {name!r}"
                           + (f"; close: {', '.join(close)}" if close else "; see timm.list_models()"))
     _require_defaults(f"timm:{name}", {"width": width}, {}, "timm models have no width multiplier")
