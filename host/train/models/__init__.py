@@ -101,8 +101,10 @@ def _require_defaults(spec: str, wanted: dict[str, object], given: dict[str, obj
     keys = {"num_classes": "model.num_classes", "width": "model.width", "in_channels": "input.shape[0]"}
     for key, value in wanted.items():
         if key not in given and defaults[key] is not None and value != defaults[key]:
+            instead = {"width": " (pick a smaller variant of the model instead)",
+                       "in_channels": " (give the model 3-channel images)"}[key]
             raise ConfigError(f"model {spec!r}: {keys[key]} = {value} cannot be applied: {why}; set it to "
-                              f"{defaults[key]} or pick a smaller variant of the model")
+                              f"{defaults[key]}{instead}")
 
 
 def _timm_model(name: str, num_classes: int, width: float, in_channels: int) -> nn.Module:
