@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +31,26 @@ from .conftest import kill_agents, run_cli
 from .test_models import randomize_bn
 from .test_user_models import prune
 
+ROOT = Path(__file__).resolve().parent.parent
 INPUTS = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def test_the_package_asks_for_ranges_and_our_venv_is_the_lock():
+    """A user's torch/torchvision must satisfy edgekit as they are (no `==`, torch 2.1 on); constraints.txt is
+    exactly what this venv runs, so `make install` rebuilds it."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in ("host", "device")
+                                              for r in project["optional-dependencies"][extra]]
+    assert not [r for r in requirements if "==" in r or "<" in r], requirements
+    assert "torch>=2.1" in requirements and any(r.startswith("torchvision>=") for r in requirements)
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert {"torch", "torchvision", "timm", "torch-pruning"} <= set(pins)
+    for name, version in pins.items():
+        installed = re.sub(r"\+.*", "", metadata.version(name))  # torch reports its local build, +cu130
+        assert installed == version, (name, installed, version)
 
 
 def test_models_by_name_get_the_arguments_their_factory_takes():
