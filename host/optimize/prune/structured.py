@@ -152,7 +152,7 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
 
 def _tolerate_index_mapping_failures() -> None:
     """Make torch-pruning's per-op index-mapping updates record a failing op in ``_UNMAPPED`` instead of
-    aborting the whole graph (torch-pruning ≥ 1.5 keeps them in one module; older ones stay as they are).
+    aborting the whole graph (torch-pruning ≥ 1.5 keeps them in one module).
     Done once per process: the wrappers change nothing for an op whose mapping works."""
     try:
         from torch_pruning.dependency import index_mapping as mapping
