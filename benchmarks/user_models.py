@@ -227,7 +227,8 @@ def main() -> None:
                                                          else ZOO)
     if args.train_epochs is None:
         args.train_epochs = 15 if args.torchvision else 3
-    module, recipes = ("torchvision.models", TORCHVISION_RECIPE) if args.torchvision else ("user_models", {})
+    recipes = {name: {"lr": 0.05, **TORCHVISION_RECIPE.get(name, {})} for name in models} if args.torchvision else {}
+    module = "torchvision.models" if args.torchvision else "user_models"
     if args.timm:
         missing = timm_missing()
         if missing:
