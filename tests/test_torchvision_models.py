@@ -23,7 +23,7 @@ from edgekit.host.errors import ConfigError
 from edgekit.host.optimize.export.onnx_export import export_onnx, verify_onnx
 from edgekit.host.optimize.prune.structured import build_graph
 from edgekit.host.train.checkpoint import load_model, save_checkpoint
-from edgekit.host.train.data import load_dataset
+from edgekit.host.train.data import _write_batch, load_dataset
 from edgekit.host.train.models import create_model
 from edgekit.host.train.project import chance_level, near_chance
 
@@ -163,6 +163,8 @@ def test_a_torchvision_model_trains_and_pushes_through_the_cli(tmp_path, digits_
     device; the training's warning is there exactly when its top-1 is near chance. One epoch, no fine-tuning:
     what is tested is the chain on a torchvision model, not its accuracy."""
     shutil.copytree(digits_dir, tmp_path / "data")
+    train = load_dataset("cifar", tmp_path / "data", (32, 32)).train  # 320 of the training images: one quick epoch
+    _write_batch(tmp_path / "data" / "data_batch_1", train.images[:320], train.labels[:320], "training batch 1 of 1")
     (tmp_path / "deploy.toml").write_text(deploy_toml(
         project={"name": "mnasnet"}, model={"arch": "torchvision.models:mnasnet0_5", "checkpoint": "model.pt"},
         data={"path": "data"}, input={"batch_sizes": [1, 8]}, train={"epochs": 1, "lr": 0.05, "augment": ["crop"]},
