@@ -9,9 +9,10 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is pinned to 2.13.0 in pyproject.toml (its CPU build installs here; an unpinned torch pulls CUDA).
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[dev]'
+# pyproject.toml asks for ranges (edgekit installs beside a user's own torch); constraints.txt holds the exact
+# versions of this venv. torch 2.14.1 + torchvision 0.29.1 come from PyPI (CUDA build, ~5.5 GB, they run on CPU).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -9,14 +9,20 @@ Part 1 (the zoo): every model of ``tests/user_models.py`` (and ``densenet121``) 
 end (validation passed) or the one line it failed with, the layers protected from pruning, the folding
 count and the push time. Nothing may end in a traceback.
 
-Part 1b (``--timm``): the same recipe on timm models (``TIMM``, or ``--models``), built by a factory
-module written into the work folder, as a user would (``timm.create_model(name, num_classes=...)``).
-Where timm does not import (it needs torchvision, which does not import with this project's CPU torch)
-it is skipped in one line; run it from a venv with timm. Results: ``results/user_models_timm.json``.
+Part 1b (``--timm``): the same recipe on timm models (``TIMM``, or ``--models``) by name
+(``model.arch = "timm:resnet18"``). Where timm does not import it is skipped in one line.
+Results: ``results/user_models_timm.json``.
 The table adds top-1 FP32 → final (the worst INT8 file) so an accuracy collapse cannot hide.
 
+Part 1c (``--torchvision``): torchvision's classification zoo (``TORCHVISION``) by name
+(``model.arch = "torchvision.models:resnet18"``), trained on the digits at 32×32 with a recipe that
+reaches real accuracy there (``TORCHVISION_RECIPE``: SGD at lr 0.05, 0.01 for the models without
+BatchNorm after every conv, 15 epochs), then pushed as above. The table adds the speed-up over the
+unpruned FP32 model (batch 32) and whether `edgekit train` warned of a chance-level training.
+Results: ``results/user_models_torchvision.json``.
+
 Part 2 (``--target``): push time of DenseNet-121 (``tests/user_models.py:densenet121``: timm's and
-torchvision's layout, ImageNet stem, written here since torchvision/timm do not import with this torch)
+torchvision's layout, ImageNet stem, written here so the target does not depend on either's release)
 with pruning + INT8 against ResNet-20 ×4 with the same recipe, interleaved rounds from a clean cache each
 time. Target: ≤ 3×. ``--target-models densenet121_cifar`` measures the CIFAR-stem variant instead (the same
 layers on full 32×32 maps: 15× the MACs of the ImageNet-stem one, 1.4× ResNet-20 ×4's).
@@ -49,22 +55,13 @@ ZOO = ["shufflenet", "senet", "densenet", "upskip", "two_outputs", "optional_inp
 OUTPUT = {"two_outputs": 1}
 TIMM = ["resnet18", "mobilenetv3_small_100", "efficientnet_b0", "regnetx_002", "densenet121", "ghostnet_100",
         "convnext_atto", "mobilevitv2_050"]
-TIMM_FACTORIES = '''"""timm models as a user's factories (written by benchmarks/user_models.py --timm)."""
-import timm
-
-
-def _factory(name):
-    def build(num_classes=10, **_):
-        return timm.create_model(name, num_classes=num_classes, pretrained=False)
-    return build
-
-
-for _name in {names!r}:
-    globals()[_name] = _factory(_name)
-'''
+TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf",
+               "shufflenet_v2_x1_0", "squeezenet1_1", "mnasnet1_0", "googlenet", "densenet121", "convnext_tiny"]
+# lr per model where 0.05 diverges or stalls: no BatchNorm after every conv (SqueezeNet), LayerNorm (ConvNeXt)
+TORCHVISION_RECIPE = {"squeezenet1_1": {"lr": 0.01}, "convnext_tiny": {"lr": 0.01}}
 
 def edgekit(args: list[str], cwd: Path, home: Path) -> tuple[subprocess.CompletedProcess, float]:
-    path = f"{ROOT / 'tests'}:{home.parent}:{os.environ.get('PYTHONPATH', '')}"  # home.parent: timm_zoo.py
+    path = f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}"
     env = dict(os.environ, EDGEKIT_HOME=str(home), PYTHONPATH=path)
     start = time.perf_counter()
     result = subprocess.run([EDGEKIT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=7200)
@@ -72,7 +69,7 @@ def edgekit(args: list[str], cwd: Path, home: Path) -> tuple[subprocess.Complete
 
 
 def project(work: Path, data: Path, name: str, arch: str, width: float, finetune: int, train_epochs: int,
-            allow: bool = True) -> Path:
+            allow: bool = True, train: dict | None = None) -> Path:
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "data").exists():
@@ -80,7 +77,8 @@ def project(work: Path, data: Path, name: str, arch: str, width: float, finetune
     (folder / "deploy.toml").write_text(deploy_toml(
         project={"name": name.replace("_", "-")},
         model={"arch": arch, "width": width, "checkpoint": "model.pt", "output": OUTPUT.get(name, 0)},
-        data={"path": "data"}, input={"batch_sizes": [1, 32]}, train={"epochs": train_epochs, "augment": ["crop"]},
+        data={"path": "data"}, input={"batch_sizes": [1, 32]},
+        train={"epochs": train_epochs, "augment": ["crop"], **(train or {})},
         prune={"enabled": True, "ratio": 0.5, "finetune_epochs": finetune, "early_stop": False,
                "allow_accuracy_drop": allow},
         benchmark={"warmup_s": 0.1, "duration_s": 1.0},
@@ -101,7 +99,9 @@ def push(folder: Path, home: Path) -> dict:
         data = json.loads(result.stdout)
         report_ = data["report"]
         host = report_.get("host", {})
+        speedups = {b["batch"]: b.get("speedup") for b in report_.get("benchmarks", [])}
         outcome.update(validation=report_["validation"]["passed"], accuracy=host.get("accuracy", {}),
+                       speedup=speedups.get(32) or speedups.get(max(speedups, default=None)),
                        protected=host.get("pruning", {}).get("protected", {}),
                        folding=host.get("folding", {}).get("message", ""))
     else:
@@ -109,19 +109,18 @@ def push(folder: Path, home: Path) -> dict:
     return outcome
 
 
-def timm_zoo(work: Path, names: list[str]) -> str | None:
-    """Write ``timm_zoo.py`` (one factory per timm model) into ``work``; the reason when timm does not import."""
+def timm_missing() -> str | None:
+    """Why timm does not import here (None when it does): the timm models are then skipped in one line."""
     try:
         import timm  # noqa: F401 - only whether it imports
-    except Exception as exc:  # noqa: BLE001 - torchvision's import fails with RuntimeError on this torch
+    except Exception as exc:  # noqa: BLE001 - a torchvision built for another torch fails with RuntimeError
         return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:100]}"
-    (work / "timm_zoo.py").write_text(TIMM_FACTORIES.format(names=names))
     return None
 
 
 def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, train_epochs: int,
         minutes: float = 0.0, on_row: Callable[[list[dict]], None] = lambda rows: None,
-        module: str = "user_models") -> list[dict]:
+        module: str = "user_models", recipes: dict[str, dict] | None = None) -> list[dict]:
     """Train and push each model; with ``minutes``, models not started by then are listed as not run."""
     rows: list[dict] = []
     start = time.monotonic()
@@ -131,15 +130,18 @@ def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, 
                          "error": f"not run: the {minutes:g}-minute budget was spent"})
             continue
         home = work / "home"
-        folder = project(work, data, name, f"{module}:{name}", width, finetune, train_epochs)
+        folder = project(work, data, name, f"{module}:{name}", width, finetune, train_epochs,
+                         train=(recipes or {}).get(name))
+        warned = None
         if not (folder / "model.pt").exists():  # a re-run with --work reuses the trained model
             trained, train_s = edgekit(["train"], folder, home)
+            warned = "near chance" in trained.stderr
             if trained.returncode != 0:
                 rows.append({"model": name, "exit": trained.returncode, "error": error_line(trained.stderr),
                              "traceback": "Traceback" in trained.stderr, "seconds": train_s, "stage": "train"})
                 on_row(rows)
                 continue
-        rows.append(dict(push(folder, home), model=name, stage="push"))
+        rows.append(dict(push(folder, home), model=name, stage="push", chance_warning=warned))
         print(json.dumps(rows[-1], default=str)[:300], flush=True)
         on_row(rows)
     return rows
@@ -184,9 +186,13 @@ def zoo_table(rows: list[dict]) -> list[list]:
         status = ("pushed, validation passed" if row.get("validation") else
                   "pushed, validation FAILED" if row["exit"] == 0 else
                   "not run" if row["exit"] is None else f"exit {row['exit']}")
+        protected = list(row.get("protected", {}))
         table.append([row["model"], status, "yes" if row["traceback"] else "no",
-                      ", ".join(row.get("protected", {})) or "-", row.get("error", row.get("folding", ""))[:90],
-                      f"{baseline:.1%} → {final:.1%}" if top and baseline is not None else "-", row["seconds"]])
+                      ", ".join(protected[:3]) + (f" (+{len(protected) - 3})" if len(protected) > 3 else "") or "-",
+                      row.get("error", row.get("folding", ""))[:90],
+                      f"{baseline:.1%} → {final:.1%}" if top and baseline is not None else "-",
+                      f"{row['speedup']:.2f}×" if row.get("speedup") else "-",
+                      {True: "warned", False: "no", None: "-"}[row.get("chance_warning")], row["seconds"]])
     return table
 
 
@@ -194,9 +200,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=None, help="default: the zoo, or TIMM with --timm")
     parser.add_argument("--timm", action="store_true", help="push timm models instead of the zoo (needs timm)")
+    parser.add_argument("--torchvision", action="store_true", help="push torchvision's classification zoo")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--finetune", type=int, default=1)
-    parser.add_argument("--train-epochs", type=int, default=3)
+    parser.add_argument("--train-epochs", type=int, default=None, help="default 3, or 15 with --torchvision")
     parser.add_argument("--target", action="store_true", help="also measure the densenet121 / resnet20x4 target")
     parser.add_argument("--only-target", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
@@ -214,15 +221,20 @@ def main() -> None:
     if not (data / "test_batch").exists():
         write_digits(data)
     results: dict = {"settings": vars(args) | {"work": str(work)}}
-    name = args.name or ("user_models_timm" if args.timm else "user_models")
-    models = args.models.split(",") if args.models else (TIMM if args.timm else ZOO)
-    module = "user_models"
+    name = args.name or ("user_models_timm" if args.timm else "user_models_torchvision" if args.torchvision
+                         else "user_models")
+    models = args.models.split(",") if args.models else (TIMM if args.timm else TORCHVISION if args.torchvision
+                                                         else ZOO)
+    if args.train_epochs is None:
+        args.train_epochs = 15 if args.torchvision else 3
+    recipes = {name: {"lr": 0.05, **TORCHVISION_RECIPE.get(name, {})} for name in models} if args.torchvision else {}
+    module = "torchvision.models" if args.torchvision else "user_models"
     if args.timm:
-        missing = timm_zoo(work, models)
+        missing = timm_missing()
         if missing:
             print(f"skipped the timm models: timm does not import here ({missing}); run from a venv with timm")
             return
-        module = "timm_zoo"
+        module = "timm"
     if not args.only_target:
         def write(rows: list[dict]) -> None:  # after every model: a stopped sweep still leaves its results
             results["zoo"] = rows
@@ -230,11 +242,12 @@ def main() -> None:
             RESULTS.mkdir(exist_ok=True)
             (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
-        rows = zoo(work, data, models, args.width, args.finetune, args.train_epochs, args.minutes, write, module)
+        rows = zoo(work, data, models, args.width, args.finetune, args.train_epochs, args.minutes, write, module,
+                   recipes)
         results["zoo"] = rows
         report(name, f"user models, prune 50% + INT8 on local ({args.finetune} fine-tune epoch(s))",
                ["model", "result", "traceback", "protected from pruning", "error / folding", "top-1 FP32 → worst",
-                "seconds"], zoo_table(rows), results)
+                "speed-up b32", "chance warning", "seconds"], zoo_table(rows), results)
     if args.target or args.only_target:
         partial_path = RESULTS / "user_models_target.partial.json"  # after every push: a stopped run leaves its rounds
         measured = target(work, data, args.rounds, args.finetune, args.train_epochs, args.target_models.split(","),

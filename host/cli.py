@@ -75,10 +75,12 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
 
     trained = train_project(_load(config_path), epochs, _epoch_bar(transient=json_mode))
     if json_mode:
-        _emit(dict(trained.meta, checkpoint=str(trained.checkpoint)))
+        _emit(dict(trained.meta, checkpoint=str(trained.checkpoint), warning=trained.warning))
     else:
         console.print(f"top-1 on {trained.test_images} held-out images: {trained.meta['top1']:.2%}; "
                       f"saved {trained.checkpoint}")
+    if trained.warning:
+        err.print(f"[yellow]{escape(trained.warning)}[/yellow]")
 
 
 def _epoch_bar(transient: bool):

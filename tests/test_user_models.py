@@ -4,8 +4,6 @@ selection, and one line for what edgekit does not support."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import onnx
 import pytest
@@ -197,8 +195,3 @@ def test_the_host_device_is_auto_and_a_missing_gpu_is_one_line():
         with pytest.raises(ConfigError, match="sees no CUDA device; use \"auto\""):
             resolve("cuda")
 
-
-def test_timm_models_when_timm_imports():
-    timm = pytest.importorskip("timm", reason="timm needs torchvision, which does not import with this torch build")
-    model = timm.create_model("resnet18", num_classes=10, pretrained=False).eval()
-    prune(copy.deepcopy(model), "timm")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...device.contract.manifest import MODEL_BASELINE
 from ..config import Config
-from ..train.project import check_interface, load_data, require_data
+from ..train.project import check_interface, load_data, near_chance, require_data
 from .runner import Context, Lazy, Output, Stage
 
 if TYPE_CHECKING:  # the data module imports torch: a fully cached run must not pay for it
@@ -82,6 +82,9 @@ class LoadStage(Stage):
         counts = count(model, config.input.shape)
         row = onnx_row("trained (FP32 baseline)", baseline, config, data, mean, std, **counts,
                        torch_top1=top1(model, data.test, mean, std, output=config.model.output))
+        warning = near_chance(row["top1"], data.test.labels, "trained")
+        if warning:
+            ctx.say(warning)
         ctx.put("data", data)
         ctx.put("model", model)
         info = {"mean": mean, "std": std, "counts": counts, "top1": row["top1"], "torch_top1": row["torch_top1"],

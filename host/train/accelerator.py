@@ -49,9 +49,13 @@ def autocast(device: torch.device, enabled: bool) -> Any:
     return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
 
 
-def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
-    """float16 gradients underflow without loss scaling; bfloat16 (CPU) needs none."""
-    return torch.amp.GradScaler(device.type, enabled=enabled and device.type == "cuda")
+def grad_scaler(device: torch.device, enabled: bool) -> Any:
+    """float16 gradients underflow without loss scaling; bfloat16 (CPU) needs none.
+    (``torch.amp.GradScaler`` is torch ≥ 2.3; before, CUDA's own, which is the only one used.)"""
+    on = enabled and device.type == "cuda"
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=on)
+    return torch.cuda.amp.GradScaler(enabled=on)
 
 
 def describe(device: torch.device) -> str:

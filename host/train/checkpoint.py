@@ -1,13 +1,17 @@
 """Checkpoints are a state_dict plus JSON-able metadata, loaded with ``weights_only=True``.
 
 No module is ever pickled: the architecture is rebuilt from the zoo (or the user's factory) named in
-the metadata, so loading a checkpoint cannot execute code.
+the metadata, so loading a checkpoint cannot execute code. The state_dict's own ``_metadata`` (each
+module's version, which e.g. torchvision's MNASNet reads on load) is kept beside it as plain data. Users'
+own files load too: a bare state_dict, one wrapped under a usual key ("state_dict", "model", ...), saved
+from DataParallel ("module." prefixes) or a ``.safetensors`` file.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +26,77 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     json.dumps(meta)  # metadata must stay plain data
     tmp = path.with_suffix(path.suffix + ".tmp")
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}  # trained on a GPU too
-    torch.save({"state_dict": state, "meta": meta}, tmp)
+    original = model.state_dict()
+    state = {name: tensor.detach().cpu() for name, tensor in original.items()}  # trained on a GPU too
+    versions = {prefix: dict(entry) for prefix, entry in getattr(original, "_metadata", {}).items()}
+    torch.save({"state_dict": state, "meta": meta, "state_metadata": versions}, tmp)
     tmp.replace(path)
 
 
+WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "weights", "module", "ema")
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state_dict (with its ``_metadata`` when the file has it) and edgekit's metadata ({} for users' files)."""
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path), {}
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
-    if isinstance(data, dict) and "state_dict" in data:
-        return data["state_dict"], dict(data.get("meta", {}))
-    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
-        return data, {}
-    raise ConfigError(f"{path}: expected a state_dict or {{'state_dict': ..., 'meta': ...}}")
+        raise ConfigError(f"{path}: not a loadable weights-only checkpoint ({first[:200]}); save "
+                          "model.state_dict() with torch.save, not the model object") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: holds a {type(data).__name__}, not a state_dict; save model.state_dict()")
+    if "state_dict" in data and "meta" in data:  # edgekit's own
+        state = with_metadata(data["state_dict"], data.get("state_metadata"))
+        return state, dict(data.get("meta", {}))
+    return unwrap(path, data), {}
+
+
+def unwrap(path: Path, data: dict) -> dict[str, torch.Tensor]:
+    """A user's state_dict: bare, or under one of the usual keys, "module." prefixes (DataParallel) dropped."""
+    state = data
+    if not _is_state(state):
+        inner = [key for key in WRAPPERS if isinstance(data.get(key), dict) and _is_state(data[key])]
+        if not inner:
+            raise ConfigError(f"{path}: no state_dict in it (keys: {', '.join(map(str, list(data)[:6]))}); "
+                              f"expected a state_dict or one under {', '.join(repr(k) for k in WRAPPERS[:3])}")
+        state = data[inner[0]]
+    if state and all(key.startswith("module.") for key in state):
+        stripped = OrderedDict((key[len("module."):], value) for key, value in state.items())
+        versions = getattr(state, "_metadata", None)
+        if versions is not None:
+            stripped._metadata = OrderedDict(  # type: ignore[attr-defined]
+                (k[len("module."):] if k.startswith("module.") else "", v) for k, v in versions.items()
+                if k != "")
+        state = stripped
+    return state
+
+
+def _is_state(data: Any) -> bool:
+    return isinstance(data, dict) and bool(data) and all(isinstance(v, torch.Tensor) for v in data.values())
+
+
+def with_metadata(state: dict[str, torch.Tensor], versions: dict | None) -> dict[str, torch.Tensor]:
+    """``state`` with the module versions recorded beside it (checkpoints before they were kept have none)."""
+    if not versions or getattr(state, "_metadata", None):
+        return state
+    state = OrderedDict(state)
+    state._metadata = OrderedDict((k, dict(v)) for k, v in versions.items())  # type: ignore[attr-defined]
+    return state
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ConfigError(f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)"
+                          ) from None
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ConfigError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
 
 
 def load_model(path: Path, arch: str, num_classes: int, width: float, in_channels: int) -> tuple[nn.Module, dict]:
@@ -48,9 +107,11 @@ def load_model(path: Path, arch: str, num_classes: int, width: float, in_channel
         from ..optimize.prune.structured import apply_history
 
         apply_history(model, meta["pruning_history"], in_channels, int(meta.get("input_shape", [0, 32])[1]))
+    if getattr(state, "_metadata", None) is None:  # a file without module versions: the model's own versions
+        state = with_metadata(state, getattr(model.state_dict(), "_metadata", None))
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, KeyError) as exc:
         detail = str(exc).replace("\n", " ")[:300]
         raise ConfigError(f"{path}: does not match model {arch} (width {width}, {num_classes} classes): "
                           f"{detail}") from None

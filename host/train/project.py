@@ -24,6 +24,7 @@ class Trained:
     meta: dict[str, Any]  # what the checkpoint records: arch, width, classes, epochs, top1, mean, std
     checkpoint: Path
     test_images: int
+    warning: Optional[str] = None  # held-out top-1 near chance: what to change
 
 
 @contextmanager
@@ -58,7 +59,26 @@ def train_project(config: Config, epochs: Optional[int] = None, progress: Progre
     meta = {"arch": config.model.arch, "width": config.model.width, "num_classes": config.model.num_classes,
             "epochs": total, "top1": accuracy, "mean": mean, "std": std}
     save_checkpoint(config.checkpoint, model, meta)
-    return Trained(meta, config.checkpoint, len(data.test))
+    return Trained(meta, config.checkpoint, len(data.test), near_chance(accuracy, data.test.labels, "trained"))
+
+
+def chance_level(labels: Any) -> float:
+    """Top-1 of always answering the commonest held-out class (1/classes on a balanced set)."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    return float(counts.max() / max(1, counts.sum()))
+
+
+def near_chance(accuracy: float, labels: Any, what: str) -> Optional[str]:
+    """A warning when ``accuracy`` is within a tenth of the way from chance to perfect, else None: such a
+    model learnt nothing, and pruning or INT8 'keeping' its accuracy would mean nothing."""
+    chance = chance_level(labels)
+    if accuracy >= chance + 0.1 * (1 - chance):
+        return None
+    return (f"warning: the {what} model's held-out top-1 {accuracy:.1%} is near chance ({chance:.1%}): it has "
+            "not learnt the task. Lower train.lr (e.g. 0.01), raise train.epochs, or check the data set's labels "
+            "and data.mean/std before pruning or quantising it")
 
 
 def require_data(config: Config) -> Path:
@@ -93,12 +113,30 @@ def check_interface(config: Config, model: Any) -> None:
 
 
 def starter(name: str, arch: str) -> dict[str, dict[str, Any]]:
-    """What ``edgekit init`` writes: the demo data set (``edgekit data digits``), the rest as deploy.toml's defaults."""
+    """What ``edgekit init`` writes: the whole chain (prune 50 %, fine-tune, INT8 on the ``local`` device) on the
+    demo data set (``edgekit data digits``), with the demo project's recipe, which passes its budgets for the
+    zoo's ResNet-20 ×2 (99.2–99.4 % top-1, pruned + INT8 within 1 point: see deploy.toml)."""
     return {"project": {"name": name},
-            "model": {"arch": arch, "width": 1.0, "num_classes": 10, "checkpoint": "runs/model.pt"},
+            "model": {"arch": arch, "width": 2.0 if ":" not in arch else 1.0, "num_classes": 10,
+                      "checkpoint": "runs/model.pt"},
             "data": {"format": "cifar", "path": "data/digits"},
             "input": {"shape": [3, 32, 32], "batch_sizes": [1, 32]},
-            "train": {"epochs": 15, "augment": ["crop"]}}
+            "train": {"epochs": 6, "batch_size": 64, "lr": 0.05, "augment": ["crop"]},
+            "prune": {"enabled": True, "ratio": 0.5, "round_to": 16, "finetune_epochs": 6, "early_stop": False,
+                      "max_accuracy_drop": 0.01},
+            "quantize": {"method": "percentile", "max_accuracy_drop": 0.01},
+            "devices": {"local": {"kind": "local", "backend": "auto", "precision": "int8"}}}
+
+
+# Appended to the starter deploy.toml: the second device a new user adds (README, "Adding a real device").
+JETSON_EXAMPLE = """
+# A Jetson reached over SSH (README, "Adding a real device"): uncomment, then `edgekit device setup jetson`.
+# [devices.jetson]
+# host = "jetson.local"
+# user = "nvidia"
+# backend = "tensorrt"
+# precision = "int8"
+"""
 
 
 def init_project(directory: Path, arch: str) -> Path:
@@ -111,5 +149,5 @@ def init_project(directory: Path, arch: str) -> Path:
     if ":" not in arch and arch not in list_models():
         raise ConfigError(f"--arch {arch!r}: unknown model; choose one of {', '.join(list_models())}")
     directory.mkdir(parents=True, exist_ok=True)
-    target.write_text(deploy_toml(**starter(directory.resolve().name or "model", arch)))
+    target.write_text(deploy_toml(**starter(directory.resolve().name or "model", arch)) + JETSON_EXAMPLE)
     return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from torch import nn
 
 from ...errors import CheckFailed, ConfigError
 from ...outputs import ExportOrder, OutputKey, export_names, select
+
+# torch < 2.5 has only the TorchScript exporter and no ``dynamo`` argument (pyproject allows torch ≥ 2.1)
+TORCHSCRIPT = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 def export_onnx(model: nn.Module, path: Path, shape: list[int], *, opset: int = 17, input_name: str = "input",
@@ -32,7 +36,7 @@ def export_onnx(model: nn.Module, path: Path, shape: list[int], *, opset: int = 
             names = export_names(model, sample, output)
             ordered = ExportOrder(model, output).eval()
             torch.onnx.export(ordered, (sample,), str(path), input_names=[input_name], output_names=names,
-                              opset_version=opset, dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
+                              opset_version=opset, training=torch.onnx.TrainingMode.PRESERVE, **TORCHSCRIPT,
                               dynamic_axes={name: {0: "batch"} for name in [input_name, *names]})
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200]

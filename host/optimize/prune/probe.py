@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ...outputs import autograd_nodes, named_outputs, nearest_producers, trace
+from ...progress import ticker
 
 # Autograd ops that mix channels with each other or with positions: torch-pruning cannot map indices
 # through them (on attention its index mapping does not even terminate), so their inputs' producers
@@ -190,12 +191,17 @@ def overcut(graph: Any, planned: list[tuple[nn.Module, int]]) -> str:
 
 
 def culprits(model: nn.Module, batch: torch.Tensor, names: list[str], plan: Plan,
-             build: Callable[[nn.Module], Any], limit: int = 64) -> tuple[dict[str, str], Verdict]:
-    """The groups that break the model, by bisection; and the verdict for all groups together."""
+             build: Callable[[nn.Module], Any], limit: int = 64,
+             say: Callable[[str], None] | None = None) -> tuple[dict[str, str], Verdict]:
+    """The groups that break the model, by bisection; and the verdict for all groups together.
+    ``say`` hears how far the bisection got every few seconds (each try prunes a copy of the model)."""
     whole = try_groups(model, batch, names, plan, build)
     if whole.ok:
         return {}, whole
     found: dict[str, str] = {}
+    tried = [0]
+    tick = ticker(say, f"pruning probe: looking for the groups that break the model among {len(names)}",
+                  max(1, 2 * len(names)), "tries")
 
     def search(subset: list[str], verdict: Verdict) -> None:
         if verdict.ok or len(found) >= limit:
@@ -205,6 +211,8 @@ def culprits(model: nn.Module, batch: torch.Tensor, names: list[str], plan: Plan
             return
         half = len(subset) // 2
         for part in (subset[:half], subset[half:]):
+            tried[0] += 1
+            tick(tried[0])
             search(part, try_groups(model, batch, part, plan, build))
 
     search(list(names), whole)

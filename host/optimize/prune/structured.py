@@ -10,8 +10,9 @@ checked afterwards. The result is saved as torch-pruning's pruning history (JSON
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch_pruning as tp
@@ -124,19 +125,97 @@ def check_trainable(model: nn.Module) -> None:
                           "would silently leave them unpruned. Set requires_grad=True on every parameter first")
 
 
+# Ops whose channel-index mapping torch-pruning failed to work out, per graph (node → why): the groups
+# through them stay whole. torch-pruning redoes the mapping on every group query, so this holds for the
+# graph's lifetime.
+_UNMAPPED: "weakref.WeakKeyDictionary[tp.DependencyGraph, dict[Any, str]]" = weakref.WeakKeyDictionary()
+
+
 def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph, built quietly.
+    """torch-pruning's dependency graph, built quietly; an op whose index mapping fails is recorded, not fatal.
 
     ``verbose=False``: torch-pruning otherwise warns, in six lines per build and a dozen builds per push,
     about bare per-channel parameters (ConvNeXt's layer scale) and ops it treats as element-wise. Both are
     what the probe (``unfollowable``) checks on real images, and what it cannot follow it names itself.
+    torchvision's ShuffleNetV2 makes torch-pruning divide by zero mapping its channel shuffle: that one
+    op is recorded (``unmapped_groups`` leaves the groups through it unpruned) and the rest is pruned.
     """
+    _tolerate_index_mapping_failures()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     except Exception as exc:  # noqa: BLE001 - torch-pruning raises many kinds on untraceable models
         raise ConfigError(f"torch-pruning cannot trace this model ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:160]}); protect the layer in prune.protect or disable pruning"
-                          ) from None
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''}), so no layer can be pruned; "
+                          "set prune.enabled = false") from None
+    return graph
+
+
+def _tolerate_index_mapping_failures() -> None:
+    """Make torch-pruning's per-op index-mapping updates record a failing op in ``_UNMAPPED`` instead of
+    aborting the whole graph (torch-pruning ≥ 1.5 keeps them in one module).
+    Done once per process: the wrappers change nothing for an op whose mapping works."""
+    try:
+        from torch_pruning.dependency import index_mapping as mapping
+    except ImportError:
+        return
+    for name, update in list(vars(mapping).items()):
+        if (name.startswith("update_") and name.endswith("_index_mapping") and name != "update_index_mapping"
+                and not getattr(update, "edgekit_tolerant", False)):
+            setattr(mapping, name, _tolerant(update))
+
+
+def _tolerant(update: Callable[..., Any]) -> Callable[..., Any]:
+    def run(graph: Any, node: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return update(graph, node, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - recorded per op; the groups through it stay unpruned
+            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:80]}"
+            _UNMAPPED.setdefault(graph, {})[node] = reason
+            return None
+
+    run.edgekit_tolerant = True  # type: ignore[attr-defined]
+    return run
+
+
+def all_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]) -> Iterator[Any]:
+    """torch-pruning's groups rooted at each Conv2d/Linear (as ``get_all_groups``), except that a root whose
+    group torch-pruning fails to map is recorded in ``_UNMAPPED`` (under the root layer) and skipped."""
+    visited: set[nn.Module] = set()
+    ignored = [*ignored, *graph.IGNORED_LAYERS_IN_TRACING]
+    for module in list(graph.module2node):
+        if module in ignored or module in visited or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        width = pruner.get_out_channels(module) if pruner is not None else None
+        if width is None:
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except Exception as exc:  # noqa: BLE001 - torch-pruning's index mappings fail on some concat/split layouts
+            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:80]}"
+            _UNMAPPED.setdefault(graph, {})[graph.module2node[module]] = reason
+            continue
+        members = [dep.target.module for dep, _ in group if graph.is_out_channel_pruning_fn(dep.handler)]
+        visited.update(members)
+        if not any(member in ignored for member in members):
+            yield group
+
+
+def unmapped_groups(graph: tp.DependencyGraph, model: nn.Module, protect: Iterable[str]) -> dict[str, str]:
+    """Layers whose channels torch-pruning could not map (through an op, or as a group's root): name → why."""
+    names = {module: name for name, module in model.named_modules()}
+    groups = prune_groups(graph, model, protect)  # maps every group once, so failing roots are recorded too
+    failed = _UNMAPPED.get(graph) or {}
+    found = {names[node.module]: f"torch-pruning cannot map its channels ({reason})"
+             for node, reason in failed.items() if node.module in names}
+    for group in groups:
+        for dep, _ in group.group:
+            node = next((n for n in (dep.source, dep.target) if n in failed), None)
+            if node is not None:
+                op = str(getattr(node.type, "name", node.type)).lower()
+                found[group.name] = f"its channels pass through a {op} torch-pruning cannot map ({failed[node]})"
+                break
+    return found
 
 
 def _channel_groups(group: Any) -> int:
@@ -175,7 +254,7 @@ def prune_groups(graph: tp.DependencyGraph, model: nn.Module, protect: Iterable[
         ignored.append(names[name])
     module_names = {module: name for name, module in names.items()}
     groups = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+    for group in all_groups(graph, ignored):
         root = group[0][0].target.module
         width = graph.get_pruner_of_module(root).get_out_channels(root)
         if feeds_part_of_grouped_conv(group, graph, width):
@@ -380,7 +459,9 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
     build = lambda net: build_graph(net.eval(), example)  # noqa: E731
     graph = build(model)  # built once: tracing a 120-layer DenseNet costs seconds per build
     auto = {name: reason for name, reason in channel_mixers(model.eval(), example).items() if name not in protect}
-    auto.update(unfollowable(model, batch, protect + list(auto), spec, build, graph))
+    say("pruning probe: checking which layer groups torch-pruning can follow (on a copy, with real images)")
+    auto.update(unmapped_groups(graph, model, protect + list(auto)))
+    auto.update(unfollowable(model, batch, protect + list(auto), spec, build, graph, say))
     if auto:
         say(f"left {len(auto)} layer group(s) unpruned that torch-pruning cannot follow: "
             + "; ".join(f"{name} ({reason})" for name, reason in list(auto.items())[:4]))
@@ -472,7 +553,8 @@ def check_still_runs(model: nn.Module, batch: torch.Tensor, reference: list[tupl
 
 
 def unfollowable(model: nn.Module, batch: torch.Tensor, protect: list[str], spec: PruneSpec,
-                 build: Callable[[nn.Module], tp.DependencyGraph], graph: tp.DependencyGraph) -> dict[str, str]:
+                 build: Callable[[nn.Module], tp.DependencyGraph], graph: tp.DependencyGraph,
+                 say: Say | None = None) -> dict[str, str]:
     """Groups whose pruning breaks the model or changes its function, found on a copy (prune_probe);
     ``graph`` is the model's own (its groups are the candidates), ``build`` makes one for each copy."""
     generator = torch.Generator().manual_seed(0)
@@ -492,7 +574,7 @@ def unfollowable(model: nn.Module, batch: torch.Tensor, protect: list[str], spec
     found: dict[str, str] = {}
     names = [g.name for g in prune_groups(graph, model, protect)]
     for _ in range(3):  # culprits found one by one; a pair that only fails together shows up next round
-        more, whole = culprits(model, batch, [n for n in names if n not in found], plan, build)
+        more, whole = culprits(model, batch, [n for n in names if n not in found], plan, build, say=say)
         found.update(more)
         if whole.ok:
             return found

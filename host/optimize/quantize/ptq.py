@@ -96,15 +96,20 @@ def weighted_nodes(path: Path) -> list[str]:
 Writer = Callable[[set[str], Path], None]
 
 
-def rank_sensitivity(fp32: Path, writer: Writer, inputs: np.ndarray, work: Path) -> list[dict]:
+def rank_sensitivity(fp32: Path, writer: Writer, inputs: np.ndarray, work: Path, say: Say | None = None
+                     ) -> list[dict]:
     """Quantise one layer at a time and measure how far the logits move (MSE against FP32), worst first."""
+    from ...progress import ticker
+
     reference = onnx_predict(fp32, inputs)
     nodes = weighted_nodes(fp32)
     probe = work / "sensitivity.onnx"
     scores = []
-    for node in nodes:
+    tick = ticker(say, "ranking layer sensitivity", len(nodes), "layers")
+    for index, node in enumerate(nodes):
         writer(set(nodes) - {node}, probe)
         scores.append({"node": node, "mse": float(np.mean((onnx_predict(probe, inputs) - reference) ** 2))})
+        tick(index + 1)
     probe.unlink(missing_ok=True)
     return sorted(scores, key=lambda s: -s["mse"])
 
@@ -283,8 +288,8 @@ def mixed_precision_fallback(config: Config, base: Candidate, images: np.ndarray
         if fp32_top1 - min(accuracy.values()) <= (1.0 if budget is None else budget) and not unfaithful:
             break
         if remaining is None:  # ranked only when needed: one model write and run per weighted layer
-            say("ranking layer sensitivity")
-            ranking = rank_sensitivity(fp32, writers[worst], images[:SENSITIVITY_IMAGES], directory)
+            say(f"ranking layer sensitivity ({len(weighted_nodes(fp32))} layers, one INT8 model written and run each)")
+            ranking = rank_sensitivity(fp32, writers[worst], images[:SENSITIVITY_IMAGES], directory, say)
             remaining = iter(ranking)
         entry = next(remaining, None)
         if entry is None:

@@ -260,8 +260,11 @@ class QatSettings:
 
 def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
              settings: QatSettings, steps_per_epoch: int,
-             progress: Callable[[int, float], None] | None = None) -> None:
-    """Distillation from the FP32 model: SGD (cosine, clipped gradient) on the weights, Adam on the log-thresholds."""
+             progress: Callable[[int, float], None] | None = None, say: Say | None = None) -> None:
+    """Distillation from the FP32 model: SGD (cosine, clipped gradient) on the weights, Adam on the log-thresholds.
+
+    ``say`` gets a line every few seconds inside an epoch (a large model's QAT epoch runs for minutes)."""
+    from ...progress import ticker
     from ..prune.structured import distillation_loss
 
     torch.manual_seed(settings.seed)
@@ -275,7 +278,8 @@ def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterabl
     for epoch in range(settings.epochs):
         qat.module.train()
         total, count = 0.0, 0
-        for inputs, labels in batches(settings.seed + epoch):
+        tick = ticker(say, f"QAT epoch {epoch + 1}/{settings.epochs}", steps_per_epoch, "batches")
+        for step, (inputs, labels) in enumerate(batches(settings.seed + epoch)):
             sgd.zero_grad(set_to_none=True)
             if adam:
                 adam.zero_grad(set_to_none=True)
@@ -290,6 +294,7 @@ def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterabl
             schedule.step()
             total += float(loss.detach()) * len(labels)
             count += len(labels)
+            tick(step + 1)
         if progress:
             progress(epoch + 1, total / max(1, count))
     qat.module.eval()
@@ -369,7 +374,7 @@ def run_qat(folded: nn.Module, fp32_onnx: Path, ptq_qdq: Path, ptq_table: Calibr
     say(f"QAT: {len(qat.quantizers)} activation quantisers from the calibration table, "
         f"{len(weighted_modules(student))} per-channel weight quantisers; {settings.epochs} epoch(s)")
     finetune(qat, teacher, train_batches, settings, steps_per_epoch,
-             progress=lambda e, loss: say(f"QAT epoch {e}/{settings.epochs}: loss {loss:.4f}"))
+             progress=lambda e, loss: say(f"QAT epoch {e}/{settings.epochs}: loss {loss:.4f}"), say=say)
     learned = qat.ranges()
     qat.release()
     float_onnx = work / "model.qat.onnx"
