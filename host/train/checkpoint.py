@@ -7,7 +7,6 @@ the metadata, so loading a checkpoint cannot execute code.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,26 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and metadata; any file that is not a whole weights-only checkpoint is one line naming it."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not a loadable weights-only checkpoint ({first})") from None
-    if isinstance(data, dict) and "state_dict" in data:
-        return data["state_dict"], dict(data.get("meta", {}))
-    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
-        return data, {}
-    raise ConfigError(f"{path}: expected a state_dict or {{'state_dict': ..., 'meta': ...}}")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the checkpoint ({exc.strerror or exc}); check the path and its "
+                          "permissions") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds on truncated, damaged or foreign files
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not a loadable weights-only checkpoint ({first}); it is damaged or not a "
+                          "torch state_dict: train again (`edgekit train`) or fix model.checkpoint") from None
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        state, meta = data["state_dict"], data.get("meta", {})
+    elif isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):
+        state, meta = data, {}
+    else:
+        raise ConfigError(f"{path}: expected a state_dict or {{'state_dict': ..., 'meta': ...}}")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()) or not isinstance(meta, dict):
+        raise ConfigError(f"{path}: the checkpoint's state_dict holds values that are not tensors; save "
+                          "model.state_dict()")
+    return state, dict(meta)
 
 
 def load_model(path: Path, arch: str, num_classes: int, width: float, in_channels: int) -> tuple[nn.Module, dict]:
@@ -47,7 +56,11 @@ def load_model(path: Path, arch: str, num_classes: int, width: float, in_channel
     if meta.get("pruning_history"):
         from ..optimize.prune.structured import apply_history
 
-        apply_history(model, meta["pruning_history"], in_channels, int(meta.get("input_shape", [0, 32])[1]))
+        try:
+            apply_history(model, meta["pruning_history"], in_channels, int(meta.get("input_shape", [0, 32])[1]))
+        except Exception as exc:  # noqa: BLE001 - a history from another model or edited by hand
+            raise ConfigError(f"{path}: its pruning history does not apply to model {arch} ({type(exc).__name__}); "
+                              "use the checkpoint `edgekit train` wrote, or fix model.arch") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
