@@ -350,7 +350,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     seen): one line naming it and where its traceback was saved, exit 1; ``EDGEKIT_TRACEBACK=1`` re-raises.
     """
     try:
-        app(args=argv)
+        try:
+            app(args=argv)
+        except SystemExit as exc:  # typer turns Ctrl-C into a silent exit 130: say what was interrupted
+            interrupt = _interrupt_in(exc)
+            if interrupt is None:
+                raise
+            raise interrupt from None
     except EdgekitError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -372,6 +378,16 @@ def main(argv: Optional[list[str]] = None) -> None:
                   f"edgekit: please report it with {saved}",
                   highlight=False, soft_wrap=True)
         sys.exit(EXIT_FAILED)
+
+
+def _interrupt_in(exc: BaseException) -> Optional[KeyboardInterrupt]:
+    """The KeyboardInterrupt (an ``Interrupted`` when a step named itself) behind an exit, if any."""
+    seen = exc.__context__ or exc.__cause__
+    for _ in range(8):
+        if seen is None or isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def save_traceback() -> str:

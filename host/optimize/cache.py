@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -66,6 +67,8 @@ class StageCache:
             return None, f"{RESULT} unreadable: {type(exc).__name__}"
         if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("contents"), dict):
             return None, f"{RESULT} is not a complete entry"
+        if saved.pop("checksum", None) != checksum(saved):
+            return None, f"{RESULT} changed since it was written"
         if stamp not in self._verified:
             problem = verify_contents(directory, saved["contents"])
             if problem:
@@ -92,16 +95,21 @@ class StageCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def sweep(self) -> None:
+        """Remove what killed writers left (their temporary directories): they only take space."""
+        if self.root.is_dir():
+            for folder in self.root.iterdir():
+                sweep_dead_writers(folder)
+
     def scratch(self, stage: str, key: str) -> Path:
-        sweep_dead_writers(self.root / stage)
         path = self.root / stage / f"{TMP_PREFIX}{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
         return path
 
     def publish(self, stage: str, key: str, work: Path, result: dict[str, Any], replace: bool = False) -> bool:
         """Write the result into ``work`` and rename it into place; False when another writer's copy won."""
-        contents = describe_contents(work)
-        (work / RESULT).write_text(json.dumps(dict(result, key=key, contents=contents), indent=2, default=_plain))
+        entry = json.loads(json.dumps(dict(result, key=key, contents=describe_contents(work)), default=_plain))
+        (work / RESULT).write_text(json.dumps(dict(entry, checksum=checksum(entry)), indent=2))
         final = self.directory(stage, key)
         if replace and final.exists():  # --force: move the old one aside first (rename is atomic)
             self.discard(final)
@@ -114,6 +122,11 @@ class StageCache:
             return False
         self._verified.add((str(final), (final / RESULT).stat().st_mtime_ns))
         return True
+
+
+def checksum(entry: dict[str, Any]) -> str:
+    """sha256 of an entry's JSON (keys sorted): ``stage.json`` vouches for itself as for the files it lists."""
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 
 
 def describe_contents(directory: Path) -> dict[str, dict[str, Any]]:

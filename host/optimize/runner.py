@@ -153,6 +153,7 @@ def run_stages(config: Config, stages: Sequence[Stage], say: Say, force: bool = 
                cache: Optional[StageCache] = None) -> Run:
     """Run or restore every stage in order; a stage writes into a private directory, published whole."""
     cache = cache or StageCache(config.state_dir / "cache")
+    cache.sweep()
     ctx = Context(config, say)
     rows: list[dict[str, Any]] = []
     keys, directories, timings, ran = {}, {}, {}, []
