@@ -128,7 +128,7 @@ def _keys(config) -> list[str]:
 # -- 2. Ctrl-C and SIGKILL during every host stage and during the upload ------------------------------
 KILLER = r"""
 import os, signal, sys
-stage_name, config, sig = sys.argv[1], sys.argv[2], getattr(signal, sys.argv[3])
+stage_name, config, sig = sys.argv[1], sys.argv[2], getattr(signal, sys.argv[3])  # noqa
 from edgekit.host import cli
 from edgekit.host.optimize import STAGES
 if stage_name == "upload":  # after the first chunk of the first blob: a partial upload on the device
@@ -159,22 +159,43 @@ def device_unchanged(root: Path) -> list[str]:
     return problems + ([f"current points at {spool.current('tiny')}"] if spool.current("tiny") else [])
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
-def test_interrupted_and_killed_pushes_change_nothing_and_the_next_push_succeeds(host, sig):
-    scenario = f"host: {sig} of `edgekit push` during each host stage and the upload, then a push"
+def test_ctrl_c_during_each_host_stage_and_the_upload_is_one_line_and_the_next_push_succeeds(host, capsys,
+                                                                                           monkeypatch):
+    """A real SIGINT, sent by the push to itself (in this process: no interpreter start-up per trial)."""
+    from edgekit.host import cli as cli_module
+
+    scenario = "host: Ctrl-C of `edgekit push` during each host stage and the upload, then a push"
+    ctrl_c = lambda *args: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731
+    for where in [*(s.name for s in STAGES), "upload"]:
+        with trial(scenario, where), monkeypatch.context() as patch:
+            if where == "upload":
+                patch.setattr(cli_module._UploadBar, "advance", ctrl_c)
+            else:
+                shutil.rmtree(entry(host, where))
+                stage = next(s for s in STAGES if s.name == where)
+                original = type(stage).run
+                patch.setattr(type(stage), "run", lambda self, ctx, out, run=original: (run(self, ctx, out),
+                                                                                         ctrl_c())[0])
+            code, err = cli(capsys, "push", "local", "--config", str(host / "deploy.toml"))
+            doing = "the upload to local" if where == "upload" else TITLES[where]
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert code == 130 and lines and lines[-1] == (f"interrupted during {doing}; nothing changed on the "
+                                                           "device; cached stages kept"), err[-500:]
+            assert "Traceback" not in err and not leftovers(host) and not device_unchanged(host)
+    next_push_succeeds(host, scenario)
+
+
+def test_sigkill_during_each_host_stage_and_the_upload_leaves_nothing_in_the_way(host):
+    scenario = "host: SIGKILL of `edgekit push` during each host stage and the upload, then a push"
     for where in [*(s.name for s in STAGES), "upload"]:
         with trial(scenario, where):
-            done = interrupt_push(host, where, sig)
-            if sig == "SIGKILL":
-                assert done.returncode == -signal.SIGKILL, done.stderr[-500:]
-            else:
-                doing = "the upload to local" if where == "upload" else TITLES[where]
-                assert done.returncode == 130, done.stderr[-500:]
-                lines = [line for line in done.stderr.splitlines() if line.strip()]
-                assert lines and lines[-1] == (f"interrupted during {doing}; nothing changed on the device; "
-                                               "cached stages kept"), done.stderr[-500:]
-                assert "Traceback" not in done.stderr and not leftovers(host)
+            done = interrupt_push(host, where, "SIGKILL")
+            assert done.returncode == -signal.SIGKILL, done.stderr[-500:]
             assert not device_unchanged(host), device_unchanged(host)
+    next_push_succeeds(host, scenario)
+
+
+def next_push_succeeds(host: Path, scenario: str) -> None:
     with trial(scenario, "the next push"):
         done = run_cli("push", "local", cwd=host)
         assert done.returncode == 0, done.stderr[-800:]
