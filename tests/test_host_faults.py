@@ -345,6 +345,20 @@ def test_unreadable_inputs_of_every_kind_are_one_line_naming_the_file(tmp_path, 
         assert data.skipped == [str(folder / "train" / "2" / "0.png")] and len(data.train) == 29
 
 
+def test_a_damaged_fp16_typed_file_is_written_again(optimized_project, tmp_path):
+    from edgekit.host.optimize.quantize.fp16 import add_typed_files
+
+    with trial("host cache: damaged (changed byte) entry of each stage", "FP16-typed ONNX store"):
+        source = next((optimized_project / ".edgekit" / "cache" / "export").glob("*/model.onnx"))
+        said: list[str] = []
+        typed = add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", None, tmp_path, said.append)
+        path = typed["model.fp16.onnx"]
+        good = path.read_bytes()
+        path.write_bytes(good[: len(good) // 2])
+        add_typed_files({"model.onnx": source}, "tensorrt", "fp16", "explicit", None, tmp_path, said.append)
+        assert path.read_bytes() == good and any("damaged" in m for m in said), said
+
+
 def test_damaged_run_history_and_signing_key(host, capsys):
     with trial("host: unreadable input is one line naming it", "run history damaged"):
         (host / ".edgekit" / "history.db").write_bytes(b"not a database" * 100)

@@ -51,6 +51,12 @@ def _user_model(spec: str, **kwargs: object) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model {spec!r}: cannot import it ({exc}); is the module on PYTHONPATH?") from None
+    except SyntaxError as exc:  # also a source file that is not UTF-8
+        raise ConfigError(f"model {spec!r}: {exc.filename}, line {exc.lineno}: {exc.msg}; fix the file") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module fails while it is imported
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"model {spec!r}: importing {module_name} raised {type(exc).__name__}: {first}; "
+                          "fix the module") from None
     try:
         return factory(**kwargs)
     except TypeError:
