@@ -88,12 +88,10 @@ def setup_device(config: Config, name: str, with_onnxruntime: bool, with_openvin
 
 def check_device(config: Config, name: str) -> dict[str, Any]:
     """``edgekit device check``: reachability, agent, backends, CUDA, Jetson, disk, active models."""
-    from .push import lost_connection
     from .transports import open_transport
     from .transports.setup import check
 
-    with lost_connection(name, "connecting; try again"):
-        transport = open_transport(name, config.device(name))
+    transport = open_transport(name, config.device(name))
     try:
         return check(transport)
     finally:
