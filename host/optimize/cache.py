@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from ..errors import CheckFailed
+from ..errors import CheckFailed, EdgekitError
 from .fingerprint import file_hash
 
 RESULT = "stage.json"
@@ -193,7 +193,7 @@ def disk_full(exc: BaseException, path: Path) -> bool:
     (writers such as torch.save and onnx wrap the OS error in their own exception types)."""
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return True
-    if not isinstance(exc, Exception) or isinstance(exc, CheckFailed):
+    if not isinstance(exc, Exception) or isinstance(exc, EdgekitError):  # our own errors say what they are
         return False
     free = free_bytes(path)
     return free is not None and free < LOW_SPACE_BYTES
