@@ -26,7 +26,7 @@ from edgekit.host.optimize import STAGES, optimize
 from edgekit.host.optimize.cache import RESULT, StageCache
 
 from .conftest import kill_agents, run_cli
-from .faults import current_problem, one_clear_line, record, trial
+from .faults import current_problem, one_clear_line, tmpfs, trial
 from .test_faults import fill
 
 pytestmark = pytest.mark.slow
@@ -206,18 +206,8 @@ def next_push_succeeds(host: Path, scenario: str) -> None:
 # -- 3. a full host disk -------------------------------------------------------------------------------
 @pytest.fixture
 def host_tmpfs(tmp_path):
-    """A tmpfs (root only), unmounted afterwards."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        record("host: full disk during optimize", None, "not root")
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        record("host: full disk during optimize", None, "no tmpfs")
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    with tmpfs(tmp_path / "disk", "64m", "host: full disk during optimize") as mount:
+        yield mount
 
 
 def test_a_full_host_disk_during_optimize_is_one_line_and_the_next_run_recovers(trained_project, host_tmpfs, capsys):
