@@ -191,8 +191,13 @@ def tree_bytes(path: Path) -> int:
 def disk_full(exc: BaseException, path: Path) -> bool:
     """The error came from a full disk: ENOSPC/EDQUOT, or any error while (almost) nothing is left free
     (writers such as torch.save and onnx wrap the OS error in their own exception types)."""
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-        return True
+    seen: Optional[BaseException] = exc
+    for _ in range(8):  # the OS error may be wrapped (``from None`` still keeps it as the context)
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
     if not isinstance(exc, Exception) or isinstance(exc, EdgekitError):  # our own errors say what they are
         return False
     free = free_bytes(path)
