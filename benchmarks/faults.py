@@ -1,6 +1,8 @@
 """Fault injection: how many injected faults the agent and the host survived, per scenario (N of N).
 
-Runs the fault suite (tests/test_faults.py: real agent processes, real sshd, a small tmpfs when root)
+Runs the fault suites (tests/test_faults.py for the device: real agent processes, real sshd, a small tmpfs
+when root; tests/test_host_faults.py for the host: damaged cache entries, Ctrl-C and SIGKILL of pushes,
+a full host disk, unreadable inputs, engines gone behind `current`)
 with every trial's outcome logged, then prints one row per scenario and writes benchmarks/results/faults.json.
 SSH scenarios share the test device user: run it under the SSH lock, as the tests are:
 
@@ -30,9 +32,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", default="", help="only scenarios whose test name matches (pytest -k)")
     parser.add_argument("--name", default="faults", help="results file: benchmarks/results/NAME.json")
-    args = parser.parse_args()
     log = Path(tempfile.mkdtemp(prefix="edgekit-faults-")) / "trials.jsonl"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_faults.py")]
+    parser.add_argument("--suite", choices=["all", "device", "host"], default="all", help="which fault suite")
+    args = parser.parse_args()
+    suites = {"device": ["test_faults.py"], "host": ["test_host_faults.py"],
+              "all": ["test_faults.py", "test_host_faults.py"]}[args.suite]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               *(str(ROOT / "tests" / name) for name in suites)]
     if args.k:
         command += ["-k", args.k]
     start, load_before = time.perf_counter(), os.getloadavg()
@@ -55,6 +61,7 @@ def main() -> None:
     report(args.name, f"fault injection: real agent, real sshd ({seconds:.0f}s, pytest exit {done.returncode})",
            ["scenario", "survived", "skipped", "first failures"], rows,
            {"scenarios": table, "seconds": seconds, "pytest_exit": done.returncode, "pytest_k": args.k,
+            "suite": args.suite,
             "load_average": {"start": load_before, "end": os.getloadavg()},
             "pytest_tail": done.stdout.strip().splitlines()[-15:]})
     if done.returncode not in (0, 5):

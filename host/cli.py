@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import EXIT_FAILED, CheckFailed, ConfigError, EdgekitError
+from .errors import EXIT_FAILED, CheckFailed, ConfigError, EdgekitError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prune, fold, quantise and ship CNNs to edge devices; build, validate and benchmark there.")
@@ -79,6 +79,8 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
     else:
         console.print(f"top-1 on {trained.test_images} held-out images: {trained.meta['top1']:.2%}; "
                       f"saved {trained.checkpoint}")
+        if trained.skipped:
+            console.print(f"skipped {trained.skipped} unreadable image(s) (data.skip_unreadable)")
     if trained.warning:
         err.print(f"[yellow]{escape(trained.warning)}[/yellow]")
 
@@ -224,13 +226,15 @@ def devices(config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> N
 def status(device: str = typer.Argument(...), job: Optional[str] = typer.Argument(None, help="default: the last"),
            config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Re-attach to a job on DEVICE: follow its events and print its report."""
-    from .records.report import print_report
+    from .records.report import health_lines, print_report
     from .ship.push import reattach
 
     report = reattach(_load(config_path), device, job,
                       lambda e: None if json_mode else console.print(f"[dim]{escape(str(e['message']))}[/dim]"))
     _emit(report) if json_mode else print_report(console, report, device)
-    if report.get("status") != "done":
+    for line in health_lines(report.get("model_health", {})):
+        err.print(f"[yellow]warning:[/yellow] {device}: {escape(line)}", highlight=False, soft_wrap=True)
+    if report.get("status") != "done" or not all(e["ok"] for e in report.get("model_health", {}).values()):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -337,7 +341,7 @@ def device_check(name: str = typer.Argument(...), config_path: Path = ConfigOpti
         _emit(info)
     else:
         console.print(check_table(info))
-    if not info["agent_running"]:
+    if not info["agent_running"] or not all(entry["ok"] for entry in info.get("model_health", {}).values()):
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -348,12 +352,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     seen): one line naming it and where its traceback was saved, exit 1; ``EDGEKIT_TRACEBACK=1`` re-raises.
     """
     try:
-        app(args=argv)
+        try:
+            app(args=argv)
+        except SystemExit as exc:  # typer turns Ctrl-C into a silent exit 130: say what was interrupted
+            interrupt = _interrupt_in(exc)
+            if interrupt is None:
+                raise
+            raise interrupt from None
     except EdgekitError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        err.print(escape(exc.line()), highlight=False, soft_wrap=True)
+        sys.exit(130)
     except KeyboardInterrupt:
-        err.print("interrupted; a job already published keeps running on the device (`edgekit status`)")
+        err.print("interrupted; nothing changed on the device unless a job was published (`edgekit status` "
+                  "shows it); cached stages kept")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, the traceback in a file
         import os
@@ -366,6 +380,16 @@ def main(argv: Optional[list[str]] = None) -> None:
                   f"edgekit: please report it with {saved}",
                   highlight=False, soft_wrap=True)
         sys.exit(EXIT_FAILED)
+
+
+def _interrupt_in(exc: BaseException) -> Optional[KeyboardInterrupt]:
+    """The KeyboardInterrupt (an ``Interrupted`` when a step named itself) behind an exit, if any."""
+    seen = exc.__context__ or exc.__cause__
+    for _ in range(8):
+        if seen is None or isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def save_traceback() -> str:

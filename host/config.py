@@ -44,6 +44,8 @@ class DataSection(Strict):
     path: Path
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    skip_unreadable: bool = Field(default=False, description="folder data sets: leave out (and count) images that "
+                                                             "cannot be decoded instead of stopping")
 
     @model_validator(mode="after")
     def _stats(self) -> "DataSection":
@@ -291,12 +293,33 @@ def _first_error(exc: ValidationError) -> str:
     return f"{key}: {message}{shown}"
 
 
+def read_toml_text(path: Path) -> str:
+    """deploy.toml's text: UTF-8 (TOML's only encoding; a leading BOM is allowed), else one line with the line
+    number and the byte, as an editor saving Latin-1 or UTF-16 leaves it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: saved as UTF-16; TOML files are UTF-8: save it again as UTF-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 (TOML files are UTF-8); "
+                          "save the file as UTF-8 or remove the character") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise ConfigError(f"{path}: line {line}: a NUL byte (the file is damaged or binary); fix or rewrite that line")
+    return text.removeprefix("\ufeff")
+
+
 def load_config(path: Path | str = "deploy.toml") -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; run `edgekit init` to create one, or pass --config")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_toml_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if "path" in data:

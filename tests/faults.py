@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import threading
@@ -224,3 +225,22 @@ def dump(path: Path, trials: list[Trial]) -> None:
 
 def env_with(**extra: str) -> dict[str, str]:
     return dict(os.environ, **extra)
+
+
+@contextmanager
+def tmpfs(folder: Path, size: str, scenario: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``folder`` (root only; else the scenario is recorded skipped), unmounted after."""
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        record(scenario, None, "not root")
+        pytest.skip("mounting a small tmpfs needs root: the full-disk cases are skipped")
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        record(scenario, None, "no tmpfs")
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): full-disk cases skipped")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -42,7 +42,7 @@ def test_image_folder_loader(tmp_path, digits_dir):
     from PIL import Image
 
     data = load_cifar(digits_dir)
-    for split, source in (("train", data.train), ("test", data.test)):
+    for split, source in (("train", data.train), ("test", data.train)):  # the same classes in both splits
         for index in range(20):
             folder = tmp_path / split / f"class{source.labels[index]}"
             folder.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from .faults import (
     kill_trials,
     quick,
     record,
+    tmpfs,
     trial,
     wait_final,
 )
@@ -163,17 +164,8 @@ def test_a_runtime_crashing_the_worker_is_dropped_by_auto_and_the_job_finishes(l
 @pytest.fixture
 def small_disk(tmp_path):
     """A 24 MB tmpfs (root only): the device's disk, to be filled up or made read-only."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        record("full and read-only disk: job fails, agent keeps serving", None, "not root")
-        pytest.skip("mounting a small tmpfs needs root: the full/read-only disk cases are skipped")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        record("full and read-only disk: job fails, agent keeps serving", None, "no tmpfs")
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): full-disk cases skipped")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    with tmpfs(tmp_path / "small", "24m", "full and read-only disk: job fails, agent keeps serving") as mount:
+        yield mount
 
 
 def fill(folder: Path) -> Path:

@@ -20,6 +20,7 @@ from ..contract.service import unit_text
 from ..cpu import describe_cpu
 from ..errors import ConfigError, device_error
 from ..telemetry import describe_host
+from .health import model_health
 from .spool import LOCK, STATUS_FILE, AgentLock, Spool, read_json
 from .store import CONFIG as STORE_CONFIG
 from .store import collect, load_config, save_config, usage
@@ -43,8 +44,11 @@ def agent_running(root: Path) -> bool:
     return True
 
 
-def status(root: Path) -> Dict[str, Any]:
-    """`edgekit-agent status`: the agent, its jobs and models, its disk, and what the device can run (JSON)."""
+def status(root: Path, load_engines: bool = False) -> Dict[str, Any]:
+    """`edgekit-agent status`: the agent, its jobs and models, its disk, and what the device can run (JSON).
+
+    ``model_health`` says, per model, whether its ``current`` engine is there (and, with ``load_engines``,
+    loads in its runtime) and which engine would serve otherwise."""
     spool = Spool(root)
     info = read_json(spool.root / STATUS_FILE) or {}
     models = {}
@@ -55,6 +59,7 @@ def status(root: Path) -> Dict[str, Any]:
         "version": __version__, "root": str(spool.root), "running": agent_running(spool.root),
         "pid": info.get("pid"), "queued": spool.queued() if spool.queue.is_dir() else [],
         "unfinished": spool.unfinished() if spool.jobs.is_dir() else [], "models": models,
+        "model_health": model_health(spool, load_engines),
         "free_disk_bytes": disk.get("free_bytes"), "store_bytes": disk.get("store_bytes"),
         "store": vars(load_config(spool)), "backends": describe_all(), "device": describe_host(),
         "cuda": cuda_bindings(),

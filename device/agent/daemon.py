@@ -24,6 +24,7 @@ from ..errors import ConfigError, device_error
 from ..jobs.auto import AUTO_CRASHED, AUTO_TRYING, MAX_CRASHED_CANDIDATES
 from ..jobs.engines import cleanup_builds
 from ..jobs.runner import JobRunner
+from .health import repair
 from .spool import STATUS_FILE, AgentLock, Spool, write_atomic, write_json_atomic
 from .store import collect
 
@@ -31,6 +32,7 @@ RESERVE = "agent.reserve"  # space kept back so a failure can still be recorded 
 RESERVE_BYTES = 1024 * 1024
 WORKER_FAILED = 70  # the worker could not record the job's end itself
 RETRY_S = 30.0
+REPAIR_S = 2.0  # how often the active models' engines are looked at (a few stat calls)
 LOCK_WAIT_S = 5.0  # a killed predecessor's worker can take a moment to die (it holds the runtimes' memory)
 
 _held: Optional[AgentLock] = None  # this agent's lock, which its forked workers must let go of
@@ -71,13 +73,17 @@ def _start(spool: Spool) -> None:
     _quietly(lambda: cleanup_builds(spool))
     _quietly(lambda: spool.sweep_parts(STALE_PART_S))
     _quietly(lambda: _ensure_reserve(spool))
+    _quietly(lambda: repair(spool, log))
 
 
 def _loop(spool: Spool, runner: JobRunner, poll: float, once: bool) -> int:
     """Finish unfinished jobs first (at start, then every RETRY_S: also those given up), then the queue."""
     given_up = set()  # type: Set[str]  # jobs whose end could not be recorded (read-only disk): retried later
-    retry_at = 0.0
+    retry_at = repair_at = 0.0
     while True:
+        if time.monotonic() >= repair_at:  # an engine deleted behind `current` since the last look
+            _quietly(lambda: repair(spool, log))
+            repair_at = time.monotonic() + REPAIR_S
         if time.monotonic() >= retry_at:
             given_up.clear()
             for job in _safe(spool.unfinished, []):

@@ -32,6 +32,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     run.add_argument("--once", action="store_true", help="exit when the queue is empty")
     info = sub.add_parser("status", help="print the agent's state, backends and device as JSON")
     info.add_argument("--root", default=DEFAULT_ROOT)
+    info.add_argument("--load-engines", action="store_true", help="also load each active model's engine")
     blob = sub.add_parser("commit-blob", help="move an uploaded blobs/<sha>.<writer>.part into the store if its "
                                               "hash matches")
     blob.add_argument("--root", default=DEFAULT_ROOT)
@@ -61,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    print(json.dumps(status(_root(args)), indent=2, sort_keys=True))
+    print(json.dumps(status(_root(args), args.load_engines), indent=2, sort_keys=True))
     return 0
 
 

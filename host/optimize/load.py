@@ -76,6 +76,9 @@ class LoadStage(Stage):
         mean, std = normalization(config, data)
         ctx.say(f"loaded {config.model.arch} from {config.checkpoint.name}; evaluating on {len(data.test)} "
                 "held-out images")
+        if data.skipped:
+            ctx.say(f"warning: skipped {len(data.skipped)} unreadable image(s) (data.skip_unreadable), e.g. "
+                    f"{data.skipped[0]}")
         baseline = out / MODEL_BASELINE
         export_onnx(model, baseline, config.input.shape, opset=config.optimize.opset, input_name=config.input.name,
                     output=config.model.output)

@@ -9,6 +9,7 @@ set) are handed on lazily, so a fully cached pipeline never loads torch weights 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..config import Config
-from .cache import StageCache
+from ..errors import ConfigError, Interrupted
+from .cache import StageCache, disk_full, disk_full_error, tree_bytes
 from .fingerprint import code_fingerprint, content_hash
 
 Say = Callable[[str], None]
@@ -114,8 +116,17 @@ def stage_key(stage: Stage, config: Config, previous: str) -> str:
         section, _, key = unkeyed.partition(".")
         sections.get(section, {}).pop(key, None)
     payload = {"stage": stage.name, "previous": previous, "code": code_fingerprint(), "sections": sections,
-               "files": {label: content_hash(path) for label, path in stage.files(config).items()}}
+               "files": {label: _input_hash(config, label, path) for label, path in stage.files(config).items()}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _input_hash(config: Config, label: str, path: Path) -> str:
+    """An input's content hash; an unreadable file is one line naming it (the key is made before any work)."""
+    try:
+        return content_hash(path)
+    except OSError as exc:
+        raise ConfigError(f"{config.path.name}: {label}: cannot read {exc.filename or path} "
+                          f"({exc.strerror or exc}); fix its permissions or the path") from None
 
 
 def stage_keys(config: Config, stages: Sequence[Stage]) -> list[str]:
@@ -142,6 +153,7 @@ def run_stages(config: Config, stages: Sequence[Stage], say: Say, force: bool = 
                cache: Optional[StageCache] = None) -> Run:
     """Run or restore every stage in order; a stage writes into a private directory, published whole."""
     cache = cache or StageCache(config.state_dir / "cache")
+    cache.sweep()
     ctx = Context(config, say)
     rows: list[dict[str, Any]] = []
     keys, directories, timings, ran = {}, {}, {}, []
@@ -149,19 +161,15 @@ def run_stages(config: Config, stages: Sequence[Stage], say: Say, force: bool = 
     for stage in stages:
         key = previous = stage_key(stage, config, previous)
         clock = time.perf_counter()
-        saved, computed = (None if force else cache.load(stage.name, key)), False
-        if saved is None:
-            with cache.lock(stage.name, key):
-                saved = None if force else cache.load(stage.name, key)  # a concurrent writer may have won
-                if saved is None:
-                    saved, computed = _execute(stage, ctx, cache, key, force)
-        directory = cache.directory(stage.name, key)
-        if not computed:
-            stage.restore(ctx, directory, saved["info"])
-        else:
-            ran.append(stage.name)
-        ctx.info[stage.name] = saved["info"]
-        stage.check(ctx, saved["info"])
+        with Interrupted.during(stage.title):
+            saved, computed = _cached_or_run(stage, ctx, cache, key, force, say)
+            directory = cache.directory(stage.name, key)
+            if not computed:
+                stage.restore(ctx, directory, saved["info"])
+            else:
+                ran.append(stage.name)
+            ctx.info[stage.name] = saved["info"]
+            stage.check(ctx, saved["info"])
         for name in saved.get("withdrawn", []):
             ctx.files.pop(name, None)
         ctx.files.update({name: directory / name for name in saved["files"]})
@@ -173,16 +181,42 @@ def run_stages(config: Config, stages: Sequence[Stage], say: Say, force: bool = 
     return Run(ctx, rows, keys, directories, ran, timings)
 
 
+def _cached_or_run(stage: Stage, ctx: Context, cache: StageCache, key: str, force: bool,
+                   say: Say) -> tuple[dict[str, Any], bool]:
+    """The verified cached result, else the stage run now (under the key's lock); True when it ran here."""
+    saved = None if force else cache.load(stage.name, key, say)
+    if saved is not None:
+        return saved, False
+    try:
+        with cache.lock(stage.name, key):
+            saved = None if force else cache.load(stage.name, key, say)  # a concurrent writer may have won
+            return (saved, False) if saved is not None else _execute(stage, ctx, cache, key, force)
+    except Exception as exc:
+        if disk_full(exc, cache.root):
+            raise disk_full_error(cache.root, f"the {stage.title} stage", getattr(exc, "written", 0),
+                                  _need(cache, stage, ctx, getattr(exc, "written", 0))) from None
+        raise
+
+
+def _need(cache: StageCache, stage: Stage, ctx: Context, written: int) -> int:
+    """Room a stage needs, estimated: twice what it wrote before the disk filled or what the stage before
+    it wrote (the stages write models of about the same size), at least 16 MB."""
+    before = max((tree_bytes(Path(p).parent) for p in ctx.files.values()), default=0)
+    return max(2 * written, 2 * before, 16 << 20)
+
+
 def _execute(stage: Stage, ctx: Context, cache: StageCache, key: str, force: bool) -> tuple[dict[str, Any], bool]:
     """Run the stage into a scratch directory and publish it; False when another writer's result won."""
     work = cache.scratch(stage.name, key)
     clock = time.perf_counter()
     try:
         output = stage.run(ctx, work)
-    except BaseException:
+        result = {"stage": stage.name, "rows": output.rows, "info": output.info, "files": output.files,
+                  "withdrawn": output.withdrawn, "wall_s": time.perf_counter() - clock}
+        won = cache.publish(stage.name, key, work, result, replace=force)
+    except BaseException as exc:
+        with contextlib.suppress(AttributeError):  # for the full-disk message
+            exc.written = tree_bytes(work)  # type: ignore[attr-defined]
         shutil.rmtree(work, ignore_errors=True)
         raise
-    result = {"stage": stage.name, "rows": output.rows, "info": output.info, "files": output.files,
-              "withdrawn": output.withdrawn, "wall_s": time.perf_counter() - clock}
-    won = cache.publish(stage.name, key, work, result, replace=force)
     return cache.load(stage.name, key) or dict(result, key=key), won

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -26,8 +27,19 @@ class History:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.root = path.parent
-        self.db = sqlite3.connect(str(path))
-        self.db.execute(SCHEMA)
+        try:
+            self.db = sqlite3.connect(str(path))
+            self.db.execute(SCHEMA)
+            self.db.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError as exc:  # damaged (a crash, a full disk): set aside, never in the way
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            path.replace(aside)
+            sys.stderr.write(f"warning: the run history {path} was unreadable ({exc}); moved it to {aside} and "
+                             "started a new one\n")
+            self.db = sqlite3.connect(str(path))
+            self.db.execute(SCHEMA)
 
     def record(self, device: str, report: dict[str, Any]) -> None:
         with self.db:

@@ -285,4 +285,24 @@ def check_table(info: dict[str, Any]) -> Table:
     free = info.get("free_disk_bytes")
     table.add_row("free disk", f"{free / 1e9:.1f} GB" if free else "-")
     table.add_row("active models", ", ".join(f"{k} → {v}" for k, v in info["models"].items()) or "none")
+    for line in health_lines(info.get("model_health", {})):
+        table.add_row("[yellow]warning[/yellow]", escape(line))
     return table
+
+
+def health_lines(health: dict[str, dict[str, Any]], only: Optional[str] = None) -> list[str]:
+    """One line per model that is not served as deployed (for the host's ``status`` and ``device check``)."""
+    lines = []
+    for model, entry in sorted(health.items()):
+        if only is not None and model != only:
+            continue
+        if not entry["ok"]:
+            serves = ("the previous engine {} would serve (the agent switches to it when it runs)".format(
+                entry["serving"][:12]) if entry["serving"] else "no engine serves it: push it again")
+            lines.append("model {}: {}; {}".format(model, entry["problem"], serves))
+        elif entry.get("repaired"):
+            note = entry["repaired"]
+            lines.append("model {}: the engine of its last deployment was gone ({}); the agent switched back to "
+                         "the previous engine {}: push again to deploy the newer one".format(
+                             model, note.get("reason"), str(note.get("to"))[:12]))
+    return lines

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import NAME, Config, load_config
+from ..config import NAME, Config, load_config, read_toml_text
 from ..errors import ConfigError, EdgekitError
 
 FleetSink = Callable[[str, dict[str, Any]], None]
@@ -88,10 +88,10 @@ def setup_device(config: Config, name: str, with_onnxruntime: bool, with_openvin
 
 def check_device(config: Config, name: str) -> dict[str, Any]:
     """``edgekit device check``: reachability, agent, backends, CUDA, Jetson, disk, active models."""
+    from .transports import open_transport
     from .transports.setup import check
-    from .transports.ssh import SSHTransport
 
-    transport = SSHTransport(name, config.device(name))
+    transport = open_transport(name, config.device(name))
     try:
         return check(transport)
     finally:
@@ -103,7 +103,7 @@ def append_device(config_path: Path, name: str, host: str, user: Optional[str], 
     """Add a [devices.NAME] table to deploy.toml unless it is there; validated before it is kept."""
     if not config_path.is_file():
         return False
-    text = config_path.read_text()
+    text = read_toml_text(config_path)
     if load_config(config_path).devices.get(name) is not None:
         return False
     lines = [f"\n[devices.{name}]", f'host = "{host}"']

@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -44,7 +45,14 @@ def load_or_create_key(home: Path) -> Ed25519PrivateKey:
 def _load_key(path: Path) -> Ed25519PrivateKey:
     if path.stat().st_mode & 0o077:
         raise ConfigError(f"{path}: signing key is readable by others; run `chmod 600 {path}`")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"{path}: not a readable PEM private key ({str(exc).splitlines()[0][:80]}); restore it from "
+                          "a backup, or move it away (a new key is made) and run `edgekit device setup` for each "
+                          "device so they trust the new one") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the signing key ({exc.strerror or exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path}: not an ed25519 private key; move it away and a new one is created")
     return key

@@ -12,7 +12,7 @@ from ...device.contract.manifest import MODEL_BASELINE, REFERENCE
 from ...device.contract.model_files import MODEL_VARIANTS
 from ...device.contract.protocol import new_job_id
 from ..config import Config, DeviceSection, host_home
-from ..errors import CheckFailed, ConfigError
+from ..errors import CheckFailed, ConfigError, Interrupted
 from ..optimize import Optimized, optimize
 from ..optimize.prevalidate import check_before_upload
 from ..optimize.quantize.fp16 import typed_files_for
@@ -147,31 +147,46 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
          progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
     device = config.device(device_name)
     optimized = optimize(config, say)
-    optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
+    with Interrupted.during("writing FP16-typed ONNX files"):
+        optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
     files = {name: path for name, path in optimized.files.items()
              if name != MODEL_BASELINE or config.benchmark.baseline}
     files_for_device(config, device, files, None)  # a configuration mistake fails before connecting
     key = load_or_create_key(host_home())
     history = History(config.state_dir / "history.db")
-    with lost_connection(device_name, "connecting; push again"):
+    with lost_connection(device_name, "connecting; push again"), Interrupted.during(f"connecting to {device_name}"):
         transport = open_transport(device_name, device)
+    published: list[str] = []
     try:
-        with lost_connection(device_name, "preparing the device; push again"):
+        with lost_connection(device_name, "preparing the device; push again"), \
+                Interrupted.during(f"preparing {device_name}"):
             if device.kind == "local":
                 transport.trust(public_line(key))
             transport.ensure_agent()
             status = transport.status()
-        # The device's backends and CPU decide which model files it gets (edgekit.device.contract.model_files).
-        manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)
-        for model_file in [entry["name"] for entry in manifest["files"] if entry["name"] in MODEL_VARIANTS]:
-            check_before_upload(files[REFERENCE], model_file, device.precision, manifest["target"]["validation"],
-                                device_name)
-        payload = manifest_bytes(manifest)
-        signature = sign(key, payload)
-        shipment = ship(transport, optimized, manifest, signature, payload, say, progress, store_settings(device),
-                        lambda job: history.record(device_name, published_stub(job, device_name, config.project.name)))
+        with Interrupted.during(f"checking the files for {device_name}"):
+            # The device's backends and CPU decide which model files it gets (edgekit.device.contract.model_files).
+            manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)
+            for model_file in [entry["name"] for entry in manifest["files"] if entry["name"] in MODEL_VARIANTS]:
+                check_before_upload(files[REFERENCE], model_file, device.precision, manifest["target"]["validation"],
+                                    device_name)
+            payload = manifest_bytes(manifest)
+            signature = sign(key, payload)
+
+        def on_publish(job: str) -> None:
+            published.append(job)
+            history.record(device_name, published_stub(job, device_name, config.project.name))
+
+        with Interrupted.during(f"the upload to {device_name}"):
+            shipment = ship(transport, optimized, manifest, signature, payload, say, progress,
+                            store_settings(device), on_publish)
         say(f"published job {shipment.job} to {device_name}")
-        report = follow(transport, shipment.job, on_event)
+        with Interrupted.during(f"following job {shipment.job}", published=shipment.job):
+            report = follow(transport, shipment.job, on_event)
+    except Interrupted as exc:
+        if published and not exc.published:  # the job went out before the interrupt landed
+            raise Interrupted(exc.doing, published=published[0]) from None
+        raise
     finally:
         transport.close()
     report["uploaded_bytes"] = shipment.uploaded_bytes
@@ -192,10 +207,13 @@ def reattach(config: Config, device_name: str, job: str | None, on_event: EventS
         if not known:
             raise ConfigError(f"device {device_name} has no job {job}")
         report = follow(transport, job, on_event)
+        with lost_connection(device_name, "checking the active model; try again"):
+            health = transport.status(load_engines=True).get("model_health", {})
     finally:
         transport.close()
     history.record(device_name, report)
-    return report
+    model = report.get("model") or config.project.name
+    return dict(report, model_health={model: health[model]} if model in health else {})
 
 
 def store_run(config: Config, device_name: str, report: dict[str, Any]) -> None:

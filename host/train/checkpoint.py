@@ -10,7 +10,6 @@ from DataParallel ("module." prefixes) or a ``.safetensors`` file.
 from __future__ import annotations
 
 import json
-import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -42,15 +41,21 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         return _read_safetensors(path), {}
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not a loadable weights-only checkpoint ({first[:200]}); save "
-                          "model.state_dict() with torch.save, not the model object") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the checkpoint ({exc.strerror or exc}); check the path and its "
+                          "permissions") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds on truncated, damaged or foreign files
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not a loadable weights-only checkpoint ({first}); it is damaged, or a pickled "
+                          "model: save model.state_dict() with torch.save, or train again (`edgekit train`)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: holds a {type(data).__name__}, not a state_dict; save model.state_dict()")
     if "state_dict" in data and "meta" in data:  # edgekit's own
-        state = with_metadata(data["state_dict"], data.get("state_metadata"))
-        return state, dict(data.get("meta", {}))
+        state, meta = data["state_dict"], data.get("meta")
+        if not _is_state(state) or not isinstance(meta, dict):
+            raise ConfigError(f"{path}: the checkpoint's state_dict holds values that are not tensors; save "
+                              "model.state_dict()")
+        return with_metadata(state, data.get("state_metadata")), dict(meta)
     return unwrap(path, data), {}
 
 
@@ -106,7 +111,11 @@ def load_model(path: Path, arch: str, num_classes: int, width: float, in_channel
     if meta.get("pruning_history"):
         from ..optimize.prune.structured import apply_history
 
-        apply_history(model, meta["pruning_history"], in_channels, int(meta.get("input_shape", [0, 32])[1]))
+        try:
+            apply_history(model, meta["pruning_history"], in_channels, int(meta.get("input_shape", [0, 32])[1]))
+        except Exception as exc:  # noqa: BLE001 - a history from another model or edited by hand
+            raise ConfigError(f"{path}: its pruning history does not apply to model {arch} ({type(exc).__name__}); "
+                              "use the checkpoint `edgekit train` wrote, or fix model.arch") from None
     if getattr(state, "_metadata", None) is None:  # a file without module versions: the model's own versions
         state = with_metadata(state, getattr(model.state_dict(), "_metadata", None))
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,6 +37,7 @@ class Dataset:
     train: Split
     test: Split
     classes: list[str]
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (data.skip_unreadable)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -59,18 +60,52 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def _load_batch(path: Path) -> dict:
+    """One CIFAR batch file, checked where it is read: anything else is one line naming the file."""
     try:
-        return _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a CIFAR python batch ({exc})") from None
+        batch = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle raises many kinds; all mean "not a batch"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise ConfigError(f"{path}: not a CIFAR python batch ({first}); the file is damaged or of another "
+                          "format: download or write it again (`edgekit data digits DIR` for the demo)") from None
+    if not isinstance(batch, dict):
+        raise ConfigError(f"{path}: not a CIFAR python batch (holds a {type(batch).__name__}, not a dict)")
+    return batch
 
 
-def _batch_split(batches: list[dict]) -> Split:
-    data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
-    key = b"labels" if b"labels" in batches[0] else b"fine_labels"
-    labels = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
-    side = int(round((data.shape[1] / 3) ** 0.5))
-    return Split(data.reshape(-1, 3, side, side), labels)
+def _batch_split(batches: list[tuple[Path, dict]]) -> Split:
+    """Images and labels of the batches, each checked (a truncated or mixed batch names its file)."""
+    data, labels = [], []
+    for path, batch in batches:
+        images, names = _batch_arrays(path, batch)
+        if data and images.shape[1] != data[0].shape[1]:
+            raise ConfigError(f"{path}: images of {images.shape[1]} values, the other batches have "
+                              f"{data[0].shape[1]}: the batches are from different data sets")
+        data.append(images)
+        labels.append(names)
+    images = np.concatenate(data)
+    side = int(round((images.shape[1] / 3) ** 0.5))
+    return Split(images.reshape(-1, 3, side, side), np.concatenate(labels))
+
+
+def _batch_arrays(path: Path, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+    key = b"labels" if b"labels" in batch else b"fine_labels"
+    if b"data" not in batch or key not in batch:
+        raise ConfigError(f"{path}: not a CIFAR batch (no {'data' if b'data' not in batch else 'labels'} entry)")
+    try:
+        images = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[key], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: CIFAR batch with unreadable arrays ({exc})") from None
+    side = int(round((images.shape[1] / 3) ** 0.5)) if images.ndim == 2 else 0
+    if images.ndim != 2 or images.dtype.kind not in "ui" or side < 1 or 3 * side * side != images.shape[1]:
+        raise ConfigError(f"{path}: CIFAR batch data of shape {list(images.shape)} and type {images.dtype}; "
+                          "expected N rows of 3×H×H uint8 values: the file is damaged or of another format")
+    if labels.ndim != 1 or len(labels) != len(images) or (len(labels) and labels.min() < 0):
+        raise ConfigError(f"{path}: {len(images)} images but {labels.size} labels (or negative ones): the batch "
+                          "is damaged; download or write it again")
+    return images.astype(np.uint8), labels
 
 
 def load_cifar(root: Path) -> Dataset:
@@ -91,40 +126,91 @@ def load_cifar(root: Path) -> Dataset:
         meta = _load_batch(meta_file)
         names = meta.get(b"label_names") or meta.get(b"fine_label_names") or []
         classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    train = _batch_split([_load_batch(p) for p in train_files])
-    test = _batch_split([_load_batch(test_file)])
+    train = _batch_split([(p, _load_batch(p)) for p in train_files])
+    test = _batch_split([(test_file, _load_batch(test_file))])
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise ConfigError(f"{test_file}: images of {list(test.images.shape[1:])}, the training batches hold "
+                          f"{list(train.images.shape[1:])}: the batches are from different data sets")
     return Dataset(train, test, classes or [str(i) for i in range(int(train.labels.max()) + 1)])
 
 
-def load_folder(root: Path, size: tuple[int, int]) -> Dataset:
-    """``root/train/<class>/*`` and ``root/test/<class>/*``, resized to ``size`` (H, W), RGB."""
-    from PIL import Image
+def load_folder(root: Path, size: tuple[int, int], skip_unreadable: bool = False) -> Dataset:
+    """``root/train/<class>/*`` and ``root/test/<class>/*``, resized to ``size`` (H, W), RGB.
 
+    Every image is checked as it is read: a broken one stops with its path, or with
+    ``skip_unreadable`` is left out and counted. The class folders must be the same in both splits
+    and none may be empty (the labels are the sorted class names: a missing one shifts them all).
+    """
     root = Path(root)
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else []
-    if not classes:
-        raise ConfigError(f"{root}: expected train/<class>/<image> and test/<class>/<image> folders")
+    classes = class_folders(root)
+    skipped: list[str] = []
 
     def read(split: str) -> Split:
         images, labels = [], []
         for index, name in enumerate(classes):
+            before = len(images)
             for path in sorted((root / split / name).glob("*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    with Image.open(path) as image:
-                        rgb = image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-                    images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
-                    labels.append(index)
-        if not images:
-            raise ConfigError(f"{root / split}: no images found")
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                image = read_image(path, size, "RGB", skip_unreadable)
+                if image is None:
+                    skipped.append(str(path))
+                    continue
+                images.append(image)
+                labels.append(index)
+            if len(images) == before:
+                raise ConfigError(f"{root / split / name}: no readable images in this class folder; add images "
+                                  f"(.png, .jpg, ...) or remove the class from both train/ and test/")
         return Split(np.stack(images), np.asarray(labels, dtype=np.int64))
 
-    return Dataset(read("train"), read("test"), classes)
+    return Dataset(read("train"), read("test"), classes, skipped)
 
 
-def load_dataset(kind: str, path: Path, size: tuple[int, int] = (32, 32)) -> Dataset:
+def class_folders(root: Path) -> list[str]:
+    """The class names: the same sub-folders under train/ and test/, else one line naming the difference."""
+    found = {}
+    for split in ("train", "test"):
+        folder = root / split
+        try:
+            found[split] = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError as exc:
+            if not folder.is_dir():
+                raise ConfigError(f"{root}: expected train/<class>/<image> and test/<class>/<image> folders "
+                                  f"({folder} is missing)") from None
+            raise ConfigError(f"{folder}: cannot list it ({exc.strerror or exc}); check its permissions") from None
+        if not found[split]:
+            raise ConfigError(f"{folder}: no class folders; expected {split}/<class>/<image>")
+    only_train = sorted(set(found["train"]) - set(found["test"]))
+    only_test = sorted(set(found["test"]) - set(found["train"]))
+    if only_train or only_test:
+        where = "; ".join(f"only in {split}/: {', '.join(names)}" for split, names in
+                          (("train", only_train), ("test", only_test)) if names)
+        raise ConfigError(f"{root}: train/ and test/ have different class folders ({where}); the labels come from "
+                          "the folder names, so both need the same classes")
+    return found["train"]
+
+
+def read_image(path: Path, size: tuple[int, int], mode: str, skip: bool = False) -> np.ndarray | None:
+    """One image as uint8 C×H×W (``mode`` RGB or L), resized to ``size`` (H, W); a file that cannot be decoded
+    is one line naming it, or None when ``skip``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode).resize((size[1], size[0]), Image.BILINEAR), dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, DecompressionBomb...
+        if skip:
+            return None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise ConfigError(f"{path}: unreadable image ({reason}); replace or delete it, or set "
+                          "data.skip_unreadable = true to skip such files") from None
+    return array.transpose(2, 0, 1) if array.ndim == 3 else array[None]
+
+
+def load_dataset(kind: str, path: Path, size: tuple[int, int] = (32, 32), skip_unreadable: bool = False) -> Dataset:
     if not Path(path).exists():
         raise ConfigError(f"data path {path} does not exist; run `edgekit data digits {path}` for the demo data")
-    return load_cifar(path) if kind == "cifar" else load_folder(path, size)
+    return load_cifar(path) if kind == "cifar" else load_folder(path, size, skip_unreadable)
 
 
 def channel_stats(split: Split) -> tuple[list[float], list[float]]:

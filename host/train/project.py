@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional
 
 from ..config import Config, deploy_toml
-from ..errors import ConfigError
+from ..errors import ConfigError, Interrupted
 
 if TYPE_CHECKING:  # the loop imports torch: `edgekit train --help` must not pay for it
     from .data import Dataset
@@ -25,6 +25,7 @@ class Trained:
     checkpoint: Path
     test_images: int
     warning: Optional[str] = None  # held-out top-1 near chance: what to change
+    skipped: int = 0  # unreadable images left out (data.skip_unreadable)
 
 
 @contextmanager
@@ -49,7 +50,7 @@ def train_project(config: Config, epochs: Optional[int] = None, progress: Progre
     section = config.train
     check_interface(config, model)
     total = epochs or section.epochs
-    with progress(config.model.arch, total) as on_epoch:
+    with progress(config.model.arch, total) as on_epoch, Interrupted.during("training (nothing was saved)"):
         train(model, data.train, mean, std, epochs=total, batch_size=section.batch_size, lr=section.lr,
               momentum=section.momentum, weight_decay=section.weight_decay, augment=tuple(section.augment),
               seed=section.seed, device=resolve(section.device), amp=section.amp, output=config.model.output,
@@ -59,7 +60,8 @@ def train_project(config: Config, epochs: Optional[int] = None, progress: Progre
     meta = {"arch": config.model.arch, "width": config.model.width, "num_classes": config.model.num_classes,
             "epochs": total, "top1": accuracy, "mean": mean, "std": std}
     save_checkpoint(config.checkpoint, model, meta)
-    return Trained(meta, config.checkpoint, len(data.test), near_chance(accuracy, data.test.labels, "trained"))
+    return Trained(meta, config.checkpoint, len(data.test), near_chance(accuracy, data.test.labels, "trained"),
+                   len(data.skipped))
 
 
 def chance_level(labels: Any) -> float:
@@ -93,7 +95,12 @@ def load_data(config: Config) -> Dataset:
     from .data import load_dataset
 
     require_data(config)
-    data = load_dataset(config.data.format, config.data_path, tuple(config.input.shape[1:]))
+    data = load_dataset(config.data.format, config.data_path, tuple(config.input.shape[1:]),
+                        config.data.skip_unreadable)
+    labels = max(int(data.train.labels.max()), int(data.test.labels.max())) + 1
+    if labels > config.model.num_classes:
+        raise ConfigError(f"{config.path.name}: model.num_classes = {config.model.num_classes}, but the data set "
+                          f"{config.data_path} has {labels} classes; set model.num_classes = {labels}")
     if list(data.shape) != list(config.input.shape):
         raise ConfigError(f"{config.path.name}: input.shape {config.input.shape} does not match the data set's "
                           f"images {list(data.shape)}; set input.shape = {list(data.shape)}")

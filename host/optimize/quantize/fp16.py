@@ -96,10 +96,15 @@ def add_typed_files(files: dict[str, Path], backend: str, precision: str, int8_m
 
     source = files[source_name]
     target = store / sha256_file(source)[:32] / name  # keyed by the source's content: never stale
+    stamp = target.with_name(target.name + ".sha256")  # what was written: a damaged file is written again
+    if target.is_file() and (not stamp.is_file() or stamp.read_text().strip() != sha256_file(target)):
+        say(f"{target} was damaged (its sha256 differs from the one written); writing it again")
+        target.unlink()
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".{}.part".format(os.getpid()))
         writer(source, partial)
+        stamp.write_text(sha256_file(partial))
         partial.replace(target)
         say(f"wrote {name} (FP16 types for TensorRT 11's strongly typed build)")
     return dict(files, **{name: target})

@@ -22,7 +22,7 @@ from ....calibration.trt_qdq import WEIGHTED, write_trt_qdq
 from ....device.contract.manifest import CALIBRATION_CACHE, CALIBRATION_JSON, MODEL_INT8_CPU, MODEL_INT8_QDQ, MODEL_QAT
 from ...config import Config
 from ...errors import ConfigError
-from ...train.data import IMAGE_SUFFIXES, Dataset, normalize
+from ...train.data import IMAGE_SUFFIXES, Dataset, normalize, read_image
 from ..export.onnx_export import onnx_predict, onnx_top1
 from ..latency import onnx_latency
 from ..prevalidate import Fidelity
@@ -50,16 +50,16 @@ def calibration_images(config: Config, data: Dataset, mean: list[float], std: li
         return training_sample(data, section.images, mean, std)
     source = config.resolve(section.source)
     if source.suffix == ".npy":
-        array = np.load(source, allow_pickle=False)
+        array = _load_npy(config, source)
         if array.ndim == 4 and array.shape[-1] == shape[0] and array.shape[1] != shape[0]:
             array = array.transpose(0, 3, 1, 2)
-        if list(array.shape[1:]) != list(shape):
+        if array.ndim != 4 or list(array.shape[1:]) != list(shape):
             raise ConfigError(f"{config.path.name}: quantize.source: {source} holds images of shape "
                               f"{list(array.shape[1:])}, the model takes {shape}")
         array = array[:section.images]
         return normalize(array, mean, std) if array.dtype == np.uint8 else array.astype(np.float32)
     if source.is_dir():
-        return normalize(_folder_images(source, shape, section.images), mean, std)
+        return normalize(_folder_images(source, shape, section.images, config.data.skip_unreadable), mean, std)
     raise ConfigError(f"{config.path.name}: quantize.source: {source} is neither an .npy file nor a folder")
 
 
@@ -69,18 +69,38 @@ def training_sample(data: Dataset, count: int, mean: list[float], std: list[floa
     return normalize(data.train.images[np.sort(pick)], mean, std)
 
 
-def _folder_images(folder: Path, shape: list[int], limit: int) -> np.ndarray:
-    from PIL import Image
+def _load_npy(config: Config, source: Path) -> np.ndarray:
+    """The calibration array, checked where it is read: a damaged, pickled or non-numeric file is one line."""
+    try:
+        array = np.load(source, allow_pickle=False)
+    except OSError as exc:
+        raise ConfigError(f"{config.path.name}: quantize.source: cannot read {source} "
+                          f"({exc.strerror or exc}); check the path and its permissions") from None
+    except Exception as exc:  # noqa: BLE001 - numpy raises ValueError, EOFError... on damaged files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise ConfigError(f"{config.path.name}: quantize.source: {source} is not a readable .npy array ({first}); "
+                          "save it again with numpy.save(path, images)") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "uif" or array.size == 0:
+        raise ConfigError(f"{config.path.name}: quantize.source: {source} must hold numeric images (N×C×H×W), "
+                          f"not {getattr(array, 'dtype', type(array).__name__)} of {list(np.shape(array))}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ConfigError(f"{config.path.name}: quantize.source: {source} holds NaN or infinite values")
+    return array
 
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    if not paths:
-        raise ConfigError(f"quantize.source: no images in {folder}")
+
+def _folder_images(folder: Path, shape: list[int], limit: int, skip_unreadable: bool = False) -> np.ndarray:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     mode = "RGB" if shape[0] == 3 else "L"
     images = []
     for path in paths:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert(mode).resize((shape[2], shape[1]), Image.BILINEAR), dtype=np.uint8)
-        images.append(array.transpose(2, 0, 1) if array.ndim == 3 else array[None])
+        image = read_image(path, (shape[1], shape[2]), mode, skip_unreadable)
+        if image is not None:
+            images.append(image)
+        if len(images) == limit:
+            break
+    if not images:
+        raise ConfigError(f"quantize.source: no readable images in {folder}; add .png/.jpg images or remove "
+                          "quantize.source (the training images are used)")
     return np.stack(images)
 
 

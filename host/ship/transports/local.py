@@ -47,8 +47,8 @@ class LocalTransport(SpoolClient):
         """The agent's lock is exact on this machine; the heartbeat is for devices across a network."""
         return agent_running(self.spool.root)
 
-    def status(self) -> dict[str, Any]:
-        return agent_status(self.spool.root)
+    def status(self, load_engines: bool = False) -> dict[str, Any]:
+        return agent_status(self.spool.root, load_engines)
 
     def revive_agent(self) -> bool:
         self.ensure_agent()

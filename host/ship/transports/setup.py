@@ -15,7 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ....device import __version__
 from ....device.contract.runtimes import needs_cuda_python
@@ -177,10 +177,13 @@ def start_service(transport: SSHTransport, say: Say) -> str:
     return "background process (no systemd)"
 
 
-def check(transport: SSHTransport) -> dict:
-    """What `edgekit device check` reports: reachability, agent, backends, device, disk."""
-    status = transport.status()
-    return {"device": transport.device_name, "reachable": True, "destination": str(transport.destination),
+def check(transport: Any) -> dict:
+    """What `edgekit device check` reports: reachability, agent, backends, device, disk, and whether every
+    active model's engine is there and loads (``model_health``)."""
+    status = transport.status(load_engines=True)
+    destination = getattr(transport, "destination", None) or transport.spool.root
+    return {"device": transport.device_name, "reachable": True, "destination": str(destination),
+            "model_health": status.get("model_health", {}),
             "host_version": __version__, "agent_version": status.get("version"), "agent_running": status["running"],
             "queued": status.get("queued", []), "unfinished": status.get("unfinished", []),
             "models": status.get("models", {}), "backends": status.get("backends", {}),

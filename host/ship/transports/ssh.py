@@ -64,10 +64,12 @@ class SSHTransport(SpoolClient):
         self.require_agent()
         self.ensure_layout()
 
-    def status(self) -> dict[str, Any]:
-        """The agent's full status (backends, device): for `device check` only, never while following a job."""
+    def status(self, load_engines: bool = False) -> dict[str, Any]:
+        """The agent's full status (backends, device): for `device check` only, never while following a job.
+        ``load_engines``: each active model's engine is loaded in its runtime too (`device check`, `status`)."""
         self.require_agent()
-        code, out, err = self.run(self.agent_command("status"), timeout=120)
+        code, out, err = self.run(self.agent_command("status", *(["--load-engines"] if load_engines else [])),
+                                  timeout=120)
         if code != 0:
             raise CheckFailed(f"{self.device_name}: `edgekit-agent status` failed: {err.strip()[-300:]}")
         return json.loads(out)

@@ -58,9 +58,11 @@ def _user_model(spec: str, num_classes: int, width: float, in_channels: int) -> 
         factory = getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model {spec!r}: cannot import it ({exc}); is the module on PYTHONPATH?") from None
-    except Exception as exc:  # noqa: BLE001 - e.g. torchvision built for another torch raises RuntimeError
-        raise ConfigError(f"model {spec!r}: importing {module_name} failed ({_first_line(exc)}); check that it "
-                          "was built for the installed torch") from None
+    except SyntaxError as exc:  # also a source file that is not UTF-8
+        raise ConfigError(f"model {spec!r}: {exc.filename}, line {exc.lineno}: {exc.msg}; fix the file") from None
+    except Exception as exc:  # noqa: BLE001 - the module fails while imported (or was built for another torch)
+        raise ConfigError(f"model {spec!r}: importing {module_name} raised {_first_line(exc)}; fix the module, "
+                          "or check that it was built for the installed torch") from None
     wanted = {"num_classes": num_classes, "width": width, "in_channels": in_channels}
     kwargs = accepted_arguments(factory, wanted)
     _require_defaults(spec, wanted, kwargs, "its factory takes no such argument")
