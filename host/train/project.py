@@ -98,7 +98,9 @@ def starter(name: str, arch: str) -> dict[str, dict[str, Any]]:
             "model": {"arch": arch, "width": 1.0, "num_classes": 10, "checkpoint": "runs/model.pt"},
             "data": {"format": "cifar", "path": "data/digits"},
             "input": {"shape": [3, 32, 32], "batch_sizes": [1, 32]},
-            "train": {"epochs": 15, "augment": ["crop"]}}
+            "train": {"epochs": 15, "augment": ["crop"]},
+            # the device builds the pruned model at every precision it can, validates each and ships the fastest
+            "devices": {"local": {"kind": "local", "backend": "auto", "precision": "auto"}}}
 
 
 def init_project(directory: Path, arch: str) -> Path:
