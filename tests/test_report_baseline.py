@@ -79,7 +79,7 @@ def test_latency_rows_carry_baseline_speedup_and_both_accuracies():
     assert row["host_top1"] == 0.95 and row["baseline_top1"] == 0.955
     lines = summary_lines(report_with_baseline())
     assert "passed" in lines[0] and "8.00× at batch 32" in lines[1] and "95.50% → 95.00% (-0.50 pt)" in lines[1]
-    assert "both on onnxruntime" in lines[1]
+    assert "on onnxruntime vs unpruned FP32 on onnxruntime" in lines[1]  # a report from before the default baseline
 
 
 def test_report_names_the_runtime_both_models_ran_on_and_the_cpus_int8_isa():
@@ -92,7 +92,8 @@ def test_report_names_the_runtime_both_models_ran_on_and_the_cpus_int8_isa():
     report.update(backend="openvino", baseline={"model_file": "model.baseline.onnx", "backend": "openvino"},
                   backend_describe={"version": "2026.4.1", "cpu": "AMD EPYC",
                                     "isa": summarize_isa("x86_64", ["avx2", "avx512_vnni"])})
-    assert "baseline on the device, both on openvino: 8.00× at batch 32" in summary_lines(report)[1]
+    assert "vs unpruned FP32 on openvino (the unpruned model as a user would run it there): 8.00× at batch 32" \
+        in summary_lines(report)[1]
     console = Console(record=True, width=300)
     print_report(console, report, "local")
     assert "backend: openvino 2026.4.1 on AMD EPYC [avx512_vnni]" in console.export_text()
@@ -149,7 +150,7 @@ def test_push_int8_reports_speedup_over_the_baseline_with_plots_and_compare(proj
     assert out.index("host pipeline") < out.index("edgekit latency report")
     for stage in ("load", "prune", "fold", "export", "calibrate", "evaluate"):
         assert f" {stage} " in out
-    assert "baseline p50 ms" in out and "speed-up" in out and "unpruned FP32 baseline" in out
+    assert "baseline p50 ms" in out and "speed-up" in out and "vs strict FP32" in out and " vs unpruned " in out
     plots = sorted((project / ".edgekit" / "runs").glob("*/*.png"))
     assert {p.name for p in plots} == {"latency-b1.png", "latency-b8.png", "stages.png"}
     assert "plots:" in out and str(plots[0]) in out.replace("\n", "")
