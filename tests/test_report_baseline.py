@@ -99,6 +99,45 @@ def test_report_names_the_runtime_both_models_ran_on_and_the_cpus_int8_isa():
     assert "backend: openvino 2026.4.1 on AMD EPYC [avx512_vnni]" in console.export_text()
 
 
+def report_with_default_baseline(job: str = "j1", final: float = 1.0) -> dict:
+    """A report of this agent: the baseline at OpenVINO's default (bf16), strict FP32 on the final's runtime."""
+    report = report_with_baseline(job, final, base=4.0)
+    bench = report["benchmarks"][0]
+    bench.update(speedup_fp32=20.0 / final, baseline_fp32={"latency_ms": {"median": 20.0}, "samples_ms": [20.0] * 5})
+    report.update(backend="openvino", precision="fp16", executed_precision="bf16", precision_requested="auto",
+                  baseline={"model_file": "model.baseline.onnx", "backend": "openvino", "precision": "fp16",
+                            "executed_precision": "bf16", "label": "unpruned bf16 on openvino"},
+                  baseline_fp32={"model_file": "model.baseline.onnx", "backend": "openvino", "precision": "fp32",
+                                 "label": "unpruned strict FP32 on openvino"})
+    return report
+
+
+def test_the_headline_names_the_default_precision_baseline_and_keeps_strict_fp32_second(tmp_path):
+    from rich.console import Console
+
+    from edgekit.host.records.plots import write_plots
+    from edgekit.host.records.report import compare_rows, compare_table, latency_rows, print_report, summary_lines
+
+    report = report_with_default_baseline()
+    row = latency_rows(report, "local")[0]
+    assert row["speedup"] == 4.0 and row["speedup_fp32"] == 20.0 and row["baseline"] == "unpruned bf16 on openvino"
+    assert row["precision_shown"] == "fp16 (bf16) (auto)"
+    lines = summary_lines(report)
+    assert "final fp16 (bf16) (auto) model on openvino vs unpruned bf16 on openvino" in lines[1]
+    assert "4.00× at batch 32" in lines[1] and lines[2] == "vs unpruned strict FP32 on openvino: 20.00× at batch 32"
+    console = Console(record=True, width=300)
+    print_report(console, report, "local")
+    shown = console.export_text()
+    assert "vs strict FP32" in shown and "20.00×" in shown and "4.00×" in shown
+    rows = compare_rows(report_with_baseline("a", 2.0), report_with_default_baseline("b", 1.0))
+    assert rows[0]["old_baseline"] == "unpruned FP32 on onnxruntime"  # recorded before: named as what it was
+    assert rows[0]["new_baseline"] == "unpruned bf16 on openvino" and rows[0]["new_vs_fp32"] == 20.0
+    console = Console(record=True, width=300)
+    console.print(compare_table("a", "b", rows))
+    assert "new vs unpruned bf16 on openvino" in console.export_text()
+    assert len(write_plots(dict(report, device="local"), tmp_path)) == 2
+
+
 def test_a_job_still_in_flight_reads_as_published_not_failed(tmp_path):
     """The history row written at publish: `report` shows it in flight; `compare` skips it for finished runs."""
     from edgekit.host.records.history import History

@@ -26,6 +26,7 @@ from ..errors import storage_failure
 from .auto import Candidate, choose, interleave, precision_label
 from .context import Job
 from .engines import build_engine, build_options, engine_key, job_build_options
+from .prepare import crashed, trying
 
 Files = Mapping[str, Path]
 
@@ -91,10 +92,15 @@ def user_baseline(job: Job, manifest: Manifest, files: Files,
     backends = baseline_backends() if backends is None else backends
     data = np.random.default_rng(0).standard_normal([min(manifest.batch_sizes)] + list(manifest.input_shape))
     built: Dict[str, Baseline] = {}
+    crashes = crashed(job)
     for name, backend in backends.items():
+        if any(key.split(" ")[-1] == name or key.split(" ")[0] == name for key in crashes):
+            job.event("warning", "baseline on {} skipped: it crashed the job's worker on this job".format(name))
+            continue
         try:
-            built[name] = describe(build_baseline(job, manifest, files, backend, baseline_precision(name)),
-                                   data.astype(np.float32))
+            with trying(job, "baseline {}".format(name)):  # a crash here drops this runtime, not the job
+                built[name] = describe(build_baseline(job, manifest, files, backend, baseline_precision(name)),
+                                       data.astype(np.float32))
         except Exception as exc:  # noqa: BLE001 - one runtime failing on the baseline must not stop the job
             job.log(traceback.format_exc())
             if storage_failure(exc):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import shutil
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -167,11 +168,11 @@ def prepare_race(job: Job, manifest: Manifest, files: Files, backends: Mapping[s
               candidates=["{} {}".format(*pair) for pair in pairs])
     tried: List[Candidate] = []
     ready: Dict[str, Prepared] = {}
-    crashed = read_json(job.folder / AUTO_CRASHED) or {}  # written by the agent (supervise)
+    crashes = crashed(job)
     for name, precision in pairs:
         candidate = Candidate(name, precision=precision, requested=manifest.precision in (AUTO, precision))
         tried.append(candidate)
-        prepared = _try_candidate(job, manifest, files, backends[name], cpu, candidate, crashed, ready)
+        prepared = _try_candidate(job, manifest, files, backends[name], cpu, candidate, crashes, ready)
         if prepared is not None and not _duplicate(job, manifest, candidate, prepared, pairs):
             ready[candidate.name] = prepared
     batch = max(manifest.batch_sizes)
@@ -203,20 +204,17 @@ def _try_candidate(job: Job, manifest: Manifest, files: Files, backend: Backend,
     if name in crashed:
         candidate.reason = "crashed the job's worker ({}) on this model".format(crashed[name])
         return None
-    trying = job.folder / AUTO_TRYING  # names the candidate to the agent if it crashes the worker
     try:
-        write_atomic(trying, name.encode("utf-8"))
-        prepared = prepare_one(job, manifest, files, backend, _options(manifest, candidate.precision), cpu)
+        with trying(job, name):
+            prepared = prepare_one(job, manifest, files, backend, _options(manifest, candidate.precision), cpu)
     except Exception as exc:  # noqa: BLE001 - one candidate failing must not stop the others
         job.log(traceback.format_exc())
-        _remove(trying)
         if storage_failure(exc):  # the disk, not the runtime: the job fails with the storage's reason
             _close(ready.values())
             raise
         candidate.reason = str(exc) if isinstance(exc, JobError) else "{}: {}".format(type(exc).__name__, exc)
         job.event("warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=candidate.backend)
         return None
-    _remove(trying)
     validation = prepared.validation
     candidate.model_file, candidate.passed = prepared.model_file, bool(validation["passed"])
     candidate.executed = prepared.executed
@@ -289,6 +287,23 @@ def _close(prepared: Iterable[Prepared]) -> None:
 
 def _runner(engine: Engine, data: np.ndarray) -> Callable[[], Any]:
     return lambda: engine.run(data)
+
+
+@contextmanager
+def trying(job: Job, name: str) -> Iterator[None]:
+    """Names ``name`` to the agent while it builds (AUTO_TRYING): if it crashes the worker, the agent records it
+    in AUTO_CRASHED and runs the job again without it (``crashed``)."""
+    path = job.folder / AUTO_TRYING
+    write_atomic(path, name.encode("utf-8"))
+    try:
+        yield
+    finally:
+        _remove(path)
+
+
+def crashed(job: Job) -> Dict[str, str]:
+    """What crashed the job's worker in an earlier attempt, by name, with the signal (written by the agent)."""
+    return read_json(job.folder / AUTO_CRASHED) or {}
 
 
 def _remove(path: Path) -> None:
