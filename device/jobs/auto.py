@@ -16,15 +16,19 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
-# The crash protocol with the agent: the worker names the runtime it is trying in AUTO_TRYING; when a runtime
-# crashes the worker, the agent records it in AUTO_CRASHED and runs the job again without it, up to
-# MAX_CRASHED_CANDIDATES times.
+from ..agent.spool import read_json, write_atomic
+
+# The crash protocol with the agent: the worker names the candidate ("openvino int8") or baseline ("baseline
+# openvino") it is building in AUTO_TRYING; when it crashes the worker, the agent records it in AUTO_CRASHED and
+# runs the job again without that runtime, up to MAX_CRASHED_CANDIDATES times.
 AUTO_TRYING = "auto.trying"
 AUTO_CRASHED = "auto.crashed.json"
-MAX_CRASHED_CANDIDATES = 5  # (runtime, precision) candidates: a runtime crashing may take several with it
+MAX_CRASHED_CANDIDATES = 4  # a runtime may crash once as a candidate and once building a baseline
 
 ROUNDS = 5
 ROUND_S = 0.15  # per candidate and round; at least MIN_RUNS runs each
@@ -32,6 +36,36 @@ MIN_RUNS = 2
 WARMUP_RUNS = 2
 NOISE_PERCENT = 5.0  # a win by less than this is reported as within noise
 PAUSE_S = 0.01  # between candidates: lets one runtime's spinning worker threads go to sleep before the next runs
+
+
+@contextmanager
+def trying(job: Any, name: str) -> Iterator[None]:
+    """Names ``name`` to the agent while it builds (AUTO_TRYING): if it crashes the worker, the agent records it
+    in AUTO_CRASHED and runs the job again without it (``crashed``)."""
+    path = job.folder / AUTO_TRYING
+    write_atomic(path, name.encode("utf-8"))
+    try:
+        yield
+    finally:
+        _remove(path)
+
+
+def crashed(job: Any) -> Dict[str, str]:
+    """What crashed the job's worker in an earlier attempt, by name, with the signal (written by the agent)."""
+    return read_json(job.folder / AUTO_CRASHED) or {}
+
+
+def crashed_runtime(crashes: Mapping[str, str], backend: str) -> Optional[str]:
+    """The signal with which ``backend`` crashed the worker in an earlier attempt of this job (as a candidate,
+    'openvino int8', or building a baseline, 'baseline openvino'), else None."""
+    return next((signal for name, signal in crashes.items() if backend in name.split(" ")), None)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 @dataclass

@@ -23,10 +23,9 @@ from ..contract.manifest import MODEL_BASELINE, MODEL_BASELINE_FP16, MODEL_FP16,
 from ..contract.model_files import AUTO, candidates
 from ..contract.runtimes import baseline_precision
 from ..errors import storage_failure
-from .auto import Candidate, choose, interleave, precision_label
+from .auto import Candidate, choose, crashed, crashed_runtime, interleave, precision_label, trying
 from .context import Job
 from .engines import build_engine, build_options, engine_key, job_build_options
-from .prepare import crashed, trying
 
 Files = Mapping[str, Path]
 
@@ -94,7 +93,7 @@ def user_baseline(job: Job, manifest: Manifest, files: Files,
     built: Dict[str, Baseline] = {}
     crashes = crashed(job)
     for name, backend in backends.items():
-        if any(key.split(" ")[-1] == name or key.split(" ")[0] == name for key in crashes):
+        if crashed_runtime(crashes, name) is not None:
             job.event("warning", "baseline on {} skipped: it crashed the job's worker on this job".format(name))
             continue
         try:

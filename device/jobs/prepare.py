@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import shutil
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..agent.spool import read_json, write_atomic
 from ..backends import Backend, BackendUnavailable, Engine, available, get_backend
 from ..contract.manifest import MODEL_BASELINE, REFERENCE, Manifest
 from ..contract.model_files import AUTO, ModelChoiceError, candidates, job_candidates, model_file
 from ..contract.runtimes import cpu_runtimes, fallback_runtime
 from ..cpu import describe_cpu
 from ..errors import JobError, StaleEngine, storage_failure
-from .auto import AUTO_CRASHED, AUTO_TRYING, ROUNDS, Candidate, choose, interleave, precision_advice
+from .auto import ROUNDS, Candidate, choose, crashed, crashed_runtime, interleave, precision_advice, trying
 from .context import Job
 from .engines import build_engine, build_options, engine_key, job_build_options
 from .measure import validate
@@ -201,8 +199,9 @@ def _try_candidate(job: Job, manifest: Manifest, files: Files, backend: Backend,
     """One candidate built and validated, or dropped with the reason in ``candidate``: one failing (or having
     crashed the worker before) must not stop the others; a failing disk fails the job."""
     name = candidate.name
-    if name in crashed:
-        candidate.reason = "crashed the job's worker ({}) on this model".format(crashed[name])
+    signal = crashed_runtime(crashed, candidate.backend)
+    if signal is not None:  # a runtime that crashed on this model (converting it, mostly) is not tried again
+        candidate.reason = "crashed the job's worker ({}) on this model".format(signal)
         return None
     try:
         with trying(job, name):
@@ -287,27 +286,3 @@ def _close(prepared: Iterable[Prepared]) -> None:
 
 def _runner(engine: Engine, data: np.ndarray) -> Callable[[], Any]:
     return lambda: engine.run(data)
-
-
-@contextmanager
-def trying(job: Job, name: str) -> Iterator[None]:
-    """Names ``name`` to the agent while it builds (AUTO_TRYING): if it crashes the worker, the agent records it
-    in AUTO_CRASHED and runs the job again without it (``crashed``)."""
-    path = job.folder / AUTO_TRYING
-    write_atomic(path, name.encode("utf-8"))
-    try:
-        yield
-    finally:
-        _remove(path)
-
-
-def crashed(job: Job) -> Dict[str, str]:
-    """What crashed the job's worker in an earlier attempt, by name, with the signal (written by the agent)."""
-    return read_json(job.folder / AUTO_CRASHED) or {}
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
