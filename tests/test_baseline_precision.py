@@ -129,3 +129,52 @@ def test_an_explicit_precision_ships_it_and_warns_when_another_measured_faster()
     assert precision_advice([int8, close], "openvino int8", 32) is None
     failed = candidate("openvino", "fp16", [0.5], [0.1], requested=False, passed=False)  # never advised
     assert precision_advice([int8, failed], "openvino int8", 32) is None
+
+
+# -- TensorRT's baseline reads the unpruned files ------------------------------------------------------
+class RecordingTrt:
+    """Answers like the TensorRT backend where the baseline is concerned: its job options carry every ONNX file
+    by name, and its build takes the file its plan picks (plan_build) from them."""
+
+    name = "tensorrt"
+
+    def __init__(self, version: str) -> None:
+        self.version = TrtVersion.parse(version)
+        self.built: dict = {}
+
+    def identity(self) -> dict:
+        return {"backend": self.name, "version": str(self.version)}
+
+    def job_options(self, agent_root, engines, files) -> dict:
+        return {"model_paths": {name: str(path) for name, path in files.items() if name.endswith(".onnx")}}
+
+    def build(self, model, engine_dir, options, progress) -> dict:
+        plan = plan_build(options, self.version, 0, sorted(options["model_paths"]))
+        self.built = {"file": options["model_paths"][plan.model_file], "flags": plan.flags}
+        return {"file": "engine.plan"}
+
+    def load(self, folder, meta):
+        return "engine"
+
+
+@pytest.mark.parametrize("version, typed, flags", [("10.3.0", False, ("FP16",)), ("11.0.0", True, ())])
+def test_tensorrt_builds_the_unpruned_model_at_fp16_never_the_pruned_one(tmp_path, version, typed, flags):
+    from edgekit.device.agent.spool import Spool
+    from edgekit.device.contract.manifest import MODEL_BASELINE, MODEL_BASELINE_FP16, parse_manifest
+    from edgekit.device.jobs.baseline import build_baseline
+    from edgekit.device.jobs.context import Job
+
+    names = [MODEL_FP32, MODEL_BASELINE] + ([MODEL_BASELINE_FP16] if typed else [])
+    files = {name: tmp_path / name for name in names}
+    manifest = parse_manifest({
+        "schema_version": 1, "model": "m", "input": {"name": "input", "shape": [3, 8, 8], "batch_sizes": [1, 4]},
+        "target": {"backend": "tensorrt", "precision": "auto"},
+        "files": [{"name": name, "sha256": "0" * 64, "size": 1} for name in names]})
+    spool = Spool(tmp_path / "root")
+    spool.engines.mkdir(parents=True)
+    spool.job_dir("j").mkdir(parents=True)
+    backend = RecordingTrt(version)
+    baseline = build_baseline(Job(spool, "j"), manifest, files, backend, baseline_precision("tensorrt"))
+    expected = files[MODEL_BASELINE_FP16 if typed else MODEL_BASELINE]
+    assert backend.built == {"file": str(expected), "flags": flags}
+    assert baseline.info["precision"] == "fp16" and baseline.info["backend"] == "tensorrt"
