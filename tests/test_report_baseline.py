@@ -199,10 +199,11 @@ def test_push_int8_reports_speedup_over_the_baseline_with_plots_and_compare(proj
     data = json.loads(second.stdout)
     report = data["report"]
     assert data["optimize"]["cached"] and report["model_file"] == model_for_here()
-    assert report["baseline"]["backend"] == report["backend"] and all(b["speedup"] > 0 for b in report["benchmarks"])
-    # the baseline is built on the runtime auto picks; its race may pick the other one on this push (then that
-    # runtime's baseline engine is built now, once)
-    assert report["baseline"]["engine_reused"] == (report["backend"] == first_backend), (first_backend, report)
+    assert all(b["speedup"] > 0 and b["speedup_fp32"] > 0 for b in report["benchmarks"])
+    # the baseline is built on every runtime here at its default precision, the fastest kept: all built on the
+    # first push; strict FP32 runs on the final's runtime (auto's race may pick the other one on this push)
+    assert report["baseline"]["engine_reused"] and report["baseline"]["label"].startswith("unpruned ")
+    assert report["baseline_fp32"]["engine_reused"] or report["backend"] != first_backend
     assert all(len(b["baseline"]["samples_ms"]) >= 2 for b in report["benchmarks"])
     compared = json.loads(run_cli("compare", "--json", cwd=project).stdout)["rows"]
     assert [r["batch"] for r in compared] == [1, 8] and all(r["new_vs_baseline"] for r in compared)

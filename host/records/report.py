@@ -25,8 +25,8 @@ def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
         default = "unknown error" if status == "failed" else "no report yet"
         return [{"device": device, "status": status or "unknown", "error": report.get("error", default)}]
     validation = report["validation"]
-    backend = report["backend"] + (" (fallback)" if report.get("fallback") else " (auto)" if report.get("auto")
-                                   else "")
+    runtime_auto = bool(report.get("auto")) and report["auto"].get("runtime_auto", True)  # older reports: auto
+    backend = report["backend"] + (" (fallback)" if report.get("fallback") else " (auto)" if runtime_auto else "")
     rows = []
     for bench in report["benchmarks"]:
         latency = bench["latency_ms"]
