@@ -130,7 +130,7 @@ def _fastest(job: Job, manifest: Manifest, built: Dict[str, Baseline]) -> Baseli
     _close(built.values())
     labels = {c.backend: c for c in tried}
     winner.info["race"] = {name: {"median_ms": labels[name].median_ms} for name in labels}
-    winner.info["chosen_because"] = choice.message.replace("auto chose", "fastest:", 1)
+    winner.info["chosen_because"] = choice.message.replace("auto chose", "the fastest for the unpruned model:", 1)
     return winner
 
 

@@ -162,9 +162,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{baseline_label(report)} (the unpruned model as a user would run it there): {ratio}; "
                      f"host top-1 {baseline:.2%} → {final:.2%} ({(final - baseline) * 100:+.2f} pt)")
         strict = {b["batch"]: b["speedup_fp32"] for b in report.get("benchmarks", []) if b.get("speedup_fp32")}
-        if strict and report.get("baseline_fp32"):
-            lines.append(f"vs {report['baseline_fp32'].get('label', 'unpruned strict FP32')}: "
-                         + ", ".join(f"{s:.2f}× at batch {b}" for b, s in strict.items()))
+        second = (report.get("baseline_fp32") or {}).get("label")
+        if strict and second and second != baseline_label(report):  # the same engine: said once
+            lines.append(f"vs {second}: " + ", ".join(f"{s:.2f}× at batch {b}" for b, s in strict.items()))
+        if report["baseline"].get("chosen_because"):
+            lines.append(f"baseline runtime, {report['baseline']['chosen_because']}")
     return lines
 
 
