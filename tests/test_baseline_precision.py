@@ -178,3 +178,15 @@ def test_tensorrt_builds_the_unpruned_model_at_fp16_never_the_pruned_one(tmp_pat
     expected = files[MODEL_BASELINE_FP16 if typed else MODEL_BASELINE]
     assert backend.built == {"file": str(expected), "flags": flags}
     assert baseline.info["precision"] == "fp16" and baseline.info["backend"] == "tensorrt"
+
+
+def test_fp16_under_backend_auto_runs_where_a_runtime_has_it_and_is_refused_where_none_does():
+    from edgekit.device.contract.model_files import ModelChoiceError, needed_files
+
+    assert job_candidates(["openvino", "onnxruntime"], "fp16", [MODEL_FP32, MODEL_INT8_CPU], cpu=VNNI) == [
+        ("openvino", "fp16"), ("openvino", "int8"), ("openvino", "fp32")]
+    assert needed_files(["openvino", "onnxruntime"], "fp16", cpu=VNNI) == [MODEL_FP32]
+    with pytest.raises(ModelChoiceError, match="fp16 needs"):
+        job_candidates(["onnxruntime"], "fp16", [MODEL_FP32])
+    with pytest.raises(ModelChoiceError, match="fp16 needs"):
+        needed_files(["onnxruntime"], "fp16")

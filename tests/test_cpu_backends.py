@@ -113,7 +113,11 @@ def test_host_picks_files_from_what_the_device_reports(tmp_path):
     with pytest.raises(ConfigError, match="model.int8"):
         files_for_device(config, device, {MODEL_FP32: files[MODEL_FP32]}, dict(both, cpu=VNNI))
     with pytest.raises(ConfigError, match="fp16 needs the openvino or tensorrt backend"):
-        files_for_device(config, DeviceSection(kind="local", precision="fp16"), files, dict(both, cpu=VNNI))
+        files_for_device(config, DeviceSection(kind="local", backend="onnxruntime", precision="fp16"), files,
+                         dict(both, cpu=VNNI))
+    # under auto, the runtime that has it runs it (OpenVINO's default precision)
+    assert MODEL_FP32 in files_for_device(config, DeviceSection(kind="local", precision="fp16"), files,
+                                          dict(both, cpu=VNNI))
 
 
 # -- auto's choice -----------------------------------------------------------------------------------

@@ -105,18 +105,21 @@ def job_candidates(backends: Sequence[str], precision: str, shipped: Iterable[st
     """(backend, precision) pairs a job builds, validates and races: the requested ones always (a missing file
     then fails the job with the reason), the others where the bundle carries the file they build from."""
     shipped = list(shipped)
-    pairs = []
+    pairs, refused = [], []
     for backend in backends:
         for each in precisions(backend, precision):
             requested = precision in (AUTO, each)
             try:
                 name = model_file(backend, each, int8_mode, cpu, shipped)
-            except ModelChoiceError:
+            except ModelChoiceError as exc:
                 if requested and precision != AUTO:
-                    raise
+                    refused.append(exc)  # this runtime cannot build the precision asked for: the others may
+                    break
                 continue
             if (requested and precision != AUTO) or name in shipped:
                 pairs.append((backend, each))
+    if refused and len(refused) == len(backends):
+        raise refused[0]
     return pairs
 
 
@@ -131,13 +134,18 @@ def needed_files(backends: Sequence[str], precision: str, int8_mode: str = "expl
                  cpu: Optional[Mapping[str, Any]] = None, shipped: Optional[Iterable[str]] = None) -> List[str]:
     """The model variants (and TensorRT's calibration cache) these backends will read at ``precision`` (for
     ``auto``: at every precision they have), sorted."""
-    names = set()
+    names, refused = set(), []
     shipped = None if shipped is None else list(shipped)
     for backend in backends:
-        for each in (auto_precisions(backend) if precision == AUTO else [precision]):
-            names.add(model_file(backend, each, int8_mode, cpu, shipped))
-            if _implicit_int8(_runtime(backend), each, int8_mode):
-                names.add(CALIBRATION_CACHE)
+        try:
+            for each in (auto_precisions(backend) if precision == AUTO else [precision]):
+                names.add(model_file(backend, each, int8_mode, cpu, shipped))
+                if _implicit_int8(_runtime(backend), each, int8_mode):
+                    names.add(CALIBRATION_CACHE)
+        except ModelChoiceError as exc:  # one runtime of several unable to: the others run it (auto's race)
+            refused.append(exc)
+    if refused and len(refused) == len(backends):
+        raise refused[0]
     return sorted(names)
 
 
