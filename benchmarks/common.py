@@ -94,17 +94,19 @@ def report(name: str, title: str, columns: list[str], rows: list[list[Any]], dat
     return path
 
 
-def engine_worker(connection: Any, runtime: str, path: str, batches: list[int]) -> None:
-    """Build and load the engine like the agent does, then answer 'outputs' and 'round' requests."""
+def engine_worker(connection: Any, runtime: str, path: str, batches: list[int], precision: str = "fp32") -> None:
+    """Build and load the engine like the agent does (at ``precision``: "fp16" is OpenVINO's default inference
+    precision), say what it runs, then answer 'outputs' and 'round' requests."""
     from edgekit.device.backends import get_backend
 
     backend = get_backend(runtime)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
-        meta = backend.build(Path(path), Path(tmp), {"batch_sizes": batches, "threads": 0,
+        meta = backend.build(Path(path), Path(tmp), {"batch_sizes": batches, "threads": 0, "precision": precision,
                                                      "openvino_cache_dir": str(Path(tmp) / "cache")}, lambda m: None)
         engine = backend.load(Path(tmp), meta)
         data = {b: np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32) for b in batches}
-        connection.send("ready")
+        engine.run(data[batches[0]])
+        connection.send(("ready", engine.executed_precision() or precision))
         while True:
             request = connection.recv()
             if request[0] == "stop":
@@ -124,7 +126,7 @@ def engine_worker(connection: Any, runtime: str, path: str, batches: list[int]) 
 
 
 class EngineWorkers:
-    """One worker process per (model file, runtime), built by the agent's own backend classes.
+    """One worker process per (model file, runtime[, precision]), built by the agent's own backend classes.
 
     Each engine lives in its own process so one runtime's idle (spinning) threads cannot slow another;
     ``rounds`` makes them take turns round by round, so noise on a shared machine hits every one alike.
@@ -134,13 +136,15 @@ class EngineWorkers:
         context = mp.get_context("spawn")
         self.batches = batches
         self.workers = {}
-        for key, (runtime, path) in engines.items():
+        self.executed: dict[Hashable, str] = {}  # what each engine runs, as its runtime says (OpenVINO: bf16...)
+        for key, (runtime, path, *precision) in engines.items():
             ours, theirs = context.Pipe()
-            process = context.Process(target=engine_worker, args=(theirs, runtime, str(path), batches), daemon=True)
+            process = context.Process(target=engine_worker, args=(theirs, runtime, str(path), batches, *precision),
+                                      daemon=True)
             process.start()
             self.workers[key] = (ours, process)
-        for ours, _ in self.workers.values():
-            ours.recv()
+        for key, (ours, _) in self.workers.items():
+            self.executed[key] = ours.recv()[1]
 
     def outputs(self, key: Hashable, inputs: np.ndarray) -> np.ndarray:
         ours, _ = self.workers[key]

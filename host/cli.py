@@ -273,7 +273,8 @@ def _open_files(paths: list[str]) -> None:
 def compare(old: Optional[str] = typer.Argument(None, help="job id (default: the run before the last)"),
             new: Optional[str] = typer.Argument(None, help="job id (default: the last run)"),
             config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
-    """Compare two runs: median latencies, each run's speed-up over its FP32 baseline, host top-1."""
+    """Compare two runs: median latencies, each run's speed-up over its baseline (the unpruned model at the
+    runtime's default precision, named) and over strict FP32, host top-1."""
     from .records.history import History
     from .records.report import compare_rows, compare_table
 

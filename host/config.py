@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..device.contract.benchmark import BASELINE, CV_WARN_PERCENT, DURATION_S, MIN_ITERATIONS, ROUNDS, WARMUP_S
 from .errors import ConfigError
 
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = Literal["fp32", "fp16", "int8", "auto"]  # auto: the device builds each, ships the fastest valid
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a project's name, and a device's
 
 

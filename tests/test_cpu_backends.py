@@ -66,11 +66,14 @@ def test_model_file_per_backend_precision_and_isa(backend, precision, mode, cpu,
     assert model_file(backend, precision, mode, cpu) == expected
 
 
-def test_fp16_off_tensorrt_and_auto_as_a_backend_are_refused():
-    with pytest.raises(ModelChoiceError, match="fp16 needs the tensorrt backend"):
-        model_file("openvino", "fp16")
+def test_fp16_off_tensorrt_and_openvino_and_auto_as_a_backend_are_refused():
+    with pytest.raises(ModelChoiceError, match="fp16 needs the openvino or tensorrt backend"):
+        model_file("onnxruntime", "fp16")
+    assert model_file("openvino", "fp16") == MODEL_FP32  # OpenVINO's default precision (bf16/f16) from the FP32 file
     with pytest.raises(ModelChoiceError, match="auto is not a backend"):
         model_file("auto", "fp32")
+    with pytest.raises(ModelChoiceError, match="auto is not a precision"):
+        model_file("openvino", "auto")
 
 
 def test_auto_candidates_are_the_cpu_runtimes_present_or_tensorrt():
@@ -82,11 +85,14 @@ def test_auto_candidates_are_the_cpu_runtimes_present_or_tensorrt():
 
 def test_only_the_files_a_backend_reads_are_shipped_the_rest_stays():
     assert needed_files(["openvino", "onnxruntime"], "int8", cpu=VNNI) == [MODEL_INT8_CPU]
+    # an explicit precision keeps the other precisions' files: the device measures them to advise
     assert unused_files(ALL_FILES, ["openvino", "onnxruntime"], "int8", cpu=VNNI) == [
-        CALIBRATION_CACHE, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ, MODEL_FP32]
+        CALIBRATION_CACHE, MODEL_INT8_CPU_AVX2, MODEL_INT8_QDQ]
     assert needed_files(["tensorrt"], "int8", "implicit") == [CALIBRATION_CACHE, MODEL_FP32]
     kept = set(ALL_FILES) - set(unused_files(ALL_FILES, ["onnxruntime"], "fp32", cpu=AVX2))
-    assert kept == {MODEL_FP32, "calibration.json", REFERENCE, "model.baseline.onnx"}
+    assert kept == {MODEL_FP32, MODEL_INT8_CPU_AVX2, "calibration.json", REFERENCE, "model.baseline.onnx"}
+    assert needed_files(["openvino", "onnxruntime"], "auto", cpu=VNNI) == [MODEL_INT8_CPU, MODEL_FP32]
+    assert needed_files(["tensorrt"], "auto") == [MODEL_INT8_QDQ, MODEL_FP32]
 
 
 def test_host_picks_files_from_what_the_device_reports(tmp_path):
@@ -103,11 +109,15 @@ def test_host_picks_files_from_what_the_device_reports(tmp_path):
     on_avx2 = files_for_device(config, device, files, dict(both, cpu=AVX2))
     assert MODEL_INT8_CPU_AVX2 in on_avx2 and MODEL_INT8_CPU not in on_avx2 and MODEL_INT8_QDQ not in on_avx2
     unknown = files_for_device(config, device, files, None)  # no status: both INT8 forms travel
-    assert {MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2} <= set(unknown) and MODEL_FP32 not in unknown
+    assert {MODEL_INT8_CPU, MODEL_INT8_CPU_AVX2, MODEL_FP32} <= set(unknown)  # FP32: measured to advise
     with pytest.raises(ConfigError, match="model.int8"):
         files_for_device(config, device, {MODEL_FP32: files[MODEL_FP32]}, dict(both, cpu=VNNI))
-    with pytest.raises(ConfigError, match="fp16 needs the tensorrt backend"):
-        files_for_device(config, DeviceSection(kind="local", precision="fp16"), files, dict(both, cpu=VNNI))
+    with pytest.raises(ConfigError, match="fp16 needs the openvino or tensorrt backend"):
+        files_for_device(config, DeviceSection(kind="local", backend="onnxruntime", precision="fp16"), files,
+                         dict(both, cpu=VNNI))
+    # under auto, the runtime that has it runs it (OpenVINO's default precision)
+    assert MODEL_FP32 in files_for_device(config, DeviceSection(kind="local", precision="fp16"), files,
+                                          dict(both, cpu=VNNI))
 
 
 # -- auto's choice -----------------------------------------------------------------------------------
@@ -223,15 +233,20 @@ def test_push_local_auto_int8_says_which_runtime_won_and_ships_only_its_file(pro
     report = json.loads(result.stdout)["report"]
     auto = report["auto"]
     expected_file = model_file("onnxruntime", "int8", cpu=describe_cpu())
-    assert [c["backend"] for c in auto["candidates"]] == ["openvino", "onnxruntime"]
+    requested = [c for c in auto["candidates"] if c["requested"]]
+    assert [c["backend"] for c in requested] == ["openvino", "onnxruntime"]
     assert all(c["passed"] and c["model_file"] == expected_file and len(c["round_medians_ms"]) == 5
-               for c in auto["candidates"])
-    assert report["backend"] == auto["chosen"] and auto["speedup"] >= 1.0 and report["validation"]["passed"]
-    assert report["baseline"]["backend"] == auto["chosen"]  # the speed-up compares like with like
-    assert auto["message"].startswith(f"auto chose {auto['chosen']}: {auto['speedup']:.2f}× faster than ")
+               for c in requested)
+    assert report["backend"] == auto["chosen"] and report["precision"] == "int8" and auto["speedup"] >= 1.0
+    assert report["validation"]["passed"] and not auto["precision_auto"]
+    # the other precisions were measured only to advise: a warning names a faster one, never ships it
+    advisers = [c for c in auto["candidates"] if not c["requested"]]
+    assert advisers and {c["precision"] for c in advisers} <= {"fp16", "fp32"}
+    assert report["baseline"]["label"].startswith("unpruned ") and report["baseline_fp32"]["precision"] == "fp32"
+    assert auto["message"].startswith(f"auto chose {auto['chosen']} int8: {auto['speedup']:.2f}× faster than ")
     shipped = json.loads((Spool(root).jobs / report["job"] / "manifest.json").read_text())["files"]
     names = {entry["name"] for entry in shipped}
-    assert expected_file in names and not names & (VARIANTS - {expected_file})
+    assert expected_file in names and not names & (VARIANTS - {expected_file, MODEL_FP32})
     again = run_cli("push", "local", cwd=project, env=dict(os.environ))
     assert again.returncode == 0, again.stderr
     shown = again.stdout + again.stderr

@@ -148,13 +148,13 @@ def test_init_writes_the_chain_with_a_jetson_block_that_loads_when_uncommented(t
     text = (tmp_path / "p" / "deploy.toml").read_text()
     config = load_config(tmp_path / "p" / "deploy.toml")
     assert config.prune.enabled and config.prune.ratio == 0.5 and config.quantize.enabled
-    assert config.devices["local"].precision == "int8"
+    assert config.devices["local"].precision == "auto"
     assert "# [devices.jetson]" in text
     (tmp_path / "p" / "deploy.toml").write_text(text.replace("# [devices", "[devices").replace("# host", "host")
                                                 .replace("# user", "user").replace("# backend", "backend")
                                                 .replace("# precision", "precision"))
     jetson = load_config(tmp_path / "p" / "deploy.toml").devices["jetson"]
-    assert (jetson.backend, jetson.precision, jetson.kind) == ("tensorrt", "int8", "ssh")
+    assert (jetson.backend, jetson.precision, jetson.kind) == ("tensorrt", "auto", "ssh")
 
 
 @pytest.mark.slow

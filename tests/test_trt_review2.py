@@ -305,6 +305,7 @@ class Window:
 
 
 def test_diagnostics_run_once_and_power_covers_only_the_final_engines_rounds():
+    from edgekit.device.jobs.baseline import Baseline
     from edgekit.device.jobs.measure import benchmark_phase
 
     sampler = Window()
@@ -315,7 +316,8 @@ def test_diagnostics_run_once_and_power_covers_only_the_final_engines_rounds():
     backend = types.SimpleNamespace(benchmark_options=lambda settings: {
         "cuda_graph": True, "profile_layers": True, "cross_check": True})
     job = types.SimpleNamespace(event=lambda *args, **kwargs: None)
-    results = benchmark_phase(job, manifest, backend, final, (baseline, {}), sampler)
+    results = benchmark_phase(job, manifest, backend, final,
+                              {"baseline": Baseline(baseline, {"label": "unpruned fp16 on tensorrt"})}, sampler)
     diagnostics = [c for c in final.calls if c[0].get("profile_layers") or c[0].get("cross_check")]
     assert len(diagnostics) == 2 and not any(open_ for _, open_ in diagnostics)  # once per batch size
     timed = [c for c in final.calls if c not in diagnostics]

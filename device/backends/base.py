@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -25,6 +25,10 @@ class Engine:
 
     def benchmark(self, batch: int, plan: Plan, **options: Any) -> Dict[str, Any]:
         raise NotImplementedError
+
+    def executed_precision(self) -> Optional[str]:
+        """The precision the runtime says this engine runs, where it can say (OpenVINO); None: as built."""
+        return None
 
     def close(self) -> None:
         """Release device memory; the default has nothing to release."""

@@ -3,8 +3,10 @@
 Building reads the bundle's ONNX once and saves it as OpenVINO IR in the engine directory; loading
 compiles the IR for one static batch size at a time (static shapes are what NPUs need and are faster on
 CPUs), with OpenVINO's model cache in the agent root so a recompile after a restart is a cache hit.
-Inference precision is pinned to f32: OpenVINO would otherwise pick bf16 on CPUs that have it, and the
-answers must be the ones the host validated (INT8 layers stay INT8 either way).
+Inference precision: precision "fp16" leaves it to OpenVINO (its default: bf16 on CPUs with AVX512-BF16 or
+AMX, f16 on ARM and GPUs), which is what a user runs and what the report's baseline is; "fp32" and "int8"
+pin it to f32 so the answers are the ones the host validated (INT8 layers stay INT8 either way). What a
+compiled model really runs is read back from it (``executed_precision``), never assumed.
 """
 
 from __future__ import annotations
@@ -52,9 +54,12 @@ def choose_device(available: List[str], requested: Optional[str]) -> str:
         wanted, ", ".join(available) or "none"))
 
 
-def compile_config(device: str, threads: int, cache_dir: Optional[str]) -> Dict[str, str]:
-    """Latency-oriented, one stream, f32 inference precision, the model cache where the agent keeps it."""
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+def compile_config(device: str, threads: int, cache_dir: Optional[str], precision: str = "fp32") -> Dict[str, str]:
+    """Latency-oriented, one stream, the model cache where the agent keeps it; f32 inference precision unless
+    ``precision`` is "fp16" (then OpenVINO's default, untouched)."""
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision != "fp16":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
     if device == "CPU":
         config["NUM_STREAMS"] = "1"
         if threads > 0:
@@ -70,6 +75,7 @@ class OpenVinoEngine(Engine):
     def __init__(self, ov: Any, core: Any, ir: Path, device: str, config: Dict[str, str]) -> None:
         self.ov, self.core, self.ir, self.device, self.config = ov, core, ir, device, config
         self.requests = {}  # type: Dict[int, Any]
+        self.compiled = {}  # type: Dict[int, Any]
         shape = list(core.read_model(str(ir)).inputs[0].get_partial_shape())
         self.chw = [int(d.get_length()) for d in shape[1:]]
 
@@ -77,8 +83,15 @@ class OpenVinoEngine(Engine):
         if batch not in self.requests:
             model = self.core.read_model(str(self.ir))
             model.reshape({model.inputs[0].get_any_name(): [batch] + self.chw})
-            self.requests[batch] = self.core.compile_model(model, self.device, self.config).create_infer_request()
+            self.compiled[batch] = self.core.compile_model(model, self.device, self.config)
+            self.requests[batch] = self.compiled[batch].create_infer_request()
         return self.requests[batch]
+
+    def executed_precision(self) -> Optional[str]:
+        """The inference precision the compiled model runs ('bf16', 'f16', 'f32'), as OpenVINO reports it."""
+        for compiled in self.compiled.values():
+            return executed_precision(compiled)
+        return None
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         request = self.request(len(inputs))
@@ -98,6 +111,17 @@ class OpenVinoEngine(Engine):
 
     def close(self) -> None:
         self.requests.clear()
+        self.compiled.clear()
+
+
+def executed_precision(compiled: Any) -> Optional[str]:
+    """A compiled model's INFERENCE_PRECISION_HINT property: what it runs, whatever was (or was not) asked."""
+    try:
+        value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    except Exception:  # noqa: BLE001 - a plugin without the property (some NPUs) runs what it runs
+        return None
+    name = getattr(value, "get_type_name", None)
+    return str(name() if callable(name) else value)
 
 
 class OpenVinoBackend(Backend):
@@ -139,14 +163,18 @@ class OpenVinoBackend(Backend):
             model.name, self.version, device, self._device_name(device.split(":")[0])))
         start = time.perf_counter()
         self.ov.save_model(self.core.read_model(str(model)), str(engine_dir / IR_FILE), compress_to_fp16=False)
-        config = compile_config(device, threads, cache_dir)
+        precision = str(options.get("precision", "fp32"))
+        config = compile_config(device, threads, cache_dir, precision)
         engine = OpenVinoEngine(self.ov, self.core, engine_dir / IR_FILE, device, config)
         for batch in options.get("batch_sizes", []):
             engine.request(int(batch))
+        executed = engine.executed_precision()
         engine.close()
         return {"file": IR_FILE, "device": device, "config": {k: v for k, v in config.items() if k != "CACHE_DIR"},
-                "cache_dir": cache_dir, "build_s": time.perf_counter() - start, "threads": threads}
+                "cache_dir": cache_dir, "build_s": time.perf_counter() - start, "threads": threads,
+                "precision": precision, "executed_precision": executed}
 
     def load(self, engine_dir: Path, meta: Dict[str, Any]) -> Engine:
-        config = compile_config(meta["device"], int(meta.get("threads", 0)), meta.get("cache_dir"))
+        config = compile_config(meta["device"], int(meta.get("threads", 0)), meta.get("cache_dir"),
+                                meta.get("precision", "fp32"))
         return OpenVinoEngine(self.ov, self.core, engine_dir / meta["file"], meta["device"], config)

@@ -31,8 +31,9 @@ CALIBRATION_JSON = "calibration.json"
 CALIBRATION_CACHE = "calibration.cache"
 REFERENCE = "reference.npz"
 MODEL_BASELINE = "model.baseline.onnx"  # the unpruned FP32 model, benchmarked beside the final one
+MODEL_BASELINE_FP16 = "model.baseline.fp16.onnx"  # its FP16 types, for TensorRT 11's strongly typed FP16 baseline
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "auto")  # auto: the agent builds each, keeps the fastest valid
 BACKENDS = ("onnxruntime", "tensorrt", "openvino", "auto")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple
 
 AUTO = "auto"  # not a runtime: the agent measures the CPU runtimes it has and keeps the fastest
+# Precision "fp16" is a runtime's reduced float precision, no calibration needed: FP16 on TensorRT; on OpenVINO
+# its default inference precision (bf16 on CPUs with AVX512-BF16/AMX, f16 on ARM and GPUs, f32 elsewhere: the
+# compiled model says which it ran)
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,20 @@ class Runtime:
     benchmark_keys: Tuple[str, ...] = ()  # target.benchmark keys set from the device's deploy.toml keys
     benchmark_extras: Tuple[str, ...] = ()  # target.benchmark switches its engines' benchmark takes
     cuda_python: bool = False  # CUDA memory through cuda-python: `edgekit device setup` ships its wheels
+    precisions: Tuple[str, ...] = ("int8", "fp32")  # what precision = "auto" builds, validates and races on it
+    # the precision a user runs the unpruned model at here without calibration: the report's baseline. It must be
+    # the runtime's own default (tests/test_baseline_precision.py): TensorRT users build --fp16, OpenVINO runs
+    # its default inference precision, ONNX Runtime FP32
+    baseline_precision: str = "fp32"
 
 
 # In the order the agent lists them (status, `edgekit device check`).
 RUNTIMES: Dict[str, Runtime] = {runtime.name: runtime for runtime in (
     Runtime("onnxruntime", race_rank=1),
-    Runtime("openvino", race_rank=0, fallback="onnxruntime", build_keys=("openvino_device",)),
-    Runtime("tensorrt", fp16=True, fp16_typed_files=True, qdq_int8=True, implicit_int8=True, auto_alone=True,
+    Runtime("openvino", fp16=True, race_rank=0, fallback="onnxruntime", build_keys=("openvino_device",),
+            precisions=("int8", "fp16", "fp32"), baseline_precision="fp16"),
+    Runtime("tensorrt", fp16=True, fp16_typed_files=True, precisions=("int8", "fp16", "fp32"),
+            baseline_precision="fp16", qdq_int8=True, implicit_int8=True, auto_alone=True,
             fallback="onnxruntime", build_keys=("int8_mode", "workspace_mb", "dla_core", "builder_optimization_level"),
             benchmark_keys=("cuda_graph", "profile_layers"),
             benchmark_extras=("cuda_graph", "profile_layers", "cross_check"), cuda_python=True),
@@ -73,6 +83,16 @@ def auto_alone(have: Iterable[str]) -> Optional[str]:
 
 def fp16_runtimes() -> Tuple[str, ...]:
     return tuple(name for name, r in RUNTIMES.items() if r.fp16)
+
+
+def baseline_precision(name: str) -> str:
+    """The precision of the report's baseline on this runtime: its default, the fastest without calibration."""
+    return runtime(name).baseline_precision
+
+
+def auto_precisions(name: str) -> Tuple[str, ...]:
+    """The precisions ``precision = "auto"`` builds on this runtime, INT8 first."""
+    return runtime(name).precisions
 
 
 def reads_fp16_typed_files(backend: Optional[str]) -> bool:

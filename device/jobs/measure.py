@@ -1,30 +1,29 @@
 """Check and measure an engine: its outputs against the host's (``reference.npz``), then its speed per batch
-size, beside the unpruned FP32 baseline in alternating rounds so the report's speed-up compares like with like
-on a device whose load and clocks drift."""
+size, beside the baselines (``baseline``: the unpruned model as the user would run it, and strict FP32) in
+alternating rounds so the report's speed-ups hold on a device whose load and clocks drift."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from .. import telemetry
 from ..backends import Backend, Engine
 from ..benchmark import Plan, interleaved, round_plan
-from ..contract.benchmark import BASELINE, ROUNDS
-from ..contract.manifest import MODEL_BASELINE, Manifest
+from ..contract.benchmark import ROUNDS
+from ..contract.manifest import Manifest
 from ..contract.validate import FP32_REFERENCE, compare, reference_key
 from ..errors import JobError
+from .baseline import Baseline, strict_baseline, user_baseline
 from .context import Job
-from .engines import build_engine, build_options, engine_key, job_build_options
 
 PLAN_LIMITS = {"warmup_s": (0.0, 120.0), "duration_s": (0.0, 600.0), "min_iterations": (1, 1000000),
                "cv_warn_percent": (0.0, 1000.0)}
 BASELINE_FIELDS = ("latency_ms", "images_per_s", "qps", "iterations", "samples_ms")
-Baseline = Tuple[Engine, Dict[str, Any]]  # the loaded baseline engine, and what the report says of it
 # Benchmark switches that are diagnostics, not timing: run once per batch size on the final engine, outside the
 # timed rounds and the power window (in every round they ran 8 trtexec runs per batch and mixed into power).
 DIAGNOSTIC_EXTRAS = ("profile_layers", "cross_check")
@@ -32,16 +31,18 @@ DIAGNOSTIC_EXTRAS = ("profile_layers", "cross_check")
 
 @dataclass
 class Measured:
-    """The benchmark of every batch size, the baseline's engine facts, the device's telemetry around it."""
+    """The benchmark of every batch size, the baselines' engine facts, the device's telemetry around it."""
 
     results: List[Dict[str, Any]]
     baseline: Optional[Dict[str, Any]]
     telemetry: Dict[str, Any]
+    baseline_fp32: Optional[Dict[str, Any]] = None
 
 
 def validate(engine: Engine, reference: Path, manifest: Manifest, model_name: str = "",
-             backend: str = "") -> Dict[str, Any]:
-    """The engine against the host's outputs of the same model file (older bundles: the FP32 outputs)."""
+             backend: str = "", precision: str = "") -> Dict[str, Any]:
+    """The engine against the host's outputs of the same model file (older bundles: the FP32 outputs), with the
+    tolerances of the precision it was built at (default: the manifest's)."""
     with np.load(str(reference), allow_pickle=False) as data:
         key = reference_key(model_name) if reference_key(model_name) in data.files else FP32_REFERENCE
         inputs, outputs, labels = data["inputs"], data[key], data["labels"]
@@ -54,46 +55,38 @@ def validate(engine: Engine, reference: Path, manifest: Manifest, model_name: st
             list(inputs.shape[1:]), list(expected)))
     step = max(manifest.batch_sizes)
     actual = np.concatenate([engine.run(inputs[i:i + step]) for i in range(0, len(inputs), step)])
-    result = compare(outputs, actual, labels, manifest.precision, manifest.validation, same_runtime)
+    result = compare(outputs, actual, labels, precision or manifest.precision, manifest.validation, same_runtime)
     result["reference"] = model_name if key != FP32_REFERENCE else "model.onnx (FP32)"
     return result
 
 
 def measure(job: Job, manifest: Manifest, files: Mapping[str, Path], backend: Backend, engine: Engine) -> Measured:
-    """Benchmark the job's engine (and the baseline beside it) with telemetry around the window; closes both."""
+    """Benchmark the job's engine beside the baselines (the user's, and strict FP32 on the same runtime) with
+    telemetry around the window; closes every engine."""
+    baselines: Dict[str, Baseline] = {}
     try:
-        baseline = baseline_engine(job, manifest, files, backend)
-        try:
-            before = telemetry.snapshot()
-            with telemetry.sampler() as sampler:
-                results = benchmark_phase(job, manifest, backend, engine, baseline, sampler)
-            after = telemetry.snapshot()
-        finally:
-            if baseline is not None:
-                baseline[0].close()
+        default = user_baseline(job, manifest, files)
+        if default is not None:
+            baselines["baseline"] = default
+            strict = strict_baseline(job, manifest, files, backend, default)
+            if strict is not None:
+                baselines["baseline_fp32"] = strict
+        before = telemetry.snapshot()
+        with telemetry.sampler() as sampler:
+            results = benchmark_phase(job, manifest, backend, engine, baselines, sampler)
+        after = telemetry.snapshot()
     finally:
+        for each in baselines.values():
+            each.engine.close()
         engine.close()
-    return Measured(results, baseline[1] if baseline is not None else None,
-                    {"before": before, "after": after, "during": sampler.result()})
-
-
-def baseline_engine(job: Job, manifest: Manifest, files: Mapping[str, Path], backend: Backend) -> Optional[Baseline]:
-    """The unpruned FP32 model on the same backend, when the bundle carries it and the project wants it."""
-    if MODEL_BASELINE not in files or not manifest.benchmark.get("baseline", BASELINE):
-        return None
-    options = build_options("fp32", manifest.batch_sizes, manifest.build)
-    entry = manifest.files[MODEL_BASELINE]
-    key = engine_key({MODEL_BASELINE: entry.sha256}, backend.identity(), dict(options, model=MODEL_BASELINE))
-    extra = job_build_options(job, options, manifest, files, backend, MODEL_BASELINE)
-    folder, meta, reused = build_engine(job, backend, files[MODEL_BASELINE], key, extra, what="baseline ")
-    return backend.load(folder, meta), {"engine_key": key, "engine_reused": reused, "model_file": MODEL_BASELINE,
-                                        "model_size_bytes": entry.size, "precision": "fp32",
-                                        "backend": backend.name}
+    infos = {name: each.info for name, each in baselines.items()}
+    return Measured(results, infos.get("baseline"), {"before": before, "after": after, "during": sampler.result()},
+                    infos.get("baseline_fp32", infos.get("baseline")))
 
 
 def benchmark_phase(job: Job, manifest: Manifest, backend: Backend, engine: Engine,
-                    baseline: Optional[Baseline], sampler: Any = None) -> List[Dict[str, Any]]:
-    """Per batch size: the final engine, and the baseline in alternating rounds with the same timing settings;
+                    baselines: Mapping[str, Baseline], sampler: Any = None) -> List[Dict[str, Any]]:
+    """Per batch size: the final engine, and the baselines in alternating rounds with the same timing settings;
     the final engine's diagnostics (per-layer profile, trtexec) once afterwards; ``sampler``'s power window
     covers the final engine's timed rounds only."""
     plan = benchmark_plan(manifest.benchmark)
@@ -101,13 +94,15 @@ def benchmark_phase(job: Job, manifest: Manifest, backend: Backend, engine: Engi
     timing = {k: v for k, v in extras.items() if k not in DIAGNOSTIC_EXTRAS}
     diagnostics = {k: v for k, v in extras.items() if k in DIAGNOSTIC_EXTRAS and v}
     window = getattr(sampler, "window", nullcontext)
-    rounds = int(manifest.benchmark.get("rounds", ROUNDS)) if baseline else 1
+    rounds = int(manifest.benchmark.get("rounds", ROUNDS)) if baselines else 1
     results = []
     for batch in manifest.batch_sizes:
         runs = {"final": _windowed(engine, batch, timing, window)}
-        if baseline is not None:
-            runs["baseline"] = lambda p, b=batch: baseline[0].benchmark(b, p, **timing)
-            message = "benchmarking batch {} (final and FP32 baseline, interleaved)".format(batch)
+        for name, each in baselines.items():
+            runs[name] = lambda p, b=batch, e=each.engine: e.benchmark(b, p, **timing)
+        if baselines:
+            message = "benchmarking batch {} (final, {}; interleaved)".format(
+                batch, ", ".join(each.info["label"] for each in baselines.values()))
         else:
             message = "benchmarking batch {}".format(batch)
         job.event("stage", message, stage="benchmark", batch=batch)
@@ -139,12 +134,16 @@ def _add_diagnostics(result: Dict[str, Any], extra: Dict[str, Any]) -> None:
 
 
 def _with_baseline(measured: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    """The final engine's figures, with the baseline's beside them and the speed-up when it ran."""
+    """The final engine's figures, with each baseline's beside them and the speed-ups over them: ``speedup`` over
+    the user's baseline, ``speedup_fp32`` over strict FP32 on the same runtime (the user's, when that is it)."""
     result = measured["final"]
-    if "baseline" in measured:
-        base = measured["baseline"]
-        result["baseline"] = {k: base[k] for k in BASELINE_FIELDS if k in base}
-        result["speedup"] = base["latency_ms"]["median"] / result["latency_ms"]["median"]
+    for name, ratio in (("baseline", "speedup"), ("baseline_fp32", "speedup_fp32")):
+        if name in measured:
+            base = measured[name]
+            result[name] = {k: base[k] for k in BASELINE_FIELDS if k in base}
+            result[ratio] = base["latency_ms"]["median"] / result["latency_ms"]["median"]
+    if "baseline" in result and "speedup_fp32" not in result:
+        result["speedup_fp32"] = result["speedup"]
     return result
 
 

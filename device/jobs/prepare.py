@@ -1,7 +1,8 @@
 """Step 2: the engine this job runs, built (or reused from the cache), loaded and validated.
 
-Either the backend the manifest names (or the contract's fallback for it, when deploy.toml allows), or for
-``auto`` every candidate runtime built and validated, the valid ones raced and the fastest kept.
+Either the backend and precision the manifest names (or the contract's fallback for it, when deploy.toml
+allows), or every (runtime, precision) candidate built and validated, the valid ones raced and the fastest
+kept: for ``backend = "auto"`` the runtimes, for ``precision = "auto"`` the precisions, together.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..agent.spool import read_json, write_atomic
 from ..backends import Backend, BackendUnavailable, Engine, available, get_backend
 from ..contract.manifest import MODEL_BASELINE, REFERENCE, Manifest
-from ..contract.model_files import AUTO, ModelChoiceError, candidates, model_file
+from ..contract.model_files import AUTO, ModelChoiceError, candidates, job_candidates, model_file
 from ..contract.runtimes import cpu_runtimes, fallback_runtime
 from ..cpu import describe_cpu
 from ..errors import JobError, StaleEngine, storage_failure
-from .auto import AUTO_CRASHED, AUTO_TRYING, ROUNDS, Candidate, choose, interleave
+from .auto import ROUNDS, Candidate, choose, crashed, crashed_runtime, interleave, precision_advice, trying
 from .context import Job
 from .engines import build_engine, build_options, engine_key, job_build_options
 from .measure import validate
@@ -43,24 +43,55 @@ class Prepared:
     validation: Dict[str, Any]
     fallback: Any = None
     auto: Optional[Dict[str, Any]] = None
+    precision: str = ""
+    executed: str = ""  # what the runtime says the engine runs (OpenVINO's bf16/f16/f32), when it says
 
 
 def prepare(job: Job, manifest: Manifest, files: Files) -> Prepared:
-    """The engine this job runs, built (or reused) and validated: the backend asked for, or auto's pick."""
-    options = build_options(manifest.precision, manifest.batch_sizes, manifest.build)
+    """The engine this job runs, built (or reused) and validated: the (backend, precision) asked for, or the
+    fastest valid candidate when either is ``auto`` or the bundle carries other precisions to measure."""
     cpu = describe_cpu()
-    if manifest.backend == AUTO:
-        return prepare_auto(job, manifest, files, options, cpu)
-    backend, fallback = select_backend(manifest)
-    chosen = prepare_one(job, manifest, files, backend, options, cpu)
-    validation = chosen.validation
-    if not validation["passed"]:
-        chosen.engine.close()
-        raise JobError("validation failed against the host's outputs of {}: {}; the active model was not "
-                       "changed. {}".format(validation["reference"], validation["reason"],
-                                            validation_advice(validation)))
+    backends, fallback = job_backends(manifest)
+    pairs = _pairs(manifest, list(backends), files, cpu)
+    if manifest.backend != AUTO and len(pairs) == 1:
+        chosen = prepare_one(job, manifest, files, backends[pairs[0][0]], _options(manifest, pairs[0][1]), cpu)
+        validation = chosen.validation
+        if not validation["passed"]:
+            chosen.engine.close()
+            raise JobError(_validation_failed(validation))
+    else:
+        chosen = prepare_race(job, manifest, files, backends, pairs, cpu)
     chosen.fallback = fallback
     return chosen
+
+
+def job_backends(manifest: Manifest) -> Tuple[Dict[str, Backend], Optional[str]]:
+    """The runtimes this job may run on, by name (``auto``: every candidate here), and a fallback's reason."""
+    if manifest.backend != AUTO:
+        backend, fallback = select_backend(manifest)
+        return {backend.name: backend}, fallback
+    found = available()
+    names = candidates(AUTO, found)
+    if not names:
+        raise BackendUnavailable("backend auto: no runtime on this device (have neither {}); install one with "
+                                 "`edgekit device setup`".format(" nor ".join(cpu_runtimes())))
+    return {name: found[name] for name in names}, None
+
+
+def _pairs(manifest: Manifest, names: List[str], files: Files, cpu: Dict[str, Any]) -> List[Tuple[str, str]]:
+    try:
+        return job_candidates(names, manifest.precision, files, manifest.build.get("int8_mode", "explicit"), cpu)
+    except ModelChoiceError as exc:
+        raise JobError(str(exc)) from None
+
+
+def _options(manifest: Manifest, precision: str) -> Dict[str, Any]:
+    return build_options(precision, manifest.batch_sizes, manifest.build)
+
+
+def _validation_failed(validation: Dict[str, Any]) -> str:
+    return "validation failed against the host's outputs of {}: {}; the active model was not changed. {}".format(
+        validation["reference"], validation["reason"], validation_advice(validation))
 
 
 def select_backend(manifest: Manifest) -> Tuple[Backend, Optional[str]]:
@@ -80,8 +111,10 @@ def select_backend(manifest: Manifest) -> Tuple[Backend, Optional[str]]:
 
 def prepare_one(job: Job, manifest: Manifest, files: Files, backend: Backend, options: Dict[str, Any],
                 cpu: Dict[str, Any]) -> Prepared:
-    """Build or reuse ``backend``'s engine from the file model_files picks for this CPU, and validate it."""
-    model_name = _model_file(manifest, files, backend, cpu)
+    """Build or reuse ``backend``'s engine at ``options["precision"]`` from the file model_files picks for this
+    CPU, and validate it against the host's outputs with that precision's tolerances."""
+    precision = options["precision"]
+    model_name = _model_file(manifest, precision, files, backend, cpu)
     hashes = {name: manifest.files[name].sha256 for name in manifest.files
               if name not in (REFERENCE, MODEL_BASELINE)}
     key = engine_key(hashes, backend.identity(), dict(options, model=model_name))
@@ -89,13 +122,14 @@ def prepare_one(job: Job, manifest: Manifest, files: Files, backend: Backend, op
     engine_dir, meta, reused, engine = _build_and_load(job, backend, files[model_name], key, extra)
     model_name = built_from(meta, model_name, manifest.files)
     try:
-        job.event("stage", "validating {} ({}) against the host's reference outputs".format(
-            backend.name, model_name), stage="validate", backend=backend.name)
-        validation = validate(engine, files[REFERENCE], manifest, model_name, backend.name)
+        job.event("stage", "validating {} {} ({}) against the host's reference outputs".format(
+            backend.name, precision, model_name), stage="validate", backend=backend.name)
+        validation = validate(engine, files[REFERENCE], manifest, model_name, backend.name, precision)
     except BaseException:
         engine.close()
         raise
-    return Prepared(backend, engine, engine_dir, meta, reused, key, model_name, validation)
+    return Prepared(backend, engine, engine_dir, meta, reused, key, model_name, validation, precision=precision,
+                    executed=engine.executed_precision() or "")
 
 
 def built_from(meta: Mapping[str, Any], chosen: str, shipped: Iterable[str]) -> str:
@@ -105,10 +139,10 @@ def built_from(meta: Mapping[str, Any], chosen: str, shipped: Iterable[str]) -> 
     return name if isinstance(name, str) and name in shipped else chosen
 
 
-def _model_file(manifest: Manifest, files: Files, backend: Backend, cpu: Dict[str, Any]) -> str:
+def _model_file(manifest: Manifest, precision: str, files: Files, backend: Backend, cpu: Dict[str, Any]) -> str:
     """The bundle file ``backend`` builds from on this CPU; the job fails when the bundle lacks it."""
     try:
-        model_name = model_file(backend.name, manifest.precision, manifest.build.get("int8_mode", "explicit"), cpu,
+        model_name = model_file(backend.name, precision, manifest.build.get("int8_mode", "explicit"), cpu,
                                 manifest.files)
     except ModelChoiceError as exc:
         raise JobError(str(exc)) from None
@@ -131,84 +165,100 @@ def _build_and_load(job: Job, backend: Backend, model: Path, key: str,
     return engine_dir, meta, reused, backend.load(engine_dir, meta)
 
 
-# -- auto ---------------------------------------------------------------------------------------
-def prepare_auto(job: Job, manifest: Manifest, files: Files, options: Dict[str, Any],
-                 cpu: Dict[str, Any]) -> Prepared:
-    """Build and validate every candidate runtime, race the valid ones, keep the fastest."""
-    found = available()
-    names = candidates(AUTO, found)
-    if not names:
-        raise BackendUnavailable("backend auto: no runtime on this device (have neither {}); install one with "
-                                 "`edgekit device setup`".format(" nor ".join(cpu_runtimes())))
-    job.event("stage", "auto: trying {}".format(", ".join(names)), stage="auto", candidates=names)
+# -- the race ------------------------------------------------------------------------------------
+def prepare_race(job: Job, manifest: Manifest, files: Files, backends: Mapping[str, Backend],
+                 pairs: List[Tuple[str, str]], cpu: Dict[str, Any]) -> Prepared:
+    """Build and validate every (runtime, precision) candidate, race the valid ones, keep the fastest that may
+    win (with an explicit precision: that precision; the others only advise)."""
+    job.event("stage", "auto: trying {}".format(", ".join("{} {}".format(*pair) for pair in pairs)), stage="auto",
+              candidates=["{} {}".format(*pair) for pair in pairs])
     tried: List[Candidate] = []
     ready: Dict[str, Prepared] = {}
-    crashed = read_json(job.folder / AUTO_CRASHED) or {}  # written by the agent (supervise)
-    for name in names:
-        candidate = Candidate(name)
+    crashes = crashed(job)
+    for name, precision in pairs:
+        candidate = Candidate(name, precision=precision, requested=manifest.precision in (AUTO, precision))
         tried.append(candidate)
-        prepared = _try_candidate(job, manifest, files, found[name], options, cpu, candidate, crashed, ready)
-        if prepared is not None:
-            ready[name] = prepared
+        prepared = _try_candidate(job, manifest, files, backends[name], cpu, candidate, crashes, ready)
+        if prepared is not None and not _duplicate(job, manifest, candidate, prepared, pairs):
+            ready[candidate.name] = prepared
     batch = max(manifest.batch_sizes)
     if len(ready) > 1:
         _race(job, manifest, ready, tried, batch)
-    return _keep_fastest(job, ready, tried, batch, cpu)
+    return _keep_fastest(job, manifest, ready, tried, batch, cpu)
 
 
-def _try_candidate(job: Job, manifest: Manifest, files: Files, backend: Backend, options: Dict[str, Any],
-                   cpu: Dict[str, Any], candidate: Candidate, crashed: Mapping[str, str],
-                   ready: Dict[str, Prepared]) -> Optional[Prepared]:
-    """One runtime built and validated, or dropped with the reason in ``candidate``: one runtime failing (or
-    having crashed the worker before) must not stop the others; a failing disk fails the job."""
-    name = candidate.backend
-    if name in crashed:
-        candidate.reason = "crashed the job's worker ({}) on this model".format(crashed[name])
+def _duplicate(job: Job, manifest: Manifest, candidate: Candidate, prepared: Prepared,
+               pairs: List[Tuple[str, str]]) -> bool:
+    """A reduced-precision candidate the runtime runs in FP32 anyway (OpenVINO on a CPU without bf16/f16) is the
+    FP32 candidate twice: dropped (its engine closed), saying so, unless it is the precision asked for."""
+    if candidate.precision == manifest.precision or candidate.precision == "fp32" \
+            or candidate.shown != "{} fp32".format(candidate.backend) or (candidate.backend, "fp32") not in pairs:
+        return False
+    prepared.engine.close()
+    candidate.passed = False
+    candidate.reason = "{} runs it in f32 on this device (no reduced precision here): the fp32 candidate".format(
+        candidate.backend)
+    job.event("progress", "auto: {} dropped ({})".format(candidate.name, candidate.reason), backend=candidate.backend)
+    return True
+
+
+def _try_candidate(job: Job, manifest: Manifest, files: Files, backend: Backend, cpu: Dict[str, Any],
+                   candidate: Candidate, crashed: Mapping[str, str], ready: Dict[str, Prepared]) -> Optional[Prepared]:
+    """One candidate built and validated, or dropped with the reason in ``candidate``: one failing (or having
+    crashed the worker before) must not stop the others; a failing disk fails the job."""
+    name = candidate.name
+    signal = crashed_runtime(crashed, candidate.backend)
+    if signal is not None:  # a runtime that crashed on this model (converting it, mostly) is not tried again
+        candidate.reason = "crashed the job's worker ({}) on this model".format(signal)
         return None
-    trying = job.folder / AUTO_TRYING  # names the runtime to the agent if it crashes the worker
     try:
-        write_atomic(trying, name.encode("utf-8"))
-        prepared = prepare_one(job, manifest, files, backend, options, cpu)
-    except Exception as exc:  # noqa: BLE001 - one runtime failing must not stop the others
+        with trying(job, name):
+            prepared = prepare_one(job, manifest, files, backend, _options(manifest, candidate.precision), cpu)
+    except Exception as exc:  # noqa: BLE001 - one candidate failing must not stop the others
         job.log(traceback.format_exc())
-        _remove(trying)
         if storage_failure(exc):  # the disk, not the runtime: the job fails with the storage's reason
             _close(ready.values())
             raise
         candidate.reason = str(exc) if isinstance(exc, JobError) else "{}: {}".format(type(exc).__name__, exc)
-        job.event("warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=name)
+        job.event("warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=candidate.backend)
         return None
-    _remove(trying)
     validation = prepared.validation
     candidate.model_file, candidate.passed = prepared.model_file, bool(validation["passed"])
+    candidate.executed = prepared.executed
     candidate.reason = "" if candidate.passed else "validation failed: {}".format(validation["reason"])
     candidate.extra = {"engine_key": prepared.key, "engine_reused": prepared.reused,
                        "top1_agreement": validation.get("top1_agreement"), "cosine_min": validation.get("cosine_min")}
     if candidate.passed:
         return prepared
     prepared.engine.close()
-    job.event("warning", "auto: {} dropped ({})".format(name, candidate.reason), backend=name)
+    job.event("warning", "auto: {} dropped ({})".format(candidate.shown, candidate.reason), backend=candidate.backend)
+    if candidate.requested and manifest.backend != AUTO and manifest.precision != AUTO:
+        _close(ready.values())  # the precision asked for failed on the runtime asked for: as without a race
+        raise JobError(_validation_failed(validation))
     return None
 
 
 def _race(job: Job, manifest: Manifest, ready: Mapping[str, Prepared], tried: List[Candidate], batch: int) -> None:
     """Every valid candidate measured in interleaved rounds at every batch size, into ``tried``."""
     sizes = sorted(set(manifest.batch_sizes))
+    shown = {c.name: c.shown for c in tried}
     job.event("stage", "auto: measuring {} at batch {} ({} interleaved rounds each)".format(
-        " vs ".join(ready), ", ".join(str(b) for b in sizes), ROUNDS), stage="auto", batch=batch)
+        " vs ".join(shown[name] for name in ready), ", ".join(str(b) for b in sizes), ROUNDS), stage="auto",
+        batch=batch)
     for size in sizes:
         data = np.random.default_rng(0).standard_normal([size] + list(manifest.input_shape)).astype(np.float32)
         rounds = interleave({name: _runner(prepared.engine, data) for name, prepared in ready.items()})
         for candidate in tried:
             if size == batch:
-                candidate.round_medians_ms = rounds.get(candidate.backend, [])
-            elif candidate.backend in rounds:
-                candidate.other_batches[size] = rounds[candidate.backend]
+                candidate.round_medians_ms = rounds.get(candidate.name, [])
+            elif candidate.name in rounds:
+                candidate.other_batches[size] = rounds[candidate.name]
 
 
-def _keep_fastest(job: Job, ready: Dict[str, Prepared], tried: List[Candidate], batch: int,
+def _keep_fastest(job: Job, manifest: Manifest, ready: Dict[str, Prepared], tried: List[Candidate], batch: int,
                   cpu: Dict[str, Any]) -> Prepared:
-    """``choose``'s winner, the others' engines closed, the figures behind the choice kept for the report."""
+    """``choose``'s winner, the others' engines closed, the figures behind the choice kept for the report; with
+    an explicit precision, a warning when another precision measured faster."""
     try:
         choice = choose(tried, batch)
     except ValueError as exc:
@@ -216,10 +266,15 @@ def _keep_fastest(job: Job, ready: Dict[str, Prepared], tried: List[Candidate], 
         raise JobError("{}; the active model was not changed".format(exc)) from None
     winner = ready.pop(choice.winner)
     _close(ready.values())
-    job.event("auto", choice.message, stage="auto", chosen=choice.winner, speedup=choice.speedup)
-    winner.auto = {"chosen": choice.winner, "runner_up": choice.runner_up, "speedup": choice.speedup,
-                   "batch": batch, "message": choice.message, "cpu": cpu,
-                   "candidates": [candidate.summary() for candidate in tried]}
+    job.event("auto", choice.message, stage="auto", chosen=winner.backend.name, precision=winner.precision,
+              speedup=choice.speedup)
+    advice = None if manifest.precision == AUTO else precision_advice(tried, choice.winner, batch)
+    if advice:
+        job.event("warning", advice, stage="auto")
+    winner.auto = {"chosen": winner.backend.name, "precision": winner.precision, "candidate": choice.winner,
+                   "runner_up": choice.runner_up, "speedup": choice.speedup, "batch": batch, "message": choice.message,
+                   "cpu": cpu, "runtime_auto": manifest.backend == AUTO, "precision_auto": manifest.precision == AUTO,
+                   "precision_advice": advice, "candidates": [candidate.summary() for candidate in tried]}
     return winner
 
 
@@ -239,10 +294,3 @@ def _close(prepared: Iterable[Prepared]) -> None:
 
 def _runner(engine: Engine, data: np.ndarray) -> Callable[[], Any]:
     return lambda: engine.run(data)
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass

@@ -125,10 +125,12 @@ class JobRunner:
         return {
             "job": job_id, "status": "done", "model": manifest.model, "agent_version": __version__,
             "signer": signer, "backend": backend.name, "backend_describe": backend.describe(),
-            "fallback": chosen.fallback, "precision": manifest.precision, "engine_key": chosen.key,
+            "fallback": chosen.fallback, "precision": chosen.precision, "precision_requested": manifest.precision,
+            "executed_precision": chosen.executed, "engine_key": chosen.key,
             "engine_reused": chosen.reused, "engine": chosen.meta, "model_file": chosen.model_file,
             "model_size_bytes": manifest.files[chosen.model_file].size, "validation": chosen.validation,
             "benchmarks": measured.results, "auto": chosen.auto, "baseline": measured.baseline,
+            "baseline_fp32": measured.baseline_fp32,
             "telemetry": {"device": telemetry.describe_host(), **measured.telemetry},
             "current": os.readlink(str(self.spool.models / manifest.model / "current")),
             "previous": previous, "host": manifest.raw.get("host", {}),

@@ -29,4 +29,4 @@ def check_latency_budget(manifest: Manifest, chosen: Prepared, results: List[Dic
     if missed:
         raise JobError("over budget: {}; the active model was not changed".format("; ".join(missed)),
                        {"budget_failures": missed, "benchmarks": results, "validation": chosen.validation,
-                        "backend": chosen.backend.name, "precision": manifest.precision, "engine_key": chosen.key})
+                        "backend": chosen.backend.name, "precision": chosen.precision, "engine_key": chosen.key})

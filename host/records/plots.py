@@ -1,7 +1,8 @@
 """PNG plots of a push, written next to its stored report: where people would rather look than read.
 
-- ``latency-b<N>.png`` per batch size: the latency distribution (CDF) of the final model and of the
-  unpruned FP32 baseline, measured on the device in the same job;
+- ``latency-b<N>.png`` per batch size: the latency distribution (CDF) of the final model, of the unpruned
+  model at its runtime's default precision (the report's baseline) and at strict FP32, measured on the device
+  in the same job;
 - ``stages.png``: held-out top-1 against host latency for every pipeline stage that produced a model.
 """
 
@@ -28,8 +29,12 @@ def latency_plot(report: dict[str, Any], bench: dict[str, Any], path: Path) -> P
     figure = _figure(7, 4.2)
     axis = figure.subplots()
     series = [(f"final ({report.get('precision')}, {report.get('model_file')})", bench, "tab:blue")]
+    baseline = report.get("baseline") or {}
     if bench.get("baseline"):
-        series.append(("unpruned FP32 baseline", bench["baseline"], "tab:gray"))
+        series.append((baseline.get("label") or "unpruned FP32 baseline", bench["baseline"], "tab:gray"))
+    if bench.get("baseline_fp32"):
+        strict = (report.get("baseline_fp32") or {}).get("label") or "unpruned strict FP32"
+        series.append((strict, bench["baseline_fp32"], "tab:red"))
     for label, data, color in series:
         samples = np.sort(np.asarray(data.get("samples_ms") or [], dtype=float))
         if not samples.size:
@@ -38,7 +43,7 @@ def latency_plot(report: dict[str, Any], bench: dict[str, Any], path: Path) -> P
         median = data["latency_ms"]["median"]
         axis.step(samples, fraction, where="post", color=color, label=f"{label}: p50 {median:.3f} ms")
         axis.axvline(median, color=color, linestyle=":", linewidth=1)
-    speedup = f" — {bench['speedup']:.2f}× faster than the baseline" if bench.get("speedup") else ""
+    speedup = f" — {bench['speedup']:.2f}× vs {baseline.get('label') or 'the baseline'}" if bench.get("speedup") else ""
     axis.set_title(f"{report.get('model')} on {report.get('device', 'device')} ({report.get('backend')}), "
                    f"batch {bench['batch']}{speedup}", fontsize=10)
     axis.set_xlabel("latency per batch (ms)")

@@ -25,8 +25,8 @@ def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
         default = "unknown error" if status == "failed" else "no report yet"
         return [{"device": device, "status": status or "unknown", "error": report.get("error", default)}]
     validation = report["validation"]
-    backend = report["backend"] + (" (fallback)" if report.get("fallback") else " (auto)" if report.get("auto")
-                                   else "")
+    runtime_auto = bool(report.get("auto")) and report["auto"].get("runtime_auto", True)  # older reports: auto
+    backend = report["backend"] + (" (fallback)" if report.get("fallback") else " (auto)" if runtime_auto else "")
     rows = []
     for bench in report["benchmarks"]:
         latency = bench["latency_ms"]
@@ -39,8 +39,26 @@ def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
             "host_top1": host_accuracy(report), "engine_reused": report.get("engine_reused"),
             "baseline_p50_ms": bench.get("baseline", {}).get("latency_ms", {}).get("median"),
             "speedup": bench.get("speedup"), "baseline_top1": baseline_accuracy(report),
+            "baseline": baseline_label(report), "speedup_fp32": bench.get("speedup_fp32"),
+            "precision_shown": precision_shown(report),
         })
     return rows
+
+
+def baseline_label(report: dict[str, Any]) -> str:
+    """What the headline speed-up is measured against, e.g. 'unpruned bf16 on openvino' (reports before the
+    baseline ran at the runtime's default precision: 'unpruned FP32 on <runtime>')."""
+    baseline = report.get("baseline") or {}
+    return baseline.get("label") or f"unpruned FP32 on {baseline.get('backend') or report.get('backend', '?')}"
+
+
+def precision_shown(report: dict[str, Any]) -> str:
+    """'int8', 'fp16 (bf16)' where the runtime ran another float precision than the name, '(auto)' when chosen."""
+    precision, executed = report.get("precision", "?"), report.get("executed_precision") or ""
+    names = {"bf16": "bf16", "f16": "fp16", "f32": "fp32"}
+    shown = f"{precision} ({names.get(executed, executed)})" if precision == "fp16" and executed and \
+        names.get(executed, executed) != precision else precision
+    return shown + (" (auto)" if report.get("precision_requested") == "auto" else "")
 
 
 def baseline_accuracy(report: dict[str, Any]) -> Optional[float]:
@@ -54,7 +72,7 @@ def latency_table(rows: list[dict[str, Any]], title: str = "edgekit latency repo
     with_baseline = any(row.get("speedup") for row in rows)
     table = Table(title=title)
     columns = ["device", "backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s"]
-    columns += ["baseline p50 ms", "speed-up"] if with_baseline else []
+    columns += ["baseline p50 ms", "speed-up", "vs strict FP32"] if with_baseline else []
     columns += ["validation", "model size", "host top-1"]
     for column in columns:
         table.add_column(column, justify="right" if column[0] in "bpis" or "ms" in column else "left")
@@ -63,11 +81,13 @@ def latency_table(rows: list[dict[str, Any]], title: str = "edgekit latency repo
             shown = "[red]failed[/red]" if row["status"] == "failed" else f"[yellow]{escape(row['status'])}[/yellow]"
             table.add_row(row["device"], shown, escape(row["error"]), *[""] * (len(columns) - 3))
             continue
-        cells = [row["device"], row["backend"], row["precision"], str(row["batch"]), f"{row['p50_ms']:.3f}",
+        cells = [row["device"], row["backend"], row.get("precision_shown", row["precision"]), str(row["batch"]),
+                 f"{row['p50_ms']:.3f}",
                  f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['images_per_s']:.0f}"]
         if with_baseline:
             cells += [f"{row['baseline_p50_ms']:.3f}" if row.get("baseline_p50_ms") else "-",
-                      f"[bold]{row['speedup']:.2f}×[/bold]" if row.get("speedup") else "-"]
+                      f"[bold]{row['speedup']:.2f}×[/bold]" if row.get("speedup") else "-",
+                      f"{row['speedup_fp32']:.2f}×" if row.get("speedup_fp32") else "-"]
         cells += [("[green]passed[/green]" if row["validation"] == "passed" else "[red]FAILED[/red]")
                   + f" ({row['top1_agreement']:.1%})", _mb(row["model_bytes"]),
                   _top1(row["host_top1"], row.get("baseline_top1"))]
@@ -138,15 +158,22 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     speedups = {b["batch"]: b["speedup"] for b in report.get("benchmarks", []) if b.get("speedup")}
     if speedups and final is not None and baseline is not None:
         ratio = ", ".join(f"{s:.2f}× at batch {b}" for b, s in speedups.items())
-        runtime = (report.get("baseline") or {}).get("backend") or report.get("backend", "?")
-        lines.append(f"final {report['precision']} model vs unpruned FP32 baseline on the device, both on {runtime}: "
-                     f"{ratio}; host top-1 {baseline:.2%} → {final:.2%} ({(final - baseline) * 100:+.2f} pt)")
+        lines.append(f"final {precision_shown(report)} model on {report.get('backend', '?')} vs "
+                     f"{baseline_label(report)} (the unpruned model as a user would run it there): {ratio}; "
+                     f"host top-1 {baseline:.2%} → {final:.2%} ({(final - baseline) * 100:+.2f} pt)")
+        strict = {b["batch"]: b["speedup_fp32"] for b in report.get("benchmarks", []) if b.get("speedup_fp32")}
+        second = (report.get("baseline_fp32") or {}).get("label")
+        if strict and second and second != baseline_label(report):  # the same engine: said once
+            lines.append(f"vs {second}: " + ", ".join(f"{s:.2f}× at batch {b}" for b, s in strict.items()))
+        if report["baseline"].get("chosen_because"):
+            lines.append(f"baseline runtime, {report['baseline']['chosen_because']}")
     return lines
 
 
 def auto_line(auto: dict[str, Any]) -> str:
     """Which runtime ``backend = "auto"`` kept and why, with the runtimes it dropped."""
-    dropped = [f"{c['backend']}: {c['reason']}" for c in auto.get("candidates", []) if not c.get("passed")]
+    dropped = [f"{c.get('name') or c['backend']}: {c['reason']}" for c in auto.get("candidates", [])
+               if not c.get("passed")]
     return auto.get("message", "") + (f" (dropped {'; '.join(dropped)})" if dropped else "")
 
 
@@ -174,6 +201,8 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
         console.print(f"[yellow]{report['fallback']}[/yellow]")
     if report.get("auto"):
         console.print(auto_line(report["auto"]))
+        if report["auto"].get("precision_advice"):
+            console.print(f"[yellow]warning: {escape(report['auto']['precision_advice'])}[/yellow]")
     route = int8_route_line(report)
     if route:
         console.print(route)
@@ -214,15 +243,20 @@ def compare_rows(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any
                      "old_baseline_p50_ms": previous.get("baseline", {}).get("latency_ms", {}).get("median"),
                      "new_baseline_p50_ms": bench.get("baseline", {}).get("latency_ms", {}).get("median"),
                      "old_vs_baseline": previous.get("speedup"), "new_vs_baseline": bench.get("speedup"),
+                     "old_baseline": baseline_label(old), "new_baseline": baseline_label(new),
+                     "old_vs_fp32": previous.get("speedup_fp32"), "new_vs_fp32": bench.get("speedup_fp32"),
                      "old_top1": host_accuracy(old), "new_top1": host_accuracy(new)})
     return rows
 
 
 def compare_table(old_job: str, new_job: str, rows: list[dict[str, Any]]) -> Table:
     """``edgekit compare``: the rows of ``compare_rows`` as a table."""
+    names = rows[0] if rows else {}
     table = Table(title=f"{old_job} → {new_job}")
-    for column in ("batch", "old p50 ms", "new p50 ms", "new vs old", "old: baseline p50 / vs baseline",
-                   "new: baseline p50 / vs baseline", "host top-1 old → new"):
+    for column in ("batch", "old p50 ms", "new p50 ms", "new vs old",
+                   f"old vs {names.get('old_baseline', 'baseline')}: p50 / speed-up",
+                   f"new vs {names.get('new_baseline', 'baseline')}: p50 / speed-up",
+                   "vs strict FP32 old → new", "host top-1 old → new"):
         table.add_column(column, justify="right")
 
     def versus(p50: Optional[float], ratio: Optional[float]) -> str:
@@ -231,11 +265,15 @@ def compare_table(old_job: str, new_job: str, rows: list[dict[str, Any]]) -> Tab
     def top1(value: Optional[float]) -> str:
         return f"{value:.2%}" if value is not None else "-"
 
+    def ratio(value: Optional[float]) -> str:
+        return f"{value:.2f}×" if value else "-"
+
     for row in rows:
         table.add_row(str(row["batch"]), f"{row['old_p50_ms']:.3f}", f"{row['new_p50_ms']:.3f}",
                       f"{row['speedup']:.2f}×" if row["speedup"] else "-",
                       versus(row["old_baseline_p50_ms"], row["old_vs_baseline"]),
                       versus(row["new_baseline_p50_ms"], row["new_vs_baseline"]),
+                      f"{ratio(row.get('old_vs_fp32'))} → {ratio(row.get('new_vs_fp32'))}",
                       f"{top1(row['old_top1'])} → {top1(row['new_top1'])}")
     return table
 

@@ -8,7 +8,7 @@ from typing import Any
 from ...device import __version__
 from ...device.contract.manifest import SCHEMA_VERSION, canonical_bytes, parse_manifest, sha256_file
 from ...device.contract.model_files import ModelChoiceError, candidates, needed_files, unused_files
-from ...device.contract.runtimes import benchmark_keys, build_keys, cpu_runtimes, fallback_runtime
+from ...device.contract.runtimes import AUTO, benchmark_keys, build_keys, cpu_runtimes, fallback_runtime
 from ..config import Config, DeviceSection
 from ..errors import ConfigError
 
@@ -51,9 +51,10 @@ def files_for_device(config: Config, device: DeviceSection, files: dict[str, Pat
     """Only what the device will read: model_files decides, from the device's backends and CPU (its status)."""
     backends = device_backends(device, info)
     cpus = [info["cpu"]] if info and info.get("cpu") else list(_EITHER_CPU)
+    required = "fp32" if device.precision == AUTO else device.precision  # auto ships the others where they exist
     try:
         needed = {name for cpu in cpus
-                  for name in needed_files(backends, device.precision, device.int8_mode, cpu, shipped=files)}
+                  for name in needed_files(backends, required, device.int8_mode, cpu, shipped=files)}
     except ModelChoiceError as exc:
         raise ConfigError(f"{config.path.name}: devices: {exc}") from None
     absent = sorted(needed - set(files))

@@ -9,12 +9,12 @@ from typing import Any, Callable, Iterator
 
 from ...device.contract.budget import budget_failures as check_budget
 from ...device.contract.manifest import MODEL_BASELINE, REFERENCE
-from ...device.contract.model_files import MODEL_VARIANTS
+from ...device.contract.model_files import MODEL_VARIANTS, file_precision
 from ...device.contract.protocol import new_job_id
 from ..config import Config, DeviceSection, host_home
 from ..errors import CheckFailed, ConfigError, Interrupted
 from ..optimize import Optimized, optimize
-from ..optimize.prevalidate import check_before_upload
+from ..optimize.prevalidate import check_before_upload, fidelity
 from ..optimize.quantize.fp16 import typed_files_for
 from ..records.history import History
 from .bundle import files_for_device, make_manifest, manifest_bytes
@@ -167,9 +167,11 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
         with Interrupted.during(f"checking the files for {device_name}"):
             # The device's backends and CPU decide which model files it gets (edgekit.device.contract.model_files).
             manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)
-            for model_file in [entry["name"] for entry in manifest["files"] if entry["name"] in MODEL_VARIANTS]:
-                check_before_upload(files[REFERENCE], model_file, device.precision, manifest["target"]["validation"],
-                                    device_name)
+            failing = failing_alternatives(files[REFERENCE], manifest, device, device_name)
+            if failing:  # precisions the device would only measure: left out, the requested one is checked above
+                say(f"not shipped (would fail the device's validation): {'; '.join(failing.values())}")
+                files = {name: path for name, path in files.items() if name not in failing}
+                manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)
             payload = manifest_bytes(manifest)
             signature = sign(key, payload)
 
@@ -192,6 +194,23 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     report["uploaded_bytes"] = shipment.uploaded_bytes
     store_run(config, device_name, report)
     return report, optimized
+
+
+def failing_alternatives(reference, manifest: dict[str, Any], device: DeviceSection, device_name: str
+                         ) -> dict[str, str]:
+    """Check every model file of the bundle with the device's rule (at the precision it was written for) before
+    upload: a file of the precision asked for that would fail stops the push (``check_before_upload``); one the
+    device would only try (``auto``, or an alternative it measures to advise) is returned, to be left out."""
+    failing = {}
+    for model_file in [entry["name"] for entry in manifest["files"] if entry["name"] in MODEL_VARIANTS]:
+        precision = file_precision(model_file)
+        if precision == device.precision:
+            check_before_upload(reference, model_file, precision, manifest["target"]["validation"], device_name)
+            continue
+        verdict = fidelity(reference, model_file, precision, manifest["target"]["validation"])
+        if verdict is not None and not verdict["passed"]:
+            failing[model_file] = f"{model_file}: {verdict['reason']}"
+    return failing
 
 
 def reattach(config: Config, device_name: str, job: str | None, on_event: EventSink) -> dict[str, Any]:

@@ -120,9 +120,10 @@ def check_interface(config: Config, model: Any) -> None:
 
 
 def starter(name: str, arch: str) -> dict[str, dict[str, Any]]:
-    """What ``edgekit init`` writes: the whole chain (prune 50 %, fine-tune, INT8 on the ``local`` device) on the
+    """What ``edgekit init`` writes: the whole chain (prune 50 %, fine-tune, INT8 calibration) on the
     demo data set (``edgekit data digits``), with the demo project's recipe, which passes its budgets for the
-    zoo's ResNet-20 ×2 (99.2–99.4 % top-1, pruned + INT8 within 1 point: see deploy.toml)."""
+    zoo's ResNet-20 ×2 (99.2–99.4 % top-1, pruned + INT8 within 1 point: see deploy.toml); the device at
+    ``precision = "auto"``."""
     return {"project": {"name": name},
             "model": {"arch": arch, "width": 2.0 if ":" not in arch else 1.0, "num_classes": 10,
                       "checkpoint": "runs/model.pt"},
@@ -132,7 +133,8 @@ def starter(name: str, arch: str) -> dict[str, dict[str, Any]]:
             "prune": {"enabled": True, "ratio": 0.5, "round_to": 16, "finetune_epochs": 6, "early_stop": False,
                       "max_accuracy_drop": 0.01},
             "quantize": {"method": "percentile", "max_accuracy_drop": 0.01},
-            "devices": {"local": {"kind": "local", "backend": "auto", "precision": "int8"}}}
+            # the device builds the pruned model at every precision it can, validates each and ships the fastest
+            "devices": {"local": {"kind": "local", "backend": "auto", "precision": "auto"}}}
 
 
 # Appended to the starter deploy.toml: the second device a new user adds (README, "Adding a real device").
@@ -142,7 +144,7 @@ JETSON_EXAMPLE = """
 # host = "jetson.local"
 # user = "nvidia"
 # backend = "tensorrt"
-# precision = "int8"
+# precision = "auto"
 """
 
 

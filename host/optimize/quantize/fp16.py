@@ -82,19 +82,33 @@ def known_trt_major(last_report: dict | None) -> int | None:
 
 def add_typed_files(files: dict[str, Path], backend: str, precision: str, int8_mode: str, trt_major: int | None,
                     store: Path, say=lambda message: None) -> dict[str, Path]:
-    """``files`` plus the FP16-typed ONNX this device needs, written once under ``store`` per source content."""
-    from ....device.contract.manifest import MODEL_FP16, MODEL_FP32, MODEL_INT8_QDQ, MODEL_INT8_QDQ_FP16
+    """``files`` plus the FP16-typed ONNX this device needs, written once under ``store`` per source content: for
+    every precision the device builds (``auto``, and an explicit one's alternatives it measures to advise) and
+    for the unpruned baseline, which TensorRT runs at FP16."""
+    from ....device.contract.manifest import (
+        MODEL_BASELINE,
+        MODEL_BASELINE_FP16,
+        MODEL_FP16,
+        MODEL_FP32,
+        MODEL_INT8_QDQ,
+        MODEL_INT8_QDQ_FP16,
+    )
 
-    if not needs_typed_files(backend, precision, int8_mode, trt_major):
-        return dict(files)
-    wanted = {"fp16": (MODEL_FP16, MODEL_FP32, write_fp16), "int8": (MODEL_INT8_QDQ_FP16, MODEL_INT8_QDQ,
-                                                                     write_qdq_fp16)}[precision]
-    name, source_name, writer = wanted
-    if source_name not in files:
-        return dict(files)
+    wanted = {"fp16": [(MODEL_FP16, MODEL_FP32, write_fp16), (MODEL_BASELINE_FP16, MODEL_BASELINE, write_fp16)],
+              "int8": [(MODEL_INT8_QDQ_FP16, MODEL_INT8_QDQ, write_qdq_fp16)]}
+    added = dict(files)
+    for each, pairs in wanted.items():
+        if not needs_typed_files(backend, each, int8_mode, trt_major):
+            continue
+        for name, source_name, writer in pairs:
+            if source_name in files:
+                added[name] = _typed(files[source_name], name, writer, store, say)
+    return added
+
+
+def _typed(source: Path, name: str, writer, store: Path, say) -> Path:
     from ....device.contract.manifest import sha256_file
 
-    source = files[source_name]
     target = store / sha256_file(source)[:32] / name  # keyed by the source's content: never stale
     stamp = target.with_name(target.name + ".sha256")  # what was written: a damaged file is written again
     if target.is_file() and (not stamp.is_file() or stamp.read_text().strip() != sha256_file(target)):
@@ -107,13 +121,13 @@ def add_typed_files(files: dict[str, Path], backend: str, precision: str, int8_m
         stamp.write_text(sha256_file(partial))
         partial.replace(target)
         say(f"wrote {name} (FP16 types for TensorRT 11's strongly typed build)")
-    return dict(files, **{name: target})
+    return target
 
 
 def typed_files_for(config, device_name: str, device, files: dict[str, Path], say=lambda message: None
                     ) -> dict[str, Path]:
     """What ``push`` adds for this device: the typed ONNX it needs, judged by its last TensorRT reports."""
-    if not reads_fp16_typed_files(device.backend) or device.precision == "fp32":
+    if not reads_fp16_typed_files(device.backend):
         return {}
     from ...records.history import History
 
