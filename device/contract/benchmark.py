@@ -10,3 +10,10 @@ MIN_ITERATIONS = 10
 CV_WARN_PERCENT = 10.0  # a coefficient of variation above it: "the device is busy or throttling"
 BASELINE = True  # the unpruned FP32 model benchmarked beside the final one: the report's speed-up
 ROUNDS = 4  # alternating rounds of the final model and the baseline, each a slice of DURATION_S
+
+
+def baseline_precision(precision: str, backend: str) -> str:
+    """The precision the report's baseline (the unpruned model) runs at, beside a job at ``precision`` on
+    ``backend``. The one place that decides it: the deployment's baseline engine and the latency model's
+    ``target_speedup`` reference both ask here, so they cannot drift apart (today: strict FP32 everywhere)."""
+    return "fp32"

@@ -13,7 +13,7 @@ import numpy as np
 from .. import telemetry
 from ..backends import Backend, Engine
 from ..benchmark import Plan, interleaved
-from ..contract.benchmark import BASELINE, ROUNDS
+from ..contract.benchmark import BASELINE, ROUNDS, baseline_precision
 from ..contract.manifest import MODEL_BASELINE, Manifest
 from ..contract.validate import FP32_REFERENCE, compare, reference_key
 from ..errors import JobError
@@ -77,13 +77,14 @@ def baseline_engine(job: Job, manifest: Manifest, files: Mapping[str, Path], bac
     """The unpruned FP32 model on the same backend, when the bundle carries it and the project wants it."""
     if MODEL_BASELINE not in files or not manifest.benchmark.get("baseline", BASELINE):
         return None
-    options = build_options("fp32", manifest.batch_sizes, manifest.build)
+    precision = baseline_precision(manifest.precision, backend.name)
+    options = build_options(precision, manifest.batch_sizes, manifest.build)
     entry = manifest.files[MODEL_BASELINE]
     key = engine_key({MODEL_BASELINE: entry.sha256}, backend.identity(), dict(options, model=MODEL_BASELINE))
     extra = job_build_options(job, options, manifest, files, backend, MODEL_BASELINE)
     folder, meta, reused = build_engine(job, backend, files[MODEL_BASELINE], key, extra, what="baseline ")
     return backend.load(folder, meta), {"engine_key": key, "engine_reused": reused, "model_file": MODEL_BASELINE,
-                                        "model_size_bytes": entry.size, "precision": "fp32",
+                                        "model_size_bytes": entry.size, "precision": precision,
                                         "backend": backend.name}
 
 
