@@ -146,6 +146,10 @@ def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, st
 def push(config: Config, device_name: str, say: Say, on_event: EventSink,
          progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
     device = config.device(device_name)
+    if config.prune.latency_target:  # widths chosen against this device's measured latency model
+        from .latency import latency_model_file
+
+        config = config.with_latency_model(latency_model_file(config, device_name, say, on_event))
     optimized = optimize(config, say)
     optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
     files = {name: path for name, path in optimized.files.items()
@@ -175,6 +179,9 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     finally:
         transport.close()
     report["uploaded_bytes"] = shipment.uploaded_bytes
+    outcome = latency_outcome(optimized.stages, report)
+    if outcome:
+        report["latency_target"] = outcome
     store_run(config, device_name, report)
     return report, optimized
 
@@ -228,10 +235,36 @@ def published_stub(job: str, device: str, model: str) -> dict[str, Any]:
 
 
 def budget_failures(config: Config, report: dict[str, Any]) -> list[str]:
-    """Limits the job crossed: decided by the agent before the switch; re-checked for agents older than that."""
+    """Limits the job crossed: decided by the agent before the switch; re-checked for agents older than that;
+    and a latency target (``prune.target_latency_ms``) missed by more than its tolerance."""
+    target = report.get("latency_target") or {}
+    missed = [target["verdict"]] if target and not target.get("met") else []
     if report.get("budget_failures"):
-        return list(report["budget_failures"])
+        return list(report["budget_failures"]) + missed
     if report.get("status") != "done":
         return []
     budget = {k: v for k, v in config.budget.model_dump().items() if v is not None}
-    return check_budget(budget, report.get("benchmarks", []), report.get("host", {}).get("accuracy", {}) or {})
+    return check_budget(budget, report.get("benchmarks", []), report.get("host", {}).get("accuracy", {}) or {}) + missed
+
+
+TARGET_TOLERANCE = 0.15  # a latency target is met when the device measures at most this much above it
+
+
+def latency_outcome(stages: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any] | None:
+    """A latency target against the device's measurement: met or not, and the latency model's error. The prune
+    row of the stage table gets the measured figure beside the predicted one."""
+    info = (report.get("host", {}).get("pruning") or {}).get("latency")
+    if not info or report.get("status") != "done":
+        return None
+    bench = next((b for b in report.get("benchmarks", []) if b.get("batch") == info["batch"]), None)
+    if bench is None:
+        return None
+    measured = float(bench["latency_ms"]["median"])
+    met = measured <= info["target_ms"] * (1 + TARGET_TOLERANCE)
+    error = (info["predicted_ms"] - measured) / measured
+    verdict = (f"latency target {info['target_ms']:.3g} ms at batch {info['batch']}: measured {measured:.3g} ms "
+               f"({'met' if met else 'missed'}, within {TARGET_TOLERANCE:.0%} allowed; latency model predicted "
+               f"{info['predicted_ms']:.3g} ms, {error:+.0%})")
+    for row in [r for r in stages if r.get("step") == "prune" and "predicted" in str(r.get("note", ""))]:
+        row["note"] = f"{row['note']}; measured {measured:.3g} ms ({error:+.0%} predicted vs measured)"
+    return dict(info, measured_ms=measured, met=met, model_error=error, verdict=verdict)

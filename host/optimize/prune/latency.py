@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 LEVELS = (1.0, 0.75, 0.5, 0.25, 0.125)  # fractions of a group's width timed per layer (plus its floor)
@@ -178,6 +179,15 @@ def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
     if scale <= 0:
         return my - mx, 1.0
     return my - scale * mx, scale
+
+
+def load_model_file(path: Path) -> tuple[LatencyModel, dict[str, Any]]:
+    """A saved latency model as the predictor, with what the file says about where it was measured."""
+    saved = json.loads(Path(path).read_text())
+    layers = [Layer(**{k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()})
+              for layer in saved["layers"]]
+    spaces = {s["name"]: GroupSpace(**s) for s in saved["spaces"]}
+    return LatencyModel(layers, spaces, saved["table"]), saved
 
 
 # -- the search ------------------------------------------------------------------------------------
