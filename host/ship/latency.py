@@ -36,7 +36,7 @@ from .bundle import file_entries
 
 Say = Callable[[str], None]
 EventSink = Callable[[dict[str, Any]], None]
-ITERATIONS = 5  # timed runs per variant (after one untimed): the median of 5 is steady on an idle CPU
+ITERATIONS = 7  # timed runs per layer variant (after 3 untimed); whole models: 5 rounds of twice that
 
 
 def check_target(config: Config, device: DeviceSection, device_name: str) -> None:
