@@ -191,3 +191,40 @@ def test_the_agent_measures_a_latency_model_once_and_refuses_unsigned_jobs(tmp_p
     run_agent_once(root)
     refused = spool.report(forged)
     assert refused["status"] == "failed" and "signature" in refused["error"].lower(), refused
+
+
+def test_target_keys_are_checked_in_one_line(tmp_path):
+    from edgekit.host.config import ConfigError, deploy_toml, load_config
+    from edgekit.host.ship.latency import check_target
+
+    def config_with(**prune):
+        (tmp_path / "deploy.toml").write_text(deploy_toml(
+            project={"name": "p"}, model={"arch": "resnet20", "checkpoint": "m.pt"}, data={"path": "data"},
+            input={"batch_sizes": [1, 8]}, prune={"enabled": True, **prune}))
+        return load_config(tmp_path / "deploy.toml")
+
+    with pytest.raises(ConfigError, match="keep one of them"):
+        config_with(target_latency_ms=1.0, target_speedup=2.0)
+    config = config_with(target_latency_ms=1.0, target_batch=32)
+    assert config.prune.latency_target
+    with pytest.raises(ConfigError, match="target_batch = 32 is not among input.batch_sizes"):
+        check_target(config, config.device("local"), "local")
+    assert not config_with(ratio=0.5).prune.latency_target
+
+
+def test_the_measured_latency_decides_whether_the_target_was_met():
+    from edgekit.host.ship.push import latency_outcome
+
+    latency = {"target_ms": 2.0, "predicted_ms": 1.9, "batch": 1}
+    rows = [{"step": "prune", "note": "target 2 ms at b1 on local, predicted 1.9 ms"}]
+
+    def report(median: float) -> dict:
+        return {"status": "done", "host": {"pruning": {"latency": latency}},
+                "benchmarks": [{"batch": 1, "latency_ms": {"median": median}}]}
+
+    met = latency_outcome(rows, report(2.2))
+    assert met["met"] and met["model_error"] == pytest.approx(1.9 / 2.2 - 1)
+    assert "measured 2.2 ms" in rows[0]["note"]
+    missed = latency_outcome(rows, report(2.4))
+    assert not missed["met"] and "missed" in missed["verdict"]
+    assert latency_outcome(rows, {"status": "failed"}) is None
