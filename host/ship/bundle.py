@@ -66,16 +66,22 @@ def files_for_device(config: Config, device: DeviceSection, files: dict[str, Pat
     return {name: path for name, path in files.items() if name not in unused}
 
 
-def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path], host: dict[str, Any],
-                  device_info: dict[str, Any] | None = None) -> dict:
-    """Everything the agent needs to build, validate and benchmark, as plain data; ``device_info`` (the
-    agent's status) narrows the files to those its backend will read on its CPU."""
-    files = files_for_device(config, device, files, device_info)
+def build_settings(device: DeviceSection) -> dict[str, Any]:
+    """The manifest's ``target.build``: what the device's deploy.toml keys ask of its runtime's build."""
     build: dict[str, Any] = {"allow_fallback": device.allow_fallback}
     if device.threads:
         build["threads"] = device.threads
     # the runtime's own keys (the contract's table says which); they are part of the device's engine key
     build.update({key: getattr(device, key) for key in build_keys(device.backend) if getattr(device, key) is not None})
+    return build
+
+
+def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path], host: dict[str, Any],
+                  device_info: dict[str, Any] | None = None) -> dict:
+    """Everything the agent needs to build, validate and benchmark, as plain data; ``device_info`` (the
+    agent's status) narrows the files to those its backend will read on its CPU."""
+    files = files_for_device(config, device, files, device_info)
+    build = build_settings(device)
     benchmark = config.benchmark.model_dump()
     benchmark.update({key: getattr(device, key) for key in benchmark_keys(device.backend)})
     validation = {k: v for k, v in config.validation.model_dump().items() if v is not None}

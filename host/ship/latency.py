@@ -18,7 +18,6 @@ from typing import Any, Callable
 from ...device import __version__
 from ...device.contract.manifest import SCHEMA_VERSION, canonical_bytes, parse_manifest
 from ...device.contract.protocol import LATENCY_MODEL
-from ...device.contract.runtimes import build_keys
 from ..config import Config, DeviceSection, host_home
 from ..errors import CheckFailed, ConfigError
 from ..optimize.prune.latency import (
@@ -139,14 +138,11 @@ def run_job(config: Config, device_name: str, device: DeviceSection, files: dict
             graph_id: str, say: Say, on_event: EventSink) -> dict[str, Any]:
     """Sign, upload what the device lacks, publish the latency job and follow it to its report."""
     from ..optimize import Optimized
-    from .keys import load_or_create_key, public_line, sign
-    from .push import follow, lost_connection, ship
-    from .transports import open_transport
+    from .bundle import build_settings
+    from .keys import load_or_create_key, sign
+    from .push import connected, follow, ship
 
-    build: dict[str, Any] = {"allow_fallback": False}
-    if device.threads:
-        build["threads"] = device.threads
-    build.update({key: getattr(device, key) for key in build_keys(device.backend) if getattr(device, key) is not None})
+    build = dict(build_settings(device), allow_fallback=False)
     manifest = {
         "schema_version": SCHEMA_VERSION, "kind": LATENCY_MODEL, "model": config.project.name,
         "edgekit_version": __version__,
@@ -160,18 +156,10 @@ def run_job(config: Config, device_name: str, device: DeviceSection, files: dict
     parse_manifest(manifest)
     payload = canonical_bytes(manifest)
     key = load_or_create_key(host_home())
-    with lost_connection(device_name, "connecting; push again"):
-        transport = open_transport(device_name, device)
-    try:
-        with lost_connection(device_name, "preparing the device; push again"):
-            if device.kind == "local":
-                transport.trust(public_line(key))
-            transport.ensure_agent()
+    with connected(device_name, device, key) as transport:
         shipped = Optimized(files[next(iter(files))].parent, files, [], {})
         shipment = ship(transport, shipped, manifest, sign(key, payload), payload, say)
         report = follow(transport, shipment.job, on_event)
-    finally:
-        transport.close()
     if report.get("status") != "done" or not isinstance(report.get("ms"), dict):
         raise CheckFailed(f"measuring the latency model on {device_name} failed: {report.get('error', 'no table')}; "
                           "nothing was optimised or deployed")

@@ -143,6 +143,21 @@ def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, st
         time.sleep(poll)
 
 
+@contextmanager
+def connected(device_name: str, device: DeviceSection, key: Any) -> Iterator[Transport]:
+    """An open transport to a device whose agent runs (a local device trusts this host's key first)."""
+    with lost_connection(device_name, "connecting; push again"):
+        transport = open_transport(device_name, device)
+    try:
+        with lost_connection(device_name, "preparing the device; push again"):
+            if device.kind == "local":
+                transport.trust(public_line(key))
+            transport.ensure_agent()
+        yield transport
+    finally:
+        transport.close()
+
+
 def push(config: Config, device_name: str, say: Say, on_event: EventSink,
          progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
     device = config.device(device_name)
@@ -157,13 +172,8 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     files_for_device(config, device, files, None)  # a configuration mistake fails before connecting
     key = load_or_create_key(host_home())
     history = History(config.state_dir / "history.db")
-    with lost_connection(device_name, "connecting; push again"):
-        transport = open_transport(device_name, device)
-    try:
+    with connected(device_name, device, key) as transport:
         with lost_connection(device_name, "preparing the device; push again"):
-            if device.kind == "local":
-                transport.trust(public_line(key))
-            transport.ensure_agent()
             status = transport.status()
         # The device's backends and CPU decide which model files it gets (edgekit.device.contract.model_files).
         manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)
@@ -176,8 +186,6 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
                         lambda job: history.record(device_name, published_stub(job, device_name, config.project.name)))
         say(f"published job {shipment.job} to {device_name}")
         report = follow(transport, shipment.job, on_event)
-    finally:
-        transport.close()
     report["uploaded_bytes"] = shipment.uploaded_bytes
     outcome = latency_outcome(optimized.stages, report)
     if outcome:
