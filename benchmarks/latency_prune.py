@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--finetune", type=int, default=3)
     parser.add_argument("--train-images", type=int, default=0, help="use only this many training images (0: all)")
     parser.add_argument("--cifar", type=Path, default=None, help="a CIFAR-100/10 python-pickle folder")
+    parser.add_argument("--name", default="latency_prune", help="results/<name>.json")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekit-latency-prune")
     args = parser.parse_args()
     work = args.work
@@ -233,7 +234,7 @@ def main() -> None:
     stop_agent(work / "device")
     columns = ["model", "batch", "target ×", "target ms", "aware ms", "uniform ms", "predicted ms", "model err",
                "met ≤15%", "unpruned top-1", "aware top-1", "uniform top-1", "Δ pt"]
-    report("latency_prune", "latency-aware vs uniform pruning at equal measured latency (local, ONNX Runtime fp32)",
+    report(args.name, "latency-aware vs uniform pruning at equal measured latency (local, ONNX Runtime fp32)",
            columns, rows, {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
                            "data": "cifar" if args.cifar else "hard digits (noise σ=70, shifts ≤6 px)"})
 
