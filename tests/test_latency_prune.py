@@ -182,6 +182,12 @@ def test_the_agent_measures_a_latency_model_once_and_refuses_unsigned_jobs(tmp_p
     events = (spool.job_dir(second) / "events.jsonl").read_text()
     assert "nothing to measure" in events and "variants measured" not in events
 
+    bounded = publish_latency_job(root, key, variants, {"graph": "g3", "max_seconds": 1e-6})
+    run_agent_once(root)
+    cut = spool.report(bounded)
+    assert cut["status"] == "failed" and "needs more than its bound" in cut["error"], cut
+    assert "\n" not in cut["error"] and cut["current"] is None
+
     forged = publish_latency_job(root, key, variants, {"graph": "g2"})
     queued = root / "queue" / forged
     manifest = json.loads((queued / MANIFEST).read_text())
