@@ -234,3 +234,14 @@ def test_the_measured_latency_decides_whether_the_target_was_met():
     missed = latency_outcome(rows, report(2.4))
     assert not missed["met"] and "missed" in missed["verdict"]
     assert latency_outcome(rows, {"status": "failed"}) is None
+
+
+def test_a_missed_target_is_a_budget_failure_on_the_device():
+    from edgekit.device.contract.budget import budget_failures, target_limit
+
+    budget = target_limit(2.0, 8)
+    benches = [{"batch": 1, "latency_ms": {"median": 9.0}}, {"batch": 8, "latency_ms": {"median": 2.2}}]
+    assert budget_failures(budget, benches, {}) == []  # batch 1 is not the target's; 2.2 is within 15 %
+    benches[1]["latency_ms"]["median"] = 2.4
+    (line,) = budget_failures(budget, benches, {})
+    assert "batch 8" in line and "misses the pruning target 2.000 ms" in line

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ...device import __version__
+from ...device.contract.budget import target_limit
 from ...device.contract.manifest import SCHEMA_VERSION, canonical_bytes, parse_manifest, sha256_file
 from ...device.contract.model_files import ModelChoiceError, candidates, needed_files, unused_files
 from ...device.contract.runtimes import benchmark_keys, build_keys, cpu_runtimes, fallback_runtime
@@ -76,6 +77,12 @@ def build_settings(device: DeviceSection) -> dict[str, Any]:
     return build
 
 
+def latency_budget(host: dict[str, Any]) -> dict[str, Any]:
+    """A pruning latency target as a budget entry: the agent keeps the active model when the median misses it."""
+    latency = (host.get("pruning") or {}).get("latency")
+    return target_limit(latency["target_ms"], latency["batch"]) if latency else {}
+
+
 def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path], host: dict[str, Any],
                   device_info: dict[str, Any] | None = None) -> dict:
     """Everything the agent needs to build, validate and benchmark, as plain data; ``device_info`` (the
@@ -95,7 +102,8 @@ def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path],
         "target": {"backend": device.backend, "precision": device.precision, "build": build,
                    "benchmark": benchmark, "validation": validation},
         "files": file_entries(files),
-        "budget": {k: v for k, v in config.budget.model_dump().items() if v is not None},  # checked on the device
+        "budget": dict({k: v for k, v in config.budget.model_dump().items() if v is not None},  # checked on the device
+                       **latency_budget(host)),
         "host": dict(host, graphs=node_tables(files)),
     }
     parse_manifest(manifest)

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from ...device.contract.budget import TARGET_TOLERANCE
 from ...device.contract.budget import budget_failures as check_budget
 from ...device.contract.manifest import MODEL_BASELINE, REFERENCE
 from ...device.contract.model_files import MODEL_VARIANTS
@@ -17,7 +18,7 @@ from ..optimize import Optimized, optimize
 from ..optimize.prevalidate import check_before_upload
 from ..optimize.quantize.fp16 import typed_files_for
 from ..records.history import History
-from .bundle import files_for_device, make_manifest, manifest_bytes
+from .bundle import files_for_device, latency_budget, make_manifest, manifest_bytes
 from .keys import load_or_create_key, public_line, sign
 from .transports import Transport, open_transport
 from .transports.sftp import ConnectionLost
@@ -243,19 +244,15 @@ def published_stub(job: str, device: str, model: str) -> dict[str, Any]:
 
 
 def budget_failures(config: Config, report: dict[str, Any]) -> list[str]:
-    """Limits the job crossed: decided by the agent before the switch; re-checked for agents older than that;
-    and a latency target (``prune.target_latency_ms``) missed by more than its tolerance."""
-    target = report.get("latency_target") or {}
-    missed = [target["verdict"]] if target and not target.get("met") else []
+    """Limits the job crossed: decided by the agent before the switch (a pruning latency target among them);
+    re-checked for agents older than that."""
     if report.get("budget_failures"):
-        return list(report["budget_failures"]) + missed
+        return list(report["budget_failures"])
     if report.get("status") != "done":
         return []
     budget = {k: v for k, v in config.budget.model_dump().items() if v is not None}
-    return check_budget(budget, report.get("benchmarks", []), report.get("host", {}).get("accuracy", {}) or {}) + missed
-
-
-TARGET_TOLERANCE = 0.15  # a latency target is met when the device measures at most this much above it
+    budget.update(latency_budget(report.get("host", {})))
+    return check_budget(budget, report.get("benchmarks", []), report.get("host", {}).get("accuracy", {}) or {})
 
 
 def latency_outcome(stages: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any] | None:
