@@ -9,6 +9,7 @@ or the agent) never leaves a half-written thing where a reader would take it as 
     jobs/<job>/             state.json, events.jsonl (append-only), report.json, build artefacts
     engines/<key>/          built engines, content-addressed by the build key
     models/<name>/current   symlink to the active engine; ``previous`` keeps the one before
+    latency/<key>.json      measured latency-model tables (``latency_model`` jobs, see below)
 
 The agent's side of it is ``device/agent/spool.py``; the host's is ``host/ship/transports/client.py``.
 Both take the names below from here, so neither can drift from the other.
