@@ -77,10 +77,11 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
         f"{device_name} at batch {config.prune.target_batch} (bounded by prune.latency_budget_s = "
         f"{config.prune.latency_budget_s:.0f} s; cached there after the first push)")
     graph_id = graph_hash(layers, spaces)
+    # the file is the prune stage's input: only what the table says goes in (not whether it was measured now)
     report = run_job(config, device_name, device, files, plan, graph_id, say, on_event)
     saved = {"device": device_name, "backend": report.get("backend"), "precision": report.get("precision"),
              "batch": report.get("batch"), "table_key": report.get("table_key"), "graph": graph_id,
-             "measured": report.get("measured"), "baseline_ms": report["ms"].get(BASELINE),
+             "baseline_ms": report["ms"].get(BASELINE),
              "layers": [asdict(layer) for layer in layers], "spaces": [asdict(s) for s in spaces.values()],
              "table": report["ms"]}
     path = folder / f"{device_name}-{graph_id[:16]}-b{config.prune.target_batch}.json"
