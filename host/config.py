@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..device.contract.benchmark import BASELINE, CV_WARN_PERCENT, DURATION_S, MIN_ITERATIONS, ROUNDS, WARMUP_S
 from .errors import ConfigError
@@ -143,12 +143,24 @@ class PruneSection(Strict):
     sparsity_epochs: int = Field(default=3, ge=0)
     sparsity_lambda: float = Field(default=1e-4, ge=0)
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    # prune to a latency measured on the device being pushed to, instead of by ratio (host/optimize/prune/latency.py)
+    target_latency_ms: Optional[float] = Field(default=None, gt=0, description="median latency wanted on the device")
+    target_speedup: Optional[float] = Field(default=None, gt=1, description="or: the report's baseline latency / this")
+    target_batch: int = Field(default=1, ge=1, le=4096, description="the batch size the target is for")
+    latency_budget_s: float = Field(default=300.0, gt=0, le=3600, description="bound on measuring the latency model")
 
     @model_validator(mode="after")
     def _cost_weight(self) -> "PruneSection":
         if self.cost_weight and self.scope != "uniform":
             raise ValueError('cost_weight shapes uniform pruning only; set scope = "uniform" or remove cost_weight')
+        if self.target_latency_ms is not None and self.target_speedup is not None:
+            raise ValueError("target_latency_ms and target_speedup both set; keep one of them")
         return self
+
+    @property
+    def latency_target(self) -> bool:
+        """Widths chosen against the device's latency model rather than by ``ratio``."""
+        return self.enabled and (self.target_latency_ms is not None or self.target_speedup is not None)
 
 
 class BenchmarkSection(Strict):
@@ -223,6 +235,18 @@ class Config(Strict):
 
     # Set by load_config: where the file is, for paths and messages.
     path: Path = Path("deploy.toml")
+    # Set by a push with a latency target: the device's latency model (host/ship/latency.py), read by prune.
+    _latency_model: Optional[Path] = PrivateAttr(default=None)
+
+    def with_latency_model(self, path: Path) -> "Config":
+        """This config for one device: pruning reads that device's latency model (its content keys the stage)."""
+        copy = self.model_copy()
+        copy._latency_model = path
+        return copy
+
+    @property
+    def latency_model(self) -> Optional[Path]:
+        return self._latency_model
 
     @property
     def base(self) -> Path:

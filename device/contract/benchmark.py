@@ -10,3 +10,4 @@ MIN_ITERATIONS = 10
 CV_WARN_PERCENT = 10.0  # a coefficient of variation above it: "the device is busy or throttling"
 BASELINE = True  # the unpruned FP32 model benchmarked beside the final one: the report's speed-up
 ROUNDS = 4  # alternating rounds of the final model and the baseline, each a slice of DURATION_S
+

@@ -9,6 +9,14 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Sequence
 
 LATENCY_LIMITS = (("max_p99_ms", "p99"), ("max_median_ms", "median"))
+# A pruning latency target (``prune.target_latency_ms``) is met when the median at its batch is at most this much
+# above it; the host writes the limit into the budget (``target_limit``), so a miss keeps the active model.
+TARGET_TOLERANCE = 0.15
+
+
+def target_limit(target_ms: float, batch: int) -> Dict[str, Any]:
+    """The budget entries of a latency target: the median limit at one batch size."""
+    return {"target_median_ms": target_ms * (1 + TARGET_TOLERANCE), "target_batch": batch}
 
 
 def accuracy_failures(budget: Mapping[str, Any], accuracy: Mapping[str, Any]) -> List[str]:
@@ -32,6 +40,13 @@ def latency_failures(budget: Mapping[str, Any], benchmarks: Sequence[Mapping[str
             if limit is not None and stat in latency and latency[stat] > float(limit):
                 failures.append("batch {}: {} {:.3f} ms > budget.{} {}".format(
                     bench.get("batch"), stat, latency[stat], key, limit))
+        limit = budget.get("target_median_ms")
+        if limit is not None and bench.get("batch") == budget.get("target_batch") and \
+                latency.get("median", 0.0) > float(limit):
+            failures.append("batch {}: median {:.3f} ms misses the pruning target {:.3f} ms by more than {:.0%} "
+                            "(prune.target_latency_ms/target_speedup; the latency model was off)".format(
+                                bench.get("batch"), latency["median"], float(limit) / (1 + TARGET_TOLERANCE),
+                                TARGET_TOLERANCE))
     return failures
 
 

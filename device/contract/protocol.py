@@ -9,6 +9,7 @@ or the agent) never leaves a half-written thing where a reader would take it as 
     jobs/<job>/             state.json, events.jsonl (append-only), report.json, build artefacts
     engines/<key>/          built engines, content-addressed by the build key
     models/<name>/current   symlink to the active engine; ``previous`` keeps the one before
+    latency/<key>.json      measured latency-model tables (``latency_model`` jobs, see below)
 
 The agent's side of it is ``device/agent/spool.py``; the host's is ``host/ship/transports/client.py``.
 Both take the names below from here, so neither can drift from the other.
@@ -62,3 +63,21 @@ def parse_event_chunk(chunk: bytes, offset: int) -> Tuple[List[Dict[str, Any]], 
     end = chunk.rfind(b"\n") + 1
     events = [json.loads(line) for line in chunk[:end].decode("utf-8").splitlines() if line.strip()]
     return events, offset + end
+
+
+# -- job kinds ------------------------------------------------------------------------------------
+# A published job is a deployment unless its signed manifest says ``"kind": LATENCY_MODEL``: then it carries only
+# ONNX files (one layer at one width each) and the plan in the manifest's ``latency`` object (device/contract/
+# latency.py), and its report holds the measured table instead of a deployment.
+DEPLOY = "deploy"
+LATENCY_MODEL = "latency_model"
+JOB_KINDS = (DEPLOY, LATENCY_MODEL)
+LATENCY = "latency"  # <root>/latency/<key>.json: the measured tables, one per device/backend/precision/graph/batch
+
+
+def job_kind(manifest: Dict[str, Any]) -> str:
+    """The kind a manifest declares (older hosts wrote none: a deployment)."""
+    kind = manifest.get("kind", DEPLOY)
+    if kind not in JOB_KINDS:
+        raise ValueError("manifest: kind {!r} is not one of {}".format(kind, ", ".join(JOB_KINDS)))
+    return str(kind)

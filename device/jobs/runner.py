@@ -16,10 +16,11 @@ from .. import __version__, telemetry
 from ..agent.spool import Spool
 from ..backends import BackendUnavailable
 from ..contract.manifest import ManifestError
-from ..contract.protocol import TERMINAL_STATES
+from ..contract.protocol import LATENCY_MODEL, TERMINAL_STATES, job_kind
 from ..contract.signing import SignatureError
 from ..errors import JobError, device_error
 from .context import Job, Log
+from .latency import run_latency_job
 from .measure import measure
 from .prepare import prepare
 from .switch import switch
@@ -116,6 +117,9 @@ class JobRunner:
         job = Job(self.spool, job_id, self.log)
         job.event("stage", "verifying bundle", stage="verify")
         manifest, signer = verify_bundle(job.folder, self.spool.trusted_keys)
+        if job_kind(manifest.raw) == LATENCY_MODEL:  # no deployment: time the host's variants, switch nothing
+            return dict(run_latency_job(job, manifest, resolve_files(self.spool, manifest)), signer=signer,
+                        agent_version=__version__)
         check_accuracy_budget(manifest)
         files = resolve_files(self.spool, manifest)
         chosen = prepare(job, manifest, files)

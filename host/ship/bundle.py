@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ...device import __version__
+from ...device.contract.budget import target_limit
 from ...device.contract.manifest import SCHEMA_VERSION, canonical_bytes, parse_manifest, sha256_file
 from ...device.contract.model_files import ModelChoiceError, candidates, needed_files, unused_files
 from ...device.contract.runtimes import AUTO, benchmark_keys, build_keys, cpu_runtimes, fallback_runtime
@@ -67,16 +68,28 @@ def files_for_device(config: Config, device: DeviceSection, files: dict[str, Pat
     return {name: path for name, path in files.items() if name not in unused}
 
 
-def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path], host: dict[str, Any],
-                  device_info: dict[str, Any] | None = None) -> dict:
-    """Everything the agent needs to build, validate and benchmark, as plain data; ``device_info`` (the
-    agent's status) narrows the files to those its backend will read on its CPU."""
-    files = files_for_device(config, device, files, device_info)
+def build_settings(device: DeviceSection) -> dict[str, Any]:
+    """The manifest's ``target.build``: what the device's deploy.toml keys ask of its runtime's build."""
     build: dict[str, Any] = {"allow_fallback": device.allow_fallback}
     if device.threads:
         build["threads"] = device.threads
     # the runtime's own keys (the contract's table says which); they are part of the device's engine key
     build.update({key: getattr(device, key) for key in build_keys(device.backend) if getattr(device, key) is not None})
+    return build
+
+
+def latency_budget(host: dict[str, Any]) -> dict[str, Any]:
+    """A pruning latency target as a budget entry: the agent keeps the active model when the median misses it."""
+    latency = (host.get("pruning") or {}).get("latency")
+    return target_limit(latency["target_ms"], latency["batch"]) if latency else {}
+
+
+def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path], host: dict[str, Any],
+                  device_info: dict[str, Any] | None = None) -> dict:
+    """Everything the agent needs to build, validate and benchmark, as plain data; ``device_info`` (the
+    agent's status) narrows the files to those its backend will read on its CPU."""
+    files = files_for_device(config, device, files, device_info)
+    build = build_settings(device)
     benchmark = config.benchmark.model_dump()
     benchmark.update({key: getattr(device, key) for key in benchmark_keys(device.backend)})
     validation = {k: v for k, v in config.validation.model_dump().items() if v is not None}
@@ -90,7 +103,8 @@ def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path],
         "target": {"backend": device.backend, "precision": device.precision, "build": build,
                    "benchmark": benchmark, "validation": validation},
         "files": file_entries(files),
-        "budget": {k: v for k, v in config.budget.model_dump().items() if v is not None},  # checked on the device
+        "budget": dict({k: v for k, v in config.budget.model_dump().items() if v is not None},  # checked on the device
+                       **latency_budget(host)),
         "host": dict(host, graphs=node_tables(files)),
     }
     parse_manifest(manifest)

@@ -35,7 +35,8 @@ def push_fleet(config: Config, names: list[str], parallel: int, say: Callable[[s
     from ..optimize import optimize
     from .push import push
 
-    optimize(config, say)  # once, before the threads: they all find it cached
+    if not config.prune.latency_target:  # a latency target prunes per device, against each one's latency model
+        optimize(config, say)  # once, before the threads: they all find it cached
     lock = threading.Lock()
 
     def one(name: str) -> dict[str, Any]:

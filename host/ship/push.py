@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from ...device.contract.budget import TARGET_TOLERANCE
 from ...device.contract.budget import budget_failures as check_budget
 from ...device.contract.manifest import MODEL_BASELINE, REFERENCE
 from ...device.contract.model_files import MODEL_VARIANTS, file_precision
@@ -17,7 +18,7 @@ from ..optimize import Optimized, optimize
 from ..optimize.prevalidate import check_before_upload, fidelity
 from ..optimize.quantize.fp16 import typed_files_for
 from ..records.history import History
-from .bundle import files_for_device, make_manifest, manifest_bytes
+from .bundle import files_for_device, latency_budget, make_manifest, manifest_bytes
 from .keys import load_or_create_key, public_line, sign
 from .transports import Transport, open_transport
 from .transports.sftp import ConnectionLost
@@ -143,9 +144,29 @@ def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, st
         time.sleep(poll)
 
 
+@contextmanager
+def connected(device_name: str, device: DeviceSection, key: Any) -> Iterator[Transport]:
+    """An open transport to a device whose agent runs (a local device trusts this host's key first)."""
+    with lost_connection(device_name, "connecting; push again"), Interrupted.during(f"connecting to {device_name}"):
+        transport = open_transport(device_name, device)
+    try:
+        with lost_connection(device_name, "preparing the device; push again"), \
+                Interrupted.during(f"preparing {device_name}"):
+            if device.kind == "local":
+                transport.trust(public_line(key))
+            transport.ensure_agent()
+        yield transport
+    finally:
+        transport.close()
+
+
 def push(config: Config, device_name: str, say: Say, on_event: EventSink,
          progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
     device = config.device(device_name)
+    if config.prune.latency_target:  # widths chosen against this device's measured latency model
+        from .latency import latency_model_file
+
+        config = config.with_latency_model(latency_model_file(config, device_name, say, on_event))
     optimized = optimize(config, say)
     with Interrupted.during("writing FP16-typed ONNX files"):
         optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
@@ -154,44 +175,42 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     files_for_device(config, device, files, None)  # a configuration mistake fails before connecting
     key = load_or_create_key(host_home())
     history = History(config.state_dir / "history.db")
-    with lost_connection(device_name, "connecting; push again"), Interrupted.during(f"connecting to {device_name}"):
-        transport = open_transport(device_name, device)
     published: list[str] = []
     try:
-        with lost_connection(device_name, "preparing the device; push again"), \
-                Interrupted.during(f"preparing {device_name}"):
-            if device.kind == "local":
-                transport.trust(public_line(key))
-            transport.ensure_agent()
-            status = transport.status()
-        with Interrupted.during(f"checking the files for {device_name}"):
-            # The device's backends and CPU decide which model files it gets (edgekit.device.contract.model_files).
-            manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)
-            failing = failing_alternatives(files[REFERENCE], manifest, device, device_name)
-            if failing:  # precisions the device would only measure: left out, the requested one is checked above
-                say(f"not shipped (would fail the device's validation): {'; '.join(failing.values())}")
-                files = {name: path for name, path in files.items() if name not in failing}
+        with connected(device_name, device, key) as transport:
+            with lost_connection(device_name, "preparing the device; push again"), \
+                    Interrupted.during(f"preparing {device_name}"):
+                status = transport.status()
+            with Interrupted.during(f"checking the files for {device_name}"):
+                # The device's backends and CPU decide which model files it gets (device/contract/model_files.py).
                 manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)
-            payload = manifest_bytes(manifest)
-            signature = sign(key, payload)
+                failing = failing_alternatives(files[REFERENCE], manifest, device, device_name)
+                if failing:  # precisions the device would only measure: left out; the requested one is checked
+                    say(f"not shipped (would fail the device's validation): {'; '.join(failing.values())}")
+                    files = {name: path for name, path in files.items() if name not in failing}
+                    manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages),
+                                             status)
+                payload = manifest_bytes(manifest)
+                signature = sign(key, payload)
 
-        def on_publish(job: str) -> None:
-            published.append(job)
-            history.record(device_name, published_stub(job, device_name, config.project.name))
+            def on_publish(job: str) -> None:
+                published.append(job)
+                history.record(device_name, published_stub(job, device_name, config.project.name))
 
-        with Interrupted.during(f"the upload to {device_name}"):
-            shipment = ship(transport, optimized, manifest, signature, payload, say, progress,
-                            store_settings(device), on_publish)
-        say(f"published job {shipment.job} to {device_name}")
-        with Interrupted.during(f"following job {shipment.job}", published=shipment.job):
-            report = follow(transport, shipment.job, on_event)
+            with Interrupted.during(f"the upload to {device_name}"):
+                shipment = ship(transport, optimized, manifest, signature, payload, say, progress,
+                                store_settings(device), on_publish)
+            say(f"published job {shipment.job} to {device_name}")
+            with Interrupted.during(f"following job {shipment.job}", published=shipment.job):
+                report = follow(transport, shipment.job, on_event)
     except Interrupted as exc:
         if published and not exc.published:  # the job went out before the interrupt landed
             raise Interrupted(exc.doing, published=published[0]) from None
         raise
-    finally:
-        transport.close()
     report["uploaded_bytes"] = shipment.uploaded_bytes
+    outcome = latency_outcome(optimized.stages, report)
+    if outcome:
+        report["latency_target"] = outcome
     store_run(config, device_name, report)
     return report, optimized
 
@@ -265,10 +284,32 @@ def published_stub(job: str, device: str, model: str) -> dict[str, Any]:
 
 
 def budget_failures(config: Config, report: dict[str, Any]) -> list[str]:
-    """Limits the job crossed: decided by the agent before the switch; re-checked for agents older than that."""
+    """Limits the job crossed: decided by the agent before the switch (a pruning latency target among them);
+    re-checked for agents older than that."""
     if report.get("budget_failures"):
         return list(report["budget_failures"])
     if report.get("status") != "done":
         return []
     budget = {k: v for k, v in config.budget.model_dump().items() if v is not None}
+    budget.update(latency_budget(report.get("host", {})))
     return check_budget(budget, report.get("benchmarks", []), report.get("host", {}).get("accuracy", {}) or {})
+
+
+def latency_outcome(stages: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any] | None:
+    """A latency target against the device's measurement: met or not, and the latency model's error. The prune
+    row of the stage table gets the measured figure beside the predicted one."""
+    info = (report.get("host", {}).get("pruning") or {}).get("latency")
+    if not info or report.get("status") != "done":
+        return None
+    bench = next((b for b in report.get("benchmarks", []) if b.get("batch") == info["batch"]), None)
+    if bench is None:
+        return None
+    measured = float(bench["latency_ms"]["median"])
+    met = measured <= info["target_ms"] * (1 + TARGET_TOLERANCE)
+    error = (info["predicted_ms"] - measured) / measured
+    verdict = (f"latency target {info['target_ms']:.3g} ms at batch {info['batch']}: measured {measured:.3g} ms "
+               f"({'met' if met else 'missed'}, within {TARGET_TOLERANCE:.0%} allowed; latency model predicted "
+               f"{info['predicted_ms']:.3g} ms, {error:+.0%})")
+    for row in [r for r in stages if r.get("step") == "prune" and "predicted" in str(r.get("note", ""))]:
+        row["note"] = f"{row['note']}; measured {measured:.3g} ms ({error:+.0%} predicted vs measured)"
+    return dict(info, measured_ms=measured, met=met, model_error=error, verdict=verdict)

@@ -30,6 +30,12 @@ class PruneStage(Stage):
     reads = ("prune",)
     unkeyed = ("prune.allow_accuracy_drop",)  # a verdict on the result, not an input to it
 
+    def files(self, config: Any) -> dict[str, Path]:
+        """With a latency target, the device's latency model: a new table (another device) prunes again."""
+        if config.prune.latency_target and config.latency_model is not None:
+            return {"latency_model": config.latency_model}
+        return {}
+
     def run(self, ctx: Context, out: Path) -> Output:
         if not ctx.config.prune.enabled:
             return Output(info={"enabled": False})
@@ -39,8 +45,11 @@ class PruneStage(Stage):
         rows = [dict(stage=f"pruned step {s['step']}/{len(steps)}", params=s["params"], macs=s["macs"],
                      note=f"validation top-1 {s['validation_top1']:.2%} after {s['finetune_epochs']} epoch(s)")
                 for s in steps[:-1]]
-        rows.append(dict(stage=f"pruned {info['ratio']:.0%} + fine-tuned", params=steps[-1]["params"],
-                         macs=steps[-1]["macs"], top1=info["test_top1"], note=info["note"]))
+        title = f"pruned {info['ratio']:.0%} + fine-tuned"
+        if "latency" in info:
+            title = f"pruned to {info['latency']['target_ms']:.3g} ms + fine-tuned"
+        rows.append(dict(stage=title, params=steps[-1]["params"], macs=steps[-1]["macs"], top1=info["test_top1"],
+                         note=info["note"]))
         return Output(rows=rows, info=info)  # pruned.pt stays in the stage directory: it is not shipped
 
     def restore(self, ctx: Context, out: Path, info: dict[str, Any]) -> None:
@@ -49,11 +58,26 @@ class PruneStage(Stage):
 
     def check(self, ctx: Context, info: dict[str, Any]) -> None:
         if info.get("enabled", True):
+            if "latency" in info:
+                check_reachable(info["latency"], info["test_top1"], ctx.info["load"]["test_images"])
             check_accuracy_drop(ctx.config, ctx.info["load"]["torch_top1"], info["test_top1"],
-                                ctx.info["load"]["test_images"])
+                                ctx.info["load"]["test_images"], info.get("latency"))
 
 
-def check_accuracy_drop(config: Any, before: float, after: float, images: int) -> None:
+def check_reachable(latency: dict[str, Any], top1: float, images: int) -> None:
+    """A latency target the widths cannot reach fails before any upload, with the closest it can do."""
+    from ...errors import CheckFailed
+
+    if latency["reached"]:
+        return
+    raise CheckFailed(f"prune target {latency['target_ms']:.3g} ms at batch {latency['batch']} is out of reach on "
+                      f"{latency['device']} ({latency['backend']}, {latency['precision']}): the closest is "
+                      f"{latency['predicted_ms']:.3g} ms (every group at prune.max_layer_ratio) at top-1 {top1:.2%} "
+                      f"on {images} held-out images; raise the target or prune.max_layer_ratio")
+
+
+def check_accuracy_drop(config: Any, before: float, after: float, images: int,
+                        latency: dict[str, Any] | None = None) -> None:
     """``prune.max_accuracy_drop`` is a promise: missing it fails the push with the figures, unless allowed."""
     from ...errors import CheckFailed
 
@@ -65,6 +89,11 @@ def check_accuracy_drop(config: Any, before: float, after: float, images: int) -
                f"{images} held-out images), more than prune.max_accuracy_drop = {budget}")
     if section.allow_accuracy_drop:
         return
+    if latency:
+        raise CheckFailed(f"{figures} at the closest widths to {latency['target_ms']:.3g} ms at batch "
+                          f"{latency['batch']} on {latency['device']} ({latency['predicted_ms']:.3g} ms predicted); "
+                          "raise prune.target_latency_ms, fine-tune longer (prune.finetune_epochs, prune.distill = "
+                          "true), or accept it with prune.allow_accuracy_drop = true (the pruned model is cached)")
     raise CheckFailed(f"{figures}; fine-tune longer (prune.finetune_epochs, prune.distill = true), prune less "
                       "(prune.ratio), or accept it with prune.allow_accuracy_drop = true (the pruned model is cached)")
 
@@ -124,8 +153,9 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
     say(f"pruning on {describe(device)}")
     example = torch.zeros(1, *config.input.shape, device=device)
     batch = torch.from_numpy(normalize(fitting.images[:PROBE_IMAGES], mean, std)).to(device)
+    chooser = LatencyChooser(ctx, say) if section.latency_target else None
     steps = prune_model(model, spec, example, lambda step: batches(fitting, 64, mean, std, shuffle=True, seed=step),
-                        fit, say, batch=batch)
+                        fit, say, batch=batch, widths_for=chooser)
     model.cpu()
     shape = config.input.shape
     history = []
@@ -145,8 +175,53 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
     note = f"{spec.method}, {spec.steps} step(s), {epochs} fine-tune epoch(s), round_to {spec.round_to}"
     if protected:
         note += f"; left whole (torch-pruning cannot follow them): {', '.join(protected)}"
+    latency = chooser.result if chooser is not None else None
+    if latency is not None:
+        note = (f"{latency_note(latency)}; " + note).replace(f", round_to {spec.round_to}", "")
     info = {"method": spec.method, "ratio": spec.ratio, "scope": spec.scope, "steps": spec.steps,
             "round_to": spec.round_to, "cost_weight": spec.cost_weight, "validation_baseline": baseline,
             "finetune_epochs": [s.epochs for s in steps], "step_rows": history, "protected": protected,
             "device": str(device), "test_top1": top1(model.eval(), data.test, mean, std, output), "note": note}
+    if latency is not None:
+        info["latency"] = latency
     return model.eval(), info
+
+
+class LatencyChooser:
+    """``prune_model``'s ``widths_for`` for a latency target: the greedy search on the device's latency model;
+    keeps what it chose (widths, prediction, target) for the stage's table and checks."""
+
+    def __init__(self, ctx: Context, say: Any) -> None:
+        from ...errors import ConfigError
+        from .latency import load_model_file, resolve_target
+
+        section, path = ctx.config.prune, ctx.config.latency_model
+        if path is None:
+            raise ConfigError("prune.target_latency_ms / target_speedup are measured on a device: run `edgekit push "
+                              "<device>` (edgekit optimize alone has no device to measure on)")
+        self.model, self.saved = load_model_file(path)
+        self.target = resolve_target(section.target_latency_ms, section.target_speedup, self.saved["baseline_ms"])
+        self.say = say
+        self.result: dict[str, Any] | None = None
+
+    def __call__(self, scores: dict[str, Any], widths: dict[str, int]) -> dict[str, int]:
+        from .latency import search_widths
+
+        found = search_widths(self.model, {name: score.tolist() for name, score in scores.items()}, self.target)
+        saved = self.saved
+        self.result = {"target_ms": self.target, "predicted_ms": found.predicted_ms, "reached": found.reached,
+                       "widths": found.widths, "full": self.model.full(), "batch": saved["batch"],
+                       "device": saved["device"], "backend": saved["backend"], "precision": saved["precision"],
+                       "baseline_ms": saved["baseline_ms"], "unpruned_ms": self.model.predict(self.model.full())}
+        self.say(f"latency target {self.target:.3g} ms at batch {saved['batch']} on {saved['device']}: "
+                 f"{'predicted' if found.reached else 'out of reach, closest'} {found.predicted_ms:.3g} ms "
+                 f"(unpruned {self.result['unpruned_ms']:.3g} ms) after {found.steps} greedy step(s)")
+        return {name: found.widths.get(name, width) for name, width in widths.items()}
+
+
+def latency_note(latency: dict[str, Any]) -> str:
+    """The stage table's words for a latency-target pruning: target, prediction, widths per group."""
+    changed = [f"{name} {latency['full'][name]}→{width}" for name, width in latency["widths"].items()
+               if width != latency["full"][name]]
+    return (f"target {latency['target_ms']:.3g} ms at b{latency['batch']} on {latency['device']}, predicted "
+            f"{latency['predicted_ms']:.3g} ms; widths {', '.join(changed) or 'unchanged'}")

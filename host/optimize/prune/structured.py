@@ -390,6 +390,7 @@ class PruneStep:
 
 
 Fit = Callable[[nn.Module, int, Any, Any], tuple[int, float]]
+WidthsFor = Callable[[dict[str, torch.Tensor], dict[str, int]], dict[str, int]]
 
 
 def distillation_loss(teacher: nn.Module, temperature: float, alpha: float, output: OutputKey = 0):
@@ -433,8 +434,12 @@ def accumulate_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
 
 
 def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_batches: Callable[[int], Iterable],
-                fit: Fit, say: Say, batch: torch.Tensor | None = None) -> list[PruneStep]:
+                fit: Fit, say: Say, batch: torch.Tensor | None = None,
+                widths_for: WidthsFor | None = None) -> list[PruneStep]:
     """Prune ``model`` in place over ``spec.steps`` steps.
+
+    ``widths_for(scores, widths)`` (a latency target: ``latency.search_widths``) chooses every group's final
+    width from the first step's channel scores; the steps then go there in a straight line, as by ratio.
 
     ``fit(model, step, loss_fn, after_backward)`` trains (step 0: sparsity training; then fine-tuning,
     which stops early once the accuracy budget is met) and returns (epochs run, validation top-1).
@@ -447,7 +452,6 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
         raise ConfigError(f"prune.ratio {spec.ratio} must be between 0 and 1 (it is the fraction of channels removed)")
     batch = example if batch is None else batch
     reference = shapes_of(model, batch, spec)
-    protect = list(dict.fromkeys([*spec.protect, *output_layers(model.eval(), example)]))
     teacher = None
     if spec.distill:
         import copy
@@ -456,22 +460,8 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
     if spec.method == "bn_scale" and spec.sparsity_epochs:
         say(f"sparsity training of BatchNorm scales for {spec.sparsity_epochs} epoch(s) (λ={spec.sparsity_lambda})")
         fit(model, 0, None, sparsify_bn(model, spec.sparsity_lambda))
-    build = lambda net: build_graph(net.eval(), example)  # noqa: E731
-    graph = build(model)  # built once: tracing a 120-layer DenseNet costs seconds per build
-    auto = {name: reason for name, reason in channel_mixers(model.eval(), example).items() if name not in protect}
-    say("pruning probe: checking which layer groups torch-pruning can follow (on a copy, with real images)")
-    auto.update(unmapped_groups(graph, model, protect + list(auto)))
-    auto.update(unfollowable(model, batch, protect + list(auto), spec, build, graph, say))
-    if auto:
-        say(f"left {len(auto)} layer group(s) unpruned that torch-pruning cannot follow: "
-            + "; ".join(f"{name} ({reason})" for name, reason in list(auto.items())[:4]))
-    protect += list(auto)
+    graph, protect, auto, groups = prunable(model, spec, example, batch, say)
     before = widths(model)
-    groups = prune_groups(graph, model, protect)
-    if not groups:
-        why = f" (e.g. {next(iter(auto))}: {next(iter(auto.values()))})" if auto else ""
-        raise ConfigError("nothing left to prune: every layer is protected, produces an output or cannot be "
-                          f"followed by torch-pruning{why}; disable pruning (prune.enabled = false)")
     original = {g.name: g.width for g in groups}
     ch_groups = {g.name: g.ch_groups for g in groups}
     costs = {}
@@ -489,7 +479,10 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
         groups = [g for g in groups if g.name in scores]
         current = {g.name: g.width for g in groups}
         active = {name: original[name] for name in current}  # groups left unscored drop out here
-        if spec.scope == "global":
+        if widths_for is not None and step == 1:
+            final = widths_for(scores, active)
+            ratios = {name: 1 - final.get(name, width) / width for name, width in active.items()}
+        if spec.scope == "global" and widths_for is None:
             kept = kept_widths_global(scores, active, current, spec.ratio, step, spec.steps, spec.round_to, ch_groups)
         else:
             kept = kept_widths_uniform(active, current, ratios, step, spec.steps, spec.round_to, ch_groups)
@@ -509,6 +502,29 @@ def prune_model(model: nn.Module, spec: PruneSpec, example: torch.Tensor, train_
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         steps.append(PruneStep(step, sum(kept.values()), epochs, validation, state, history(graph), dict(auto)))
     return steps
+
+
+def prunable(model: nn.Module, spec: PruneSpec, example: torch.Tensor, batch: torch.Tensor,
+             say: Say) -> tuple[tp.DependencyGraph, list[str], dict[str, str], list[PruneGroup]]:
+    """The dependency graph, what stays whole (protected, outputs, what the probe cannot follow, with why)
+    and the groups left to prune: what pruning by ratio and the latency model's plan both start from."""
+    protect = list(dict.fromkeys([*spec.protect, *output_layers(model.eval(), example)]))
+    build = lambda net: build_graph(net.eval(), example)  # noqa: E731
+    graph = build(model)  # built once: tracing a 120-layer DenseNet costs seconds per build
+    auto = {name: reason for name, reason in channel_mixers(model.eval(), example).items() if name not in protect}
+    say("pruning probe: checking which layer groups torch-pruning can follow (on a copy, with real images)")
+    auto.update(unmapped_groups(graph, model, protect + list(auto)))
+    auto.update(unfollowable(model, batch, protect + list(auto), spec, build, graph, say))
+    if auto:
+        say(f"left {len(auto)} layer group(s) unpruned that torch-pruning cannot follow: "
+            + "; ".join(f"{name} ({reason})" for name, reason in list(auto.items())[:4]))
+    protect += list(auto)
+    groups = prune_groups(graph, model, protect)
+    if not groups:
+        why = f" (e.g. {next(iter(auto))}: {next(iter(auto.values()))})" if auto else ""
+        raise ConfigError("nothing left to prune: every layer is protected, produces an output or cannot be "
+                          f"followed by torch-pruning{why}; disable pruning (prune.enabled = false)")
+    return graph, protect, auto, groups
 
 
 def score_groups(scorer: tp.importance.Importance, groups: list[PruneGroup], protect: list[str],

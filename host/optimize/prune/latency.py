@@ -1,0 +1,347 @@
+"""A per-device latency model of the prunable groups, and the width search that prunes to a latency target.
+
+The model is NetAdapt's layer-wise lookup table: each Conv/Linear layer is timed on the device alone, at every
+(input width, output width) pair the grid of its groups allows (``grid``), and a layer between grid points is
+interpolated bilinearly. Layers timed one by one carry a per-call overhead a whole model pays once, and miss
+what sits between them (adds, pooling); a straight line fitted through a few whole models at known widths
+(``WHOLE_LEVELS``, the same widths for every group) maps the layers' sum to whole-model latency.
+
+The search (``search_widths``) is greedy: from full width, repeatedly take one alignment unit off the group
+whose cheapest channels cost least importance per millisecond saved, until the prediction meets the target.
+The pure parts (grid, interpolation, prediction, search) take plain data and are unit-tested; the torch part
+(``describe_layers``) reads layers and groups from torch-pruning's dependency graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+LEVELS = (1.0, 0.75, 0.5, 0.25, 0.125)  # fractions of a group's width timed per layer (plus its floor)
+WHOLE_LEVELS = (1.0, 0.5, 0.0)  # whole models timed to calibrate the layer sum (0.0: every group at its floor)
+BASELINE = "whole:baseline"  # the unpruned model at the report's baseline precision (device/jobs/latency.py)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One Conv/Linear layer: its shape at full width, the groups that set its input and output widths."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    cin: int
+    cout: int
+    in_group: Optional[str]
+    out_group: Optional[str]
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    depthwise: bool = False
+    size: tuple[int, int] = (1, 1)  # input H, W
+
+    def signature(self) -> str:
+        """Everything but the widths: layers alike in it share their timings."""
+        if self.kind == "linear":
+            return "linear"
+        conv = "dw" if self.depthwise else f"g{self.groups}"
+        return (f"conv:k{self.kernel[0]}x{self.kernel[1]}s{self.stride[0]}x{self.stride[1]}p{self.padding[0]}x"
+                f"{self.padding[1]}d{self.dilation[0]}x{self.dilation[1]}{conv}@{self.size[0]}x{self.size[1]}")
+
+    def widths(self, widths: Mapping[str, int]) -> tuple[int, int]:
+        cin = widths.get(self.in_group, self.cin) if self.in_group else self.cin
+        cout = widths.get(self.out_group, self.cout) if self.out_group else self.cout
+        return (cout, cout) if self.depthwise else (cin, cout)
+
+
+def variant_id(layer: Layer, cin: int, cout: int) -> str:
+    return f"{layer.signature()}|{cin}|{cout}"
+
+
+@dataclass(frozen=True)
+class GroupSpace:
+    """One prunable group's widths: full, floor (max_layer_ratio), step (alignment unit)."""
+
+    name: str
+    width: int
+    floor: int
+    unit: int
+
+
+def group_space(name: str, width: int, round_to: int, ch_groups: int, max_layer_ratio: float) -> GroupSpace:
+    """The widths the search may give a group: multiples of lcm(round_to, ch_groups), from floor to full."""
+    unit = math.lcm(round_to, ch_groups) if round_to > 1 else ch_groups
+    if width <= unit:
+        return GroupSpace(name, width, width, unit)
+    floor = max(unit, int(math.ceil(width * (1 - max_layer_ratio) / unit)) * unit)
+    return GroupSpace(name, width, min(floor, width), unit)
+
+
+def aligned(space: GroupSpace, fraction: float) -> int:
+    """The allowed width nearest to ``fraction`` of the full width."""
+    if space.floor == space.width:
+        return space.width
+    kept = int(math.floor(space.width * fraction / space.unit + 0.5)) * space.unit
+    return max(space.floor, min(space.width, kept))
+
+
+def grid(space: Optional[GroupSpace], full: int) -> list[int]:
+    """The widths timed for a layer side set by ``space`` (a side no group sets keeps ``full``)."""
+    if space is None:
+        return [full]
+    return sorted({aligned(space, f) for f in LEVELS} | {space.floor, space.width})
+
+
+def layer_variants(layers: Iterable[Layer], spaces: Mapping[str, GroupSpace]) -> dict[str, tuple[Layer, int, int]]:
+    """Every (layer shape, cin, cout) to time, deduplicated across layers alike."""
+    variants = {}
+    for layer in layers:
+        ins = grid(spaces.get(layer.in_group or ""), layer.cin)
+        outs = grid(spaces.get(layer.out_group or ""), layer.cout)
+        for cout in outs:
+            for cin in ([cout] if layer.depthwise else ins):
+                variants.setdefault(variant_id(layer, cin, cout), (layer, cin, cout))
+    return variants
+
+
+def whole_widths(spaces: Mapping[str, GroupSpace]) -> dict[str, dict[str, int]]:
+    """The whole-model variants that calibrate the layer sum: every group at the same fraction."""
+    return {f"whole:{level}": {name: aligned(space, level) if level else space.floor for name, space in spaces.items()}
+            for level in WHOLE_LEVELS}
+
+
+def graph_hash(layers: Iterable[Layer], spaces: Mapping[str, GroupSpace]) -> str:
+    """What the latency table depends on in the model: its layers' shapes and the widths searched (not weights)."""
+    payload = {"layers": [asdict(layer) for layer in layers], "spaces": [asdict(s) for s in spaces.values()],
+               "levels": [LEVELS, WHOLE_LEVELS]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# -- prediction ------------------------------------------------------------------------------------
+def _between(points: list[int], value: float) -> tuple[int, int, float]:
+    """The grid points around ``value`` and its weight towards the upper one."""
+    if value <= points[0]:
+        return points[0], points[0], 0.0
+    for low, high in zip(points, points[1:]):
+        if value <= high:
+            return low, high, (value - low) / (high - low)
+    return points[-1], points[-1], 0.0
+
+
+class LatencyModel:
+    """Predicted whole-model latency (ms) for any widths of the groups, from the device's table."""
+
+    def __init__(self, layers: list[Layer], spaces: Mapping[str, GroupSpace], table: Mapping[str, float]) -> None:
+        self.layers, self.spaces, self.table = layers, dict(spaces), dict(table)
+        self.grids = {layer.name: (grid(self.spaces.get(layer.in_group or ""), layer.cin),
+                                   grid(self.spaces.get(layer.out_group or ""), layer.cout)) for layer in layers}
+        points = [(self.layer_sum(widths), self.table[name]) for name, widths in whole_widths(self.spaces).items()
+                  if name in self.table]
+        self.offset, self.scale = fit_line(points)
+
+    def layer_ms(self, layer: Layer, widths: Mapping[str, int]) -> float:
+        cin, cout = layer.widths(widths)
+        ins, outs = self.grids[layer.name]
+        o0, o1, wo = _between(outs, cout)
+        if layer.depthwise:
+            return (1 - wo) * self.table[variant_id(layer, o0, o0)] + wo * self.table[variant_id(layer, o1, o1)]
+        i0, i1, wi = _between(ins, cin)
+        value = 0.0
+        for o, fo in ((o0, 1 - wo), (o1, wo)):
+            for i, fi in ((i0, 1 - wi), (i1, wi)):
+                if fo * fi:
+                    value += fo * fi * self.table[variant_id(layer, i, o)]
+        return value
+
+    def layer_sum(self, widths: Mapping[str, int]) -> float:
+        return sum(self.layer_ms(layer, widths) for layer in self.layers)
+
+    def predict(self, widths: Mapping[str, int]) -> float:
+        return self.offset + self.scale * self.layer_sum(widths)
+
+    def full(self) -> dict[str, int]:
+        return {name: space.width for name, space in self.spaces.items()}
+
+
+def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``measured = offset + scale × layer sum``; a fit that noise made meaningless (a
+    non-positive scale) falls back to scale 1 and the mean difference."""
+    if not points:
+        return 0.0, 1.0
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mx) ** 2 for x in xs)
+    scale = sum((x - mx) * (y - my) for x, y in points) / spread if spread > 0 else 0.0
+    if scale <= 0:
+        return my - mx, 1.0
+    return my - scale * mx, scale
+
+
+def load_model_file(path: Path) -> tuple[LatencyModel, dict[str, Any]]:
+    """A saved latency model as the predictor, with what the file says about where it was measured."""
+    saved = json.loads(Path(path).read_text())
+    layers = [Layer(**{k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()})
+              for layer in saved["layers"]]
+    spaces = {s["name"]: GroupSpace(**s) for s in saved["spaces"]}
+    return LatencyModel(layers, spaces, saved["table"]), saved
+
+
+# -- the search ------------------------------------------------------------------------------------
+@dataclass
+class Search:
+    """The widths chosen, their predicted latency, and whether the target is met (else: the closest)."""
+
+    widths: dict[str, int]
+    predicted_ms: float
+    reached: bool
+    steps: int
+
+
+def search_widths(model: LatencyModel, scores: Mapping[str, list[float]], target_ms: float) -> Search:
+    """Greedy NetAdapt-style steps: take one unit off the group with the least importance lost per millisecond
+    saved, until the prediction is at or under ``target_ms`` (or every group is at its floor).
+
+    ``scores`` are each group's channel importances (comparable across groups: torch-pruning normalises them
+    by the group mean); the cheapest remaining channels of a group are the ones a step removes.
+    """
+    widths = model.full()
+    ranked = {name: sorted(scores.get(name, [1.0] * space.width)) for name, space in model.spaces.items()}
+    current = model.predict(widths)
+    steps = 0
+    while current > target_ms:
+        best: Optional[tuple[float, str, float]] = None
+        for name, space in model.spaces.items():
+            narrower = widths[name] - space.unit
+            if narrower < space.floor:
+                continue
+            trial = dict(widths, **{name: narrower})
+            saved = current - model.predict(trial)
+            removed = space.width - widths[name]
+            per_channel = max(1, space.width // max(1, len(ranked[name])))  # scores per channel group
+            lost = sum(ranked[name][removed // per_channel:(removed + space.unit) // per_channel])
+            cost = lost / saved if saved > 1e-9 else math.inf
+            key = (cost, -saved)
+            if best is None or key < (best[0], -best[2]):
+                best = (cost, name, saved)
+        if best is None:
+            break
+        widths[best[1]] -= model.spaces[best[1]].unit
+        current = model.predict(widths)
+        steps += 1
+    return Search(widths, current, current <= target_ms, steps)
+
+
+def uniform_widths(model: LatencyModel, target_ms: float, tolerance: float = 1e-3) -> Search:
+    """Uniform pruning tuned to the same predicted latency: one fraction for every group, by bisection."""
+    low, high = 0.0, 1.0
+
+    def at(fraction: float) -> dict[str, int]:
+        return {name: aligned(space, fraction) for name, space in model.spaces.items()}
+
+    if model.predict(at(low)) > target_ms:
+        widths = at(low)
+        return Search(widths, model.predict(widths), False, 0)
+    steps = 0
+    while high - low > tolerance:
+        middle = (low + high) / 2
+        low, high = (low, middle) if model.predict(at(middle)) <= target_ms else (middle, high)
+        steps += 1
+    widths = at(high)
+    predicted = model.predict(widths)
+    return Search(widths, predicted, predicted <= target_ms, steps)
+
+
+def resolve_target(target_ms: Optional[float], speedup: Optional[float], baseline_ms: Optional[float]) -> float:
+    """``target_latency_ms``, or the report's baseline latency divided by ``target_speedup``."""
+    if target_ms is not None:
+        return float(target_ms)
+    if speedup is None or baseline_ms is None:
+        raise ValueError("no latency target: set prune.target_latency_ms or prune.target_speedup")
+    return baseline_ms / speedup
+
+
+# -- the layers of a torch model ---------------------------------------------------------------------
+def describe_layers(model: Any, graph: Any, groups: list[Any], example: Any) -> list[Layer]:
+    """Every Conv2d/Linear with its input size and the prunable groups that set its widths."""
+    from torch import nn
+
+    sizes: dict[Any, tuple[int, int]] = {}
+
+    def record(module: Any, inputs: Any, _: Any) -> None:
+        x = inputs[0]
+        sizes[module] = (int(x.shape[2]), int(x.shape[3])) if x.dim() == 4 else (1, 1)
+
+    modules = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(record) for m in modules]
+    try:
+        import torch
+
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    sets_in: dict[Any, str] = {}
+    sets_out: dict[Any, str] = {}
+    for group in groups:
+        for dep, _ in group.group:
+            module = dep.target.module
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                sets_out.setdefault(module, group.name)
+            elif graph.is_in_channel_pruning_fn(dep.handler):
+                sets_in.setdefault(module, group.name)
+    names = {module: name for name, module in model.named_modules()}
+    layers = []
+    for module in modules:
+        if module not in sizes:
+            continue  # never run: costs nothing
+        if isinstance(module, nn.Linear):
+            layers.append(Layer(names[module], "linear", module.in_features, module.out_features,
+                                sets_in.get(module), sets_out.get(module)))
+            continue
+        depthwise = 1 < module.groups == module.out_channels == module.in_channels
+        out_group = sets_out.get(module) or (sets_in.get(module) if depthwise else None)
+        layers.append(Layer(names[module], "conv", module.in_channels, module.out_channels,
+                            out_group if depthwise else sets_in.get(module), out_group,
+                            tuple(module.kernel_size), tuple(module.stride), _pair(module.padding),
+                            tuple(module.dilation), module.groups, depthwise, sizes[module]))
+    return layers
+
+
+def _pair(padding: Any) -> tuple[int, int]:
+    if isinstance(padding, str):
+        raise ValueError(f"padding {padding!r}")
+    return tuple(int(p) for p in padding)  # type: ignore[return-value]
+
+
+# -- the variants as ONNX files -------------------------------------------------------------------------
+def layer_onnx(layer: Layer, cin: int, cout: int, seed: int = 0) -> bytes:
+    """One layer alone (Conv + Relu, or Gemm) at the given widths, with a dynamic batch: a variant to time."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    if layer.kind == "linear":
+        weight = rng.standard_normal((cout, cin)).astype(np.float32) * 0.01
+        nodes = [helper.make_node("Gemm", ["input", "w"], ["output"], transB=1)]
+        shape_in, shape_out = ["batch", cin], ["batch", cout]
+    else:
+        groups = cout if layer.depthwise else layer.groups
+        weight = rng.standard_normal((cout, cin // groups, *layer.kernel)).astype(np.float32) * 0.01
+        nodes = [helper.make_node("Conv", ["input", "w"], ["conv"], kernel_shape=list(layer.kernel),
+                                  strides=list(layer.stride), pads=[*layer.padding, *layer.padding],
+                                  dilations=list(layer.dilation), group=groups),
+                 helper.make_node("Relu", ["conv"], ["output"])]
+        shape_in = ["batch", cin, *layer.size]
+        shape_out = ["batch", cout, None, None]
+    graph = helper.make_graph(nodes, "variant", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape_in)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape_out)],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekit")
+    model.ir_version = 8
+    return model.SerializeToString()
+

@@ -1,0 +1,247 @@
+"""Pruning to a latency target: the latency model's grid and prediction, the greedy width search, the
+latency job's plan, and the job itself run by a real agent process on ONNX Runtime (cached the second time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from edgekit.device.contract.latency import LatencyPlanError, parse_plan
+from edgekit.device.contract.manifest import MANIFEST, SIGNATURE, canonical_bytes, parse_manifest
+from edgekit.device.contract.protocol import LATENCY_MODEL
+from edgekit.host.optimize.prune.latency import (
+    BASELINE,
+    GroupSpace,
+    LatencyModel,
+    Layer,
+    fit_line,
+    grid,
+    group_space,
+    layer_onnx,
+    layer_variants,
+    resolve_target,
+    search_widths,
+    uniform_widths,
+    variant_id,
+    whole_widths,
+)
+
+from .conftest import AGENT
+
+
+def two_groups() -> tuple[list[Layer], dict[str, GroupSpace]]:
+    """A stem at 32×32 (expensive per channel) feeding a 16×16 layer (cheap per channel), then a classifier."""
+    layers = [Layer("stem", "conv", 3, 32, None, "a", (3, 3), (1, 1), (1, 1), (1, 1), 1, False, (32, 32)),
+              Layer("mid", "conv", 32, 32, "a", "b", (3, 3), (2, 2), (1, 1), (1, 1), 1, False, (32, 32)),
+              Layer("fc", "linear", 32, 10, "b", None)]
+    spaces = {"a": group_space("a", 32, 8, 1, 0.9), "b": group_space("b", 32, 8, 1, 0.9)}
+    return layers, spaces
+
+
+def synthetic_table(layers: list[Layer], spaces: dict[str, GroupSpace], per_mac: float = 1e-6,
+                    call_ms: float = 0.05) -> dict[str, float]:
+    """Layer time ∝ MACs plus a per-call overhead; whole models pay one overhead, not one per layer."""
+    def macs(layer: Layer, cin: int, cout: int) -> float:
+        if layer.kind == "linear":
+            return cin * cout
+        out = layer.size[0] // layer.stride[0] * layer.size[1] // layer.stride[1]
+        return cin * cout * layer.kernel[0] * layer.kernel[1] * out
+
+    table = {ident: call_ms + per_mac * macs(layer, cin, cout)
+             for ident, (layer, cin, cout) in layer_variants(layers, spaces).items()}
+    for ident, widths in whole_widths(spaces).items():
+        table[ident] = call_ms + sum(per_mac * macs(layer, *layer.widths(widths)) for layer in layers)
+    table[BASELINE] = table["whole:1.0"]
+    return table
+
+
+def test_grid_honours_round_to_and_max_layer_ratio():
+    space = group_space("g", 64, 8, 1, 0.75)
+    assert space.floor == 16 and space.unit == 8
+    widths = grid(space, 64)
+    assert widths[0] == 16 and widths[-1] == 64 and all(w % 8 == 0 for w in widths)
+    assert grid(None, 10) == [10]
+    grouped = group_space("g", 48, 8, 3, 0.9)  # channel groups of 3: steps of lcm(8, 3) = 24
+    assert grouped.unit == 24 and all(w % 24 == 0 for w in grid(grouped, 48))
+
+
+def test_the_fit_maps_the_layer_sum_to_whole_models_and_prediction_interpolates():
+    layers, spaces = two_groups()
+    table = synthetic_table(layers, spaces)
+    model = LatencyModel(layers, spaces, table)
+    for ident, widths in whole_widths(spaces).items():  # the calibration points themselves
+        assert model.predict(widths) == pytest.approx(table[ident], rel=1e-6)
+    between = {"a": 20, "b": 12}  # off the grid: bilinear between grid points, exact for a bilinear cost
+    expected = synthetic_table(layers, {"a": GroupSpace("a", 20, 20, 1), "b": GroupSpace("b", 12, 12, 1)})
+    assert model.predict(between) == pytest.approx(expected["whole:1.0"], rel=0.02)
+    assert fit_line([(1.0, 3.0), (2.0, 2.0)]) == (1.0, 1.0)  # noise made the slope negative: offset only
+
+
+def test_greedy_search_meets_the_target_cutting_where_time_is_spent():
+    layers, spaces = two_groups()
+    model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
+    full = model.predict(model.full())
+    flat = {name: [1.0] * 32 for name in spaces}  # equal importance: latency alone decides
+    found = search_widths(model, flat, full / 2)
+    assert found.reached and found.predicted_ms <= full / 2
+    assert all(w % 8 == 0 and w >= spaces[n].floor for n, w in found.widths.items())
+    # group a sets the 32×32 layers' widths: a channel there saves ~4× what one of b saves
+    assert found.widths["a"] < found.widths["b"]
+    uniform = uniform_widths(model, full / 2)
+    assert uniform.reached and uniform.widths["a"] == uniform.widths["b"]
+    # importance steers it too: make a's channels precious and b is cut first
+    precious = {"a": [100.0] * 32, "b": [0.01] * 32}
+    assert search_widths(model, precious, full * 0.9).widths["a"] == 32
+
+
+def test_an_unreachable_target_stops_at_the_floors_and_says_so():
+    layers, spaces = two_groups()
+    model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
+    found = search_widths(model, {}, 1e-6)
+    assert not found.reached
+    assert found.widths == {name: space.floor for name, space in spaces.items()}
+    assert found.predicted_ms == pytest.approx(model.predict(found.widths))
+
+
+def test_target_speedup_is_relative_to_the_baseline():
+    assert resolve_target(None, 2.0, 3.0) == 1.5
+    assert resolve_target(1.2, None, 3.0) == 1.2
+    with pytest.raises(ValueError):
+        resolve_target(None, 2.0, None)
+
+
+def test_plan_checks_every_field_and_the_files_it_names():
+    files = {"lat-a.onnx": object()}
+    good = {"graph": "g", "batch": 1, "max_seconds": 10, "iterations": 3, "variants": {"v": "lat-a.onnx"}}
+    assert parse_plan(good, files)["variants"] == {"v": "lat-a.onnx"}
+    for bad in ({**good, "variants": {"v": "other.onnx"}}, {**good, "batch": 0}, {**good, "max_seconds": 1e9},
+                {**good, "graph": ""}, {**good, "variants": {}}, None):
+        with pytest.raises(LatencyPlanError):
+            parse_plan(bad, files)
+
+
+def publish_latency_job(root: Path, key, variants: dict[str, bytes], plan_extra: dict) -> str:
+    """A signed latency_model job written into a spool the way the host's client does (blobs, then queue)."""
+    from edgekit.device.agent.spool import Spool
+    from edgekit.device.contract.manifest import sha256_file
+    from edgekit.host.ship.keys import sign
+
+    spool = Spool(root).ensure()
+    entries, plan = [], {}
+    for ident, payload in variants.items():
+        name = f"lat-{abs(hash(payload)) % 10**12}.onnx"
+        tmp = root / name
+        tmp.write_bytes(payload)
+        sha = sha256_file(tmp)
+        tmp.rename(spool.blob(sha))
+        entries.append({"name": name, "sha256": sha, "size": len(payload)})
+        plan[ident] = name
+    manifest = {"schema_version": 1, "kind": LATENCY_MODEL, "model": "m",
+                "input": {"name": "input", "shape": [3, 8, 8], "batch_sizes": [2]},
+                "target": {"backend": "onnxruntime", "precision": "fp32", "build": {"threads": 1}},
+                "files": sorted({e["name"]: e for e in entries}.values(), key=lambda e: e["name"]),
+                "latency": {"graph": "g1", "batch": 2, "iterations": 2, "max_seconds": 120, "variants": plan,
+                            **plan_extra}}
+    parse_manifest(manifest)
+    payload = canonical_bytes(manifest)
+    job = f"job-{time.time_ns()}"
+    spool.publish(job, payload, sign(key, payload))
+    return job
+
+
+def run_agent_once(root: Path) -> None:
+    subprocess.run([AGENT, "serve", "--root", str(root), "--once", "--poll", "0.05"], check=True, timeout=300,
+                   capture_output=True)
+
+
+@pytest.mark.slow
+def test_the_agent_measures_a_latency_model_once_and_refuses_unsigned_jobs(tmp_path):
+    from edgekit.device.agent.spool import Spool
+    from edgekit.host.ship.keys import load_or_create_key, public_line
+
+    root = tmp_path / "agent"
+    key = load_or_create_key(tmp_path / "host")
+    Spool(root).ensure()
+    (root / "trusted_keys").write_text(public_line(key) + "\n")
+    conv = Layer("c", "conv", 8, 8, "a", "a", (3, 3), (1, 1), (1, 1), (1, 1), 1, False, (8, 8))
+    variants = {variant_id(conv, 8, w): layer_onnx(conv, 8, w) for w in (8, 16)}
+    first = publish_latency_job(root, key, variants, {})
+    run_agent_once(root)
+    spool = Spool(root)
+    report = spool.report(first)
+    assert report["status"] == "done", report
+    assert report["measured"] == 2 and set(report["ms"]) == set(variants) and all(v > 0 for v in report["ms"].values())
+    second = publish_latency_job(root, key, variants, {})
+    run_agent_once(root)
+    again = spool.report(second)
+    assert again["status"] == "done" and again["measured"] == 0 and again["ms"] == report["ms"]
+    events = (spool.job_dir(second) / "events.jsonl").read_text()
+    assert "nothing to measure" in events and "variants measured" not in events
+
+    bounded = publish_latency_job(root, key, variants, {"graph": "g3", "max_seconds": 1e-6})
+    run_agent_once(root)
+    cut = spool.report(bounded)
+    assert cut["status"] == "failed" and "needs more than its bound" in cut["error"], cut
+    assert "\n" not in cut["error"] and cut["current"] is None
+
+    forged = publish_latency_job(root, key, variants, {"graph": "g2"})
+    queued = root / "queue" / forged
+    manifest = json.loads((queued / MANIFEST).read_text())
+    manifest["latency"]["iterations"] = 1000  # changed after signing
+    (queued / MANIFEST).write_bytes(canonical_bytes(manifest))
+    assert (queued / SIGNATURE).exists()
+    run_agent_once(root)
+    refused = spool.report(forged)
+    assert refused["status"] == "failed" and "signature" in refused["error"].lower(), refused
+
+
+def test_target_keys_are_checked_in_one_line(tmp_path):
+    from edgekit.host.config import ConfigError, deploy_toml, load_config
+    from edgekit.host.ship.latency import check_target
+
+    def config_with(**prune):
+        (tmp_path / "deploy.toml").write_text(deploy_toml(
+            project={"name": "p"}, model={"arch": "resnet20", "checkpoint": "m.pt"}, data={"path": "data"},
+            input={"batch_sizes": [1, 8]}, prune={"enabled": True, **prune}))
+        return load_config(tmp_path / "deploy.toml")
+
+    with pytest.raises(ConfigError, match="keep one of them"):
+        config_with(target_latency_ms=1.0, target_speedup=2.0)
+    config = config_with(target_latency_ms=1.0, target_batch=32)
+    assert config.prune.latency_target
+    with pytest.raises(ConfigError, match="target_batch = 32 is not among input.batch_sizes"):
+        check_target(config, config.device("local"), "local")
+    assert not config_with(ratio=0.5).prune.latency_target
+
+
+def test_the_measured_latency_decides_whether_the_target_was_met():
+    from edgekit.host.ship.push import latency_outcome
+
+    latency = {"target_ms": 2.0, "predicted_ms": 1.9, "batch": 1}
+    rows = [{"step": "prune", "note": "target 2 ms at b1 on local, predicted 1.9 ms"}]
+
+    def report(median: float) -> dict:
+        return {"status": "done", "host": {"pruning": {"latency": latency}},
+                "benchmarks": [{"batch": 1, "latency_ms": {"median": median}}]}
+
+    met = latency_outcome(rows, report(2.2))
+    assert met["met"] and met["model_error"] == pytest.approx(1.9 / 2.2 - 1)
+    assert "measured 2.2 ms" in rows[0]["note"]
+    missed = latency_outcome(rows, report(2.4))
+    assert not missed["met"] and "missed" in missed["verdict"]
+    assert latency_outcome(rows, {"status": "failed"}) is None
+
+
+def test_a_missed_target_is_a_budget_failure_on_the_device():
+    from edgekit.device.contract.budget import budget_failures, target_limit
+
+    budget = target_limit(2.0, 8)
+    benches = [{"batch": 1, "latency_ms": {"median": 9.0}}, {"batch": 8, "latency_ms": {"median": 2.2}}]
+    assert budget_failures(budget, benches, {}) == []  # batch 1 is not the target's; 2.2 is within 15 %
+    benches[1]["latency_ms"]["median"] = 2.4
+    (line,) = budget_failures(budget, benches, {})
+    assert "batch 8" in line and "misses the pruning target 2.000 ms" in line
