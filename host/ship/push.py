@@ -144,9 +144,11 @@ def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, st
 
 
 def push(config: Config, device_name: str, say: Say, on_event: EventSink,
-         progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
+         progress: UploadProgress | None = None, optimized: Optimized | None = None,
+         on_publish: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Optimized]:
+    """One device; a fleet passes the rollout's ``optimized`` (computed once) and learns each job id on publish."""
     device = config.device(device_name)
-    optimized = optimize(config, say)
+    optimized = optimized or optimize(config, say)
     optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
     files = {name: path for name, path in optimized.files.items()
              if name != MODEL_BASELINE or config.benchmark.baseline}
@@ -168,8 +170,13 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
                                 device_name)
         payload = manifest_bytes(manifest)
         signature = sign(key, payload)
+        def published(job: str) -> None:
+            history.record(device_name, published_stub(job, device_name, config.project.name))
+            if on_publish is not None:
+                on_publish(job)
+
         shipment = ship(transport, optimized, manifest, signature, payload, say, progress, store_settings(device),
-                        lambda job: history.record(device_name, published_stub(job, device_name, config.project.name)))
+                        published)
         say(f"published job {shipment.job} to {device_name}")
         report = follow(transport, shipment.job, on_event)
     finally:
