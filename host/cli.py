@@ -72,15 +72,31 @@ def data_digits(directory: Path = typer.Argument(..., help="where to write the C
 @app.command()
 def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
           json_mode: bool = JsonOption) -> None:
-    """Train the project's model on its data set and write model.checkpoint."""
-    from .train.project import train_project
+    """Train the project's model on its data set and write model.checkpoint (as DDP under torchrun, or with
+    [train] nproc = N, which starts N workers)."""
+    from .train import distributed
+    from .train.project import no_progress, train_project
 
-    trained = train_project(_load(config_path), epochs, _epoch_bar(transient=json_mode))
+    config = _load(config_path)
+    if config.train.nproc > 1 and not distributed.active():
+        raise typer.Exit(distributed.launch(config.train.nproc, _rerun_args("train", config_path, json_mode,
+                                                                            epochs=epochs)))
+    trained = train_project(config, epochs, _epoch_bar(transient=json_mode) if distributed.is_main() else no_progress)
+    if not distributed.is_main():
+        return
     if json_mode:
         _emit(dict(trained.meta, checkpoint=str(trained.checkpoint)))
     else:
         console.print(f"top-1 on {trained.test_images} held-out images: {trained.meta['top1']:.2%}; "
                       f"saved {trained.checkpoint}")
+
+
+def _rerun_args(command: str, config_path: Path, json_mode: bool, **options: Any) -> list[str]:
+    """This command's arguments for the workers ``[train] nproc`` starts."""
+    args = [command, "--config", str(config_path.resolve())] + (["--json"] if json_mode else [])
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", str(value)] if value is not None else []
+    return args
 
 
 def _epoch_bar(transient: bool):
@@ -104,9 +120,12 @@ def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Optio
     """Fold BN, export and verify ONNX, evaluate every stage; cached by content."""
     from .optimize import optimize
     from .records.report import optimize_lines, stage_table
+    from .train import distributed
 
     config = _load(config_path)
-    result = optimize(config, _say(json_mode), force=force)
+    result = optimize(config, _say(json_mode) if distributed.is_main() else (lambda message: None), force=force)
+    if not distributed.is_main():  # a torchrun worker: rank 0 speaks for all
+        return
     if json_mode:
         _emit({"directory": str(result.directory), "cached": result.cached, "stages": result.stages,
                "files": sorted(result.files)})
@@ -481,3 +500,7 @@ def save_traceback() -> str:
         return str(path)
     except OSError as exc:
         return f"the traceback (not saved: {exc}; rerun with EDGEKIT_TRACEBACK=1 to see it)"
+
+
+if __name__ == "__main__":  # `python -m edgekit.host.cli`: how [train] nproc starts torch.distributed.run's workers
+    main()

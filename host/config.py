@@ -85,6 +85,8 @@ class TrainSection(Strict):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
                         description="torch work on the host: auto = CUDA when present, else CPU")
     amp: bool = Field(default=False, description="mixed precision (float16 on CUDA, bfloat16 on the CPU)")
+    nproc: int = Field(default=1, ge=1, le=256, description="processes of torch.distributed (DDP) that edgekit "
+                       "starts for training stages (torchrun's own workers need not set it)")
 
 
 class OptimizeSection(Strict):

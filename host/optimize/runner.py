@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..config import Config
+from ..train import distributed
 from .cache import StageCache
 from .fingerprint import code_fingerprint, content_hash
 
@@ -78,10 +79,15 @@ class Stage:
     title: str = ""
     reads: tuple[str, ...] = ()
     unkeyed: tuple[str, ...] = ()  # keys under ``reads`` that only ``check`` reads: changing them reruns nothing
+    distributed: bool = False  # trains in torch: under torchrun every rank runs it (DDP), else rank 0 alone
 
     def files(self, config: Config) -> dict[str, Path]:
         """Input files or folders read by content (the checkpoint, the data set, a calibration folder)."""
         return {}
+
+    def trains(self, config: Config) -> bool:
+        """Whether running it now would train in torch (a ``distributed`` stage that is switched on)."""
+        return False
 
     def run(self, ctx: Context, out: Path) -> Output:
         raise NotImplementedError
@@ -108,9 +114,13 @@ def section_values(config: Config, reads: Sequence[str]) -> dict[str, Any]:
     return values
 
 
+# how a result is computed, not what it is: the same stage with 1 or N training processes shares its cache entry
+UNKEYED = ("train.nproc",)
+
+
 def stage_key(stage: Stage, config: Config, previous: str) -> str:
     sections = section_values(config, stage.reads)
-    for unkeyed in stage.unkeyed:
+    for unkeyed in stage.unkeyed + UNKEYED:
         section, _, key = unkeyed.partition(".")
         sections.get(section, {}).pop(key, None)
     payload = {"stage": stage.name, "previous": previous, "code": code_fingerprint(), "sections": sections,
@@ -150,7 +160,9 @@ def run_stages(config: Config, stages: Sequence[Stage], say: Say, force: bool = 
         key = previous = stage_key(stage, config, previous)
         clock = time.perf_counter()
         saved, computed = (None if force else cache.load(stage.name, key)), False
-        if saved is None:
+        if saved is None and distributed.active():
+            saved, computed = _execute_distributed(stage, ctx, cache, key, force)
+        elif saved is None:
             with cache.lock(stage.name, key):
                 saved = None if force else cache.load(stage.name, key)  # a concurrent writer may have won
                 if saved is None:
@@ -171,6 +183,25 @@ def run_stages(config: Config, stages: Sequence[Stage], say: Say, force: bool = 
                              wall_s=timings[stage.name], computed_s=saved["wall_s"]))
         keys[stage.name], directories[stage.name] = key, directory
     return Run(ctx, rows, keys, directories, ran, timings)
+
+
+def _execute_distributed(stage: Stage, ctx: Context, cache: StageCache, key: str, force: bool
+                         ) -> tuple[dict[str, Any], bool]:
+    """Under torchrun: a training stage runs on every rank (DDP inside), any other on rank 0 alone; rank 0 alone
+    publishes, the others wait for it and then restore its result like a cached stage (computed False)."""
+    if distributed.is_main():
+        with cache.lock(stage.name, key):
+            saved, computed = _execute(stage, ctx, cache, key, force)
+    elif stage.distributed:
+        work = cache.scratch(stage.name, key)
+        try:
+            stage.run(ctx, work)  # its collectives pair with rank 0's; its files are rank 0's to keep
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()
+    if distributed.is_main():
+        return saved, computed
+    return cache.load(stage.name, key), False
 
 
 def _execute(stage: Stage, ctx: Context, cache: StageCache, key: str, force: bool) -> tuple[dict[str, Any], bool]:

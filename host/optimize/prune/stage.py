@@ -26,9 +26,13 @@ def rebuild(ctx: Context, history: list[list]) -> Any:
 
 class PruneStage(Stage):
     name = "prune"
+    distributed = True  # fine-tuning runs as DDP under torchrun
     title = "prune + fine-tune"
     reads = ("prune",)
     unkeyed = ("prune.allow_accuracy_drop",)  # a verdict on the result, not an input to it
+
+    def trains(self, config: Any) -> bool:
+        return config.prune.enabled and (config.prune.finetune_epochs > 0 or config.prune.sparsity_epochs > 0)
 
     def run(self, ctx: Context, out: Path) -> Output:
         if not ctx.config.prune.enabled:
