@@ -145,8 +145,9 @@ def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, st
 
 def push(config: Config, device_name: str, say: Say, on_event: EventSink,
          progress: UploadProgress | None = None, optimized: Optimized | None = None,
-         on_publish: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Optimized]:
-    """One device; a fleet passes the rollout's ``optimized`` (computed once) and learns each job id on publish."""
+         on_publish: Callable[[str], None] | None = None, plots: bool = True) -> tuple[dict[str, Any], Optimized]:
+    """One device; a fleet passes the rollout's ``optimized`` (computed once), learns each job id on publish,
+    and leaves the PNG plots to `edgekit report --plot` (drawing them costs the host a second per device)."""
     device = config.device(device_name)
     optimized = optimized or optimize(config, say)
     optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
@@ -182,7 +183,7 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     finally:
         transport.close()
     report["uploaded_bytes"] = shipment.uploaded_bytes
-    store_run(config, device_name, report)
+    store_run(config, device_name, report, plots)
     return report, optimized
 
 
@@ -205,11 +206,12 @@ def reattach(config: Config, device_name: str, job: str | None, on_event: EventS
     return report
 
 
-def store_run(config: Config, device_name: str, report: dict[str, Any]) -> None:
+def store_run(config: Config, device_name: str, report: dict[str, Any], plots: bool = True) -> None:
     """The report into the run history, and beside it (``.edgekit/runs/<job>/``) its JSON and PNG plots."""
     history = History(config.state_dir / "history.db")
     if report.get("job"):
-        report["plots"] = [str(p) for p in write_run_files(history.run_dir(report["job"]), report, device_name)]
+        report["plots"] = [str(p) for p in write_run_files(history.run_dir(report["job"]), report, device_name,
+                                                           plots)]
     history.record(device_name, report)
 
 
@@ -218,13 +220,15 @@ def replot(history: History, stored: dict[str, Any]) -> list[str]:
     return [str(p) for p in write_run_files(history.run_dir(stored["job"]), stored, stored["device"])]
 
 
-def write_run_files(directory, report: dict[str, Any], device_name: str) -> list:
+def write_run_files(directory, report: dict[str, Any], device_name: str, plots: bool = True) -> list:
     import json
-
-    from ..records.plots import write_plots
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(dict(report, device=device_name), indent=2, default=str))
+    if not plots:
+        return []
+    from ..records.plots import write_plots
+
     return write_plots(dict(report, device=device_name), directory)
 
 

@@ -226,7 +226,7 @@ def push_device(config: Config, record: RolloutRecord, name: str, optimized: Any
             report = reattach(config, name, entry["job"], sink)
         else:
             record.update(name, state=PUBLISHING)
-            report, _ = push(config, name, lambda message: None, sink, optimized=optimized,
+            report, _ = push(config, name, lambda message: None, sink, optimized=optimized, plots=False,
                              on_publish=lambda job: record.update(name, state=RUNNING, job=job))
     except EdgekitError as exc:
         report = {"status": "failed", "error": str(exc)}
