@@ -22,7 +22,7 @@ jet[01:03] ansible_user=nv
 orin:2222 edgekit_precision=int8
 
 [lab:vars]
-edgekit_backend=onnxruntime
+edgekit_backend=onnxruntime   # inline comment
 ansible_port=2200
 
 [canary]

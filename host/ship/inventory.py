@@ -78,7 +78,8 @@ def parse_ini(text: str, source: str) -> dict[str, Group]:
             key, sep, value = line.partition("=")
             if not sep or not key.strip():
                 raise ConfigError(f"{at}: [{name}:vars] lines are key=value, got {line!r}")
-            group.vars[key.strip()] = Where(_ini_value(value.strip()), at)
+            value = re.sub(r"\s+[#;].*$", "", value.strip())  # an inline comment after whitespace
+            group.vars[key.strip()] = Where(_ini_value(value), at)
         elif kind == "children":
             _group_name(line, at)
             groups.setdefault(line, Group(line, at))
