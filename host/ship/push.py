@@ -156,13 +156,9 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     files_for_device(config, device, files, None)  # a configuration mistake fails before connecting
     key = load_or_create_key(host_home())
     history = History(config.state_dir / "history.db")
-    with lost_connection(device_name, "connecting; push again"):
-        transport = open_transport(device_name, device)
+    transport = open_device(device_name, device, key, "push again")
     try:
         with lost_connection(device_name, "preparing the device; push again"):
-            if device.kind == "local":
-                transport.trust(public_line(key))
-            transport.ensure_agent()
             status = transport.status()
         # The device's backends and CPU decide which model files it gets (edgekit.device.contract.model_files).
         manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)
@@ -185,6 +181,21 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     report["uploaded_bytes"] = shipment.uploaded_bytes
     store_run(config, device_name, report, plots)
     return report, optimized
+
+
+def open_device(name: str, device: DeviceSection, key: Any, again: str) -> Transport:
+    """Connected, with an agent serving the root (a local device trusts this host's key first)."""
+    with lost_connection(name, f"connecting; {again}"):
+        transport = open_transport(name, device)
+    try:
+        with lost_connection(name, f"preparing the device; {again}"):
+            if device.kind == "local":
+                transport.trust(public_line(key))
+            transport.ensure_agent()
+    except BaseException:
+        transport.close()
+        raise
+    return transport
 
 
 def reattach(config: Config, device_name: str, job: str | None, on_event: EventSink) -> dict[str, Any]:

@@ -14,9 +14,8 @@ from ...device.contract.manifest import canonical_bytes
 from ...device.contract.protocol import new_job_id
 from ...device.contract.rollback import rollback_manifest
 from ..config import Config, host_home
-from .keys import load_or_create_key, public_line, sign
-from .push import EventSink, follow, lost_connection
-from .transports import open_transport
+from .keys import load_or_create_key, sign
+from .push import EventSink, follow, lost_connection, open_device
 
 
 def roll_back_device(config: Config, name: str, to: Optional[str], on_event: EventSink) -> dict[str, Any]:
@@ -25,13 +24,8 @@ def roll_back_device(config: Config, name: str, to: Optional[str], on_event: Eve
     device = config.device(name)
     key = load_or_create_key(host_home())
     payload = canonical_bytes(rollback_manifest(config.project.name, to, time.time()))
-    with lost_connection(name, "connecting; roll back again"):
-        transport = open_transport(name, device)
+    transport = open_device(name, device, key, "roll back again")
     try:
-        with lost_connection(name, "preparing the device; roll back again"):
-            if device.kind == "local":
-                transport.trust(public_line(key))
-            transport.ensure_agent()
         job = new_job_id()
         with lost_connection(name, f"publishing rollback {job}; roll back again"):
             transport.publish(job, payload, sign(key, payload))
