@@ -142,3 +142,42 @@ def test_a_device_name_with_dots_is_written_as_a_quoted_table(tmp_path):
     assert append_device(config, "jet.lab-1", "10.0.0.1", "nv", 2222, "onnxruntime")
     device = load_config(config).devices["jet.lab-1"]
     assert (device.host, device.user, device.port, device.backend) == ("10.0.0.1", "nv", 2222, "onnxruntime")
+
+
+def test_the_agent_runs_only_a_signed_rollback_to_an_engine_it_has(tmp_path):
+    from edgekit.device.agent.spool import Spool
+    from edgekit.device.contract.manifest import canonical_bytes
+    from edgekit.device.contract.rollback import rollback_manifest
+    from edgekit.device.jobs.engines import ENGINE_META
+    from edgekit.device.jobs.runner import JobRunner
+    from edgekit.host.ship.keys import load_or_create_key, public_line, sign
+
+    spool = Spool(tmp_path / "root").ensure()
+    key, stranger = load_or_create_key(tmp_path / "host"), load_or_create_key(tmp_path / "stranger")
+    spool.trusted_keys.write_text(public_line(key) + "\n")
+    for name in ("old", "new"):
+        (spool.engines / name).mkdir()
+        (spool.engines / name / ENGINE_META).write_text(json.dumps({"backend": "onnxruntime",
+                                                                    "options": {"precision": "fp32"}}))
+    spool.switch("tiny", spool.engines / "old")
+    spool.switch("tiny", spool.engines / "new")
+    runner = JobRunner(spool)
+
+    def request(job: str, signer, to=None, model="tiny") -> dict:
+        payload = canonical_bytes(rollback_manifest(model, to, 0.0))
+        spool.publish(job, payload, sign(signer, payload))
+        spool.claim(job)
+        return runner.run(job)
+
+    refused = request("j1", stranger)
+    assert refused["status"] == "failed" and "does not trust" in refused["error"]
+    assert os.path.basename(spool.current("tiny")) == "new"
+    gone = request("j2", key, to="0" * 64)
+    assert gone["status"] == "failed" and "no longer on this device" in gone["error"]
+    back = request("j3", key)
+    assert back["status"] == "done" and back["engine_key"] == "old" and back["backend"] == "onnxruntime"
+    assert os.path.basename(spool.current("tiny")) == "old"
+    again = request("j4", key)  # what was current became previous: a second rollback undoes the first
+    assert again["status"] == "done" and os.path.basename(spool.current("tiny")) == "new"
+    nothing = request("j5", key, model="other")
+    assert nothing["status"] == "failed" and "no previous engine" in nothing["error"]
