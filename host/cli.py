@@ -148,9 +148,15 @@ def push(device: Optional[str] = typer.Argument(None, help="device name from dep
          config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Optimise, ship to DEVICE (or a fleet), build there, validate, benchmark, and print the latency report."""
     from .ship.fleet import select_devices
+    from .train import distributed
 
     config = _load(config_path)
     names = select_devices(config, device, all_devices, group)
+    if not distributed.is_main():  # a torchrun worker: it trains its share of the stages, rank 0 ships
+        from .optimize import optimize
+
+        optimize(config, lambda message: None)
+        return
     if waves is not None:
         from .ship.rollout import start_rollout
 
