@@ -101,6 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--reuse", type=Path, help="an earlier run's project: its checkpoint and optimisation cache "
+                        "are copied, and an agent venv already on the first device user is kept (a loaded machine)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgekit-fleet-"))
     os.chmod(work, 0o755)
@@ -128,10 +130,16 @@ def main() -> None:
         (project / "deploy.toml").write_text(TINY_PROJECT + '\n[fleet]\ninventory = "hosts.ini"\n')
         (project / "hosts.ini").write_text(inventory(devices, venv, "fp32"))
         cli(project, "data", "digits", "data")
-        cli(project, "train")
+        if args.reuse:
+            shutil.copytree(args.reuse / "runs", project / "runs")
+            shutil.copytree(args.reuse / ".edgekit" / "cache", project / ".edgekit" / "cache")
+        else:
+            cli(project, "train")
         cli(project, "optimize")  # so the rollouts' one optimisation is the cached one: their time is the fleet's
-        cli(project, "device", "setup", devices[0]["name"], "--no-openvino")
-        attach_agents(project, dict(os.environ), [d["name"] for d in devices[1:]])
+        fresh = not (args.reuse and Path(venv, "bin", "edgekit-agent").exists())
+        if fresh:
+            cli(project, "device", "setup", devices[0]["name"], "--no-openvino")
+        attach_agents(project, dict(os.environ), [d["name"] for d in devices[int(fresh):]])
         results = measure(project, devices, venv, args.trials)
     finally:
         for device in devices:
