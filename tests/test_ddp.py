@@ -22,19 +22,18 @@ def test_stage_keys_do_not_depend_on_the_number_of_training_processes(project):
 
 def test_two_gloo_processes_train_and_fine_tune_with_rank_0_alone_writing(project):
     """`edgekit train` and pruning's fine-tune as 2 DDP workers: one checkpoint, one result on stdout, one cache
-    entry and no scratch left by the other rank; the model is as good as the single-process one within a budget."""
+    entry and no scratch left by the other rank (top-1 against one process: benchmarks/ddp.py)."""
     from edgekit.host.train.checkpoint import read_checkpoint
 
-    single = read_checkpoint(project / "runs" / "tiny.pt")[1]  # the session's single-process training
     config = project / "deploy.toml"
     config.write_text(config.read_text().replace("[train]", "[train]\nnproc = 2") +
                       "\n[prune]\nenabled = true\nratio = 0.25\nsteps = 1\nfinetune_epochs = 1\nsparsity_epochs = 0\n"
                       "allow_accuracy_drop = true\n\n[quantize]\nenabled = false\n")
-    result = run_cli("train", "--json", cwd=project)
+    result = run_cli("train", "--epochs", "1", "--json", cwd=project)
     assert result.returncode == 0, result.stderr
     ddp = json.loads(result.stdout)  # rank 1 printed nothing: stdout is rank 0's one JSON document
-    assert read_checkpoint(project / "runs" / "tiny.pt")[1]["top1"] == ddp["top1"] and ddp["epochs"] == single["epochs"]
-    assert ddp["top1"] >= single["top1"] - 0.05  # same epochs, global batch and schedule: as good, within noise
+    written = read_checkpoint(project / "runs" / "tiny.pt")[1]
+    assert written["top1"] == ddp["top1"] and written["epochs"] == ddp["epochs"] == 1  # rank 0's evaluation
     optimized = run_cli("optimize", "--json", cwd=project)
     assert optimized.returncode == 0, optimized.stderr
     assert "torch.distributed workers" in optimized.stderr

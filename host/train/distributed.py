@@ -124,4 +124,16 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     (one machine, a free port); their exit code is this one's."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "edgekit.host.cli", *args]
-    return subprocess.run(command).returncode
+    return subprocess.run(command, preexec_fn=_die_with_parent).returncode
+
+
+def _die_with_parent() -> None:
+    """In the launcher's child: SIGTERM when this process dies (killed, even by SIGKILL), so torch.distributed.run
+    stops its workers instead of training on as orphans."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the workers end with their rendezvous instead
+        pass
