@@ -58,7 +58,7 @@ def optimize(config: Config, say: Say = print, force: bool = False, stages: tupl
     if workers_needed(config, stages, force):
         say(f"training stages: starting {config.train.nproc} torch.distributed workers")
         code = distributed.launch(config.train.nproc, ["optimize", "--config", str(config.path)] +
-                                  (["--force"] if force else []))
+                                  (["--force"] if force else []), output_to_stderr=True)
         if code != 0:
             raise CheckFailed(f"the {config.train.nproc} training workers ([train] nproc) failed with exit code "
                               f"{code}; their messages are above")

@@ -119,12 +119,14 @@ def rank_batch(batch_size: int) -> int:
     return max(1, batch_size // world_size())
 
 
-def launch(nproc: int, args: Sequence[str]) -> int:
+def launch(nproc: int, args: Sequence[str], output_to_stderr: bool = False) -> int:
     """``[train] nproc = N`` outside torchrun: run this command again as N workers of ``torch.distributed.run``
-    (one machine, a free port); their exit code is this one's."""
+    (one machine, a free port); their exit code is this one's. ``output_to_stderr``: when this process prints the
+    result itself, the workers' output must not mix into its stdout (a --json document)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "edgekit.host.cli", *args]
-    return subprocess.run(command, preexec_fn=_die_with_parent).returncode
+    stdout = sys.stderr.fileno() if output_to_stderr else None
+    return subprocess.run(command, preexec_fn=_die_with_parent, stdout=stdout).returncode
 
 
 def _die_with_parent() -> None:
