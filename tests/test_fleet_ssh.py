@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,36 +17,65 @@ import pytest
 
 from .conftest import EDGEKIT, run_cli
 from .fleet_lab import attach_agents, engine_of, job_count
+from .sshd import SSHServer, device_user, free_port
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 NAMES = ["f1", "f2", "f3"]
+FLEET_USER = "edgekit-fleet"
 
 
-def inventory(servers: dict, user: str, precision: str = "fp32") -> str:
+def inventory(servers: dict, user: str, venv: Path, precision: str = "fp32") -> str:
     hosts = "\n".join(f"{name} ansible_port={server.port} edgekit_root=~/.edgekit-test-{name}"
                       for name, server in servers.items())
     return (f"[fleet]\n{hosts}\n\n[fleet:vars]\nansible_host=127.0.0.1\nansible_user={user}\n"
-            f"edgekit_backend=onnxruntime\nedgekit_precision={precision}\nedgekit_venv=~/.edgekit-test-venv\n"
+            f"edgekit_backend=onnxruntime\nedgekit_precision={precision}\nedgekit_venv={venv}\n"
             "edgekit_python=/usr/bin/python3\n")
 
 
 @pytest.fixture(scope="module")
 def fleet(ssh_device, ssh_lab, tmp_path_factory):
-    """The SSH project (its venv set up on `jet`) with three more devices from hosts.ini, agents running."""
+    """The SSH project (its venv set up on `jet`) with three more devices from hosts.ini, agents running.
+
+    As root they log in as a user of their own, not the shared test user, whose agents, roots and venv other
+    test sessions on the machine may clear or reinstall; f1 is set up for real, f2 and f3 share its venv."""
     source, env, _ = ssh_device
     project = tmp_path_factory.mktemp("fleet") / "p"
     shutil.copytree(source, project, ignore=shutil.ignore_patterns(".edgekit"))
-    servers = {name: ssh_lab.server(f"fleet-{name}") for name in NAMES}
+    user, home = device_user(FLEET_USER)
+    venv = home / ".edgekit-test-fleet-venv"
+    for name in NAMES:
+        shutil.rmtree(home / f".edgekit-test-{name}", ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix="edgekit-fleet-sshd-"))
+    os.chmod(folder, 0o755)
+    servers = {name: SSHServer(folder / name, free_port(), user).start(ssh_lab.home / ".ssh" / "id_ed25519.pub")
+               for name in NAMES}
     with open(Path(env["EDGEKIT_HOME"]) / "known_hosts", "a") as known:
         known.write("".join(server.known_hosts_line() + "\n" for server in servers.values()))
-    (project / "hosts.ini").write_text(inventory(servers, ssh_lab.user))
+    (project / "hosts.ini").write_text(inventory(servers, user, venv))
     config = project / "deploy.toml"
     config.write_text(config.read_text() + '\n[fleet]\ninventory = "hosts.ini"\n')
-    attach_agents(project, env, NAMES)
-    roots = {name: ssh_lab.device_home / f".edgekit-test-{name}" for name in NAMES}
+    roots = {name: home / f".edgekit-test-{name}" for name in NAMES}
     lab = type("Fleet", (), {})()
-    lab.project, lab.env, lab.servers, lab.roots, lab.user = project, env, servers, roots, ssh_lab.user
-    return lab
+    lab.project, lab.env, lab.servers, lab.roots, lab.user, lab.venv = project, env, servers, roots, user, venv
+    try:
+        setup = run_cli("device", "setup", "f1", "--no-openvino", cwd=project, env=env)
+        assert setup.returncode == 0, setup.stderr
+        attach_agents(project, env, NAMES[1:])
+        yield lab
+    finally:
+        for root in roots.values():
+            stop_agent(root)
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def stop_agent(root: Path) -> None:
+    """The agent this module started in ``root`` (its pid from agent.json), and nothing else."""
+    try:
+        os.kill(json.loads((root / "agent.json").read_text())["pid"], signal.SIGKILL)
+    except (OSError, KeyError, ValueError):
+        pass
 
 
 def records(project: Path) -> list[dict]:
@@ -81,7 +111,7 @@ def test_a_rollout_then_the_rollback_of_one_wave_then_of_the_rest(fleet):
     assert [(r["device"], r["wave"], r["state"]) for r in rows] == [("f1", 1, "done"), ("f2", 2, "done"),
                                                                     ("f3", 2, "done")]
     assert all(r["backend"] == "onnxruntime" and r["precision"] == "fp32" and r["p50_ms"] > 0 for r in rows)
-    (fleet.project / "hosts.ini").write_text(inventory(fleet.servers, fleet.user, precision="int8"))
+    (fleet.project / "hosts.ini").write_text(inventory(fleet.servers, fleet.user, fleet.venv, precision="int8"))
     second = run_cli("push", "--group", "fleet", "--waves", "1,100%", "--json", cwd=fleet.project, env=fleet.env)
     assert second.returncode == 0, second.stderr
     after = {name: engine_of(root) for name, root in fleet.roots.items()}
@@ -99,7 +129,7 @@ def test_a_rollout_then_the_rollback_of_one_wave_then_of_the_rest(fleet):
 
 
 def test_a_rollout_whose_host_was_killed_resumes_without_pushing_finished_devices(fleet):
-    (fleet.project / "hosts.ini").write_text(inventory(fleet.servers, fleet.user, precision="int8"))
+    (fleet.project / "hosts.ini").write_text(inventory(fleet.servers, fleet.user, fleet.venv, precision="int8"))
     counts = {name: job_count(root) for name, root in fleet.roots.items()}
     known = len(records(fleet.project))
     host = subprocess.Popen([EDGEKIT, "push", "--group", "fleet", "--waves", "1,100%", "--max-parallel", "1"],
