@@ -33,14 +33,14 @@ def inventory(servers: dict, user: str, venv: Path, precision: str = "fp32") -> 
 
 
 @pytest.fixture(scope="module")
-def fleet(ssh_device, ssh_lab, tmp_path_factory):
-    """The SSH project (its venv set up on `jet`) with three more devices from hosts.ini, agents running.
+def fleet(trained_project, ssh_lab, tmp_path_factory):
+    """The trained project with three devices from hosts.ini (each its own sshd), agents running.
 
     As root they log in as a user of their own, not the shared test user, whose agents, roots and venv other
     test sessions on the machine may clear or reinstall; f1 is set up for real, f2 and f3 share its venv."""
-    source, env, _ = ssh_device
+    env = dict(os.environ, **ssh_lab.env)
     project = tmp_path_factory.mktemp("fleet") / "p"
-    shutil.copytree(source, project, ignore=shutil.ignore_patterns(".edgekit"))
+    shutil.copytree(trained_project, project, ignore=shutil.ignore_patterns("home", ".edgekit"))
     user, home = device_user(FLEET_USER)
     venv = home / ".edgekit-test-fleet-venv"
     for name in NAMES:
@@ -49,6 +49,7 @@ def fleet(ssh_device, ssh_lab, tmp_path_factory):
     os.chmod(folder, 0o755)
     servers = {name: SSHServer(folder / name, free_port(), user).start(ssh_lab.home / ".ssh" / "id_ed25519.pub")
                for name in NAMES}
+    Path(env["EDGEKIT_HOME"]).mkdir(parents=True, exist_ok=True)
     with open(Path(env["EDGEKIT_HOME"]) / "known_hosts", "a") as known:
         known.write("".join(server.known_hosts_line() + "\n" for server in servers.values()))
     (project / "hosts.ini").write_text(inventory(servers, user, venv))
