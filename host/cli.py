@@ -19,6 +19,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets.")
 app.add_typer(data_app, name="data")
 device_app = typer.Typer(no_args_is_help=True, help="Add, set up and check devices reached over SSH.")
 app.add_typer(device_app, name="device")
+rollout_app = typer.Typer(no_args_is_help=True, help="Follow and resume fleet rollouts (push --waves).")
+app.add_typer(rollout_app, name="rollout")
 console = Console()
 err = Console(stderr=True)
 if not console.is_terminal:  # pipes and CI logs: keep report rows on one line
@@ -70,10 +72,18 @@ def data_digits(directory: Path = typer.Argument(..., help="where to write the C
 @app.command()
 def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
           json_mode: bool = JsonOption) -> None:
-    """Train the project's model on its data set and write model.checkpoint."""
-    from .train.project import train_project
+    """Train the project's model on its data set and write model.checkpoint (as DDP under torchrun, or with
+    [train] nproc = N, which starts N workers)."""
+    from .train import distributed
+    from .train.project import no_progress, train_project
 
-    trained = train_project(_load(config_path), epochs, _epoch_bar(transient=json_mode))
+    config = _load(config_path)
+    if config.train.nproc > 1 and not distributed.active():
+        raise typer.Exit(distributed.launch(config.train.nproc, _rerun_args("train", config_path, json_mode,
+                                                                            epochs=epochs)))
+    trained = train_project(config, epochs, _epoch_bar(transient=json_mode) if distributed.is_main() else no_progress)
+    if not distributed.is_main():
+        return
     if json_mode:
         _emit(dict(trained.meta, checkpoint=str(trained.checkpoint), warning=trained.warning))
     else:
@@ -83,6 +93,14 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
             console.print(f"skipped {trained.skipped} unreadable image(s) (data.skip_unreadable)")
     if trained.warning:
         err.print(f"[yellow]{escape(trained.warning)}[/yellow]")
+
+
+def _rerun_args(command: str, config_path: Path, json_mode: bool, **options: Any) -> list[str]:
+    """This command's arguments for the workers ``[train] nproc`` starts."""
+    args = [command, "--config", str(config_path.resolve())] + (["--json"] if json_mode else [])
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", str(value)] if value is not None else []
+    return args
 
 
 def _epoch_bar(transient: bool):
@@ -106,9 +124,12 @@ def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Optio
     """Fold BN, export and verify ONNX, evaluate every stage; cached by content."""
     from .optimize import optimize
     from .records.report import optimize_lines, stage_table
+    from .train import distributed
 
     config = _load(config_path)
-    result = optimize(config, _say(json_mode), force=force)
+    result = optimize(config, _say(json_mode) if distributed.is_main() else (lambda message: None), force=force)
+    if not distributed.is_main():  # a torchrun worker: rank 0 speaks for all
+        return
     if json_mode:
         _emit({"directory": str(result.directory), "cached": result.cached, "stages": result.stages,
                "files": sorted(result.files)})
@@ -122,16 +143,122 @@ def optimize_command(config_path: Path = ConfigOption, force: bool = typer.Optio
 def push(device: Optional[str] = typer.Argument(None, help="device name from deploy.toml, or 'local'"),
          all_devices: bool = typer.Option(False, "--all", help="every device in deploy.toml"),
          group: Optional[str] = typer.Option(None, "--group", help="the devices of one group"),
-         parallel: int = typer.Option(4, min=1, max=32, help="devices pushed at once (fleets)"),
+         parallel: int = typer.Option(4, "--parallel", "--max-parallel", min=1, max=32,
+                                      help="devices pushed at once (fleets)"),
+         waves: Optional[str] = typer.Option(None, "--waves", help="a rollout in waves: sizes or percentages, "
+                                             "the last repeating, e.g. 1,10%,100% (a canary, then waves)"),
+         max_failures: int = typer.Option(0, "--max-failures", min=0, help="rollouts: failed devices tolerated "
+                                          "before the rollout halts between waves"),
          config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
     """Optimise, ship to DEVICE (or a fleet), build there, validate, benchmark, and print the latency report."""
     from .ship.fleet import select_devices
+    from .train import distributed
 
     config = _load(config_path)
     names = select_devices(config, device, all_devices, group)
+    if not distributed.is_main():  # a torchrun worker: it trains its share of the stages, rank 0 ships
+        from .optimize import optimize
+
+        optimize(config, lambda message: None)
+        return
+    if waves is not None:
+        from .ship.rollout import start_rollout
+
+        if device:
+            raise ConfigError("--waves rolls out to a fleet: use --group G or --all instead of a device name")
+        selector = {"group": group} if group else {"all": True}
+        record = start_rollout(config, names, selector, waves, parallel, max_failures, _say(json_mode),
+                               _fleet_events(json_mode))
+        return _rollout_result(record, json_mode)
     if len(names) == 1 and device:
         return _push_one(config, names[0], json_mode)
     _push_fleet(config, names, parallel, json_mode)
+
+
+def _fleet_events(json_mode: bool):
+    return lambda device, event: None if json_mode or event["kind"] not in ("stage", "failed", "cache") \
+        else err.print(f"[dim]{escape(device)}: {escape(str(event['message']))}[/dim]")
+
+
+def _rollout_result(record, json_mode: bool, rollback: Optional[dict] = None) -> None:
+    """The fleet table (or JSON) of a rollout; exit 1 when it halted or a device failed."""
+    from .records.report import rollout_table
+    from .ship.rollout import FAILED, iter_rows
+
+    rows = list(iter_rows(record))
+    if json_mode:
+        _emit({"rollout": record.data, "rows": rows, **({"rollback": rollback} if rollback is not None else {})})
+    else:
+        console.print(rollout_table(rows, f"rollout {record.id} ({record.data['status']})"))
+    if rollback is not None:
+        failed = [name for name, report in rollback.items() if report.get("status") not in ("done", "unchanged")]
+    elif record.data["status"] == "halted":
+        err.print(f"[red]error:[/red] rollout {record.id} halted after wave {record.data['halted_after_wave']}: "
+                  f"{escape(record.data['halt'])}; `edgekit rollback` switches the changed devices back")
+        raise typer.Exit(EXIT_FAILED)
+    else:
+        failed = [row["device"] for row in rows if row["state"] == FAILED]
+    if failed:
+        err.print(f"[red]error:[/red] {len(failed)} device(s) failed: {', '.join(failed)}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@rollout_app.command("status")
+def rollout_status(rollout: Optional[str] = typer.Argument(None, help="rollout id; default: the newest"),
+                   group: Optional[str] = typer.Option(None, "--group", help="the newest rollout of this group"),
+                   config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
+    """Show a rollout's fleet table from the host's record (no device is contacted)."""
+    from .ship.rollout import iter_rows, load_record
+
+    record = load_record(_load(config_path), rollout, group)
+    if json_mode:
+        _emit({"rollout": record.data, "rows": list(iter_rows(record))})
+        return
+    from .records.report import rollout_table
+
+    console.print(rollout_table(list(iter_rows(record)), f"rollout {record.id} ({record.data['status']})"))
+    if record.data.get("halt"):
+        console.print(f"halted after wave {record.data['halted_after_wave']}: {escape(record.data['halt'])}")
+
+
+@rollout_app.command("resume")
+def rollout_resume(rollout: Optional[str] = typer.Argument(None, help="rollout id; default: the newest"),
+                   config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
+    """Continue a rollout the host was interrupted in: finished devices are not pushed again."""
+    from .ship.rollout import resume_rollout
+
+    record = resume_rollout(_load(config_path), rollout, _say(json_mode), _fleet_events(json_mode))
+    _rollout_result(record, json_mode)
+
+
+@app.command()
+def rollback(group: Optional[str] = typer.Option(None, "--group", help="the devices of one group"),
+             all_devices: bool = typer.Option(False, "--all", help="every device"),
+             device: Optional[str] = typer.Option(None, "--device", help="one device"),
+             wave: Optional[int] = typer.Option(None, "--wave", min=1, help="only this wave of the rollout"),
+             rollout: Optional[str] = typer.Option(None, "--rollout", help="rollout id; default: the newest of "
+                                                   "the group"),
+             parallel: int = typer.Option(4, "--parallel", "--max-parallel", min=1, max=32),
+             config_path: Path = ConfigOption, json_mode: bool = JsonOption) -> None:
+    """Switch devices back to the engine they served before: a rollout's devices (from its record), or, without
+    one, each device's `previous`. Signed like a push; nothing is rebuilt."""
+    from .ship.fleet import select_devices
+    from .ship.rollout import rollback_fleet
+
+    config = _load(config_path)
+    names = select_devices(config, device, all_devices, group)
+    record, outcome = rollback_fleet(config, names, group if not device else None, rollout, wave, parallel,
+                                     _fleet_events(json_mode))
+    if record is not None:
+        return _rollout_result(record, json_mode, outcome)
+    if json_mode:
+        _emit({"devices": outcome})
+    for name, report in outcome.items():
+        back = report.get("status") == "done"
+        line = f"back on engine {str(report.get('engine_key'))[:12]}" if back else f"[red]{report.get('error')}[/red]"
+        None if json_mode else console.print(f"{escape(name)}: {line}")
+    if any(report.get("status") != "done" for report in outcome.values()):
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _push_one(config, device: str, json_mode: bool) -> None:
@@ -194,9 +321,7 @@ def _push_fleet(config, names: list[str], parallel: int, json_mode: bool) -> Non
     from .records.report import latency_rows, latency_table
     from .ship.fleet import push_fleet
 
-    outcome = push_fleet(config, names, parallel, _say(json_mode),
-                         lambda device, event: None if json_mode or event["kind"] not in ("stage", "failed", "cache")
-                         else err.print(f"[dim]{escape(device)}: {escape(str(event['message']))}[/dim]"))
+    outcome = push_fleet(config, names, parallel, _say(json_mode), _fleet_events(json_mode))
     rows = [row for name in names for row in latency_rows(outcome[name], name)]
     if json_mode:
         _emit({"devices": outcome, "rows": rows})
@@ -408,3 +533,7 @@ def save_traceback() -> str:
         return str(path)
     except OSError as exc:
         return f"the traceback (not saved: {exc}; rerun with EDGEKIT_TRACEBACK=1 to see it)"
+
+
+if __name__ == "__main__":  # `python -m edgekit.host.cli`: how [train] nproc starts torch.distributed.run's workers
+    main()

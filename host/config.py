@@ -87,6 +87,8 @@ class TrainSection(Strict):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
                         description="torch work on the host: auto = CUDA when present, else CPU")
     amp: bool = Field(default=False, description="mixed precision (float16 on CUDA, bfloat16 on the CPU)")
+    nproc: int = Field(default=1, ge=1, le=256, description="processes of torch.distributed (DDP) that edgekit "
+                       "starts for training stages (torchrun's own workers need not set it)")
 
 
 class OptimizeSection(Strict):
@@ -219,6 +221,15 @@ class DeviceSection(Strict):
         return self
 
 
+class FleetSection(Strict):
+    """Devices kept outside deploy.toml (host/ship/inventory.py); a [devices.NAME] table of the same name wins."""
+
+    inventory: Optional[Path] = Field(default=None, description="an Ansible inventory, INI or YAML")
+    ssh_config: Optional[Path] = Field(default=None, description="where ssh_groups look; default ~/.ssh/config")
+    ssh_groups: dict[str, list[str]] = Field(default_factory=dict,
+                                             description='group = ["jet-*"]: the ssh config Host names matching')
+
+
 class Config(Strict):
     project: ProjectSection
     model: ModelSection
@@ -232,6 +243,7 @@ class Config(Strict):
     validation: ValidationSection = ValidationSection()
     budget: BudgetSection = BudgetSection()
     devices: dict[str, DeviceSection] = Field(default_factory=dict)
+    fleet: FleetSection = FleetSection()
 
     # Set by load_config: where the file is, for paths and messages.
     path: Path = Path("deploy.toml")
@@ -355,7 +367,50 @@ def load_config(path: Path | str = "deploy.toml") -> Config:
     for name, device in config.devices.items():
         if name == "local" and device.kind != "local":
             raise ConfigError(f"{path}: devices.local: the name 'local' is reserved for the built-in local device")
-    return config
+    return with_fleet_devices(config)
+
+
+def with_fleet_devices(config: Config) -> Config:
+    """deploy.toml's devices plus those of ``[fleet]``'s inventory and ssh config groups, each validated as a
+    ``[devices.*]`` table; a mistake names the inventory's file and line."""
+    from .ship.inventory import load_inventory, ssh_config_devices
+
+    fleet = config.fleet
+    found = []
+    if fleet.inventory is not None:
+        found += load_inventory(config.resolve(fleet.inventory), set(DeviceSection.model_fields) - {"groups"})
+    if fleet.ssh_groups:
+        from .ship.transports.connect import ssh_config_path
+
+        path = config.resolve(fleet.ssh_config) if fleet.ssh_config else ssh_config_path()
+        found += ssh_config_devices(path, fleet.ssh_groups)
+    devices = {}
+    for entry in found:
+        if entry.name in config.devices or entry.name in devices:
+            continue  # deploy.toml's own table wins; the inventory comes before the ssh config
+        if not re.fullmatch(NAME, entry.name) or entry.name == "local":
+            raise ConfigError(f"{entry.at}: host {entry.name!r} cannot be a device name: use letters, digits, '.', "
+                              "'_' or '-' ('local' is built in)")
+        devices[entry.name] = _inventory_device(entry)
+    if not devices:
+        return config
+    return config.model_copy(update={"devices": {**config.devices, **devices}})
+
+
+def _inventory_device(entry) -> DeviceSection:
+    values = {key: where.value for key, where in entry.values.items()}
+    if values.get("kind", "ssh") == "ssh":
+        values.setdefault("host", entry.name)  # Ansible's default: the inventory name is the address
+    try:
+        return DeviceSection(**values, groups=entry.groups)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else ""
+        at = entry.values[key].at if key in entry.values else entry.at
+        shown = f" (got {error.get('input')!r})" if key in entry.values else ""
+        name = {"host": "ansible_host", "user": "ansible_user", "port": "ansible_port"}.get(key, f"edgekit_{key}")
+        message = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{at}: host {entry.name}: {name if key else 'device'}: {message}{shown}") from None
 
 
 # -- writing deploy.toml ----------------------------------------------------------------------------

@@ -24,17 +24,18 @@ def sshd_binary() -> str | None:
     return shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
 
 
-def device_user() -> tuple[str, Path]:
+def device_user(name: str = DEVICE_USER) -> tuple[str, Path]:
+    """An unprivileged login for the devices (``name``, created if missing) when root; else the current user."""
     if os.geteuid() != 0:
         return getpass.getuser(), Path.home()
     try:
-        entry = pwd.getpwnam(DEVICE_USER)
+        entry = pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", DEVICE_USER], check=True)
-        entry = pwd.getpwnam(DEVICE_USER)
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+        entry = pwd.getpwnam(name)
     # A new account is locked ("!"), which sshd refuses even for keys without PAM; "*" means no password.
-    subprocess.run(["usermod", "-p", "*", DEVICE_USER], check=True)
-    return DEVICE_USER, Path(entry.pw_dir)
+    subprocess.run(["usermod", "-p", "*", name], check=True)
+    return name, Path(entry.pw_dir)
 
 
 def free_port() -> int:

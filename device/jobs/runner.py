@@ -15,16 +15,18 @@ from typing import Any, Dict, Optional
 from .. import __version__, telemetry
 from ..agent.spool import Spool
 from ..backends import BackendUnavailable
-from ..contract.manifest import ManifestError
+from ..contract.manifest import ManifestError, load_manifest_bytes
 from ..contract.protocol import LATENCY_MODEL, TERMINAL_STATES, job_kind
+from ..contract.rollback import rollback_request
 from ..contract.signing import SignatureError
 from ..errors import JobError, device_error
 from .context import Job, Log
 from .latency import run_latency_job
 from .measure import measure
 from .prepare import prepare
+from .rollback import roll_back
 from .switch import switch
-from .verify import check_accuracy_budget, resolve_files, try_manifest, verify_bundle
+from .verify import check_accuracy_budget, resolve_files, try_manifest, verify_signed
 
 MAX_RESUMES = 10  # restarts of the agent itself, never caused by the job (the worker absorbs those)
 
@@ -116,7 +118,11 @@ class JobRunner:
         """Verify, prepare (build or reuse, validate), measure, switch; the report of a job that succeeded."""
         job = Job(self.spool, job_id, self.log)
         job.event("stage", "verifying bundle", stage="verify")
-        manifest, signer = verify_bundle(job.folder, self.spool.trusted_keys)
+        payload, signer = verify_signed(job.folder, self.spool.trusted_keys)
+        rollback = rollback_request(payload)
+        if rollback is not None:  # a signed request to serve an engine already here
+            return roll_back(job, rollback[0], rollback[1], signer)
+        manifest = load_manifest_bytes(payload)
         if job_kind(manifest.raw) == LATENCY_MODEL:  # no deployment: time the host's variants, switch nothing
             return dict(run_latency_job(job, manifest, resolve_files(self.spool, manifest)), signer=signer,
                         agent_version=__version__)

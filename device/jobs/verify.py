@@ -17,10 +17,15 @@ from ..errors import JobError
 
 def verify_bundle(folder: Path, trusted_keys: Path) -> Tuple[Manifest, str]:
     """The manifest and who signed it; nothing else in the bundle is trusted before this."""
+    payload, signer = verify_signed(folder, trusted_keys)
+    return load_manifest_bytes(payload), signer
+
+
+def verify_signed(folder: Path, trusted_keys: Path) -> Tuple[bytes, str]:
+    """The manifest's bytes once a trusted key's signature over them checks, and that key's id."""
     payload = _read(folder / MANIFEST, "manifest.json")
     signature = _read(folder / SIGNATURE, "manifest.sig (the bundle is unsigned)")
-    signer = verify(payload, signature, load_trusted_keys(trusted_keys))
-    return load_manifest_bytes(payload), signer
+    return payload, verify(payload, signature, load_trusted_keys(trusted_keys))
 
 
 def check_accuracy_budget(manifest: Manifest) -> None:

@@ -14,7 +14,10 @@ from typing import Any, Callable
 
 from ...device import __version__
 from ..config import Config
+from ..errors import CheckFailed
+from ..train import distributed
 from ..train.project import load_data
+from .cache import StageCache
 from .evaluate import EvaluateStage
 from .export.stage import ExportStage
 from .fingerprint import code_fingerprint, content_hash
@@ -47,7 +50,19 @@ class Optimized:
 
 
 def optimize(config: Config, say: Say = print, force: bool = False, stages: tuple[Stage, ...] = STAGES) -> Optimized:
-    """Run (or restore) every stage; a re-run of an unchanged project loads nothing and computes nothing."""
+    """Run (or restore) every stage; a re-run of an unchanged project loads nothing and computes nothing.
+
+    With ``[train] nproc = N`` (outside torchrun) a training stage that is not cached is first computed by N
+    DDP workers of `edgekit optimize`; this process then finds every stage cached.
+    """
+    if workers_needed(config, stages, force):
+        say(f"training stages: starting {config.train.nproc} torch.distributed workers")
+        code = distributed.launch(config.train.nproc, ["optimize", "--config", str(config.path)] +
+                                  (["--force"] if force else []), output_to_stderr=True)
+        if code != 0:
+            raise CheckFailed(f"the {config.train.nproc} training workers ([train] nproc) failed with exit code "
+                              f"{code}; their messages are above")
+        force = False  # the workers computed every stage afresh; this process restores them
     run = run_stages(config, stages, say, force=force)
     mark_chosen(run.rows, run.ctx.info)
     if not run.ran:
@@ -55,6 +70,17 @@ def optimize(config: Config, say: Say = print, force: bool = False, stages: tupl
     return Optimized(run.directories[stages[-1].name], dict(run.ctx.files), run.rows, host_summary(config, run),
                      cached=not run.ran, timings=run.timings, keys=run.keys,
                      directories=run.directories)
+
+
+def workers_needed(config: Config, stages: tuple[Stage, ...], force: bool) -> bool:
+    """``[train] nproc`` > 1 outside torchrun, and a stage that would train under DDP is not cached yet."""
+    if config.train.nproc <= 1 or distributed.active():
+        return False
+    if force:
+        return any(stage.distributed and stage.trains(config) for stage in stages)
+    cache = StageCache(config.state_dir / "cache")
+    return any(stage.distributed and stage.trains(config) and cache.load(stage.name, key) is None
+               for stage, key in zip(stages, stage_keys(config, stages)))
 
 
 def mark_chosen(rows: list[dict[str, Any]], info: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..config import Config
 from ..errors import ConfigError, Interrupted
+from ..train import distributed
 from .cache import StageCache, disk_full, disk_full_error, tree_bytes
 from .fingerprint import code_fingerprint, content_hash
 
@@ -80,10 +81,15 @@ class Stage:
     title: str = ""
     reads: tuple[str, ...] = ()
     unkeyed: tuple[str, ...] = ()  # keys under ``reads`` that only ``check`` reads: changing them reruns nothing
+    distributed: bool = False  # trains in torch: under torchrun every rank runs it (DDP), else rank 0 alone
 
     def files(self, config: Config) -> dict[str, Path]:
         """Input files or folders read by content (the checkpoint, the data set, a calibration folder)."""
         return {}
+
+    def trains(self, config: Config) -> bool:
+        """Whether running it now would train in torch (a ``distributed`` stage that is switched on)."""
+        return False
 
     def run(self, ctx: Context, out: Path) -> Output:
         raise NotImplementedError
@@ -110,9 +116,13 @@ def section_values(config: Config, reads: Sequence[str]) -> dict[str, Any]:
     return values
 
 
+# how a result is computed, not what it is: the same stage with 1 or N training processes shares its cache entry
+UNKEYED = ("train.nproc",)
+
+
 def stage_key(stage: Stage, config: Config, previous: str) -> str:
     sections = section_values(config, stage.reads)
-    for unkeyed in stage.unkeyed:
+    for unkeyed in stage.unkeyed + UNKEYED:
         section, _, key = unkeyed.partition(".")
         sections.get(section, {}).pop(key, None)
     payload = {"stage": stage.name, "previous": previous, "code": code_fingerprint(), "sections": sections,
@@ -188,6 +198,8 @@ def _cached_or_run(stage: Stage, ctx: Context, cache: StageCache, key: str, forc
     if saved is not None:
         return saved, False
     try:
+        if distributed.active():
+            return _execute_distributed(stage, ctx, cache, key, force, say)
         with cache.lock(stage.name, key):
             saved = None if force else cache.load(stage.name, key, say)  # a concurrent writer may have won
             return (saved, False) if saved is not None else _execute(stage, ctx, cache, key, force)
@@ -203,6 +215,25 @@ def _need(cache: StageCache, stage: Stage, ctx: Context, written: int) -> int:
     it wrote (the stages write models of about the same size), at least 16 MB."""
     before = max((tree_bytes(Path(p).parent) for p in ctx.files.values()), default=0)
     return max(2 * written, 2 * before, 16 << 20)
+
+
+def _execute_distributed(stage: Stage, ctx: Context, cache: StageCache, key: str, force: bool, say: Say
+                         ) -> tuple[dict[str, Any], bool]:
+    """Under torchrun: a training stage runs on every rank (DDP inside), any other on rank 0 alone; rank 0 alone
+    publishes, the others wait for it and then restore its result like a cached stage (computed False)."""
+    if distributed.is_main():
+        with cache.lock(stage.name, key):
+            saved, computed = _execute(stage, ctx, cache, key, force)
+    elif stage.distributed:
+        work = cache.scratch(stage.name, key)
+        try:
+            stage.run(ctx, work)  # its collectives pair with rank 0's; its files are rank 0's to keep
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    distributed.barrier()
+    if distributed.is_main():
+        return saved, computed
+    return cache.load(stage.name, key, say), False
 
 
 def _execute(stage: Stage, ctx: Context, cache: StageCache, key: str, force: bool) -> tuple[dict[str, Any], bool]:

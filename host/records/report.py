@@ -344,3 +344,18 @@ def health_lines(health: dict[str, dict[str, Any]], only: Optional[str] = None) 
                          "the previous engine {}: push again to deploy the newer one".format(
                              model, note.get("reason"), str(note.get("to"))[:12]))
     return lines
+
+
+def rollout_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """A rollout's fleet table: per device its wave, state, backend, precision, p50, speed-up and error."""
+    table = Table(title=title)
+    for column in ("device", "wave", "state", "backend", "precision", "p50 ms", "speed-up", "error"):
+        table.add_column(column, justify="right" if column in ("wave", "p50 ms", "speed-up") else "left")
+    colours = {"done": "green", "failed": "red", "skipped": "yellow", "rolled back": "cyan"}
+    for row in rows:
+        state = row["state"]
+        table.add_row(row["device"], str(row["wave"]), f"[{colours.get(state, 'dim')}]{state}[/]",
+                      row.get("backend") or "-", row.get("precision") or "-",
+                      f"{row['p50_ms']:.3f}" if row.get("p50_ms") is not None else "-",
+                      f"{row['speedup']:.2f}x" if row.get("speedup") else "-", escape(row.get("error") or ""))
+    return table

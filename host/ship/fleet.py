@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..config import NAME, Config, load_config, read_toml_text
+from ..config import NAME, Config, deploy_toml, load_config, read_toml_text
 from ..errors import ConfigError, EdgekitError
 
 FleetSink = Callable[[str, dict[str, Any]], None]
@@ -107,13 +107,8 @@ def append_device(config_path: Path, name: str, host: str, user: Optional[str], 
     text = read_toml_text(config_path)
     if load_config(config_path).devices.get(name) is not None:
         return False
-    lines = [f"\n[devices.{name}]", f'host = "{host}"']
-    if user:
-        lines.append(f'user = "{user}"')
-    if port:
-        lines.append(f"port = {port}")
-    lines.append(f'backend = "{backend}"')
-    config_path.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    table = deploy_toml(devices={name: {"host": host, "user": user, "port": port, "backend": backend}})
+    config_path.write_text(text.rstrip("\n") + "\n\n" + table)  # quoted: [devices."jet.lab"]
     try:
         load_config(config_path)
     except ConfigError:

@@ -145,29 +145,27 @@ def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, st
 
 
 @contextmanager
-def connected(device_name: str, device: DeviceSection, key: Any) -> Iterator[Transport]:
-    """An open transport to a device whose agent runs (a local device trusts this host's key first)."""
-    with lost_connection(device_name, "connecting; push again"), Interrupted.during(f"connecting to {device_name}"):
-        transport = open_transport(device_name, device)
+def connected(device_name: str, device: DeviceSection, key: Any, again: str = "push again") -> Iterator[Transport]:
+    """``open_device`` for the length of a ``with``."""
+    transport = open_device(device_name, device, key, again)
     try:
-        with lost_connection(device_name, "preparing the device; push again"), \
-                Interrupted.during(f"preparing {device_name}"):
-            if device.kind == "local":
-                transport.trust(public_line(key))
-            transport.ensure_agent()
         yield transport
     finally:
         transport.close()
 
 
 def push(config: Config, device_name: str, say: Say, on_event: EventSink,
-         progress: UploadProgress | None = None) -> tuple[dict[str, Any], Optimized]:
+         progress: UploadProgress | None = None, optimized: Optimized | None = None,
+         on_publish: Callable[[str], None] | None = None, plots: bool = True) -> tuple[dict[str, Any], Optimized]:
+    """One device; a fleet passes the rollout's ``optimized`` (computed once), learns each job id on publish,
+    and leaves the PNG plots to `edgekit report --plot` (drawing them costs the host a second per device)."""
     device = config.device(device_name)
-    if config.prune.latency_target:  # widths chosen against this device's measured latency model
-        from .latency import latency_model_file
+    if optimized is None:
+        if config.prune.latency_target:  # widths chosen against this device's measured latency model
+            from .latency import latency_model_file
 
-        config = config.with_latency_model(latency_model_file(config, device_name, say, on_event))
-    optimized = optimize(config, say)
+            config = config.with_latency_model(latency_model_file(config, device_name, say, on_event))
+        optimized = optimize(config, say)
     with Interrupted.during("writing FP16-typed ONNX files"):
         optimized.files.update(typed_files_for(config, device_name, device, optimized.files, say))  # TensorRT 11
     files = {name: path for name, path in optimized.files.items()
@@ -193,13 +191,15 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
                 payload = manifest_bytes(manifest)
                 signature = sign(key, payload)
 
-            def on_publish(job: str) -> None:
+            def record_publish(job: str) -> None:
                 published.append(job)
                 history.record(device_name, published_stub(job, device_name, config.project.name))
+                if on_publish is not None:
+                    on_publish(job)
 
             with Interrupted.during(f"the upload to {device_name}"):
                 shipment = ship(transport, optimized, manifest, signature, payload, say, progress,
-                                store_settings(device), on_publish)
+                                store_settings(device), record_publish)
             say(f"published job {shipment.job} to {device_name}")
             with Interrupted.during(f"following job {shipment.job}", published=shipment.job):
                 report = follow(transport, shipment.job, on_event)
@@ -211,7 +211,7 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     outcome = latency_outcome(optimized.stages, report)
     if outcome:
         report["latency_target"] = outcome
-    store_run(config, device_name, report)
+    store_run(config, device_name, report, plots)
     return report, optimized
 
 
@@ -230,6 +230,21 @@ def failing_alternatives(reference, manifest: dict[str, Any], device: DeviceSect
         if verdict is not None and not verdict["passed"]:
             failing[model_file] = f"{model_file}: {verdict['reason']}"
     return failing
+
+
+def open_device(name: str, device: DeviceSection, key: Any, again: str) -> Transport:
+    """Connected, with an agent serving the root (a local device trusts this host's key first)."""
+    with lost_connection(name, f"connecting; {again}"), Interrupted.during(f"connecting to {name}"):
+        transport = open_transport(name, device)
+    try:
+        with lost_connection(name, f"preparing the device; {again}"), Interrupted.during(f"preparing {name}"):
+            if device.kind == "local":
+                transport.trust(public_line(key))
+            transport.ensure_agent()
+    except BaseException:
+        transport.close()
+        raise
+    return transport
 
 
 def reattach(config: Config, device_name: str, job: str | None, on_event: EventSink) -> dict[str, Any]:
@@ -254,11 +269,12 @@ def reattach(config: Config, device_name: str, job: str | None, on_event: EventS
     return dict(report, model_health={model: health[model]} if model in health else {})
 
 
-def store_run(config: Config, device_name: str, report: dict[str, Any]) -> None:
+def store_run(config: Config, device_name: str, report: dict[str, Any], plots: bool = True) -> None:
     """The report into the run history, and beside it (``.edgekit/runs/<job>/``) its JSON and PNG plots."""
     history = History(config.state_dir / "history.db")
     if report.get("job"):
-        report["plots"] = [str(p) for p in write_run_files(history.run_dir(report["job"]), report, device_name)]
+        report["plots"] = [str(p) for p in write_run_files(history.run_dir(report["job"]), report, device_name,
+                                                           plots)]
     history.record(device_name, report)
 
 
@@ -267,13 +283,15 @@ def replot(history: History, stored: dict[str, Any]) -> list[str]:
     return [str(p) for p in write_run_files(history.run_dir(stored["job"]), stored, stored["device"])]
 
 
-def write_run_files(directory, report: dict[str, Any], device_name: str) -> list:
+def write_run_files(directory, report: dict[str, Any], device_name: str, plots: bool = True) -> list:
     import json
-
-    from ..records.plots import write_plots
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(dict(report, device=device_name), indent=2, default=str))
+    if not plots:
+        return []
+    from ..records.plots import write_plots
+
     return write_plots(dict(report, device=device_name), directory)
 
 

@@ -13,7 +13,7 @@ import io
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -227,10 +227,12 @@ def normalize(images: np.ndarray, mean: list[float], std: list[float]) -> np.nda
 
 
 def batches(split: Split, batch_size: int, mean: list[float], std: list[float], shuffle: bool = False,
-            augment: tuple[str, ...] = (), seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised tensor batches; ``augment`` may hold 'crop' (pad 4, random 32x32) and 'flip'."""
+            augment: tuple[str, ...] = (), seed: int = 0, index: Optional[np.ndarray] = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised tensor batches; ``augment`` may hold 'crop' (pad 4, random 32x32) and 'flip'; ``index``: these
+    samples in this order (a distributed rank's shard) instead of all of them."""
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(split)) if shuffle else np.arange(len(split))
+    order = index if index is not None else rng.permutation(len(split)) if shuffle else np.arange(len(split))
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         images = split.images[index]

@@ -7,12 +7,14 @@ that return several outputs are trained and evaluated on their classifier output
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..outputs import OutputKey, select
+from . import distributed
 from .accelerator import autocast, device_of, grad_scaler
 from .data import Split, batches
 
@@ -30,24 +32,49 @@ def train(model: nn.Module, split: Split, mean: list[float], std: list[float], *
 
     ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (distillation), ``after_backward`` edits
     gradients (network slimming's L1 on BN scales), ``stop(epoch)`` ends training early (accuracy budget met).
+    Under torchrun it trains as one rank of DistributedDataParallel (``distributed.py``): ``stop`` is rank 0's
+    to decide, and every rank ends with rank 0's weights.
     """
     torch.manual_seed(seed)
-    device = device or device_of(model)
+    device = distributed.local_device(device or device_of(model))
     model.to(device)
+    net = distributed.wrap(model, device) if distributed.active() else model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 nesterov=momentum > 0)
-    steps = epochs * math.ceil(len(split) / batch_size)
+    share = distributed.rank_batch(batch_size)
+    steps = epochs * math.ceil(len(epoch_order(len(split), seed, 0)) / share)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
     criterion = nn.CrossEntropyLoss()
     scaler = grad_scaler(device, amp)
+    ran = _epochs(model, net, split, mean, std, epochs, share, optimizer, schedule, scaler, criterion, augment, seed,
+                  progress, loss_fn, after_backward, stop, device, amp, output)
+    distributed.take_main_weights(model)
+    model.eval()
+    return ran
+
+
+def epoch_order(length: int, seed: int, epoch: int) -> np.ndarray:
+    """This rank's samples for an epoch under torch.distributed (a DistributedSampler's); else all of them."""
+    return distributed.shard(length, seed, epoch) if distributed.active() else np.arange(length)
+
+
+def _epochs(model: nn.Module, net: nn.Module, split: Split, mean: list[float], std: list[float], epochs: int,
+            batch_size: int, optimizer: Any, schedule: Any, scaler: Any, criterion: Any, augment: tuple[str, ...],
+            seed: int, progress: Optional[Progress], loss_fn: Any, after_backward: Any, stop: Any,
+            device: torch.device, amp: bool, output: OutputKey) -> int:
     for epoch in range(epochs):
-        model.train()
+        net.train()
         total, count = 0.0, 0
-        for inputs, labels in batches(split, batch_size, mean, std, shuffle=True, augment=augment, seed=seed + epoch):
+        if distributed.active():
+            source = batches(split, batch_size, mean, std, augment=augment, index=epoch_order(len(split), seed, epoch),
+                             seed=(seed + epoch) * distributed.world_size() + distributed.rank())
+        else:
+            source = batches(split, batch_size, mean, std, shuffle=True, augment=augment, seed=seed + epoch)
+        for inputs, labels in source:
             inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, amp):
-                logits = select(model(inputs), output)
+                logits = select(net(inputs), output)
                 loss = loss_fn(logits, labels, inputs) if loss_fn else criterion(logits, labels)
             scaler.scale(loss).backward()
             if after_backward:
@@ -58,12 +85,11 @@ def train(model: nn.Module, split: Split, mean: list[float], std: list[float], *
             schedule.step()
             total += float(loss.detach()) * len(labels)
             count += len(labels)
-        if progress:
+        total, count = distributed.total([total, count])
+        if progress and distributed.is_main():
             progress(epoch + 1, epochs, total / max(1, count))
-        if stop and stop(epoch + 1):
-            model.eval()
+        if stop and distributed.agree(distributed.is_main() and bool(stop(epoch + 1))):
             return epoch + 1
-    model.eval()
     return epochs
 
 

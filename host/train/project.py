@@ -35,6 +35,7 @@ def no_progress(name: str, epochs: int) -> Iterator[Progress]:
 
 def train_project(config: Config, epochs: Optional[int] = None, progress: ProgressBar = no_progress) -> Trained:
     """Train ``[model]`` on ``[data]`` with ``[train]`` (``epochs`` overrides train.epochs), write model.checkpoint."""
+    from . import distributed
     from .accelerator import resolve
     from .checkpoint import save_checkpoint
     from .data import channel_stats
@@ -55,13 +56,14 @@ def train_project(config: Config, epochs: Optional[int] = None, progress: Progre
               momentum=section.momentum, weight_decay=section.weight_decay, augment=tuple(section.augment),
               seed=section.seed, device=resolve(section.device), amp=section.amp, output=config.model.output,
               progress=on_epoch)
-    accuracy = top1(model, data.test, mean, std, output=config.model.output)
-    model.cpu()
     meta = {"arch": config.model.arch, "width": config.model.width, "num_classes": config.model.num_classes,
-            "epochs": total, "top1": accuracy, "mean": mean, "std": std}
-    save_checkpoint(config.checkpoint, model, meta)
-    return Trained(meta, config.checkpoint, len(data.test), near_chance(accuracy, data.test.labels, "trained"),
-                   len(data.skipped))
+            "epochs": total, "top1": None, "mean": mean, "std": std}
+    if distributed.is_main():  # under torchrun: rank 0 alone evaluates and writes, the others wait for it
+        meta["top1"] = top1(model, data.test, mean, std, output=config.model.output)
+        save_checkpoint(config.checkpoint, model.cpu(), meta)
+    distributed.barrier()
+    warning = near_chance(meta["top1"], data.test.labels, "trained") if meta["top1"] is not None else None
+    return Trained(meta, config.checkpoint, len(data.test), warning, len(data.skipped))
 
 
 def chance_level(labels: Any) -> float:

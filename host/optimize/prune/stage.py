@@ -26,6 +26,7 @@ def rebuild(ctx: Context, history: list[list]) -> Any:
 
 class PruneStage(Stage):
     name = "prune"
+    distributed = True  # fine-tuning runs as DDP under torchrun
     title = "prune + fine-tune"
     reads = ("prune",)
     unkeyed = ("prune.allow_accuracy_drop",)  # a verdict on the result, not an input to it
@@ -35,6 +36,9 @@ class PruneStage(Stage):
         if config.prune.latency_target and config.latency_model is not None:
             return {"latency_model": config.latency_model}
         return {}
+
+    def trains(self, config: Any) -> bool:
+        return config.prune.enabled and (config.prune.finetune_epochs > 0 or config.prune.sparsity_epochs > 0)
 
     def run(self, ctx: Context, out: Path) -> Output:
         if not ctx.config.prune.enabled:

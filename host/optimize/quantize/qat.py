@@ -43,6 +43,8 @@ from ....calibration.trt_qdq import write_trt_qdq
 from ....device.contract.manifest import CALIBRATION_JSON, MODEL_INT8_QDQ
 from ...config import Config
 from ...outputs import OutputKey, select
+from ...train import distributed
+from ...train.accelerator import device_of
 from ...train.data import Dataset, batches, normalize
 from ..export.onnx_export import export_onnx, onnx_top1
 from .ptq import (
@@ -275,15 +277,22 @@ def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterabl
     adam = torch.optim.Adam(ranges, lr=settings.range_lr) if ranges else None
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, max(1, settings.epochs * steps_per_epoch))
     loss_fn = distillation_loss(teacher.eval(), DISTILL_TEMPERATURE, DISTILL_ALPHA, settings.output)
+    # under torchrun: DDP, each rank taking its share of every global batch (the same steps as one process)
+    net = distributed.wrap(qat.module, device_of(qat.module)) if distributed.active() else qat.module
+    world, rank = distributed.world_size(), distributed.rank()
     for epoch in range(settings.epochs):
-        qat.module.train()
+        net.train()
         total, count = 0.0, 0
         tick = ticker(say, f"QAT epoch {epoch + 1}/{settings.epochs}", steps_per_epoch, "batches")
         for step, (inputs, labels) in enumerate(batches(settings.seed + epoch)):
+            if world > 1:
+                if len(labels) < world:  # every rank must take part in every step
+                    continue
+                inputs, labels = inputs[rank::world], labels[rank::world]
             sgd.zero_grad(set_to_none=True)
             if adam:
                 adam.zero_grad(set_to_none=True)
-            loss = loss_fn(select(qat.module(inputs), settings.output), labels, inputs)
+            loss = loss_fn(select(net(inputs), settings.output), labels, inputs)
             loss.backward()
             # a badly calibrated start saturates most activations and the distillation gradient is then
             # ~30x its usual norm (measured on ResNet-20): unclipped, the first steps wreck the weights
@@ -295,8 +304,10 @@ def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterabl
             total += float(loss.detach()) * len(labels)
             count += len(labels)
             tick(step + 1)
-        if progress:
+        total, count = distributed.total([total, count])
+        if progress and distributed.is_main():
             progress(epoch + 1, total / max(1, count))
+    distributed.take_main_weights(qat.module)
     qat.module.eval()
 
 

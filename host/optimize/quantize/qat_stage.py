@@ -19,11 +19,15 @@ from .stage import source_files
 
 class QatStage(Stage):
     name = "qat"
+    distributed = True  # fine-tuning runs as DDP under torchrun
     title = "quantisation-aware training"
     reads = ("quantize", "validation")  # the device's rule decides which INT8 route is good enough
 
     def files(self, config: Config) -> dict[str, Path]:
         return source_files(config)
+
+    def trains(self, config: Config) -> bool:
+        return config.quantize.enabled and config.quantize.qat_epochs != 0
 
     def run(self, ctx: Context, out: Path) -> Output:
         from .ptq import QuantizeResult
