@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import EDGEKIT, TINY_PROJECT  # noqa: E402
 from tests.fleet_lab import attach_agents, engine_of, job_count  # noqa: E402
-from tests.sshd import SSHServer, device_user, free_port, keygen  # noqa: E402
+from tests.sshd import SSHServer, client_home, device_user, free_port  # noqa: E402
 
 DEVICE_ROOT = ".edgekit-fleet"
 
@@ -105,11 +105,8 @@ def main() -> None:
                         "are copied, and an agent venv already on the first device user is kept (a loaded machine)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgekit-fleet-"))
-    os.chmod(work, 0o755)
-    home = work / "home"
-    (home / ".ssh").mkdir(parents=True)
-    keygen(home / ".ssh" / "id_ed25519")
-    os.environ.update(HOME=str(home), EDGEKIT_HOME=str(home / "edgekit"), SSH_AUTH_SOCK="", OMP_NUM_THREADS="2")
+    home = client_home(work)
+    os.environ["OMP_NUM_THREADS"] = "2"
     (home / "edgekit").mkdir()
     devices, per_user = [], os.geteuid() == 0
     try:

@@ -26,7 +26,7 @@ from edgekit.device.contract.manifest import sha256_file  # noqa: E402
 from edgekit.host.config import DeviceSection  # noqa: E402
 from edgekit.host.ship.transports.connect import resolve, scan_host_key, trust_host_key  # noqa: E402
 from edgekit.host.ship.transports.ssh import SSHTransport  # noqa: E402
-from tests.sshd import SSHServer, device_user, free_port, keygen  # noqa: E402
+from tests.sshd import SSHServer, client_home, device_user, free_port  # noqa: E402
 
 
 def main() -> None:
@@ -35,11 +35,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgekit-upload-"))
-    os.chmod(work, 0o755)
-    home = work / "home"
-    (home / ".ssh").mkdir(parents=True)
-    keygen(home / ".ssh" / "id_ed25519")
-    os.environ.update(HOME=str(home), EDGEKIT_HOME=str(home / "edgekit"), SSH_AUTH_SOCK="")
+    home = client_home(work)
     user, _ = device_user()
     server = SSHServer(work / "sshd", free_port(), user).start(home / ".ssh" / "id_ed25519.pub")
     try:

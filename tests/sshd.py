@@ -44,6 +44,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def client_home(work: Path) -> Path:
+    """A host user's home under ``work`` for a benchmark: an SSH key, and HOME/EDGEKIT_HOME pointing there."""
+    os.chmod(work, 0o755)
+    home = work / "home"
+    (home / ".ssh").mkdir(parents=True)
+    keygen(home / ".ssh" / "id_ed25519")
+    os.environ.update(HOME=str(home), EDGEKIT_HOME=str(home / "edgekit"), SSH_AUTH_SOCK="")
+    return home
+
+
 def keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
