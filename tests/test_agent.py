@@ -150,6 +150,18 @@ def test_a_second_agent_on_the_same_root_exits_quietly(agent_root):
     assert second.returncode == 0 and "another agent already serves" in second.stderr
 
 
+def test_an_agent_whose_log_cannot_be_written_keeps_serving(project):
+    """journald gone, or agent.log on a full disk: the agent loses its log lines, not its life."""
+    transport, manifest, key = prepare(project)
+    agent = start_agent(transport.spool.root, Path("/dev/full"))  # every write: ENOSPC
+    try:
+        report = wait_report(transport.spool, publish(transport, manifest, key))
+        assert report["status"] == "done" and agent.poll() is None, report.get("error")
+    finally:
+        agent.kill()
+        agent.wait()
+
+
 def test_a_worker_outliving_its_killed_agent_does_not_keep_the_next_agent_out(tmp_path):
     """A forked worker shares the agent's flock; it must let go of it, or a restart finds the root taken."""
     spool = Spool(tmp_path / "root")

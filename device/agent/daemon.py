@@ -39,9 +39,13 @@ _held: Optional[AgentLock] = None  # this agent's lock, which its forked workers
 
 
 def log(message: str) -> None:
-    """The agent's log is its stderr: journald under systemd, ``agent.log`` for the local device."""
-    sys.stderr.write("edgekit-agent: {}\n".format(message))
-    sys.stderr.flush()
+    """The agent's log is its stderr: journald under systemd, ``agent.log`` for the local device. A log on a
+    full or failing disk loses the line, never the agent (an exception here would stop it)."""
+    try:
+        sys.stderr.write("edgekit-agent: {}\n".format(message))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def serve(root: Path, poll: float, once: bool) -> int:
