@@ -373,15 +373,13 @@ def load_config(path: Path | str = "deploy.toml") -> Config:
 def with_fleet_devices(config: Config) -> Config:
     """deploy.toml's devices plus those of ``[fleet]``'s inventory and ssh config groups, each validated as a
     ``[devices.*]`` table; a mistake names the inventory's file and line."""
-    from .ship.inventory import load_inventory, ssh_config_devices
+    from .ship.inventory import load_inventory, ssh_config_devices, ssh_config_path
 
     fleet = config.fleet
     found = []
     if fleet.inventory is not None:
         found += load_inventory(config.resolve(fleet.inventory), set(DeviceSection.model_fields) - {"groups"})
     if fleet.ssh_groups:
-        from .ship.transports.connect import ssh_config_path
-
         path = config.resolve(fleet.ssh_config) if fleet.ssh_config else ssh_config_path()
         found += ssh_config_devices(path, fleet.ssh_groups)
     devices = {}

@@ -360,7 +360,8 @@ def test_cut_connections_mid_upload_and_mid_follow_give_one_line_and_resume(ssh_
 
     from edgekit.host.config import load_config
     from edgekit.host.errors import CheckFailed
-    from edgekit.host.ship.push import UploadProgress, push
+    from edgekit.host.ship.push import push
+    from edgekit.host.ship.session import UploadProgress
     from edgekit.host.ship.transports.connect import resolve, trust_host_key
     from edgekit.host.ship.transports.ssh import SSHTransport
 

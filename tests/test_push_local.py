@@ -122,7 +122,7 @@ def test_upload_progress_reports_exactly_the_bytes_the_device_lacks(project):
     from edgekit.host.optimize import optimize
     from edgekit.host.ship.bundle import make_manifest, manifest_bytes
     from edgekit.host.ship.keys import load_or_create_key, sign
-    from edgekit.host.ship.push import UploadProgress, ship
+    from edgekit.host.ship.session import UploadProgress, ship
     from edgekit.host.ship.transports.local import LocalTransport
 
     class Recorder(UploadProgress):

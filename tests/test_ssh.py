@@ -78,7 +78,7 @@ def test_tampered_unsigned_and_foreign_bundles_are_rejected_over_ssh(lab_project
     from edgekit.host.optimize import optimize
     from edgekit.host.ship.bundle import make_manifest, manifest_bytes
     from edgekit.host.ship.keys import load_or_create_key, sign
-    from edgekit.host.ship.push import follow
+    from edgekit.host.ship.session import follow
     from edgekit.host.ship.transports.ssh import SSHTransport
 
     project, env, _ = lab_project
@@ -112,7 +112,7 @@ def test_an_upload_cut_off_half_way_resumes_where_it_stopped(lab_project, monkey
     from edgekit.device.contract.manifest import sha256_file
     from edgekit.host.config import load_config
     from edgekit.host.errors import CheckFailed
-    from edgekit.host.ship.push import lost_connection
+    from edgekit.host.ship.session import lost_connection
     from edgekit.host.ship.transports.ssh import SSHTransport
 
     project, env, _ = lab_project

@@ -11,6 +11,7 @@ Ansible's: ``all`` < parent groups < child groups < the host's own.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shlex
 import string
@@ -25,6 +26,11 @@ CONNECTION = {"ansible_host": "host", "ansible_ssh_host": "host", "ansible_user"
 PREFIX = "edgekit_"
 IMPLICIT = ("all", "ungrouped")  # every host is in them; not listed as a device's groups
 _RANGE = re.compile(r"\[([0-9a-zA-Z]+):([0-9a-zA-Z]+)(?::([0-9]+))?\]")
+
+
+def ssh_config_path() -> Path:
+    """The OpenSSH client config both the fleet's host groups and the transports read (EDGEKIT_SSH_CONFIG wins)."""
+    return Path(os.environ.get("EDGEKIT_SSH_CONFIG", "~/.ssh/config")).expanduser()
 
 
 @dataclass

@@ -141,7 +141,7 @@ def run_job(config: Config, device_name: str, device: DeviceSection, files: dict
     from ..optimize import Optimized
     from .bundle import build_settings
     from .keys import load_or_create_key, sign
-    from .push import connected, follow, ship
+    from .session import connected, follow, ship
 
     build = dict(build_settings(device), allow_fallback=False)
     manifest = {

@@ -15,7 +15,7 @@ from ...device.contract.protocol import new_job_id
 from ...device.contract.rollback import rollback_manifest
 from ..config import Config, host_home
 from .keys import load_or_create_key, sign
-from .push import EventSink, follow, lost_connection, open_device
+from .session import EventSink, follow, lost_connection, open_device
 
 
 def roll_back_device(config: Config, name: str, to: Optional[str], on_event: EventSink) -> dict[str, Any]:

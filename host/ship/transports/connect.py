@@ -22,6 +22,7 @@ import paramiko
 
 from ...config import DeviceSection, host_home
 from ...errors import CheckFailed, ConfigError
+from ..inventory import ssh_config_path
 
 CONNECT_TIMEOUT = 15.0
 
@@ -42,10 +43,6 @@ class Destination:
 
     def __str__(self) -> str:
         return f"{self.user}@{self.hostname}:{self.port}" if self.user else f"{self.hostname}:{self.port}"
-
-
-def ssh_config_path() -> Path:
-    return Path(os.environ.get("EDGEKIT_SSH_CONFIG", "~/.ssh/config")).expanduser()
 
 
 def resolve(host: str, user: Optional[str] = None, port: Optional[int] = None,
