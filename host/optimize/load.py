@@ -47,7 +47,7 @@ def onnx_row(label: str, path: Path, config: Config, data: Dataset, mean: list[f
     """One stage-table row for an ONNX file: size, host ONNX Runtime latency at batch 1 and 32, top-1."""
     from ..train.data import normalize
     from .export.onnx_export import onnx_top1
-    from .latency import onnx_latency
+    from .timing import onnx_latency
 
     return dict(extra, stage=label, onnx_bytes=path.stat().st_size,
                 latency_ms=onnx_latency(path, config.input.shape),

@@ -24,8 +24,8 @@ from ...config import Config
 from ...errors import ConfigError
 from ...train.data import IMAGE_SUFFIXES, Dataset, normalize, read_image
 from ..export.onnx_export import onnx_predict, onnx_top1
-from ..latency import onnx_latency
 from ..prevalidate import Fidelity
+from ..timing import onnx_latency
 
 Say = Callable[[str], None]
 SENSITIVITY_IMAGES = 256
