@@ -17,6 +17,8 @@ import pytest
 
 from edgekit.host.config import deploy_toml
 
+from .sshd import device_root
+
 # torch's intra-op thread count changes the order of float sums, hence what a training ends with (the tiny
 # project trained with 1 and with 2 threads gives different weights): one count for this process and every CLI
 # it starts, whatever the machine's cores, so the session's tiny model depends on its seed only.
@@ -110,7 +112,7 @@ def project(tmp_path, trained_project, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def ssh_lab(tmp_path_factory):
     """A host-side home (~/.ssh with a client key, EDGEKIT_HOME) and a way to start sshd servers."""
-    from .sshd import SSHServer, device_user, free_port, keygen, sshd_binary
+    from .sshd import SSHServer, clear_stale, device_user, free_port, keygen, sshd_binary, stop_session_agents
 
     if sshd_binary() is None:
         pytest.skip("OpenSSH server is not installed (make test installs it when run as root)")
@@ -118,8 +120,7 @@ def ssh_lab(tmp_path_factory):
     if probe.returncode != 0:
         pytest.skip("the device side needs python3 with numpy and venv (apt-get install python3-numpy python3-venv)")
     user, device_home = device_user()
-    for stale in device_home.glob(".edgekit-test-*"):  # device roots of an earlier run
-        shutil.rmtree(stale, ignore_errors=True)
+    clear_stale(device_home)  # device roots of earlier runs
     home = tmp_path_factory.mktemp("sshhome")
     (home / ".ssh").mkdir(mode=0o700)
     keygen(home / ".ssh" / "id_ed25519")
@@ -141,14 +142,7 @@ def ssh_lab(tmp_path_factory):
     for started in servers:
         started.stop()
     shutil.rmtree(servers_dir, ignore_errors=True)
-    if os.geteuid() == 0:
-        subprocess.run(["pkill", "-u", user, "-f", "edgekit-agent"], capture_output=True)
-    else:
-        for status in device_home.glob(".edgekit-test-*/agent.json"):
-            try:
-                os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
-            except (ProcessLookupError, KeyError, ValueError):
-                pass
+    stop_session_agents(user, device_home)
 
 
 def ssh_fingerprint(server) -> str:
@@ -161,7 +155,7 @@ def add_device(project: Path, env: dict, lab, server, name: str, group: str | No
     result = run_cli("device", "add", name, "--host", "127.0.0.1", "--port", str(server.port), "--user", lab.user,
                      "--trust", ssh_fingerprint(server), cwd=project, env=env)
     assert result.returncode == 0, result.stderr
-    extra = ['root = "~/.edgekit-test-{}"'.format(name), 'venv = "~/.edgekit-test-venv"', 'python = "/usr/bin/python3"']
+    extra = [f'root = "{device_root(name)}"', f'venv = "{device_root("venv")}"', 'python = "/usr/bin/python3"']
     if group:
         extra.append(f'groups = ["{group}"]')
     config = project / "deploy.toml"

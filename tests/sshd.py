@@ -7,8 +7,10 @@ on a Jetson; otherwise as the current user.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +20,52 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEVICE_USER = "edgekit-dev"
+SESSION = f"p{os.getpid()}"
+
+
+def device_dir(name: str) -> str:
+    """The folder name, in the device user's home, of this test session's device ``name`` (or its venv).
+
+    It carries the session's pid, so two test sessions on one machine (a CI run beside a developer's
+    targeted run) neither clear each other's device roots nor kill each other's agents.
+    """
+    return f".edgekit-test-{SESSION}-{name}"
+
+
+def device_root(name: str) -> str:
+    """``device_dir`` as deploy.toml writes it (resolved in the device user's home)."""
+    return "~/" + device_dir(name)
+
+
+def clear_stale(home: Path) -> None:
+    """Remove the device folders of test sessions that have ended; a live session's are left alone."""
+    for stale in home.glob(".edgekit-test-*"):
+        owner = re.match(r"\.edgekit-test-p(\d+)-", stale.name)
+        if owner is None or not _alive(int(owner.group(1))):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def stop_session_agents(user: str, home: Path) -> None:
+    """Kill this session's agents (found by their root, on their command line) and remove its device folders."""
+    if os.geteuid() == 0:
+        subprocess.run(["pkill", "-KILL", "-u", user, "-f", f".edgekit-test-{SESSION}-"], capture_output=True)
+    for status in home.glob(device_dir("*") + "/agent.json"):
+        try:
+            os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
+        except (OSError, KeyError, ValueError):
+            pass
+    for folder in home.glob(device_dir("*")):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sshd_binary() -> str | None:

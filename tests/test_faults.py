@@ -33,6 +33,7 @@ from .faults import (
     trial,
     wait_final,
 )
+from .sshd import device_root
 from .test_agent import prepare, publish, start_agent
 
 pytestmark = pytest.mark.slow
@@ -375,7 +376,7 @@ def test_cut_connections_mid_upload_and_mid_follow_give_one_line_and_resume(ssh_
     original = config_path.read_text()
     config_path.write_text(original + f'\n[devices.cut]\nhost = "127.0.0.1"\nport = {proxy.port}\n'
                                       f'user = "{ssh_lab.user}"\n'
-                                      f'root = "~/.edgekit-test-jet"\nvenv = "~/.edgekit-test-venv"\n')
+                                      f'root = "{device_root("jet")}"\nvenv = "{device_root("venv")}"\n')
 
     class CutMidUpload(UploadProgress):
         def __init__(self, after: int) -> None:

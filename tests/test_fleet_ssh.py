@@ -17,7 +17,7 @@ import pytest
 
 from .conftest import EDGEKIT, run_cli
 from .fleet_lab import attach_agents, engine_of, job_count
-from .sshd import SSHServer, device_user, free_port
+from .sshd import SSHServer, clear_stale, device_dir, device_root, device_user, free_port
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 NAMES = ["f1", "f2", "f3"]
@@ -25,7 +25,7 @@ FLEET_USER = "edgekit-fleet"
 
 
 def inventory(servers: dict, user: str, venv: Path, precision: str = "fp32") -> str:
-    hosts = "\n".join(f"{name} ansible_port={server.port} edgekit_root=~/.edgekit-test-{name}"
+    hosts = "\n".join(f"{name} ansible_port={server.port} edgekit_root={device_root(name)}"
                       for name, server in servers.items())
     return (f"[fleet]\n{hosts}\n\n[fleet:vars]\nansible_host=127.0.0.1\nansible_user={user}\n"
             f"edgekit_backend=onnxruntime\nedgekit_precision={precision}\nedgekit_venv={venv}\n"
@@ -42,9 +42,8 @@ def fleet(trained_project, ssh_lab, tmp_path_factory):
     project = tmp_path_factory.mktemp("fleet") / "p"
     shutil.copytree(trained_project, project, ignore=shutil.ignore_patterns("home", ".edgekit"))
     user, home = device_user(FLEET_USER)
-    venv = home / ".edgekit-test-fleet-venv"
-    for name in NAMES:
-        shutil.rmtree(home / f".edgekit-test-{name}", ignore_errors=True)
+    venv = home / device_dir("fleet-venv")
+    clear_stale(home)
     folder = Path(tempfile.mkdtemp(prefix="edgekit-fleet-sshd-"))
     os.chmod(folder, 0o755)
     servers = {name: SSHServer(folder / name, free_port(), user).start(ssh_lab.home / ".ssh" / "id_ed25519.pub")
@@ -55,7 +54,7 @@ def fleet(trained_project, ssh_lab, tmp_path_factory):
     (project / "hosts.ini").write_text(inventory(servers, user, venv))
     config = project / "deploy.toml"
     config.write_text(config.read_text() + '\n[fleet]\ninventory = "hosts.ini"\n')
-    roots = {name: home / f".edgekit-test-{name}" for name in NAMES}
+    roots = {name: home / device_dir(name) for name in NAMES}
     lab = type("Fleet", (), {})()
     lab.project, lab.env, lab.servers, lab.roots, lab.user, lab.venv = project, env, servers, roots, user, venv
     try:

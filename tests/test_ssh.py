@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import add_device, run_cli, ssh_fingerprint
+from .sshd import device_root
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
@@ -50,7 +51,7 @@ def test_unknown_and_changed_host_keys_are_refused(lab_project, ssh_lab):
     config = project / "deploy.toml"
     original = config.read_text()
     config.write_text(original + f'\n[devices.stranger]\nhost = "127.0.0.1"\nport = {stranger.port}\n'
-                                 f'user = "{ssh_lab.user}"\nroot = "~/.edgekit-test-stranger"\n')
+                                 f'user = "{ssh_lab.user}"\nroot = "{device_root("stranger")}"\n')
     try:
         unknown = run_cli("push", "stranger", cwd=project, env=env)
         assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
@@ -152,7 +153,7 @@ def test_a_fleet_of_three_gets_one_table_and_a_dead_device_does_not_stop_it(lab_
     config = project / "deploy.toml"
     original = config.read_text()
     try:
-        config.write_text(original.replace('root = "~/.edgekit-test-jet"', 'root = "~/.edgekit-test-jet"\n'
+        config.write_text(original.replace(f'root = "{device_root("jet")}"', f'root = "{device_root("jet")}"\n'
                                                                             'groups = ["lab"]'))
         for name in ("b", "c"):
             add_device(project, env, ssh_lab, ssh_lab.server(name), name, group="lab")
@@ -184,8 +185,8 @@ def test_proxyjump_from_ssh_config_is_followed(lab_project, ssh_lab):
         trusted = run_cli("device", "add", "jumpbox", "--host", "jumpbox", "--trust", ssh_fingerprint(jump),
                           cwd=project, env=env)
         assert trusted.returncode == 0, trusted.stderr
-        config.write_text(config.read_text() + '\n[devices.behind]\nhost = "behind"\nroot = "~/.edgekit-test-jet"\n'
-                                                'venv = "~/.edgekit-test-venv"\n')
+        config.write_text(config.read_text() + '\n[devices.behind]\nhost = "behind"\n'
+                          f'root = "{device_root("jet")}"\nvenv = "{device_root("venv")}"\n')
         through = run_cli("device", "check", "behind", "--json", cwd=project, env=env)
         assert through.returncode == 0, through.stderr
         assert json.loads(through.stdout)["agent_running"]
