@@ -40,9 +40,12 @@ TINY_PROJECT = deploy_toml(
 )
 
 
+CLI_TIMEOUT_S = 1800  # a guard against a hung command, not a budget: training takes 3-4x longer on a loaded machine
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
     result = subprocess.run([EDGEKIT, *args], cwd=cwd, env=env or os.environ.copy(), capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=CLI_TIMEOUT_S)
     if check and result.returncode != 0:
         raise AssertionError(f"edgekit {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result

@@ -227,6 +227,27 @@ def test_a_full_host_disk_during_optimize_is_one_line_and_the_next_run_recovers(
         assert code == 0, err[-600:]
 
 
+def test_a_full_host_disk_loses_the_run_record_not_the_run(host_tmpfs, capsys):
+    from edgekit.host.records.history import History
+
+    path = host_tmpfs / ".edgekit" / "history.db"
+    assert History(path).record("jet", {"job": "j1", "status": "done"})
+    filler = fill(host_tmpfs)
+    with trial("host: full disk writing the run history", "a row that does not fit"):
+        assert not History(path).record("jet", {"job": "j2", "status": "done", "log": "x" * 200_000})
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert "j2" in err and str(path) in err and "`edgekit status jet j2`" in err, err
+    with trial("host: full disk writing the run history", "no history yet"):
+        fresh = History(host_tmpfs / "other" / "history.db")  # sqlite cannot even create its table
+        fresh.record("jet", {"job": "j3", "status": "done"})  # kept for this process only, and said so
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "cannot write" in err.splitlines()[0], err
+    filler.unlink()
+    kept = History(path)
+    assert kept.get("j1")["status"] == "done" and kept.record("jet", {"job": "j2", "status": "done"})
+
+
 # -- 4. unreadable inputs of every kind -----------------------------------------------------------------
 def rewrite(path: Path, old: str, new: str) -> None:
     path.write_text(path.read_text().replace(old, new))

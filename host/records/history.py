@@ -25,15 +25,19 @@ CREATE TABLE IF NOT EXISTS runs (
 
 class History:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.root = path.parent
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(path))
             self.db.execute(SCHEMA)
             self.db.execute("SELECT count(*) FROM runs").fetchone()
-        except sqlite3.DatabaseError as exc:  # damaged (a crash, a full disk): set aside, never in the way
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        except (OSError, sqlite3.OperationalError) as exc:  # a full or read-only disk: the run goes unrecorded
+            if "locked" in str(exc):
                 raise
+            unrecorded(path, None, None, exc)
+            self.db = sqlite3.connect(":memory:")
+            self.db.execute(SCHEMA)
+        except sqlite3.DatabaseError as exc:  # damaged (a crash mid-write): set aside, never in the way
             aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
             path.replace(aside)
             sys.stderr.write(f"warning: the run history {path} was unreadable ({exc}); moved it to {aside} and "
@@ -41,11 +45,18 @@ class History:
             self.db = sqlite3.connect(str(path))
             self.db.execute(SCHEMA)
 
-    def record(self, device: str, report: dict[str, Any]) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
-                            (report["job"], device, report.get("model"), report.get("status", "unknown"),
-                             time.time(), json.dumps(report)))
+    def record(self, device: str, report: dict[str, Any]) -> bool:
+        """One row per job. A host disk that is full or read-only loses the row, not the run: the device keeps
+        its report, so the push still prints it and says how to record it later."""
+        try:
+            with self.db:
+                self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                                (report["job"], device, report.get("model"), report.get("status", "unknown"),
+                                 time.time(), json.dumps(report)))
+        except sqlite3.DatabaseError as exc:  # "database or disk is full", "attempt to write a readonly database"
+            unrecorded(self.root / "history.db", device, report.get("job"), exc)
+            return False
+        return True
 
     def run_dir(self, job: str) -> Path:
         """Where a run's files live beside the database: report.json and its plots."""
@@ -92,3 +103,12 @@ class History:
         rows = self.db.execute("SELECT job, device, model, status, created FROM runs ORDER BY created DESC LIMIT ?",
                                (limit,)).fetchall()
         return [dict(zip(("job", "device", "model", "status", "created"), row)) for row in rows]
+
+
+def unrecorded(where: Path, device: Optional[str], job: Optional[str], exc: BaseException) -> None:
+    """The one warning line for a run the host could not write down (the device still has its report)."""
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    what = f"job {job} was not recorded in" if job else "this run will not be recorded: cannot write"
+    again = f"`edgekit status {device} {job}`" if device and job else "`edgekit status <device> <job>`"
+    sys.stderr.write(f"warning: {what} {where} ({reason}); free space on the host, then {again} records it from "
+                     "the device's report\n")

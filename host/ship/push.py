@@ -13,7 +13,7 @@ from ..errors import ConfigError, Interrupted
 from ..optimize import Optimized, optimize
 from ..optimize.prevalidate import check_before_upload, fidelity
 from ..optimize.quantize.fp16 import typed_files_for
-from ..records.history import History
+from ..records.history import History, unrecorded
 from .bundle import files_for_device, latency_budget, make_manifest, manifest_bytes
 from .keys import load_or_create_key, sign
 from .session import (
@@ -133,8 +133,11 @@ def store_run(config: Config, device_name: str, report: dict[str, Any], plots: b
     """The report into the run history, and beside it (``.edgekit/runs/<job>/``) its JSON and PNG plots."""
     history = History(config.state_dir / "history.db")
     if report.get("job"):
-        report["plots"] = [str(p) for p in write_run_files(history.run_dir(report["job"]), report, device_name,
-                                                           plots)]
+        try:
+            report["plots"] = [str(p) for p in write_run_files(history.run_dir(report["job"]), report, device_name,
+                                                               plots)]
+        except OSError as exc:  # a full or read-only host disk: the report still prints
+            unrecorded(history.run_dir(report["job"]), device_name, report["job"], exc)
     history.record(device_name, report)
 
 
