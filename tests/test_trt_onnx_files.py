@@ -184,3 +184,28 @@ def test_push_adds_the_hosts_outputs_of_the_typed_files_tensorrt_11_builds(decod
     engine = SimpleNamespace(run=lambda batch: run(typed, batch))
     verdict = validate(engine, added["reference.npz"], manifest, typed.name, "tensorrt", "int8")
     assert verdict["reference"] == typed.name and verdict["max_abs_error"] == 0.0 and verdict["passed"]
+
+
+def test_typed_files_are_checked_against_the_fp32_model_before_upload(tmp_path):
+    """The device compares its TensorRT 11 engine with the host's outputs of the typed file it built, so a typed
+    file unfaithful to the FP32 model must be caught on the host: refused when it is the precision asked for,
+    left out when the device would only measure it."""
+    from edgekit.host.config import DeviceSection
+    from edgekit.host.errors import CheckFailed
+    from edgekit.host.optimize.prevalidate import write_reference
+    from edgekit.host.ship.push import failing_alternatives
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.standard_normal((64, 10)).astype(np.float32)
+    faithful = fp32 + np.float32(1e-4) * rng.standard_normal(fp32.shape).astype(np.float32)
+    scrambled = rng.permutation(fp32, axis=1)  # another answer for most samples
+    reference = tmp_path / "reference.npz"
+    write_reference(reference, np.zeros((64, 3, 8, 8), np.float32), fp32.argmax(1),
+                    {"model.onnx": fp32, "model.fp16.onnx": faithful, "model.int8.qdq.fp16.onnx": scrambled})
+    manifest = {"files": [{"name": name} for name in ("model.onnx", "model.fp16.onnx", "model.int8.qdq.fp16.onnx")],
+                "target": {"validation": {}}}
+    fp16 = DeviceSection(kind="local", backend="tensorrt", precision="fp16")
+    assert list(failing_alternatives(reference, manifest, fp16, "orin")) == ["model.int8.qdq.fp16.onnx"]
+    int8 = DeviceSection(kind="local", backend="tensorrt", precision="int8")
+    with pytest.raises(CheckFailed, match="model.int8.qdq.fp16.onnx would fail validation on orin"):
+        failing_alternatives(reference, manifest, int8, "orin")
