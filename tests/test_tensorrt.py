@@ -193,7 +193,7 @@ def test_tegrastats_agx_orin_jetpack5_r35():
 
 
 @pytest.mark.parametrize("l4t, jetpack", [("32.1.0", "4.2"), ("32.7.4", "4.6.x"), ("35.4.1", "5.1.2"),
-                                          ("36.4.3", "6.1/6.2"), ("39.2.0", "7.2")])
+                                          ("36.4.4", "6.1/6.2.x"), ("39.2.0", "7.2")])
 def test_jetpack_table_covers_r32_to_r39(l4t, jetpack):
     assert jetpack_for(l4t) == jetpack
 
