@@ -14,6 +14,7 @@ from edgekit.device.backends.tensorrt.jetson import (
     clocks_locked,
     devfreq_gpu,
     hwmon_power,
+    jetpack_for,
     jetson_facts,
     l4t_release,
     nvpmodel_mode,
@@ -162,6 +163,39 @@ def test_tegrastats_agx_orin_jetpack7_r39():
     stats = parse_tegrastats(fixture_line("agx_orin_jetpack7_r39.txt"))
     assert stats["gr3d"] == {"load_percent": 0, "mhz": 1300} and stats["temperatures_c"] == {"cpu": 52.968}
     assert "power_mw" not in stats  # the published line elides its rails: none is invented
+
+
+def test_tegrastats_original_nano_jetpack4_r32():
+    busy = parse_tegrastats(fixture_line("nano_jetpack4_r32.txt"))
+    assert busy["gr3d"] == {"load_percent": 99, "mhz": 921} and busy["emc"] == {"load_percent": 9, "mhz": 1600}
+    assert busy["power_mw"] == {"POM_5V_IN": {"mw": 4523, "avg_mw": 3422}, "POM_5V_GPU": {"mw": 1113, "avg_mw": 313},
+                                "POM_5V_CPU": {"mw": 538, "avg_mw": 701}}
+    assert busy["input_power_mw"] == 4523  # POM_5V_IN is the module input: GPU and CPU are inside it
+    assert busy["temperatures_c"]["gpu"] == 43.0 and busy["ram_mb"] == {"used": 1504, "total": 3956}
+    idle = parse_tegrastats(fixture_line("nano_jetpack4_r32_idle.txt"))
+    assert idle["gr3d"] == {"load_percent": 0, "mhz": 76} and idle["temperatures_c"]["iwlwifi"] == 33.0
+    assert set(idle["power_mw"]) == {"POM_5V_IN", "POM_5V_GPU", "POM_5V_CPU"}  # IRAM 0/252kB is no rail
+    summary = summarize_power([busy, idle])
+    assert summary["input_mean_mw"] == (4523 + 1057) / 2
+
+
+def test_tegrastats_agx_orin_jetpack5_r35():
+    stats = parse_tegrastats(fixture_line("agx_orin_jetpack5_r35.txt"))
+    assert stats["power_mw"] == {"VDD_GPU_SOC": {"mw": 2340, "avg_mw": 2340}, "VDD_CPU_CV": {"mw": 390, "avg_mw": 390},
+                                 "VIN_SYS_5V0": {"mw": 4025, "avg_mw": 4025},
+                                 "VDDQ_VDD2_1V8AO": {"mw": 301, "avg_mw": 301}}  # the NC placeholders dropped
+    assert stats["input_power_mw"] is None  # VIN_SYS_5V0 is the 5 V I/O rail, not the module's input
+    assert stats["gr3d"] == {"load_percent": 0, "mhz": 0} and stats["emc"] == {"load_percent": 0, "mhz": 2133}
+    assert stats["vic"] == {"mhz": 729}  # a bare clock, no load
+    assert stats["temperatures_c"] == {"cpu": 44.562, "tboard": 32.0, "soc2": 40.093, "tdiode": 33.0,
+                                       "soc0": 41.093, "tj": 44.343, "soc1": 41.25}  # CV0/CV1/CV2/GPU at -256C
+    assert len(stats["cpu"]) == 12 and stats["ram_mb"]["total"] == 62801
+
+
+@pytest.mark.parametrize("l4t, jetpack", [("32.1.0", "4.2"), ("32.7.4", "4.6.x"), ("35.4.1", "5.1.2"),
+                                          ("36.4.4", "6.1/6.2.x"), ("39.2.0", "7.2")])
+def test_jetpack_table_covers_r32_to_r39(l4t, jetpack):
+    assert jetpack_for(l4t) == jetpack
 
 
 # -- Jetson detection from fixture trees ----------------------------------------------------------

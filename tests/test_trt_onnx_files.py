@@ -146,3 +146,66 @@ def test_push_adds_typed_files_unless_the_device_last_ran_tensorrt_before_11(dec
     assert typed_files_for(config, "orin", device, {"model.onnx": path}) == {}
     assert typed_files_for(config, "orin", DeviceSection(kind="local", backend="tensorrt"), {"model.onnx": path}) \
         == {}
+
+
+def test_push_adds_the_hosts_outputs_of_the_typed_files_tensorrt_11_builds(decoder, tmp_path):
+    """Issue 23, defect 8: TensorRT 11 builds the typed file, and the device validates against the host's outputs
+    of the file it built; before, reference.npz lacked them and an INT8 engine was judged against the FP32 model."""
+    from types import SimpleNamespace
+
+    from edgekit.device.contract.validate import reference_key
+    from edgekit.device.jobs.measure import validate
+    from edgekit.host.config import DeviceSection
+    from edgekit.host.optimize.prevalidate import write_reference
+    from edgekit.host.optimize.quantize.fp16 import typed_files_for
+
+    path, inputs, table = decoder
+    qdq = tmp_path / "model.int8.qdq.onnx"
+    write_trt_qdq(path, table, qdq)
+    reference = tmp_path / "reference.npz"
+    labels = np.zeros(len(inputs), np.int64)
+    write_reference(reference, inputs, labels, {"model.onnx": run(path, inputs), qdq.name: run(qdq, inputs)})
+    files = {"model.onnx": path, qdq.name: qdq, "reference.npz": reference}
+    config = SimpleNamespace(state_dir=tmp_path / "state")
+    device = DeviceSection(kind="local", backend="tensorrt", precision="int8")
+    said = []
+    added = typed_files_for(config, "orin", device, files, said.append)
+    assert {"model.fp16.onnx", "model.int8.qdq.fp16.onnx", "reference.npz"} <= set(added)
+    with np.load(str(added["reference.npz"]), allow_pickle=False) as data:
+        for name in ("model.fp16.onnx", "model.int8.qdq.fp16.onnx"):
+            assert np.array_equal(data[reference_key(name)], run(added[name], inputs))
+        assert np.array_equal(data["outputs"], run(path, inputs))  # what older agents read is kept
+        assert np.array_equal(data[reference_key(qdq.name)], run(qdq, inputs))
+    assert typed_files_for(config, "orin", device, dict(files, **added)) == {}  # a fleet's next device: nothing new
+
+    typed = added["model.int8.qdq.fp16.onnx"]
+    manifest = SimpleNamespace(input_shape=list(inputs.shape[1:]), batch_sizes=[8], precision="int8", validation={},
+                               raw={"host": {"reference_runtime": "onnxruntime"}})
+    engine = SimpleNamespace(run=lambda batch: run(typed, batch))
+    verdict = validate(engine, added["reference.npz"], manifest, typed.name, "tensorrt", "int8")
+    assert verdict["reference"] == typed.name and verdict["max_abs_error"] == 0.0 and verdict["passed"]
+
+
+def test_typed_files_are_checked_against_the_fp32_model_before_upload(tmp_path):
+    """The device compares its TensorRT 11 engine with the host's outputs of the typed file it built, so a typed
+    file unfaithful to the FP32 model must be caught on the host: refused when it is the precision asked for,
+    left out when the device would only measure it."""
+    from edgekit.host.config import DeviceSection
+    from edgekit.host.errors import CheckFailed
+    from edgekit.host.optimize.prevalidate import write_reference
+    from edgekit.host.ship.push import failing_alternatives
+
+    rng = np.random.default_rng(0)
+    fp32 = rng.standard_normal((64, 10)).astype(np.float32)
+    faithful = fp32 + np.float32(1e-4) * rng.standard_normal(fp32.shape).astype(np.float32)
+    scrambled = rng.permutation(fp32, axis=1)  # another answer for most samples
+    reference = tmp_path / "reference.npz"
+    write_reference(reference, np.zeros((64, 3, 8, 8), np.float32), fp32.argmax(1),
+                    {"model.onnx": fp32, "model.fp16.onnx": faithful, "model.int8.qdq.fp16.onnx": scrambled})
+    manifest = {"files": [{"name": name} for name in ("model.onnx", "model.fp16.onnx", "model.int8.qdq.fp16.onnx")],
+                "target": {"validation": {}}}
+    fp16 = DeviceSection(kind="local", backend="tensorrt", precision="fp16")
+    assert list(failing_alternatives(reference, manifest, fp16, "orin")) == ["model.int8.qdq.fp16.onnx"]
+    int8 = DeviceSection(kind="local", backend="tensorrt", precision="int8")
+    with pytest.raises(CheckFailed, match="model.int8.qdq.fp16.onnx would fail validation on orin"):
+        failing_alternatives(reference, manifest, int8, "orin")

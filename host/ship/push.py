@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from ...device.contract.budget import TARGET_TOLERANCE
 from ...device.contract.budget import budget_failures as check_budget
-from ...device.contract.manifest import MODEL_BASELINE, REFERENCE
+from ...device.contract.manifest import MODEL_BASELINE, MODEL_FP16, MODEL_INT8_QDQ_FP16, REFERENCE
 from ...device.contract.model_files import MODEL_VARIANTS, file_precision
 from ..config import Config, DeviceSection, host_home
 from ..errors import ConfigError, Interrupted
@@ -96,7 +96,10 @@ def failing_alternatives(reference, manifest: dict[str, Any], device: DeviceSect
     upload: a file of the precision asked for that would fail stops the push (``check_before_upload``); one the
     device would only try (``auto``, or an alternative it measures to advise) is returned, to be left out."""
     failing = {}
-    for model_file in [entry["name"] for entry in manifest["files"] if entry["name"] in MODEL_VARIANTS]:
+    # The FP16-typed files too: TensorRT 11 builds them and the device judges its engine against the host's
+    # outputs of that file, so their fidelity to the FP32 model is checked here or nowhere.
+    checked = (*MODEL_VARIANTS, MODEL_FP16, MODEL_INT8_QDQ_FP16)
+    for model_file in [entry["name"] for entry in manifest["files"] if entry["name"] in checked]:
         precision = file_precision(model_file)
         if precision == device.precision:
             check_before_upload(reference, model_file, precision, manifest["target"]["validation"], device_name)

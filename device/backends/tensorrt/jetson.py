@@ -17,16 +17,19 @@ from typing import Any, Dict, Iterator, List, Optional
 
 # L4T release → JetPack (NVIDIA's release notes); a release not listed is reported as unknown.
 JETPACK = {
-    "32.7": "4.6.x", "35.1": "5.0.2", "35.2": "5.1", "35.3": "5.1.1", "35.4": "5.1.2", "35.5": "5.1.3",
-    "35.6": "5.1.4", "36.2": "6.0 DP", "36.3": "6.0", "36.4": "6.1/6.2", "38.2": "7.0", "39.2": "7.2",
+    "32.1": "4.2", "32.2": "4.2.x", "32.3": "4.3", "32.4": "4.4.x", "32.5": "4.5.x", "32.6": "4.6", "32.7": "4.6.x",
+    "35.1": "5.0.2", "35.2": "5.1", "35.3": "5.1.1", "35.4": "5.1.2", "35.5": "5.1.3",
+    "35.6": "5.1.4/5.1.5", "36.2": "6.0 DP", "36.3": "6.0", "36.4": "6.1/6.2.x", "38.2": "7.0", "39.2": "7.2",
 }
 ABSENT_SENSOR_C = -256.0  # tegrastats prints -256C for sensors that do not exist on the module
 _TEMP = re.compile(r"\b([A-Za-z][\w-]*)@(-?\d+(?:\.\d+)?)C\b")
 # Every "NAME now/avg" pair is a rail, whatever its name: AGX Xavier's are GPU, CPU, SOC, CV, VDDRQ, SYS5V;
 # RAM/SWAP/IRAM pairs end in a unit (MB, kB) and are not rails.
 _RAIL = re.compile(r"(?<![\w@])([A-Z][A-Z0-9_]*)\s+(\d+)(?:mW)?/(\d+)(?:mW)?(?=\s|$)")
+# "NAME load%", "NAME load%@MHz", "NAME load%@[MHz,...]" (one clock per GPC), or a bare clock "NAME MHz"
+# (JetPack 5 prints VIC_FREQ so on Orin).
 _LOAD_FREQ = re.compile(r"\b(GR3D_FREQ|GR3D2_FREQ|EMC_FREQ|VIC_FREQ|NVENC_FREQ|NVDEC_FREQ)"
-                        r"\s+(\d+)%(?:@\[?([\d,]+)\]?)?")
+                        r"\s+(?:(\d+)%(?:@\[?([\d,]+)\]?)?|(\d+)(?=\s|$))")
 # Rails that measure the whole module's input (Thor's is VIN). AGX Orin's VIN_SYS_5V0 is only the 5 V I/O
 # rail and AGX Xavier reports none, so a line without one of these has no total, and none is reported.
 _INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
@@ -54,9 +57,9 @@ def parse_tegrastats(line: str) -> Dict[str, Any]:
             match = re.match(r"\s*(\d+)%@(\d+)", item)
             cores.append({"load": int(match.group(1)), "mhz": int(match.group(2))} if match else None)
         result["cpu"] = cores
-    for name, load, freqs in _LOAD_FREQ.findall(line):
+    for name, load, freqs, clock in _LOAD_FREQ.findall(line):
         key = name.lower().replace("_freq", "")
-        entry: Dict[str, Any] = {"load_percent": int(load)}
+        entry: Dict[str, Any] = {"load_percent": int(load)} if load else {"mhz": int(clock)}
         if freqs:
             values = [int(f) for f in freqs.split(",") if f]
             entry["mhz"] = max(values) if values else None

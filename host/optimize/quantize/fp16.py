@@ -140,6 +140,46 @@ def typed_files_for(config, device_name: str, device, files: dict[str, Path], sa
         major = known_trt_major(report)
         if major is not None:
             break
-    added = add_typed_files(files, device.backend, device.precision, device.int8_mode, major,
-                            config.state_dir / "typed-onnx", say)
-    return {name: path for name, path in added.items() if name not in files}
+    store = config.state_dir / "typed-onnx"
+    added = add_typed_files(files, device.backend, device.precision, device.int8_mode, major, store, say)
+    new = {name: path for name, path in added.items() if name not in files}
+    return dict(new, **typed_reference(added, store, say))
+
+
+def typed_reference(files: dict[str, Path], store: Path, say=lambda message: None) -> dict[str, Path]:
+    """``{reference.npz: the bundle's reference plus the host's outputs of every FP16-typed file}``, or ``{}``
+    when there is nothing to add.
+
+    TensorRT 11 builds the typed file, not the float/Q-DQ file the other versions build, and the device
+    validates its engine against the host's outputs *of the file it built* (``built_from``,
+    ``edgekit.device.jobs.measure.validate``). Without them it fell back to the FP32 model's outputs: an INT8
+    engine was then judged against another file than the one it came from. Written once per content, like
+    the typed files (a fleet's devices share it).
+    """
+    from ....device.contract.manifest import MODEL_FP16, MODEL_INT8_QDQ_FP16, REFERENCE, sha256_file
+    from ....device.contract.validate import reference_key
+
+    # The baseline's typed file is benchmarked, never validated: no outputs for it.
+    typed = {name: files[name] for name in (MODEL_FP16, MODEL_INT8_QDQ_FP16) if name in files}
+    if REFERENCE not in files or not typed:
+        return {}
+    import numpy as np
+
+    with np.load(str(files[REFERENCE]), allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    missing = {name: path for name, path in typed.items() if reference_key(name) not in arrays}
+    if not missing:
+        return {}
+    digest = "-".join(sha256_file(path)[:16] for path in (files[REFERENCE], *missing.values()))
+    target = store / "reference" / digest / REFERENCE
+    if not target.is_file():
+        from ..prevalidate import reference_outputs
+
+        arrays.update({reference_key(name): values for name, values in
+                       reference_outputs(missing, arrays["inputs"]).items()})
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name("{}.{}.part.npz".format(target.stem, os.getpid()))
+        np.savez(partial, **arrays)
+        partial.replace(target)
+        say("added the host's outputs of {} to {}".format(", ".join(sorted(missing)), REFERENCE))
+    return {REFERENCE: target}
