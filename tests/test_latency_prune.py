@@ -4,6 +4,7 @@ latency job's plan, and the job itself run by a real agent process on ONNX Runti
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import time
 from pathlib import Path
@@ -245,3 +246,55 @@ def test_a_missed_target_is_a_budget_failure_on_the_device():
     benches[1]["latency_ms"]["median"] = 2.4
     (line,) = budget_failures(budget, benches, {})
     assert "batch 8" in line and "misses the pruning target 2.000 ms" in line
+
+
+def test_the_closest_within_the_accuracy_budget_is_the_furthest_judged_within_not_the_last_tried():
+    from edgekit.host.optimize.prune.latency import closest_on_path
+
+    layers, spaces = two_groups()
+    model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
+    found = search_widths(model, {}, 1e-6)  # unreachable: the walk goes down to the floors
+    path = found.path
+    assert path[0][0] == model.full() and path[-1][0] == found.widths and len(path) == found.steps + 1
+    assert all(later[1] <= earlier[1] for earlier, later in zip(path, path[1:]))  # each step saves time
+
+    def top1(widths: dict) -> float:  # accuracy falls with every channel removed
+        return 0.9 - 0.004 * sum(spaces[n].width - w for n, w in widths.items())
+
+    budget = 0.1
+    exhaustive = max(i for i, (widths, _) in enumerate(path) if 0.9 - top1(widths) <= budget + 1e-12)
+    assert 0 < exhaustive < len(path) - 1  # the budget's edge is inside the walk
+    judged = []
+
+    def within(index: int) -> bool:
+        judged.append(index)
+        return 0.9 - top1(path[index][0]) <= budget + 1e-12
+
+    index, tried = closest_on_path(len(path), within, len(path) - 1, probes=8)
+    assert index == exhaustive and tried == judged
+    assert len(tried) <= math.ceil(math.log2(len(path)))
+    # with fewer probes: the furthest point judged within, which is not the last tried when that one failed
+    index, tried = closest_on_path(len(path), within, len(path) - 1, probes=2)
+    passing = [i for i in tried if within(i)]
+    assert index == (max(passing) if passing else 0) and index <= exhaustive
+    with pytest.raises(ValueError):
+        closest_on_path(len(path), within, 0, 3)
+
+
+def test_a_target_missed_within_the_budget_fails_in_one_line_with_the_closest_latency_and_top1():
+    from edgekit.host.errors import CheckFailed
+    from edgekit.host.optimize.prune.stage import check_latency_target
+
+    latency = {"target_ms": 1.0, "batch": 1, "device": "jetson", "backend": "onnxruntime", "precision": "int8",
+               "reached": True, "predicted_ms": 0.98, "max_accuracy_drop": 0.01, "closest": None}
+    check_latency_target(latency, 0.9, 0.85, 500)  # met within the budget: nothing to say
+    latency["closest"] = {"predicted_ms": 1.7, "top1": 0.893, "unpruned": False, "accuracy_limited": True,
+                          "probes": [{"predicted_ms": 1.3, "top1": 0.86}, {"predicted_ms": 1.7, "top1": 0.893}]}
+    with pytest.raises(CheckFailed) as failed:
+        check_latency_target(latency, 0.9, 0.85, 500)
+    line = str(failed.value)
+    assert "\n" not in line and "1.7 ms" in line and "89.30%" in line and "max_accuracy_drop = 0.01" in line
+    latency.update(reached=False, closest={"predicted_ms": 2.5, "top1": 0.895, "unpruned": False,
+                                           "accuracy_limited": False, "probes": []})
+    with pytest.raises(CheckFailed, match=r"out of reach: the closest is 2.5 ms .* top-1 89.50%"):
+        check_latency_target(latency, 0.9, 0.895, 500)
