@@ -118,32 +118,43 @@ def test_target_speedup_is_relative_to_the_baseline():
 def test_plan_checks_every_field_and_the_files_it_names():
     files = {"lat-a.onnx": object()}
     good = {"graph": "g", "batch": 1, "max_seconds": 10, "iterations": 3, "variants": {"v": "lat-a.onnx"}}
-    assert parse_plan(good, files)["variants"] == {"v": "lat-a.onnx"}
+    parsed = parse_plan(good, files)
+    assert parsed["variants"] == {"v": {"model.onnx": "lat-a.onnx"}} and parsed["mode"] == "layers"
+    forms = {**good, "variants": {"v": {"model.onnx": "lat-a.onnx", "model.int8.cpu.onnx": "lat-a.onnx"}}}
+    assert parse_plan(forms, files)["variants"]["v"]["model.int8.cpu.onnx"] == "lat-a.onnx"
     for bad in ({**good, "variants": {"v": "other.onnx"}}, {**good, "batch": 0}, {**good, "max_seconds": 1e9},
-                {**good, "graph": ""}, {**good, "variants": {}}, None):
+                {**good, "graph": ""}, {**good, "variants": {}}, None, {**good, "mode": "guess"},
+                {**good, "variants": {"v": {"model.exe": "lat-a.onnx"}}}, {**good, "variants": {"v": {}}}):
         with pytest.raises(LatencyPlanError):
             parse_plan(bad, files)
 
 
-def publish_latency_job(root: Path, key, variants: dict[str, bytes], plan_extra: dict) -> str:
-    """A signed latency_model job written into a spool the way the host's client does (blobs, then queue)."""
+def publish_latency_job(root: Path, key, variants: dict, plan_extra: dict, precision: str = "fp32") -> str:
+    """A signed latency_model job written into a spool the way the host's client does (blobs, then queue);
+    a variant is one file's bytes or {model kind: bytes}."""
+    import hashlib
+
     from edgekit.device.agent.spool import Spool
     from edgekit.device.contract.manifest import sha256_file
     from edgekit.host.ship.keys import sign
 
     spool = Spool(root).ensure()
     entries, plan = [], {}
-    for ident, payload in variants.items():
-        name = f"lat-{abs(hash(payload)) % 10**12}.onnx"
+
+    def store(payload: bytes) -> str:
+        name = f"lat-{hashlib.sha256(payload).hexdigest()[:16]}.onnx"
         tmp = root / name
         tmp.write_bytes(payload)
         sha = sha256_file(tmp)
         tmp.rename(spool.blob(sha))
         entries.append({"name": name, "sha256": sha, "size": len(payload)})
-        plan[ident] = name
+        return name
+
+    for ident, payload in variants.items():
+        plan[ident] = store(payload) if isinstance(payload, bytes) else {k: store(v) for k, v in payload.items()}
     manifest = {"schema_version": 1, "kind": LATENCY_MODEL, "model": "m",
                 "input": {"name": "input", "shape": [3, 8, 8], "batch_sizes": [2]},
-                "target": {"backend": "onnxruntime", "precision": "fp32", "build": {"threads": 1}},
+                "target": {"backend": "onnxruntime", "precision": precision, "build": {"threads": 1}},
                 "files": sorted({e["name"]: e for e in entries}.values(), key=lambda e: e["name"]),
                 "latency": {"graph": "g1", "batch": 2, "iterations": 2, "max_seconds": 120, "variants": plan,
                             **plan_extra}}
@@ -298,3 +309,131 @@ def test_a_target_missed_within_the_budget_fails_in_one_line_with_the_closest_la
                                            "accuracy_limited": False, "probes": []})
     with pytest.raises(CheckFailed, match=r"out of reach: the closest is 2.5 ms .* top-1 89.50%"):
         check_latency_target(latency, 0.9, 0.895, 500)
+
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "trt_profile_two_groups.json"
+
+
+def profiled_two_groups() -> tuple[list[Layer], dict[str, GroupSpace], dict, dict, list]:
+    """The two-group model of the tests above under the names torch's exporter gives, with the recorded
+    (synthetic: see its note) TensorRT profiles of its whole models at every profiled level."""
+    from edgekit.host.optimize.prune.layer_profile import parse_exported_profile
+
+    recorded = json.loads(FIXTURE.read_text())
+    layers, spaces = two_groups()
+    layers = [Layer(**{**vars(layer), "name": f"model.{name}"}) for layer, name in zip(layers, ("stem", "mid", "fc"))]
+    profiles = {ident: parse_exported_profile(json.dumps(rows)) for ident, rows in recorded["profiles"].items()}
+    nodes = {name: weight[:-len(".weight")] for name, _, weight in recorded["onnx_nodes"] if weight}
+    order = [name for name, _, _ in recorded["onnx_nodes"]]
+    return layers, spaces, profiles, nodes, order
+
+
+def test_tensorrt_layer_times_go_to_the_layers_their_names_cover():
+    from edgekit.host.optimize.prune.layer_profile import PROFILE_LEVELS, attribute, level_widths, macs
+
+    layers, spaces, profiles, nodes, order = profiled_two_groups()
+    assert set(profiles) == {f"whole:{level}" for level in PROFILE_LEVELS}
+    full = profiles["whole:1.0"]
+    weights = {layer.name: macs(layer, layer.cin, layer.cout) for layer in layers}
+    per_layer, rest = attribute(full, nodes, order, weights)
+    stem, mid, foreign = (next(ms for name, ms in full.items() if name.startswith(prefix))
+                          for prefix in ("/model/stem/Conv +", "/model/mid/Conv +", "{ForeignNode"))
+    assert per_layer == {"model.stem": stem, "model.mid": mid, "model.fc": foreign}  # the range reaches only fc
+    reformat = next(ms for name, ms in full.items() if name.startswith("Reformatting"))
+    assert rest == pytest.approx(reformat)  # a copy that names the stem is nobody's layer time
+    # one Myelin layer over both convs: split by their MACs
+    fused = {"{ForeignNode[/model/stem/Conv.../model/mid/Conv]}": 1.0}
+    split, _ = attribute(fused, nodes, order, weights)
+    assert split["model.stem"] / split["model.mid"] == pytest.approx(weights["model.stem"] / weights["model.mid"])
+    assert "model.fc" not in split and sum(split.values()) == pytest.approx(1.0)
+    # node names are matched whole: "/model/stem/Conv_1" is not "/model/stem/Conv"
+    assert attribute({"/model/stem/Conv_1 + /model/relu/Relu": 1.0}, nodes, order, weights) == ({}, 1.0)
+    assert set(level_widths(spaces)) == set(profiles)
+
+
+def test_a_latency_model_from_tensorrt_profiles_predicts_what_the_layers_cost():
+    from edgekit.host.optimize.prune.layer_profile import level_widths, macs, profile_table
+
+    layers, spaces, profiles, nodes, order = profiled_two_groups()
+    table = profile_table(layers, spaces, profiles, nodes, order)
+    assert set(table) == set(layer_variants(layers, spaces))  # every id the predictor reads
+
+    def truth(widths: dict) -> float:  # the note of the recording: 0.002 ms + 1e-7 ms per MAC per layer
+        return sum(0.002 + 1e-7 * macs(layer, *layer.widths(widths)) for layer in layers)
+
+    extra = 0.003 + 0.01  # pooling inside the ForeignNode (given to fc), and the reformat (nobody's)
+    for ident, widths in level_widths(spaces).items():
+        table[ident] = truth(widths) + extra
+    table[BASELINE] = table["whole:1.0"]
+    model = LatencyModel(layers, spaces, table)
+    for widths in ({"a": 24, "b": 8}, {"a": 8, "b": 32}, {"a": 16, "b": 24}):  # off the profiled diagonal
+        assert model.predict(widths) == pytest.approx(truth(widths) + extra, rel=0.05), widths
+    found = search_widths(model, {}, model.predict(model.full()) / 2)
+    assert found.reached and found.widths["a"] < found.widths["b"]  # cuts where the profile says time goes
+
+
+def test_a_variant_is_timed_in_the_file_the_runtime_builds_at_its_precision():
+    from edgekit.device.contract.latency import variant_file
+
+    form = {"model.onnx": "f", "model.int8.cpu.onnx": "u8s8", "model.int8.cpu.avx2.onnx": "seven",
+            "model.int8.qdq.onnx": "qdq"}
+    vnni = {"flags_read": True, "u8s8_saturates": False}
+    assert variant_file(form, "onnxruntime", "fp32", cpu=vnni) == "f"
+    assert variant_file(form, "onnxruntime", "int8", cpu=vnni) == "u8s8"
+    assert variant_file(form, "openvino", "int8", cpu={"flags_read": True, "u8s8_saturates": True}) == "seven"
+    assert variant_file(form, "tensorrt", "int8") == "qdq"
+    assert variant_file({"model.onnx": "f", "model.int8.cpu.onnx": "u8s8"}, "onnxruntime", "int8") == "u8s8"
+
+
+def int8_forms(tmp_path: Path, payload: bytes, shape: tuple) -> dict[str, bytes]:
+    """The float variant and its CPU INT8 forms, written by the host's own code (cheap calibration)."""
+    import numpy as np
+
+    from edgekit.host.ship.latency import Forms, variant_files
+
+    kinds = frozenset({"model.onnx", "model.int8.cpu.onnx", "model.int8.cpu.avx2.onnx"})
+    files: dict[str, Path] = {}
+    rng = np.random.default_rng(0)
+    entry = variant_files(tmp_path / "host", payload, Forms(False, kinds), files,
+                          lambda: rng.standard_normal(shape).astype(np.float32))
+    return {kind: files[name].read_bytes() for kind, name in entry.items()}
+
+
+@pytest.mark.slow
+def test_int8_and_auto_latency_models_are_measured_on_int8_files_by_a_real_agent(tmp_path):
+    import onnx
+
+    from edgekit.device.agent.spool import Spool
+    from edgekit.host.ship.keys import load_or_create_key, public_line
+
+    (tmp_path / "host").mkdir()
+    conv = Layer("c", "conv", 8, 8, "a", "a", (3, 3), (1, 1), (1, 1), (1, 1), 1, False, (8, 8))
+    variants = {variant_id(conv, 8, w): int8_forms(tmp_path, layer_onnx(conv, 8, w), (4, 8, 8, 8)) for w in (8, 16)}
+    for forms in variants.values():  # the INT8 forms are INT8 models, not the float one renamed
+        ops = {node.op_type for node in onnx.load_from_string(forms["model.int8.cpu.onnx"]).graph.node}
+        assert "QuantizeLinear" in ops and forms["model.int8.cpu.onnx"] != forms["model.int8.cpu.avx2.onnx"]
+    whole = int8_forms(tmp_path, layer_onnx(conv, 8, 16, seed=1), (4, 8, 8, 8))
+    variants.update({"whole:1.0": whole, BASELINE: whole})
+    root = tmp_path / "agent"
+    key = load_or_create_key(tmp_path / "keys")
+    Spool(root).ensure()
+    (root / "trusted_keys").write_text(public_line(key) + "\n")
+    spool = Spool(root)
+
+    int8 = publish_latency_job(root, key, variants, {"graph": "g-int8"}, precision="int8")
+    run_agent_once(root)
+    report = spool.report(int8)
+    assert report["status"] == "done" and report["precision"] == "int8", report
+    assert set(report["ms"]) == set(variants) and all(v > 0 for v in report["ms"].values())
+
+    auto = publish_latency_job(root, key, variants, {"graph": "g-auto"}, precision="auto")
+    run_agent_once(root)
+    raced = spool.report(auto)
+    assert raced["status"] == "done" and raced["precision_requested"] == "auto", raced
+    assert raced["precision"] in ("int8", "fp32") and raced["measured"] == len(variants)
+    assert "auto: the unpruned model's median" in (spool.job_dir(auto) / "events.jsonl").read_text()
+    again = publish_latency_job(root, key, variants, {"graph": "g-auto"}, precision="auto")
+    run_agent_once(root)
+    second = spool.report(again)
+    assert second["measured"] == 0 and second["precision"] == raced["precision"]
+    assert "auto:" not in (spool.job_dir(again) / "events.jsonl").read_text()  # no second race either

@@ -21,7 +21,7 @@ from ..contract.latency import LatencyPlanError, missing, parse_plan, table_key,
 from ..contract.manifest import Manifest
 from ..contract.model_files import job_candidates
 from ..contract.protocol import LATENCY
-from ..contract.runtimes import baseline_precision, cpu_runtimes, layer_profile
+from ..contract.runtimes import AUTO, baseline_precision, cpu_runtimes, layer_profile
 from ..cpu import describe_cpu
 from ..errors import JobError
 from .context import Job
@@ -43,18 +43,21 @@ def latency_target(job: Job, manifest: Manifest, files: Mapping[str, Path], plan
     the host re-checks the guess against the precision the final model's race really picked)."""
     backends, _ = job_backends(manifest)
     cpu = describe_cpu()
-    form = plan["variants"][BASELINE_VARIANT]
+    form = plan["variants"].get(BASELINE_VARIANT) or next(iter(plan["variants"].values()))
     pairs = job_candidates(list(backends), manifest.precision, list(form), manifest.build.get("int8_mode", "explicit"),
                            cpu)
     profile = plan["mode"] == "profile"
     pairs = [(name, precision) for name, precision in pairs if layer_profile(name) == profile
-             and (profile or name in cpu_runtimes())]
+             and (profile or name in cpu_runtimes()) and manifest.precision in (AUTO, precision)]
     if not pairs:
         raise JobError("the latency model {} here: {} (use prune.ratio on this device)".format(
             "needs a runtime with a per-layer profiler (TensorRT)" if profile else "is measured on CPU runtimes or "
             "from TensorRT's per-layer profile", ", ".join(backends) or "no runtime"))
     if len(pairs) == 1:
         return backends[pairs[0][0]], pairs[0][1]
+    if BASELINE_VARIANT not in plan["variants"]:
+        raise JobError("manifest latency: choosing among {} needs the unpruned model ({!r}) to race".format(
+            ", ".join(" ".join(pair) for pair in pairs), BASELINE_VARIANT))
     remembered = job.spool.root / LATENCY / "auto-{}.json".format(table_key(
         plan["graph"], {"pairs": pairs}, manifest.precision, plan["batch"], manifest.build))
     earlier = (read_json(remembered) or {}).get("chosen")

@@ -188,13 +188,13 @@ def write_variants(model: Any, protect: list[str], layers: list[Layer], spaces: 
     if not forms.profile:
         for ident, (layer, cin, cout) in layer_variants(layers, spaces).items():
             shape = (CALIBRATION_INPUTS, cin, *layer.size) if layer.kind == "conv" else (CALIBRATION_INPUTS, cin)
-            plan[ident] = _forms(folder, layer_onnx(layer, cin, cout), forms, files,
+            plan[ident] = variant_files(folder, layer_onnx(layer, cin, cout), forms, files,
                                  lambda shape=shape: rng.standard_normal(shape).astype(np.float32))
     wholes = level_widths(spaces) if forms.profile else whole_widths(spaces)
     real = (lambda: np.asarray(images, dtype=np.float32)) if images is not None else \
         (lambda: rng.standard_normal((CALIBRATION_INPUTS, *config.input.shape)).astype(np.float32))
     for ident, widths in wholes.items():
-        plan[ident] = _forms(folder, whole_onnx(model, protect, widths, config, folder), forms, files, real)
+        plan[ident] = variant_files(folder, whole_onnx(model, protect, widths, config, folder), forms, files, real)
     plan[BASELINE] = plan["whole:1.0"]
     return files, plan
 
@@ -202,7 +202,7 @@ def write_variants(model: Any, protect: list[str], layers: list[Layer], spaces: 
 CALIBRATION_INPUTS = 4  # random inputs calibrating one layer variant's INT8 form: its scales do not change its speed
 
 
-def _forms(folder: Path, payload: bytes, forms: Forms, files: dict[str, Path], inputs: Callable[[], Any]
+def variant_files(folder: Path, payload: bytes, forms: Forms, files: dict[str, Path], inputs: Callable[[], Any]
            ) -> dict[str, str]:
     """The float variant and its other forms, each written once per content (a second push quantises nothing)."""
     name = _store(folder, payload, files)
