@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -227,6 +228,13 @@ def test_target_keys_are_checked_in_one_line(tmp_path):
     assert config.prune.latency_target
     with pytest.raises(ConfigError, match="target_batch = 32 is not among input.batch_sizes"):
         check_target(config, config.device("local"), "local")
+    config = config_with(target_latency_ms=1.0, target_batch=8)
+    for precision in ("int8", "auto", "fp32"):  # INT8 and auto are measured as shipped: no refusal
+        check_target(config, config.device("local").model_copy(update={"precision": precision}), "local")
+    implicit = config.device("local").model_copy(update={"precision": "int8", "int8_mode": "implicit"})
+    with pytest.raises(ConfigError, match="int8_mode = \"implicit\"") as refused:
+        check_target(config, implicit, "local")
+    assert "\n" not in str(refused.value)
     assert not config_with(ratio=0.5).prune.latency_target
 
 
@@ -246,6 +254,14 @@ def test_the_measured_latency_decides_whether_the_target_was_met():
     missed = latency_outcome(rows, report(2.4))
     assert not missed["met"] and "missed" in missed["verdict"]
     assert latency_outcome(rows, {"status": "failed"}) is None
+    # precision = "auto": the table was measured at the precision the unpruned model's race favoured; the final
+    # model's race is checked against it
+    latency.update(backend="onnxruntime", precision="int8")
+    same = latency_outcome(rows, dict(report(2.0), backend="onnxruntime", precision="int8"))
+    assert same["modelled_as_shipped"] and "another engine" not in same["verdict"]
+    other = latency_outcome(rows, dict(report(2.0), backend="onnxruntime", precision="fp32"))
+    assert not other["modelled_as_shipped"] and "measured on onnxruntime int8" in other["verdict"]
+    assert "picked onnxruntime fp32" in other["verdict"]
 
 
 def test_a_missed_target_is_a_budget_failure_on_the_device():
@@ -437,3 +453,30 @@ def test_int8_and_auto_latency_models_are_measured_on_int8_files_by_a_real_agent
     second = spool.report(again)
     assert second["measured"] == 0 and second["precision"] == raced["precision"]
     assert "auto:" not in (spool.job_dir(again) / "events.jsonl").read_text()  # no second race either
+
+
+@pytest.mark.slow
+def test_a_target_out_of_reach_within_the_budget_fails_the_push_before_any_upload(project):
+    """End to end through the CLI on the local device at its default precision ("auto"): the latency model is
+    measured (on the precision the race favours), the search and the closest-within-budget probes run, and the
+    push stops in one line before a model is uploaded."""
+    from edgekit.device.agent.spool import Spool
+    from edgekit.device.contract.protocol import LATENCY_MODEL
+
+    from .conftest import run_cli
+
+    with (project / "deploy.toml").open("a") as toml:
+        toml.write("\n[prune]\nenabled = true\ntarget_speedup = 50.0\ntarget_batch = 1\nmax_accuracy_drop = 0.0\n"
+                   "finetune_epochs = 1\nsparsity_epochs = 0\nlatency_budget_s = 600\n")
+    failed = run_cli("push", "local", cwd=project)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "prune target" in line and "ms at batch 1 on local" in line, line
+    assert ("closest within the budget is" in line and "fine-tuned probe" in line) or "out of reach" in line, line
+    assert "Traceback" not in failed.stderr
+    saved = json.loads(next((project / ".edgekit" / "latency").glob("local-*.json")).read_text())
+    assert saved["precision_requested"] == "auto" and saved["precision"] in ("int8", "fp32"), saved["precision"]
+    spool = Spool(Path(os.environ["EDGEKIT_HOME"]) / "local-device")
+    kinds = {json.loads((spool.jobs / job / "report.json").read_text()).get("kind") for job in
+             [p.name for p in spool.jobs.iterdir()]}
+    assert kinds == {LATENCY_MODEL} and spool.current("tiny") is None  # only the latency job ever ran there
