@@ -31,17 +31,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ...device import __version__
-from ...device.contract.manifest import (
-    MODEL_FP16,
-    MODEL_FP32,
-    MODEL_INT8_CPU,
-    MODEL_INT8_CPU_AVX2,
-    MODEL_INT8_QDQ,
-    MODEL_INT8_QDQ_FP16,
-    SCHEMA_VERSION,
-    canonical_bytes,
-    parse_manifest,
-)
+from ...device.contract import manifest as kinds_of
+from ...device.contract.manifest import MODEL_FP32, SCHEMA_VERSION, canonical_bytes, parse_manifest
 from ...device.contract.protocol import LATENCY_MODEL
 from ...device.contract.runtimes import layer_profile
 from ..config import Config, DeviceSection, host_home
@@ -105,7 +96,7 @@ def variant_forms(device: DeviceSection, status: dict[str, Any] | None) -> Forms
     reported = ((status or {}).get("backends") or {}).get("tensorrt") or {}
     major = known_trt_major({"backend": "tensorrt", "backend_describe": reported}) if reported else None
     for backend in backends:
-        for precision, kind in (("fp16", MODEL_FP16), ("int8", MODEL_INT8_QDQ_FP16)):
+        for precision, kind in (("fp16", kinds_of.MODEL_FP16), ("int8", kinds_of.MODEL_INT8_QDQ_FP16)):
             if device.precision in (precision, "auto") and needs_typed_files(backend, precision, device.int8_mode,
                                                                                  major):
                 kinds.add(kind)
@@ -255,8 +246,9 @@ def _write_qdq_fp16(source: Path, output: Path, inputs: Callable[[], Any]) -> No
 
 
 _WRITERS: dict[str, Callable[[Path, Path, Callable[[], Any]], None]] = {
-    MODEL_INT8_CPU: _write_cpu(False), MODEL_INT8_CPU_AVX2: _write_cpu(True), MODEL_INT8_QDQ: _write_qdq,
-    MODEL_FP16: _write_fp16, MODEL_INT8_QDQ_FP16: _write_qdq_fp16}
+    kinds_of.MODEL_INT8_CPU: _write_cpu(False), kinds_of.MODEL_INT8_CPU_AVX2: _write_cpu(True),
+    kinds_of.MODEL_INT8_QDQ: _write_qdq, kinds_of.MODEL_FP16: _write_fp16,
+    kinds_of.MODEL_INT8_QDQ_FP16: _write_qdq_fp16}
 
 
 def _store(folder: Path, payload: bytes, files: dict[str, Path]) -> str:
