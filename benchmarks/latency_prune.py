@@ -87,7 +87,8 @@ def measure_latency_model(work: Path, name: str, model: Any, batch: int) -> tupl
         project={"name": name}, model={"arch": "resnet20", "checkpoint": "none.pt"}, data={"path": "data"},
         input={"batch_sizes": [batch]}, prune={"enabled": True, "target_speedup": 2.0, "target_batch": batch,
                                                "latency_budget_s": 3600},
-        devices={"local": {"kind": "local", "root": str(work / "device"), "backend": "onnxruntime"}}))
+        devices={"local": {"kind": "local", "root": str(work / "device"), "backend": "onnxruntime",
+                           "precision": "fp32"}}))
     config = load_config(project / "deploy.toml")
     spec = PruneSpec(**config.prune.model_dump())
     example = torch.zeros(1, 3, 32, 32)

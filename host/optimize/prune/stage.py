@@ -228,6 +228,9 @@ def closest_within_budget(ctx: Context, chooser: "LatencyChooser", original: Any
             return None
         return {"predicted_ms": path[-1][1], "top1": final_top1, "widths": path[-1][0], "unpruned": False,
                 "accuracy_limited": False, "probes": []}
+    if len(path) < 2:  # nothing was cut: the loss is fine-tuning's, the unpruned model is the closest
+        return {"predicted_ms": path[0][1], "top1": before, "widths": path[0][0], "unpruned": True,
+                "accuracy_limited": True, "probes": []}
     import torch
 
     example = torch.zeros(1, *ctx.config.input.shape)
