@@ -467,7 +467,8 @@ def test_a_target_out_of_reach_within_the_budget_fails_the_push_before_any_uploa
 
     with (project / "deploy.toml").open("a") as toml:
         toml.write("\n[prune]\nenabled = true\ntarget_speedup = 50.0\ntarget_batch = 1\nmax_accuracy_drop = 0.0\n"
-                   "finetune_epochs = 1\nsparsity_epochs = 0\nlatency_budget_s = 600\n")
+                   "finetune_epochs = 1\nsparsity_epochs = 0\nlatency_budget_s = 600\n"
+                   '\n[devices.local]\nkind = "local"\nprecision = "auto"\n')
     failed = run_cli("push", "local", cwd=project)
     assert failed.returncode == 1, failed.stderr[-2000:]
     line = failed.stderr.strip().splitlines()[-1]
