@@ -481,3 +481,25 @@ def test_a_target_out_of_reach_within_the_budget_fails_the_push_before_any_uploa
     kinds = {json.loads((spool.jobs / job / "report.json").read_text()).get("kind") for job in
              [p.name for p in spool.jobs.iterdir()]}
     assert kinds == {LATENCY_MODEL} and spool.current("tiny") is None  # only the latency job ever ran there
+
+
+def test_the_variants_come_in_the_forms_the_device_will_build_at_its_precision():
+    from edgekit.host.config import DeviceSection
+    from edgekit.host.ship.latency import variant_forms
+
+    vnni = {"flags_read": True, "u8s8_saturates": False}
+    cpu_status = {"backends": {"onnxruntime": {"available": True}}, "cpu": vnni}
+    auto = DeviceSection(kind="local", root="/nonexistent", backend="auto", precision="auto")
+    forms = variant_forms(auto, cpu_status)
+    assert not forms.profile and forms.kinds == {"model.onnx", "model.int8.cpu.onnx"}
+    assert variant_forms(auto, cpu_status, int8=False).kinds == {"model.onnx"}  # quantize.enabled = false
+    unknown_cpu = variant_forms(auto.model_copy(update={"precision": "int8"}), None)  # no status: both CPU kinds
+    assert {"model.int8.cpu.onnx", "model.int8.cpu.avx2.onnx"} <= unknown_cpu.kinds
+    jetson = DeviceSection(kind="local", root="/nonexistent", backend="tensorrt", precision="int8")
+    trt10 = variant_forms(jetson, {"backends": {"tensorrt": {"available": True, "version": "10.3.0"}}})
+    assert trt10.profile and trt10.kinds == {"model.onnx", "model.int8.qdq.onnx"}
+    trt11 = variant_forms(jetson, {"backends": {"tensorrt": {"available": True, "version": "11.0.0"}}})
+    assert trt11.kinds == {"model.onnx", "model.int8.qdq.onnx", "model.int8.qdq.fp16.onnx"}  # strongly typed
+    on_auto = variant_forms(auto, {"backends": {"tensorrt": {"available": True, "version": "10.3.0"},
+                                                "onnxruntime": {"available": True}}})
+    assert on_auto.profile  # auto takes TensorRT where it is: its profile, not layer variants

@@ -61,10 +61,10 @@ def check_target(config: Config, device: DeviceSection, device_name: str) -> Non
     if section.target_batch not in config.input.batch_sizes:
         raise ConfigError(f"{config.path.name}: prune.target_batch = {section.target_batch} is not among "
                           f"input.batch_sizes {config.input.batch_sizes}, so the device would not measure it; add it")
-    if device.precision in ("int8", "auto") and not config.quantize.enabled:
+    if device.precision == "int8" and not config.quantize.enabled:
         raise ConfigError(f"{config.path.name}: prune.target_latency_ms/target_speedup on {device_name} at precision "
-                          f"\"{device.precision}\" needs the INT8 files it is measured for, and quantize.enabled is "
-                          "false; set quantize.enabled = true, or precision = \"fp32\" on the device")
+                          "\"int8\" needs the INT8 files it is measured for, and quantize.enabled is false; set "
+                          "quantize.enabled = true, or precision = \"fp32\" on the device")
     if device.precision in ("int8", "auto") and device.int8_mode != "explicit":
         raise ConfigError(f"{config.path.name}: devices.{device_name}.int8_mode = \"{device.int8_mode}\": a latency "
                           "target is measured on the explicit Q/DQ INT8 files only (implicit INT8 is deprecated since "
@@ -80,10 +80,11 @@ class Forms:
     kinds: frozenset[str]
 
 
-def variant_forms(device: DeviceSection, status: dict[str, Any] | None) -> Forms:
+def variant_forms(device: DeviceSection, status: dict[str, Any] | None, int8: bool = True) -> Forms:
     """From the device's status (its runtimes, CPU, TensorRT version): the kinds ``model_files`` picks for every
-    runtime this job may run on at the device's precision (``auto``: each precision it races), as a push does."""
-    from ...device.contract.model_files import ModelChoiceError, needed_files
+    runtime this job may run on at the device's precision (``auto``: each precision it races), as a push does;
+    without ``int8`` (quantize.enabled = false) no INT8 form, so ``auto`` races only what the push will ship."""
+    from ...device.contract.model_files import ModelChoiceError, file_precision, needed_files
     from ..optimize.quantize.fp16 import known_trt_major, needs_typed_files
     from .bundle import device_backends, device_cpus
 
@@ -100,6 +101,8 @@ def variant_forms(device: DeviceSection, status: dict[str, Any] | None) -> Forms
             if device.precision in (precision, "auto") and needs_typed_files(backend, precision, device.int8_mode,
                                                                                  major):
                 kinds.add(kind)
+    if not int8:
+        kinds = {kind for kind in kinds if file_precision(kind) != "int8"}
     profile = all(layer_profile(name) for name in backends)
     return Forms(profile, frozenset(kinds & set(_WRITERS) | {MODEL_FP32}))
 
@@ -129,7 +132,7 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
     graph_id = graph_hash(layers, spaces)
 
     def prepare(status: dict[str, Any] | None) -> tuple[dict[str, Path], dict[str, Any], Forms]:
-        forms = variant_forms(device, status)
+        forms = variant_forms(device, status, config.quantize.enabled)
         files, plan = write_variants(model, protect, layers, spaces, config, folder / "files", forms, batch.numpy())
         say(f"latency model of {len(layers)} layers in {len(groups)} prunable groups: {len(plan)} "
             f"{'whole models to profile' if forms.profile else 'variants to time'} on {device_name} at batch "
