@@ -86,8 +86,8 @@ def check_latency_target(latency: dict[str, Any], before: float, after: float, i
                           f"group at prune.max_layer_ratio) at top-1 {closest['top1']:.2%} on {images} held-out "
                           "images; raise the target or prune.max_layer_ratio")
     reach = "reach" if latency["reached"] else "come closest to"
-    at = ("the unpruned model" if closest["unpruned"] else
-          f"{closest['predicted_ms']:.3g} ms predicted at top-1 {closest['top1']:.2%}")
+    at = (f"{closest['predicted_ms']:.3g} ms predicted at top-1 {closest['top1']:.2%}"
+          + (" (the unpruned model)" if closest["unpruned"] else ""))
     raise CheckFailed(f"{where} cannot be met within prune.max_accuracy_drop = {latency['max_accuracy_drop']}: the "
                       f"widths that {reach} it ({latency['predicted_ms']:.3g} ms predicted) lose "
                       f"{(before - after) * 100:.1f} points ({before:.1%} → {after:.1%} on {images} held-out images); "
