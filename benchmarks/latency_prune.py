@@ -27,7 +27,6 @@ above at the tightest; latency-model prediction within 20 % of measurement.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 from pathlib import Path
@@ -54,10 +53,10 @@ from edgekit.host.optimize.prune.structured import (
     channel_scores,
     importance,
     prunable,
+    prune_copy,
     prune_groups,
-    prune_to,
 )
-from edgekit.host.ship.latency import run_job, write_variants
+from edgekit.host.ship.latency import run_job, variant_forms, write_variants
 from edgekit.host.train.data import Dataset, Split, channel_stats, load_cifar
 from edgekit.host.train.loop import top1, train
 
@@ -88,17 +87,24 @@ def measure_latency_model(work: Path, name: str, model: Any, batch: int) -> tupl
         project={"name": name}, model={"arch": "resnet20", "checkpoint": "none.pt"}, data={"path": "data"},
         input={"batch_sizes": [batch]}, prune={"enabled": True, "target_speedup": 2.0, "target_batch": batch,
                                                "latency_budget_s": 3600},
-        devices={"local": {"kind": "local", "root": str(work / "device"), "backend": "onnxruntime"}}))
+        devices={"local": {"kind": "local", "root": str(work / "device"), "backend": "onnxruntime",
+                           "precision": "fp32"}}))
     config = load_config(project / "deploy.toml")
     spec = PruneSpec(**config.prune.model_dump())
     example = torch.zeros(1, 3, 32, 32)
     graph, protect, _, groups = prunable(model.eval(), spec, example, example, lambda m: None)
     spaces = {g.name: group_space(g.name, g.width, spec.round_to, g.ch_groups, spec.max_layer_ratio) for g in groups}
     layers = describe_layers(model, graph, groups, example)
-    files, plan = write_variants(model, protect, layers, spaces, config, work / "variants")
-    console.print(f"[dim]{name} b{batch}: timing {len(plan)} variants on the local device[/dim]")
-    out = run_job(config, "local", config.device("local"), files, plan, graph_hash(layers, spaces),
-                  lambda m: None, lambda e: None)
+    device = config.device("local")
+
+    def prepare(status: dict) -> tuple:
+        forms = variant_forms(device, status)
+        files, plan = write_variants(model, protect, layers, spaces, config, work / "variants", forms)
+        console.print(f"[dim]{name} b{batch}: timing {len(plan)} variants on the local device[/dim]")
+        return files, plan, forms
+
+    out, _, plan = run_job(config, "local", device, prepare, graph_hash(layers, spaces), lambda m: None,
+                           lambda e: None)
     saved = {"layers": [vars(layer) for layer in layers], "spaces": [vars(s) for s in spaces.values()],
              "table": out["ms"], "baseline_ms": out["ms"][BASELINE]}
     path = work / f"latency-{name}-b{batch}.json"
@@ -115,13 +121,11 @@ def scores_of(model: Any, protect: list) -> dict[str, list[float]]:
 
 def pruned_copy(model: Any, protect: list, widths: dict[str, int]) -> Any:
     """A copy with every group cut to ``widths`` (lowest-magnitude channels removed)."""
-    net = copy.deepcopy(model).eval()
-    graph = build_graph(net, torch.zeros(1, 3, 32, 32))
+    example = torch.zeros(1, 3, 32, 32)
     scorer = importance("magnitude", 2)
-    for group in prune_groups(graph, net, protect):
-        if group.name in widths:
-            prune_to(graph, group, channel_scores(scorer, group), widths[group.name])
-    return net
+    groups = prune_groups(build_graph(model.eval(), example), model, protect)
+    scores = {g.name: channel_scores(scorer, g) for g in groups}
+    return prune_copy(model, example, protect, widths, scores)
 
 
 def onnx_of(net: Any, path: Path) -> Path:

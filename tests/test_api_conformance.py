@@ -221,3 +221,49 @@ def test_cuda_proxy_rejects_a_wrong_call():
         rt.cudaMalloc(1, 2)
     with pytest.raises(AttributeError):
         rt.cudaMallocAsyncc(1)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("version", TRT_VERSIONS)
+def test_the_latency_model_job_profiles_whole_models_on_each_wheel(monkeypatch, tmp_path, version, precision):
+    """prune.target_latency_ms on TensorRT: the agent's latency job builds one engine per whole model (not one
+    per layer variant) and returns TensorRT's per-layer profile of each, through each wheel's real API."""
+    from edgekit.device.agent.spool import Spool
+    from edgekit.device.contract.manifest import parse_manifest, sha256_file
+    from edgekit.device.contract.protocol import LATENCY_MODEL
+    from edgekit.device.jobs.context import Job
+    from edgekit.device.jobs.latency import run_latency_job
+
+    backend, trt = make_backend(monkeypatch, version)
+    monkeypatch.setattr("edgekit.device.backends.get_backend", lambda name: backend)
+    monkeypatch.setattr("edgekit.device.jobs.prepare.get_backend", lambda name: backend)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    files, entries, variants = {}, [], {}
+    for level in ("1.0", "0.5", "0.0"):
+        form = {}
+        for kind in ("model.onnx", "model.fp16.onnx", "model.int8.qdq.onnx", "model.int8.qdq.fp16.onnx"):
+            name = f"lat-{level}-{kind}"
+            (bundle / name).write_bytes(f"onnx:{level}:{kind}".encode())
+            files[name] = bundle / name
+            entries.append({"name": name, "sha256": sha256_file(bundle / name), "size": (bundle / name).stat().st_size})
+            form[kind] = name
+        variants[f"whole:{level}"] = form
+    variants["whole:baseline"] = variants["whole:1.0"]
+    manifest = parse_manifest({
+        "schema_version": 1, "kind": LATENCY_MODEL, "model": "m",
+        "input": {"name": "input", "shape": BASE["input_shape"], "batch_sizes": [1]},
+        "target": {"backend": "tensorrt", "precision": precision, "build": {"int8_mode": "explicit"}},
+        "files": entries,
+        "latency": {"graph": "g", "batch": 1, "iterations": 3, "max_seconds": 60, "variants": variants,
+                    "mode": "profile"}})
+    spool = Spool(tmp_path / "agent").ensure()
+    job = Job(spool, "job-latency")
+    job.folder.mkdir(parents=True, exist_ok=True)
+    report = run_latency_job(job, manifest, files)
+    assert report["status"] == "done" and report["mode"] == "profile" and report["precision"] == precision
+    assert set(report["ms"]) == set(variants) and all(ms > 0 for ms in report["ms"].values())
+    # layer times come only from TensorRT calling the IProfiler's report_layer_time
+    assert set(report["profiles"]) == set(variants) and all(report["profiles"].values())
+    assert not trt._violations, trt._violations
+    assert trt._semantics.calls.count("Builder.build_serialized_network") == len(variants)  # one engine per model

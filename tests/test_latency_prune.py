@@ -4,6 +4,8 @@ latency job's plan, and the job itself run by a real agent process on ONNX Runti
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -117,32 +119,43 @@ def test_target_speedup_is_relative_to_the_baseline():
 def test_plan_checks_every_field_and_the_files_it_names():
     files = {"lat-a.onnx": object()}
     good = {"graph": "g", "batch": 1, "max_seconds": 10, "iterations": 3, "variants": {"v": "lat-a.onnx"}}
-    assert parse_plan(good, files)["variants"] == {"v": "lat-a.onnx"}
+    parsed = parse_plan(good, files)
+    assert parsed["variants"] == {"v": {"model.onnx": "lat-a.onnx"}} and parsed["mode"] == "layers"
+    forms = {**good, "variants": {"v": {"model.onnx": "lat-a.onnx", "model.int8.cpu.onnx": "lat-a.onnx"}}}
+    assert parse_plan(forms, files)["variants"]["v"]["model.int8.cpu.onnx"] == "lat-a.onnx"
     for bad in ({**good, "variants": {"v": "other.onnx"}}, {**good, "batch": 0}, {**good, "max_seconds": 1e9},
-                {**good, "graph": ""}, {**good, "variants": {}}, None):
+                {**good, "graph": ""}, {**good, "variants": {}}, None, {**good, "mode": "guess"},
+                {**good, "variants": {"v": {"model.exe": "lat-a.onnx"}}}, {**good, "variants": {"v": {}}}):
         with pytest.raises(LatencyPlanError):
             parse_plan(bad, files)
 
 
-def publish_latency_job(root: Path, key, variants: dict[str, bytes], plan_extra: dict) -> str:
-    """A signed latency_model job written into a spool the way the host's client does (blobs, then queue)."""
+def publish_latency_job(root: Path, key, variants: dict, plan_extra: dict, precision: str = "fp32") -> str:
+    """A signed latency_model job written into a spool the way the host's client does (blobs, then queue);
+    a variant is one file's bytes or {model kind: bytes}."""
+    import hashlib
+
     from edgekit.device.agent.spool import Spool
     from edgekit.device.contract.manifest import sha256_file
     from edgekit.host.ship.keys import sign
 
     spool = Spool(root).ensure()
     entries, plan = [], {}
-    for ident, payload in variants.items():
-        name = f"lat-{abs(hash(payload)) % 10**12}.onnx"
+
+    def store(payload: bytes) -> str:
+        name = f"lat-{hashlib.sha256(payload).hexdigest()[:16]}.onnx"
         tmp = root / name
         tmp.write_bytes(payload)
         sha = sha256_file(tmp)
         tmp.rename(spool.blob(sha))
         entries.append({"name": name, "sha256": sha, "size": len(payload)})
-        plan[ident] = name
+        return name
+
+    for ident, payload in variants.items():
+        plan[ident] = store(payload) if isinstance(payload, bytes) else {k: store(v) for k, v in payload.items()}
     manifest = {"schema_version": 1, "kind": LATENCY_MODEL, "model": "m",
                 "input": {"name": "input", "shape": [3, 8, 8], "batch_sizes": [2]},
-                "target": {"backend": "onnxruntime", "precision": "fp32", "build": {"threads": 1}},
+                "target": {"backend": "onnxruntime", "precision": precision, "build": {"threads": 1}},
                 "files": sorted({e["name"]: e for e in entries}.values(), key=lambda e: e["name"]),
                 "latency": {"graph": "g1", "batch": 2, "iterations": 2, "max_seconds": 120, "variants": plan,
                             **plan_extra}}
@@ -215,6 +228,13 @@ def test_target_keys_are_checked_in_one_line(tmp_path):
     assert config.prune.latency_target
     with pytest.raises(ConfigError, match="target_batch = 32 is not among input.batch_sizes"):
         check_target(config, config.device("local"), "local")
+    config = config_with(target_latency_ms=1.0, target_batch=8)
+    for precision in ("int8", "auto", "fp32"):  # INT8 and auto are measured as shipped: no refusal
+        check_target(config, config.device("local").model_copy(update={"precision": precision}), "local")
+    implicit = config.device("local").model_copy(update={"precision": "int8", "int8_mode": "implicit"})
+    with pytest.raises(ConfigError, match="int8_mode = \"implicit\"") as refused:
+        check_target(config, implicit, "local")
+    assert "\n" not in str(refused.value)
     assert not config_with(ratio=0.5).prune.latency_target
 
 
@@ -234,6 +254,14 @@ def test_the_measured_latency_decides_whether_the_target_was_met():
     missed = latency_outcome(rows, report(2.4))
     assert not missed["met"] and "missed" in missed["verdict"]
     assert latency_outcome(rows, {"status": "failed"}) is None
+    # precision = "auto": the table was measured at the precision the unpruned model's race favoured; the final
+    # model's race is checked against it
+    latency.update(backend="onnxruntime", precision="int8")
+    same = latency_outcome(rows, dict(report(2.0), backend="onnxruntime", precision="int8"))
+    assert same["modelled_as_shipped"] and "another engine" not in same["verdict"]
+    other = latency_outcome(rows, dict(report(2.0), backend="onnxruntime", precision="fp32"))
+    assert not other["modelled_as_shipped"] and "measured on onnxruntime int8" in other["verdict"]
+    assert "picked onnxruntime fp32" in other["verdict"]
 
 
 def test_a_missed_target_is_a_budget_failure_on_the_device():
@@ -245,3 +273,233 @@ def test_a_missed_target_is_a_budget_failure_on_the_device():
     benches[1]["latency_ms"]["median"] = 2.4
     (line,) = budget_failures(budget, benches, {})
     assert "batch 8" in line and "misses the pruning target 2.000 ms" in line
+
+
+def test_the_closest_within_the_accuracy_budget_is_the_furthest_judged_within_not_the_last_tried():
+    from edgekit.host.optimize.prune.latency import closest_on_path
+
+    layers, spaces = two_groups()
+    model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
+    found = search_widths(model, {}, 1e-6)  # unreachable: the walk goes down to the floors
+    path = found.path
+    assert path[0][0] == model.full() and path[-1][0] == found.widths and len(path) == found.steps + 1
+    assert all(later[1] <= earlier[1] for earlier, later in zip(path, path[1:]))  # each step saves time
+
+    def top1(widths: dict) -> float:  # accuracy falls with every channel removed
+        return 0.9 - 0.004 * sum(spaces[n].width - w for n, w in widths.items())
+
+    budget = 0.1
+    exhaustive = max(i for i, (widths, _) in enumerate(path) if 0.9 - top1(widths) <= budget + 1e-12)
+    assert 0 < exhaustive < len(path) - 1  # the budget's edge is inside the walk
+    judged = []
+
+    def within(index: int) -> bool:
+        judged.append(index)
+        return 0.9 - top1(path[index][0]) <= budget + 1e-12
+
+    index, tried = closest_on_path(len(path), within, len(path) - 1, probes=8)
+    assert index == exhaustive and tried == judged
+    assert len(tried) <= math.ceil(math.log2(len(path)))
+    # with fewer probes: the furthest point judged within, which is not the last tried when that one failed
+    index, tried = closest_on_path(len(path), within, len(path) - 1, probes=2)
+    passing = [i for i in tried if within(i)]
+    assert index == (max(passing) if passing else 0) and index <= exhaustive
+    with pytest.raises(ValueError):
+        closest_on_path(len(path), within, 0, 3)
+
+
+def test_a_target_missed_within_the_budget_fails_in_one_line_with_the_closest_latency_and_top1():
+    from edgekit.host.errors import CheckFailed
+    from edgekit.host.optimize.prune.stage import check_latency_target
+
+    latency = {"target_ms": 1.0, "batch": 1, "device": "jetson", "backend": "onnxruntime", "precision": "int8",
+               "reached": True, "predicted_ms": 0.98, "max_accuracy_drop": 0.01, "closest": None}
+    check_latency_target(latency, 0.9, 0.85, 500)  # met within the budget: nothing to say
+    latency["closest"] = {"predicted_ms": 1.7, "top1": 0.893, "unpruned": False, "accuracy_limited": True,
+                          "probes": [{"predicted_ms": 1.3, "top1": 0.86}, {"predicted_ms": 1.7, "top1": 0.893}]}
+    with pytest.raises(CheckFailed) as failed:
+        check_latency_target(latency, 0.9, 0.85, 500)
+    line = str(failed.value)
+    assert "\n" not in line and "1.7 ms" in line and "89.30%" in line and "max_accuracy_drop = 0.01" in line
+    latency.update(reached=False, closest={"predicted_ms": 2.5, "top1": 0.895, "unpruned": False,
+                                           "accuracy_limited": False, "probes": []})
+    with pytest.raises(CheckFailed, match=r"out of reach: the closest is 2.5 ms .* top-1 89.50%"):
+        check_latency_target(latency, 0.9, 0.895, 500)
+
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "trt_profile_two_groups.json"
+
+
+def profiled_two_groups() -> tuple[list[Layer], dict[str, GroupSpace], dict, dict, list]:
+    """The two-group model of the tests above under the names torch's exporter gives, with the recorded
+    (synthetic: see its note) TensorRT profiles of its whole models at every profiled level."""
+    from edgekit.host.optimize.prune.layer_profile import parse_exported_profile
+
+    recorded = json.loads(FIXTURE.read_text())
+    layers, spaces = two_groups()
+    layers = [Layer(**{**vars(layer), "name": f"model.{name}"}) for layer, name in zip(layers, ("stem", "mid", "fc"))]
+    profiles = {ident: parse_exported_profile(json.dumps(rows)) for ident, rows in recorded["profiles"].items()}
+    nodes = {name: weight[:-len(".weight")] for name, _, weight in recorded["onnx_nodes"] if weight}
+    order = [name for name, _, _ in recorded["onnx_nodes"]]
+    return layers, spaces, profiles, nodes, order
+
+
+def test_tensorrt_layer_times_go_to_the_layers_their_names_cover():
+    from edgekit.host.optimize.prune.layer_profile import PROFILE_LEVELS, attribute, level_widths, macs
+
+    layers, spaces, profiles, nodes, order = profiled_two_groups()
+    assert set(profiles) == {f"whole:{level}" for level in PROFILE_LEVELS}
+    full = profiles["whole:1.0"]
+    weights = {layer.name: macs(layer, layer.cin, layer.cout) for layer in layers}
+    per_layer, rest = attribute(full, nodes, order, weights)
+    stem, mid, foreign = (next(ms for name, ms in full.items() if name.startswith(prefix))
+                          for prefix in ("/model/stem/Conv +", "/model/mid/Conv +", "{ForeignNode"))
+    assert per_layer == {"model.stem": stem, "model.mid": mid, "model.fc": foreign}  # the range reaches only fc
+    reformat = next(ms for name, ms in full.items() if name.startswith("Reformatting"))
+    assert rest == pytest.approx(reformat)  # a copy that names the stem is nobody's layer time
+    # one Myelin layer over both convs: split by their MACs
+    fused = {"{ForeignNode[/model/stem/Conv.../model/mid/Conv]}": 1.0}
+    split, _ = attribute(fused, nodes, order, weights)
+    assert split["model.stem"] / split["model.mid"] == pytest.approx(weights["model.stem"] / weights["model.mid"])
+    assert "model.fc" not in split and sum(split.values()) == pytest.approx(1.0)
+    # node names are matched whole: "/model/stem/Conv_1" is not "/model/stem/Conv"
+    assert attribute({"/model/stem/Conv_1 + /model/relu/Relu": 1.0}, nodes, order, weights) == ({}, 1.0)
+    assert set(level_widths(spaces)) == set(profiles)
+
+
+def test_a_latency_model_from_tensorrt_profiles_predicts_what_the_layers_cost():
+    from edgekit.host.optimize.prune.layer_profile import level_widths, macs, profile_table
+
+    layers, spaces, profiles, nodes, order = profiled_two_groups()
+    table = profile_table(layers, spaces, profiles, nodes, order)
+    assert set(table) == set(layer_variants(layers, spaces))  # every id the predictor reads
+
+    def truth(widths: dict) -> float:  # the note of the recording: 0.002 ms + 1e-7 ms per MAC per layer
+        return sum(0.002 + 1e-7 * macs(layer, *layer.widths(widths)) for layer in layers)
+
+    extra = 0.003 + 0.01  # pooling inside the ForeignNode (given to fc), and the reformat (nobody's)
+    for ident, widths in level_widths(spaces).items():
+        table[ident] = truth(widths) + extra
+    table[BASELINE] = table["whole:1.0"]
+    model = LatencyModel(layers, spaces, table)
+    for widths in ({"a": 24, "b": 8}, {"a": 8, "b": 32}, {"a": 16, "b": 24}):  # off the profiled diagonal
+        assert model.predict(widths) == pytest.approx(truth(widths) + extra, rel=0.05), widths
+    found = search_widths(model, {}, model.predict(model.full()) / 2)
+    assert found.reached and found.widths["a"] < found.widths["b"]  # cuts where the profile says time goes
+
+
+def test_a_variant_is_timed_in_the_file_the_runtime_builds_at_its_precision():
+    from edgekit.device.contract.latency import variant_file
+
+    form = {"model.onnx": "f", "model.int8.cpu.onnx": "u8s8", "model.int8.cpu.avx2.onnx": "seven",
+            "model.int8.qdq.onnx": "qdq"}
+    vnni = {"flags_read": True, "u8s8_saturates": False}
+    assert variant_file(form, "onnxruntime", "fp32", cpu=vnni) == "f"
+    assert variant_file(form, "onnxruntime", "int8", cpu=vnni) == "u8s8"
+    assert variant_file(form, "openvino", "int8", cpu={"flags_read": True, "u8s8_saturates": True}) == "seven"
+    assert variant_file(form, "tensorrt", "int8") == "qdq"
+    assert variant_file({"model.onnx": "f", "model.int8.cpu.onnx": "u8s8"}, "onnxruntime", "int8") == "u8s8"
+
+
+def int8_forms(tmp_path: Path, payload: bytes, shape: tuple) -> dict[str, bytes]:
+    """The float variant and its CPU INT8 forms, written by the host's own code (cheap calibration)."""
+    import numpy as np
+
+    from edgekit.host.ship.latency import Forms, variant_files
+
+    kinds = frozenset({"model.onnx", "model.int8.cpu.onnx", "model.int8.cpu.avx2.onnx"})
+    files: dict[str, Path] = {}
+    rng = np.random.default_rng(0)
+    entry = variant_files(tmp_path / "host", payload, Forms(False, kinds), files,
+                          lambda: rng.standard_normal(shape).astype(np.float32))
+    return {kind: files[name].read_bytes() for kind, name in entry.items()}
+
+
+@pytest.mark.slow
+def test_int8_and_auto_latency_models_are_measured_on_int8_files_by_a_real_agent(tmp_path):
+    import onnx
+
+    from edgekit.device.agent.spool import Spool
+    from edgekit.host.ship.keys import load_or_create_key, public_line
+
+    (tmp_path / "host").mkdir()
+    conv = Layer("c", "conv", 8, 8, "a", "a", (3, 3), (1, 1), (1, 1), (1, 1), 1, False, (8, 8))
+    variants = {variant_id(conv, 8, w): int8_forms(tmp_path, layer_onnx(conv, 8, w), (4, 8, 8, 8)) for w in (8, 16)}
+    for forms in variants.values():  # the INT8 forms are INT8 models, not the float one renamed
+        ops = {node.op_type for node in onnx.load_from_string(forms["model.int8.cpu.onnx"]).graph.node}
+        assert "QuantizeLinear" in ops and forms["model.int8.cpu.onnx"] != forms["model.int8.cpu.avx2.onnx"]
+    whole = int8_forms(tmp_path, layer_onnx(conv, 8, 16, seed=1), (4, 8, 8, 8))
+    variants.update({"whole:1.0": whole, BASELINE: whole})
+    root = tmp_path / "agent"
+    key = load_or_create_key(tmp_path / "keys")
+    Spool(root).ensure()
+    (root / "trusted_keys").write_text(public_line(key) + "\n")
+    spool = Spool(root)
+
+    int8 = publish_latency_job(root, key, variants, {"graph": "g-int8"}, precision="int8")
+    run_agent_once(root)
+    report = spool.report(int8)
+    assert report["status"] == "done" and report["precision"] == "int8", report
+    assert set(report["ms"]) == set(variants) and all(v > 0 for v in report["ms"].values())
+
+    auto = publish_latency_job(root, key, variants, {"graph": "g-auto"}, precision="auto")
+    run_agent_once(root)
+    raced = spool.report(auto)
+    assert raced["status"] == "done" and raced["precision_requested"] == "auto", raced
+    assert raced["precision"] in ("int8", "fp32") and raced["measured"] == len(variants)
+    assert "auto: the unpruned model's median" in (spool.job_dir(auto) / "events.jsonl").read_text()
+    again = publish_latency_job(root, key, variants, {"graph": "g-auto"}, precision="auto")
+    run_agent_once(root)
+    second = spool.report(again)
+    assert second["measured"] == 0 and second["precision"] == raced["precision"]
+    assert "auto:" not in (spool.job_dir(again) / "events.jsonl").read_text()  # no second race either
+
+
+@pytest.mark.slow
+def test_a_target_out_of_reach_within_the_budget_fails_the_push_before_any_upload(project):
+    """End to end through the CLI on the local device at its default precision ("auto"): the latency model is
+    measured (on the precision the race favours), the search and the closest-within-budget probes run, and the
+    push stops in one line before a model is uploaded."""
+    from edgekit.device.agent.spool import Spool
+    from edgekit.device.contract.protocol import LATENCY_MODEL
+
+    from .conftest import run_cli
+
+    with (project / "deploy.toml").open("a") as toml:
+        toml.write("\n[prune]\nenabled = true\ntarget_speedup = 50.0\ntarget_batch = 1\nmax_accuracy_drop = 0.0\n"
+                   "finetune_epochs = 1\nsparsity_epochs = 0\nlatency_budget_s = 600\n"
+                   '\n[devices.local]\nkind = "local"\nprecision = "auto"\n')
+    failed = run_cli("push", "local", cwd=project)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "prune target" in line and "ms at batch 1 on local" in line, line
+    assert ("closest within the budget is" in line and "fine-tuned probe" in line) or "out of reach" in line, line
+    assert "Traceback" not in failed.stderr
+    saved = json.loads(next((project / ".edgekit" / "latency").glob("local-*.json")).read_text())
+    assert saved["precision_requested"] == "auto" and saved["precision"] in ("int8", "fp32"), saved["precision"]
+    spool = Spool(Path(os.environ["EDGEKIT_HOME"]) / "local-device")
+    kinds = {json.loads((spool.jobs / job / "report.json").read_text()).get("kind") for job in
+             [p.name for p in spool.jobs.iterdir()]}
+    assert kinds == {LATENCY_MODEL} and spool.current("tiny") is None  # only the latency job ever ran there
+
+
+def test_the_variants_come_in_the_forms_the_device_will_build_at_its_precision():
+    from edgekit.host.config import DeviceSection
+    from edgekit.host.ship.latency import variant_forms
+
+    vnni = {"flags_read": True, "u8s8_saturates": False}
+    cpu_status = {"backends": {"onnxruntime": {"available": True}}, "cpu": vnni}
+    auto = DeviceSection(kind="local", root="/nonexistent", backend="auto", precision="auto")
+    forms = variant_forms(auto, cpu_status)
+    assert not forms.profile and forms.kinds == {"model.onnx", "model.int8.cpu.onnx"}
+    assert variant_forms(auto, cpu_status, int8=False).kinds == {"model.onnx"}  # quantize.enabled = false
+    unknown_cpu = variant_forms(auto.model_copy(update={"precision": "int8"}), None)  # no status: both CPU kinds
+    assert {"model.int8.cpu.onnx", "model.int8.cpu.avx2.onnx"} <= unknown_cpu.kinds
+    jetson = DeviceSection(kind="local", root="/nonexistent", backend="tensorrt", precision="int8")
+    trt10 = variant_forms(jetson, {"backends": {"tensorrt": {"available": True, "version": "10.3.0"}}})
+    assert trt10.profile and trt10.kinds == {"model.onnx", "model.int8.qdq.onnx"}
+    trt11 = variant_forms(jetson, {"backends": {"tensorrt": {"available": True, "version": "11.0.0"}}})
+    assert trt11.kinds == {"model.onnx", "model.int8.qdq.onnx", "model.int8.qdq.fp16.onnx"}  # strongly typed
+    on_auto = variant_forms(auto, {"backends": {"tensorrt": {"available": True, "version": "10.3.0"},
+                                                "onnxruntime": {"available": True}}})
+    assert on_auto.profile  # auto takes TensorRT where it is: its profile, not layer variants

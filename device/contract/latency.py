@@ -4,15 +4,27 @@ The host sends one small ONNX file per (layer shape, input width, output width) 
 plus a few whole-model variants that tie the per-layer sum to whole-model latency (``calibration``). The plan
 is part of the signed manifest; the files are listed in it by sha256 like any bundle file. Nothing in it is
 code: names, numbers and file names the manifest checks already.
+
+A variant is one file, or one file per model-file kind (``model.onnx``, ``model.int8.cpu.onnx``,
+``model.int8.qdq.onnx``...): the INT8 forms of the same variant, quantised on the host, so the agent times the
+file its runtime would build at the precision it ships (``variant_file`` asks ``model_files``, like a push).
+``mode`` is "layers" (every variant built and timed alone: CPU runtimes) or "profile" (whole models only,
+each timed once with the runtime's per-layer profiler: TensorRT, where one engine per layer variant would
+cost minutes each); the profile comes back in the report for the host to map onto its layers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
+
+from .manifest import MODEL_FP16, MODEL_FP32, MODEL_INT8_QDQ_FP16
+from .model_files import MODEL_VARIANTS, model_file
 
 MAX_MODELS = 2000  # variants one job may ask for
+MODES = ("layers", "profile")
+FORMS_EXTRA = (MODEL_FP16, MODEL_INT8_QDQ_FP16)  # TensorRT 11's FP16-typed forms (its plan picks them by name)
 MAX_SECONDS = 3600.0
 MIN_ITERATIONS = 3
 
@@ -41,12 +53,28 @@ def parse_plan(data: Any, files: Mapping[str, Any]) -> Dict[str, Any]:
     variants = data.get("variants")
     if not isinstance(variants, dict) or not variants or len(variants) > MAX_MODELS:
         raise LatencyPlanError("manifest latency: 'variants' must map 1 to {} variant ids to files".format(MAX_MODELS))
-    for ident, name in variants.items():
-        if not isinstance(ident, str) or not isinstance(name, str) or name not in files:
-            raise LatencyPlanError("manifest latency: variant {!r} names {!r}, which the bundle does not list".format(
-                ident, name))
+    forms = {}
+    for ident, entry in variants.items():
+        form = {MODEL_FP32: entry} if isinstance(entry, str) else entry
+        if not isinstance(ident, str) or not isinstance(form, dict) or not form:
+            raise LatencyPlanError("manifest latency: variant {!r} must name a file, or a file per model kind".format(
+                ident))
+        for kind, name in form.items():
+            if kind not in MODEL_VARIANTS + FORMS_EXTRA or not isinstance(name, str) or name not in files:
+                raise LatencyPlanError("manifest latency: variant {!r} names {!r} as {!r}, which the bundle does not "
+                                       "list (or is no model kind)".format(ident, name, kind))
+        forms[ident] = dict(form)
+    mode = data.get("mode", "layers")
+    if mode not in MODES:
+        raise LatencyPlanError("manifest latency: 'mode' must be one of {}".format(", ".join(MODES)))
     return {"graph": graph, "batch": batch, "max_seconds": float(seconds), "iterations": iterations,
-            "variants": dict(variants)}
+            "variants": forms, "mode": mode}
+
+
+def variant_file(form: Mapping[str, str], backend: str, precision: str, int8_mode: str = "explicit",
+                 cpu: Optional[Mapping[str, Any]] = None) -> str:
+    """The file of a variant ``backend`` builds at ``precision`` on this CPU: the same choice a push makes."""
+    return form[model_file(backend, precision, int8_mode, cpu, shipped=list(form))]
 
 
 def table_key(graph: str, identity: Mapping[str, Any], precision: str, batch: int,

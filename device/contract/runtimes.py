@@ -38,6 +38,9 @@ class Runtime:
     # the runtime's own default (tests/test_baseline_precision.py): TensorRT users build --fp16, OpenVINO runs
     # its default inference precision, ONNX Runtime FP32
     baseline_precision: str = "fp32"
+    # a latency model (prune.target_latency_ms) read from its per-layer profiler on a few whole models, rather
+    # than built and timed one layer variant at a time (device/jobs/latency.py)
+    layer_profile: bool = False
 
 
 # In the order the agent lists them (status, `edgekit device check`).
@@ -49,7 +52,7 @@ RUNTIMES: Dict[str, Runtime] = {runtime.name: runtime for runtime in (
             baseline_precision="fp16", qdq_int8=True, implicit_int8=True, auto_alone=True,
             fallback="onnxruntime", build_keys=("int8_mode", "workspace_mb", "dla_core", "builder_optimization_level"),
             benchmark_keys=("cuda_graph", "profile_layers"),
-            benchmark_extras=("cuda_graph", "profile_layers", "cross_check"), cuda_python=True),
+            benchmark_extras=("cuda_graph", "profile_layers", "cross_check"), cuda_python=True, layer_profile=True),
 )}
 
 
@@ -129,3 +132,9 @@ def build_keys(backend: str) -> Tuple[str, ...]:
 def benchmark_keys(backend: str) -> Tuple[str, ...]:
     """The device's deploy.toml keys the manifest's target.benchmark carries for ``backend``."""
     return tuple(key for entry in _configured(backend) for key in entry.benchmark_keys)
+
+
+def layer_profile(name: str) -> bool:
+    """Whether the latency model on ``name`` comes from its per-layer profile of whole models."""
+    entry = RUNTIMES.get(name)
+    return entry is not None and entry.layer_profile

@@ -47,11 +47,16 @@ def device_backends(device: DeviceSection, info: dict[str, Any] | None) -> list[
     return chosen
 
 
+def device_cpus(info: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The device's CPU from its status; unknown: both kinds model_files tells apart (INT8 files for each)."""
+    return [info["cpu"]] if info and info.get("cpu") else list(_EITHER_CPU)
+
+
 def files_for_device(config: Config, device: DeviceSection, files: dict[str, Path],
                      info: dict[str, Any] | None) -> dict[str, Path]:
     """Only what the device will read: model_files decides, from the device's backends and CPU (its status)."""
     backends = device_backends(device, info)
-    cpus = [info["cpu"]] if info and info.get("cpu") else list(_EITHER_CPU)
+    cpus = device_cpus(info)
     required = "fp32" if device.precision == AUTO else device.precision  # auto ships the others where they exist
     try:
         needed = {name for cpu in cpus

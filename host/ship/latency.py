@@ -5,19 +5,36 @@ The host writes one small ONNX file per layer variant and a few whole-model vari
 returns beside the layers it describes, in ``.edgekit/latency/``. The prune stage reads that file (its content is
 part of the stage's key). The agent caches tables per device, backend, precision, graph and batch: the second
 push of a project measures nothing, and uploads nothing (the files are content-addressed).
+
+The table is measured at the precision the device ships. INT8 variants are timed, not guessed: each variant is
+quantised here, in the forms the device's runtime reads (``model_files``: U8S8 or 7-bit CPU files, TensorRT's
+Q/DQ), from a cheap calibration of that variant (min/max over a few random inputs for one layer, the probe's
+real images for a whole model). Its ranges only set scales, which do not change what INT8 kernels cost, while
+INT8's speed-up over FP32 differs by layer shape (a 3×3 conv at 16 channels gains little, a 1×1 at 256 much) and
+by CPU (VNNI or not), so no single correction from FP32 timings could stand in for it. With ``precision = "auto"``
+the agent races the unpruned model at each precision the push's race would build and measures the table at the
+fastest (the push re-checks that guess against the precision the final model's race picked:
+``push.latency_outcome``).
+
+On TensorRT the agent builds a few whole models and reads TensorRT's per-layer profile instead of building one
+engine per layer variant; ``optimize/prune/layer_profile.py`` maps the profile onto the layers here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ...device import __version__
-from ...device.contract.manifest import SCHEMA_VERSION, canonical_bytes, parse_manifest
+from ...device.contract import manifest as kinds_of
+from ...device.contract.manifest import MODEL_FP32, SCHEMA_VERSION, canonical_bytes, parse_manifest
 from ...device.contract.protocol import LATENCY_MODEL
+from ...device.contract.runtimes import layer_profile
 from ..config import Config, DeviceSection, host_home
 from ..errors import CheckFailed, ConfigError
 from ..optimize.prune.latency import (
@@ -44,10 +61,50 @@ def check_target(config: Config, device: DeviceSection, device_name: str) -> Non
     if section.target_batch not in config.input.batch_sizes:
         raise ConfigError(f"{config.path.name}: prune.target_batch = {section.target_batch} is not among "
                           f"input.batch_sizes {config.input.batch_sizes}, so the device would not measure it; add it")
-    if device.precision in ("int8", "auto"):
-        raise ConfigError(f"{config.path.name}: prune.target_latency_ms/target_speedup: the latency model is "
-                          f"measured at fp32/fp16 for now and {device_name} deploys precision = "
-                          f"\"{device.precision}\"; use prune.ratio there, or precision = \"fp32\" (or \"fp16\")")
+    if device.precision == "int8" and not config.quantize.enabled:
+        raise ConfigError(f"{config.path.name}: prune.target_latency_ms/target_speedup on {device_name} at precision "
+                          "\"int8\" needs the INT8 files it is measured for, and quantize.enabled is false; set "
+                          "quantize.enabled = true, or precision = \"fp32\" on the device")
+    if device.precision in ("int8", "auto") and device.int8_mode != "explicit":
+        raise ConfigError(f"{config.path.name}: devices.{device_name}.int8_mode = \"{device.int8_mode}\": a latency "
+                          "target is measured on the explicit Q/DQ INT8 files only (implicit INT8 is deprecated since "
+                          "TensorRT 10.1); set int8_mode = \"explicit\" or use prune.ratio")
+
+
+@dataclass(frozen=True)
+class Forms:
+    """What the device needs of each variant: ``profile`` (whole models under TensorRT's profiler) or layers
+    alone, and the model-file kinds its runtime may read (``model.onnx`` always: the baseline is float)."""
+
+    profile: bool
+    kinds: frozenset[str]
+
+
+def variant_forms(device: DeviceSection, status: dict[str, Any] | None, int8: bool = True) -> Forms:
+    """From the device's status (its runtimes, CPU, TensorRT version): the kinds ``model_files`` picks for every
+    runtime this job may run on at the device's precision (``auto``: each precision it races), as a push does;
+    without ``int8`` (quantize.enabled = false) no INT8 form, so ``auto`` races only what the push will ship."""
+    from ...device.contract.model_files import ModelChoiceError, file_precision, needed_files
+    from ..optimize.quantize.fp16 import known_trt_major, needs_typed_files
+    from .bundle import device_backends, device_cpus
+
+    backends = device_backends(device.model_copy(update={"allow_fallback": False}), status)
+    try:
+        kinds = {MODEL_FP32} | {name for cpu in device_cpus(status)
+                                for name in needed_files(backends, device.precision, device.int8_mode, cpu)}
+    except ModelChoiceError as exc:
+        raise ConfigError(f"devices: {exc}") from None
+    reported = ((status or {}).get("backends") or {}).get("tensorrt") or {}
+    major = known_trt_major({"backend": "tensorrt", "backend_describe": reported}) if reported else None
+    for backend in backends:
+        for precision, kind in (("fp16", kinds_of.MODEL_FP16), ("int8", kinds_of.MODEL_INT8_QDQ_FP16)):
+            if device.precision in (precision, "auto") and needs_typed_files(backend, precision, device.int8_mode,
+                                                                                 major):
+                kinds.add(kind)
+    if not int8:
+        kinds = {kind for kind in kinds if file_precision(kind) != "int8"}
+    profile = all(layer_profile(name) for name in backends)
+    return Forms(profile, frozenset(kinds & set(_WRITERS) | {MODEL_FP32}))
 
 
 def latency_model_file(config: Config, device_name: str, say: Say, on_event: EventSink) -> Path:
@@ -72,35 +129,129 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
     spaces = {g.name: group_space(g.name, g.width, spec.round_to, g.ch_groups, spec.max_layer_ratio) for g in groups}
     layers = describe_layers(model, graph, groups, example)
     folder = config.state_dir / "latency"
-    files, plan = write_variants(model, protect, layers, spaces, config, folder / "files")
-    say(f"latency model of {len(layers)} layers in {len(groups)} prunable groups: {len(plan)} variants to time on "
-        f"{device_name} at batch {config.prune.target_batch} (bounded by prune.latency_budget_s = "
-        f"{config.prune.latency_budget_s:.0f} s; cached there after the first push)")
     graph_id = graph_hash(layers, spaces)
+
+    def prepare(status: dict[str, Any] | None) -> tuple[dict[str, Path], dict[str, Any], Forms]:
+        forms = variant_forms(device, status, config.quantize.enabled)
+        files, plan = write_variants(model, protect, layers, spaces, config, folder / "files", forms, batch.numpy())
+        say(f"latency model of {len(layers)} layers in {len(groups)} prunable groups: {len(plan)} "
+            f"{'whole models to profile' if forms.profile else 'variants to time'} on {device_name} at batch "
+            f"{config.prune.target_batch} (bounded by prune.latency_budget_s = {config.prune.latency_budget_s:.0f} s; "
+            "cached there after the first push)")
+        return files, plan, forms
+
+    report, files, plan = run_job(config, device_name, device, prepare, graph_id, say, on_event)
+    table = dict(report["ms"])
+    if report.get("mode") == "profile":
+        table.update(profile_table_of(files[plan[f"whole:{1.0}"][MODEL_FP32]], layers, spaces, report["profiles"]))
     # the file is the prune stage's input: only what the table says goes in (not whether it was measured now)
-    report = run_job(config, device_name, device, files, plan, graph_id, say, on_event)
     saved = {"device": device_name, "backend": report.get("backend"), "precision": report.get("precision"),
+             "precision_requested": report.get("precision_requested", device.precision),
              "batch": report.get("batch"), "table_key": report.get("table_key"), "graph": graph_id,
-             "baseline_ms": report["ms"].get(BASELINE),
+             "mode": report.get("mode", "layers"), "baseline_ms": report["ms"].get(BASELINE),
              "layers": [asdict(layer) for layer in layers], "spaces": [asdict(s) for s in spaces.values()],
-             "table": report["ms"]}
+             "table": table, "profiles": report.get("profiles", {})}
     path = folder / f"{device_name}-{graph_id[:16]}-b{config.prune.target_batch}.json"
     path.write_text(json.dumps(saved, indent=1, sort_keys=True))
     return path
 
 
+def profile_table_of(whole: Path, layers: list[Layer], spaces: dict[str, GroupSpace],
+                     profiles: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The layer variants' table from TensorRT's profiles, its layer names read against the whole model's nodes."""
+    import onnx
+
+    from ..optimize.prune.layer_profile import node_layers, profile_table
+
+    nodes, order = node_layers(onnx.load(str(whole), load_external_data=False), layers)
+    return profile_table(layers, spaces, profiles, nodes, order)
+
+
 def write_variants(model: Any, protect: list[str], layers: list[Layer], spaces: dict[str, GroupSpace],
-                   config: Config, folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """Every variant's ONNX file (named by content) and the plan: variant id → file name."""
+                   config: Config, folder: Path, forms: Forms | None = None, images: Any = None
+                   ) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Every variant's ONNX file in each form the device reads (named by content) and the plan: variant id →
+    {kind: file name}. With a profiling runtime, the whole models at ``PROFILE_LEVELS`` only."""
+    from ..optimize.prune.layer_profile import level_widths
+
+    forms = forms or Forms(False, frozenset({MODEL_FP32}))
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    plan: dict[str, str] = {}
-    for ident, (layer, cin, cout) in layer_variants(layers, spaces).items():
-        plan[ident] = _store(folder, layer_onnx(layer, cin, cout), files)
-    for ident, widths in whole_widths(spaces).items():
-        plan[ident] = _store(folder, whole_onnx(model, protect, widths, config, folder), files)
+    plan: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+    if not forms.profile:
+        for ident, (layer, cin, cout) in layer_variants(layers, spaces).items():
+            shape = (CALIBRATION_INPUTS, cin, *layer.size) if layer.kind == "conv" else (CALIBRATION_INPUTS, cin)
+            plan[ident] = variant_files(folder, layer_onnx(layer, cin, cout), forms, files,
+                                 lambda shape=shape: rng.standard_normal(shape).astype(np.float32))
+    wholes = level_widths(spaces) if forms.profile else whole_widths(spaces)
+    real = (lambda: np.asarray(images, dtype=np.float32)) if images is not None else \
+        (lambda: rng.standard_normal((CALIBRATION_INPUTS, *config.input.shape)).astype(np.float32))
+    for ident, widths in wholes.items():
+        plan[ident] = variant_files(folder, whole_onnx(model, protect, widths, config, folder), forms, files, real)
     plan[BASELINE] = plan["whole:1.0"]
     return files, plan
+
+
+CALIBRATION_INPUTS = 4  # random inputs calibrating one layer variant's INT8 form: its scales do not change its speed
+
+
+def variant_files(folder: Path, payload: bytes, forms: Forms, files: dict[str, Path], inputs: Callable[[], Any]
+           ) -> dict[str, str]:
+    """The float variant and its other forms, each written once per content (a second push quantises nothing)."""
+    name = _store(folder, payload, files)
+    entry = {MODEL_FP32: name}
+    for kind in sorted(forms.kinds - {MODEL_FP32}):
+        derived = folder / f"{name[:-len('.onnx')]}.{kind}"
+        if not derived.exists():
+            _WRITERS[kind](folder / name, derived, inputs)
+        entry[kind] = _store(folder, derived.read_bytes(), files)
+    return entry
+
+
+def _int8_table(float_file: Path, inputs: Any) -> Any:
+    from ...calibration.collect import collect, make_table
+
+    return make_table(collect(float_file, [inputs]), "minmax")
+
+
+def _write_cpu(reduce_range: bool) -> Callable[[Path, Path, Callable[[], Any]], None]:
+    def write(source: Path, output: Path, inputs: Callable[[], Any]) -> None:
+        from ...calibration.cpu import write_cpu_int8
+
+        write_cpu_int8(source, _int8_table(source, inputs()), output.with_suffix(".part"), reduce_range=reduce_range)
+        output.with_suffix(".part").replace(output)
+    return write
+
+
+def _write_qdq(source: Path, output: Path, inputs: Callable[[], Any]) -> None:
+    from ...calibration.trt_qdq import write_trt_qdq
+
+    write_trt_qdq(source, _int8_table(source, inputs()), output.with_suffix(".part"))
+    output.with_suffix(".part").replace(output)
+
+
+def _write_fp16(source: Path, output: Path, inputs: Callable[[], Any]) -> None:
+    from ..optimize.quantize.fp16 import write_fp16
+
+    write_fp16(source, output.with_suffix(".part"))
+    output.with_suffix(".part").replace(output)
+
+
+def _write_qdq_fp16(source: Path, output: Path, inputs: Callable[[], Any]) -> None:
+    from ..optimize.quantize.fp16 import write_qdq_fp16
+
+    qdq = output.with_name(output.name + ".qdq.onnx")
+    if not qdq.exists():
+        _write_qdq(source, qdq, inputs)
+    write_qdq_fp16(qdq, output.with_suffix(".part"))
+    output.with_suffix(".part").replace(output)
+
+
+_WRITERS: dict[str, Callable[[Path, Path, Callable[[], Any]], None]] = {
+    kinds_of.MODEL_INT8_CPU: _write_cpu(False), kinds_of.MODEL_INT8_CPU_AVX2: _write_cpu(True),
+    kinds_of.MODEL_INT8_QDQ: _write_qdq, kinds_of.MODEL_FP16: _write_fp16,
+    kinds_of.MODEL_INT8_QDQ_FP16: _write_qdq_fp16}
 
 
 def _store(folder: Path, payload: bytes, files: dict[str, Path]) -> str:
@@ -135,33 +286,39 @@ def whole_onnx(model: Any, protect: list[str], widths: dict[str, int], config: C
     return payload
 
 
-def run_job(config: Config, device_name: str, device: DeviceSection, files: dict[str, Path], plan: dict[str, str],
-            graph_id: str, say: Say, on_event: EventSink) -> dict[str, Any]:
-    """Sign, upload what the device lacks, publish the latency job and follow it to its report."""
+Prepare = Callable[[dict[str, Any] | None], tuple[dict[str, Path], dict[str, Any], Forms]]
+
+
+def run_job(config: Config, device_name: str, device: DeviceSection, prepare: Prepare, graph_id: str, say: Say,
+            on_event: EventSink) -> tuple[dict[str, Any], dict[str, Path], dict[str, Any]]:
+    """Ask the device what it runs (its status), write the variants it needs (``prepare``), sign, upload what it
+    lacks, publish the latency job and follow it to its report."""
     from ..optimize import Optimized
     from .bundle import build_settings
     from .keys import load_or_create_key, sign
     from .session import connected, follow, ship
 
     build = dict(build_settings(device), allow_fallback=False)
-    manifest = {
-        "schema_version": SCHEMA_VERSION, "kind": LATENCY_MODEL, "model": config.project.name,
-        "edgekit_version": __version__,
-        "input": {"name": config.input.name, "shape": config.input.shape, "dtype": "float32",
-                  "batch_sizes": [config.prune.target_batch]},
-        "target": {"backend": device.backend, "precision": device.precision, "build": build},
-        "files": file_entries(files),
-        "latency": {"graph": graph_id, "batch": config.prune.target_batch, "iterations": ITERATIONS,
-                    "max_seconds": config.prune.latency_budget_s, "variants": plan},
-    }
-    parse_manifest(manifest)
-    payload = canonical_bytes(manifest)
     key = load_or_create_key(host_home())
     with connected(device_name, device, key) as transport:
+        files, plan, forms = prepare(transport.status())
+        manifest = {
+            "schema_version": SCHEMA_VERSION, "kind": LATENCY_MODEL, "model": config.project.name,
+            "edgekit_version": __version__,
+            "input": {"name": config.input.name, "shape": config.input.shape, "dtype": "float32",
+                      "batch_sizes": [config.prune.target_batch]},
+            "target": {"backend": device.backend, "precision": device.precision, "build": build},
+            "files": file_entries(files),
+            "latency": {"graph": graph_id, "batch": config.prune.target_batch, "iterations": ITERATIONS,
+                        "max_seconds": config.prune.latency_budget_s, "variants": plan,
+                        "mode": "profile" if forms.profile else "layers"},
+        }
+        parse_manifest(manifest)
+        payload = canonical_bytes(manifest)
         shipped = Optimized(files[next(iter(files))].parent, files, [], {})
         shipment = ship(transport, shipped, manifest, sign(key, payload), payload, say)
         report = follow(transport, shipment.job, on_event)
     if report.get("status") != "done" or not isinstance(report.get("ms"), dict):
         raise CheckFailed(f"measuring the latency model on {device_name} failed: {report.get('error', 'no table')}; "
                           "nothing was optimised or deployed")
-    return report
+    return report, files, plan

@@ -194,6 +194,14 @@ def latency_outcome(stages: list[dict[str, Any]], report: dict[str, Any]) -> dic
     verdict = (f"latency target {info['target_ms']:.3g} ms at batch {info['batch']}: measured {measured:.3g} ms "
                f"({'met' if met else 'missed'}, within {TARGET_TOLERANCE:.0%} allowed; latency model predicted "
                f"{info['predicted_ms']:.3g} ms, {error:+.0%})")
+    # precision = "auto": the table was measured at the precision the unpruned model's race favoured; the final
+    # model's race may pick another (INT8 failing validation, a pruned model where FP32 wins): say so
+    final = (report.get("backend"), report.get("precision"))
+    modelled = (info.get("backend"), info.get("precision"))
+    if all(final) and all(modelled) and final != modelled:
+        verdict += (f"; the latency model was measured on {' '.join(modelled)} but the device's race picked "
+                    f"{' '.join(final)} for the final model, so the prediction was for another engine")
     for row in [r for r in stages if r.get("step") == "prune" and "predicted" in str(r.get("note", ""))]:
         row["note"] = f"{row['note']}; measured {measured:.3g} ms ({error:+.0%} predicted vs measured)"
-    return dict(info, measured_ms=measured, met=met, model_error=error, verdict=verdict)
+    return dict(info, measured_ms=measured, met=met, model_error=error, verdict=verdict,
+                modelled_as_shipped=not (all(final) and all(modelled) and final != modelled))

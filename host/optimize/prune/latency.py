@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 LEVELS = (1.0, 0.75, 0.5, 0.25, 0.125)  # fractions of a group's width timed per layer (plus its floor)
 WHOLE_LEVELS = (1.0, 0.5, 0.0)  # whole models timed to calibrate the layer sum (0.0: every group at its floor)
@@ -193,12 +193,15 @@ def load_model_file(path: Path) -> tuple[LatencyModel, dict[str, Any]]:
 # -- the search ------------------------------------------------------------------------------------
 @dataclass
 class Search:
-    """The widths chosen, their predicted latency, and whether the target is met (else: the closest)."""
+    """The widths chosen, their predicted latency, and whether the target is met (else: the closest).
+    ``path`` is every point the greedy walk went through, full width first: where the closest configuration
+    within the accuracy budget is looked for when the end of the walk loses too much (``closest_on_path``)."""
 
     widths: dict[str, int]
     predicted_ms: float
     reached: bool
     steps: int
+    path: list[tuple[dict[str, int], float]] = field(default_factory=list)
 
 
 def search_widths(model: LatencyModel, scores: Mapping[str, list[float]], target_ms: float) -> Search:
@@ -211,6 +214,7 @@ def search_widths(model: LatencyModel, scores: Mapping[str, list[float]], target
     widths = model.full()
     ranked = {name: sorted(scores.get(name, [1.0] * space.width)) for name, space in model.spaces.items()}
     current = model.predict(widths)
+    path = [(dict(widths), current)]
     steps = 0
     while current > target_ms:
         best: Optional[tuple[float, str, float]] = None
@@ -231,8 +235,29 @@ def search_widths(model: LatencyModel, scores: Mapping[str, list[float]], target
             break
         widths[best[1]] -= model.spaces[best[1]].unit
         current = model.predict(widths)
+        path.append((dict(widths), current))
         steps += 1
-    return Search(widths, current, current <= target_ms, steps)
+    return Search(widths, current, current <= target_ms, steps, path)
+
+
+def closest_on_path(size: int, within: Callable[[int], bool], failing: int, probes: int) -> tuple[int, list[int]]:
+    """The furthest point of a greedy path (index 0: full width, which is within the budget by definition)
+    still within the accuracy budget, by bisection: ``failing`` is a point known to be outside it (the end of
+    the walk, once fine-tuned), ``within(i)`` fine-tunes point ``i`` and judges it. Accuracy falls along the
+    path (each point removes channels from the previous one), so at most ``probes`` fine-tunings find the
+    boundary to within the path's length / 2**probes; the answer is the furthest point *judged* within, never
+    merely the last one tried. Returns that index and the indices probed, in order."""
+    if not 0 < failing < size:
+        raise ValueError(f"failing point {failing} is not on a path of {size}")
+    low, high, tried = 0, failing, []
+    while high - low > 1 and len(tried) < probes:
+        middle = (low + high) // 2
+        tried.append(middle)
+        if within(middle):
+            low = middle
+        else:
+            high = middle
+    return low, tried
 
 
 def uniform_widths(model: LatencyModel, target_ms: float, tolerance: float = 1e-3) -> Search:

@@ -12,6 +12,7 @@ from ..runner import Context, Lazy, Output, Stage
 
 PRUNED = "pruned.pt"
 PROBE_IMAGES = 16  # real images run after every pruning step and by the probe for unfollowable layers
+CLOSEST_PROBES = 4  # fine-tunings spent finding the closest latency within the accuracy budget (a failing target)
 
 
 def rebuild(ctx: Context, history: list[list]) -> Any:
@@ -63,25 +64,39 @@ class PruneStage(Stage):
     def check(self, ctx: Context, info: dict[str, Any]) -> None:
         if info.get("enabled", True):
             if "latency" in info:
-                check_reachable(info["latency"], info["test_top1"], ctx.info["load"]["test_images"])
-            check_accuracy_drop(ctx.config, ctx.info["load"]["torch_top1"], info["test_top1"],
-                                ctx.info["load"]["test_images"], info.get("latency"))
+                check_latency_target(info["latency"], ctx.info["load"]["torch_top1"], info["test_top1"],
+                                     ctx.info["load"]["test_images"])
+            else:
+                check_accuracy_drop(ctx.config, ctx.info["load"]["torch_top1"], info["test_top1"],
+                                    ctx.info["load"]["test_images"])
 
 
-def check_reachable(latency: dict[str, Any], top1: float, images: int) -> None:
-    """A latency target the widths cannot reach fails before any upload, with the closest it can do."""
+def check_latency_target(latency: dict[str, Any], before: float, after: float, images: int) -> None:
+    """A latency target that cannot be met within the accuracy budget fails before any upload, in one line
+    with the closest latency that stays within it and its top-1 (``latency["closest"]``, found by the prune)."""
     from ...errors import CheckFailed
 
-    if latency["reached"]:
+    closest = latency.get("closest")
+    if closest is None:
         return
-    raise CheckFailed(f"prune target {latency['target_ms']:.3g} ms at batch {latency['batch']} is out of reach on "
-                      f"{latency['device']} ({latency['backend']}, {latency['precision']}): the closest is "
-                      f"{latency['predicted_ms']:.3g} ms (every group at prune.max_layer_ratio) at top-1 {top1:.2%} "
-                      f"on {images} held-out images; raise the target or prune.max_layer_ratio")
+    where = (f"prune target {latency['target_ms']:.3g} ms at batch {latency['batch']} on {latency['device']} "
+             f"({latency['backend']}, {latency['precision']})")
+    if not closest["accuracy_limited"]:  # the widths' floors are within the budget: the target is out of reach
+        raise CheckFailed(f"{where} is out of reach: the closest is {closest['predicted_ms']:.3g} ms predicted (every "
+                          f"group at prune.max_layer_ratio) at top-1 {closest['top1']:.2%} on {images} held-out "
+                          "images; raise the target or prune.max_layer_ratio")
+    reach = "reach" if latency["reached"] else "come closest to"
+    at = (f"{closest['predicted_ms']:.3g} ms predicted at top-1 {closest['top1']:.2%}"
+          + (" (the unpruned model)" if closest["unpruned"] else ""))
+    raise CheckFailed(f"{where} cannot be met within prune.max_accuracy_drop = {latency['max_accuracy_drop']}: the "
+                      f"widths that {reach} it ({latency['predicted_ms']:.3g} ms predicted) lose "
+                      f"{(before - after) * 100:.1f} points ({before:.1%} → {after:.1%} on {images} held-out images); "
+                      f"the closest within the budget is {at} ({len(closest['probes'])} fine-tuned probe(s)); raise "
+                      "prune.target_latency_ms, fine-tune longer (prune.finetune_epochs, prune.distill = true) or "
+                      "accept the loss with prune.allow_accuracy_drop = true")
 
 
-def check_accuracy_drop(config: Any, before: float, after: float, images: int,
-                        latency: dict[str, Any] | None = None) -> None:
+def check_accuracy_drop(config: Any, before: float, after: float, images: int) -> None:
     """``prune.max_accuracy_drop`` is a promise: missing it fails the push with the figures, unless allowed."""
     from ...errors import CheckFailed
 
@@ -93,11 +108,6 @@ def check_accuracy_drop(config: Any, before: float, after: float, images: int,
                f"{images} held-out images), more than prune.max_accuracy_drop = {budget}")
     if section.allow_accuracy_drop:
         return
-    if latency:
-        raise CheckFailed(f"{figures} at the closest widths to {latency['target_ms']:.3g} ms at batch "
-                          f"{latency['batch']} on {latency['device']} ({latency['predicted_ms']:.3g} ms predicted); "
-                          "raise prune.target_latency_ms, fine-tune longer (prune.finetune_epochs, prune.distill = "
-                          "true), or accept it with prune.allow_accuracy_drop = true (the pruned model is cached)")
     raise CheckFailed(f"{figures}; fine-tune longer (prune.finetune_epochs, prune.distill = true), prune less "
                       "(prune.ratio), or accept it with prune.allow_accuracy_drop = true (the pruned model is cached)")
 
@@ -120,6 +130,8 @@ def _load_pruned(ctx: Context, path: Path) -> Any:
 
 def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str, Any]]:
     """Prune → fine-tune (iteratively) on a split of the training images; saves ``pruned.pt``."""
+    import copy
+
     import torch
 
     from ...train.accelerator import describe, resolve
@@ -158,6 +170,7 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
     example = torch.zeros(1, *config.input.shape, device=device)
     batch = torch.from_numpy(normalize(fitting.images[:PROBE_IMAGES], mean, std)).to(device)
     chooser = LatencyChooser(ctx, say) if section.latency_target else None
+    original = copy.deepcopy(model) if chooser is not None else None  # the closest-within-budget probes start here
     steps = prune_model(model, spec, example, lambda step: batches(fitting, 64, mean, std, shuffle=True, seed=step),
                         fit, say, batch=batch, widths_for=chooser)
     model.cpu()
@@ -187,8 +200,56 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
             "finetune_epochs": [s.epochs for s in steps], "step_rows": history, "protected": protected,
             "device": str(device), "test_top1": top1(model.eval(), data.test, mean, std, output), "note": note}
     if latency is not None:
+        evaluate = lambda net: top1(net.eval(), data.test, mean, std, output)  # noqa: E731
+        latency["closest"] = closest_within_budget(ctx, chooser, original, final.protected, fit, evaluate,
+                                                   info["test_top1"], say)
+        latency["max_accuracy_drop"] = section.max_accuracy_drop
         info["latency"] = latency
     return model.eval(), info
+
+
+def closest_within_budget(ctx: Context, chooser: "LatencyChooser", original: Any, auto: dict[str, str], fit: Any,
+                          evaluate: Any, final_top1: float, say: Any) -> dict[str, Any] | None:
+    """When the target is out of reach or its widths lose more than ``max_accuracy_drop`` (on the held-out images
+    the budget is promised on), the closest latency that stays within the budget, and its top-1: points of the
+    greedy path pruned from the unpruned model in one shot and fine-tuned, by bisection (``closest_on_path``,
+    at most CLOSEST_PROBES fine-tunings). None when the target is met within the budget."""
+    from ...outputs import output_layers
+    from .latency import closest_on_path
+    from .structured import prune_copy
+
+    section = ctx.config.prune
+    before = ctx.info["load"]["torch_top1"]
+    budget = None if section.allow_accuracy_drop else section.max_accuracy_drop
+    within = budget is None or before - final_top1 <= budget + 1e-9
+    path, latency = chooser.path, chooser.result
+    if within:
+        if latency["reached"]:
+            return None
+        return {"predicted_ms": path[-1][1], "top1": final_top1, "widths": path[-1][0], "unpruned": False,
+                "accuracy_limited": False, "probes": []}
+    if len(path) < 2:  # nothing was cut: the loss is fine-tuning's, the unpruned model is the closest
+        return {"predicted_ms": path[0][1], "top1": before, "widths": path[0][0], "unpruned": True,
+                "accuracy_limited": True, "probes": []}
+    import torch
+
+    example = torch.zeros(1, *ctx.config.input.shape)
+    original = original.cpu()
+    protect = list(dict.fromkeys([*section.protect, *output_layers(original.eval(), example), *auto]))
+    judged: dict[int, float] = {}
+
+    def judge(index: int) -> bool:
+        say(f"closest latency within prune.max_accuracy_drop: fine-tuning point {index}/{len(path) - 1} of the "
+            f"search ({path[index][1]:.3g} ms predicted), probe {len(judged) + 1} of at most {CLOSEST_PROBES}")
+        net = prune_copy(original, example, protect, path[index][0], chooser.scores)
+        fit(net, 1, None, None)
+        judged[index] = evaluate(net.cpu())
+        return before - judged[index] <= budget + 1e-9
+
+    index, tried = closest_on_path(len(path), judge, len(path) - 1, CLOSEST_PROBES)
+    return {"predicted_ms": path[index][1], "top1": judged.get(index, before), "widths": path[index][0],
+            "unpruned": index == 0, "accuracy_limited": True,
+            "probes": [{"predicted_ms": path[i][1], "top1": judged[i]} for i in tried]}
 
 
 class LatencyChooser:
@@ -207,11 +268,14 @@ class LatencyChooser:
         self.target = resolve_target(section.target_latency_ms, section.target_speedup, self.saved["baseline_ms"])
         self.say = say
         self.result: dict[str, Any] | None = None
+        self.path: list[tuple[dict[str, int], float]] = []
+        self.scores: dict[str, Any] = {}
 
     def __call__(self, scores: dict[str, Any], widths: dict[str, int]) -> dict[str, int]:
         from .latency import search_widths
 
         found = search_widths(self.model, {name: score.tolist() for name, score in scores.items()}, self.target)
+        self.path, self.scores = found.path, scores
         saved = self.saved
         self.result = {"target_ms": self.target, "predicted_ms": found.predicted_ms, "reached": found.reached,
                        "widths": found.widths, "full": self.model.full(), "batch": saved["batch"],

@@ -305,6 +305,20 @@ def prune_to(graph: tp.DependencyGraph, group: PruneGroup, score: torch.Tensor, 
     pruning.prune()
 
 
+def prune_copy(model: nn.Module, example: torch.Tensor, protect: Iterable[str], widths: dict[str, int],
+               scores: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` with each group named in ``widths`` cut to it in one shot (its lowest-``scores``
+    channels removed), the rest untouched: a point of the latency search tried on its own."""
+    import copy
+
+    net = copy.deepcopy(model).eval()
+    graph = build_graph(net, example)
+    for group in prune_groups(graph, net, protect):
+        if group.name in widths and group.name in scores:
+            prune_to(graph, group, scores[group.name], widths[group.name])
+    return net
+
+
 def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, float]:
     """MACs of every Conv2d/Linear at ``example``'s size, from one forward pass."""
     macs: dict[nn.Module, float] = {}
