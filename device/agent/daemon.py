@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import __version__
-from ..contract.protocol import HEARTBEAT_S, STALE_PART_S
+from ..contract.protocol import DEVICE_INFO, HEARTBEAT_S, STALE_PART_S
 from ..errors import ConfigError, device_error
 from ..jobs.auto import AUTO_CRASHED, AUTO_TRYING, MAX_CRASHED_CANDIDATES
 from ..jobs.engines import cleanup_builds
 from ..jobs.runner import JobRunner
+from .admin import describe_device
 from .health import repair
-from .spool import STATUS_FILE, AgentLock, Spool, write_atomic, write_json_atomic
+from .spool import STATUS_FILE, AgentLock, Spool, log, write_atomic, write_json_atomic
 from .store import collect
 
 RESERVE = "agent.reserve"  # space kept back so a failure can still be recorded on a full disk
@@ -36,16 +37,6 @@ REPAIR_S = 2.0  # how often the active models' engines are looked at (a few stat
 LOCK_WAIT_S = 5.0  # a killed predecessor's worker can take a moment to die (it holds the runtimes' memory)
 
 _held: Optional[AgentLock] = None  # this agent's lock, which its forked workers must let go of
-
-
-def log(message: str) -> None:
-    """The agent's log is its stderr: journald under systemd, ``agent.log`` for the local device. A log on a
-    full or failing disk loses the line, never the agent (an exception here would stop it)."""
-    try:
-        sys.stderr.write("edgekit-agent: {}\n".format(message))
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def serve(root: Path, poll: float, once: bool) -> int:
@@ -74,6 +65,7 @@ def _start(spool: Spool) -> None:
     _quietly(lambda: write_json_atomic(spool.root / STATUS_FILE, {
         "pid": os.getpid(), "version": __version__, "started": time.time(), "root": str(spool.root)}))
     _quietly(spool.beat)
+    _quietly(lambda: write_json_atomic(spool.root / DEVICE_INFO, describe_device()))
     _quietly(lambda: cleanup_builds(spool))
     _quietly(lambda: spool.sweep_parts(STALE_PART_S))
     _quietly(lambda: _ensure_reserve(spool))
