@@ -173,6 +173,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--reuse", type=Path, help="an earlier run's project: its checkpoint and optimisation cache "
                         "are copied, and an agent venv already on the first device user is kept (a loaded machine)")
+    parser.add_argument("--reinstall-agent", action="store_true", help="with --reuse: set the agent up again "
+                        "(this checkout's agent, when the venv holds another version's)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgekit-fleet-"))
     home = client_home(work)
@@ -203,7 +205,7 @@ def main() -> None:
         else:
             cli(project, "train")
         cli(project, "optimize")  # so the rollouts' one optimisation is the cached one: their time is the fleet's
-        fresh = not (args.reuse and Path(venv, "bin", "edgekit-agent").exists())
+        fresh = args.reinstall_agent or not (args.reuse and Path(venv, "bin", "edgekit-agent").exists())
         if fresh:
             cli(project, "device", "setup", devices[0]["name"], "--no-openvino")
         attach_agents(project, dict(os.environ), [d["name"] for d in devices[int(fresh):]])
