@@ -87,17 +87,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgekit-ddp-"))
     write_digits(work / "data")
     rows: list[list] = []
-    data: dict = {"seeds": {seed: one_seed(work, seed, args, rows) for seed in seeds}}
+    data: dict = {"seeds": {}}
+    for seed in seeds:  # each seed's gaps as soon as they are known (a long run stopped early keeps them)
+        data["seeds"][seed] = result = one_seed(work, seed, args, rows)
+        print(f"seed {seed}: top-1 gap train {result['train_gap_points']:.2f} points, "
+              f"fine-tune {result['finetune_gap_points']:.2f} points", flush=True)
     for kind in ("train", "finetune"):
         gaps = [data["seeds"][seed][f"{kind}_gap_points"] for seed in seeds]
         data[f"{kind}_gap_points_mean"] = sum(gaps) / len(gaps)
     data["settings"] = vars(args)
     report("ddp", "1 vs 2 gloo processes (torch.distributed, CPU): held-out top-1 and seconds",
            ["seed", "run", "top-1 %", "seconds"], rows, data)
-    for seed in seeds:
-        result = data["seeds"][seed]
-        print(f"seed {seed}: top-1 gap train {result['train_gap_points']:.2f} points, "
-              f"fine-tune {result['finetune_gap_points']:.2f} points")
     print(f"mean gap: train {data['train_gap_points_mean']:.2f} points, "
           f"fine-tune {data['finetune_gap_points_mean']:.2f} points")
     shutil.rmtree(work, ignore_errors=True)
