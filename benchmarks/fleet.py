@@ -61,18 +61,20 @@ class Counters:
         from edgekit.host.ship.transports.client import SpoolClient
 
         self.optimize_calls, self.uploads = 0, []
-        real_optimize, real_upload = optimize_package.optimize, SpoolClient.upload
+        # the step that sends one blob: send_part (upload_all commits them together), upload in older code
+        step = "send_part" if "send_part" in vars(SpoolClient) else "upload"
+        real_optimize, real_send = optimize_package.optimize, getattr(SpoolClient, step)
 
         def optimize(*args, **kwargs):
             self.optimize_calls += 1
             return real_optimize(*args, **kwargs)
 
-        def upload(client, sha, path, progress):
+        def send(client, sha, path, progress):
             self.uploads.append((client.device_name, sha))
-            return real_upload(client, sha, path, progress)
+            return real_send(client, sha, path, progress)
 
         optimize_package.optimize = push_module.optimize = optimize
-        SpoolClient.upload = upload
+        setattr(SpoolClient, step, send)
 
     def reset(self) -> None:
         self.optimize_calls, self.uploads = 0, []

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import __version__
+from ..contract.protocol import DEVICE_INFO
 from ..errors import ConfigError, device_error
-from .spool import LOCK, STATUS_FILE, AgentLock, Spool, read_json
+from .spool import LOCK, STATUS_FILE, AgentLock, Spool, read_json, write_json_atomic
 from .store import CONFIG as STORE_CONFIG
 from .store import collect, load_config, save_config, usage
 
@@ -75,6 +76,13 @@ def describe_device() -> Dict[str, Any]:
 
     return {"version": __version__, "backends": describe_all(), "device": describe_host(), "cuda": cuda_bindings(),
             "cpu": describe_cpu()}
+
+
+def write_device_info(root: Path) -> None:
+    """`edgekit-agent describe`: ``describe_device`` into the root's ``DEVICE_INFO`` file. The agent runs it at
+    start in a process of its own: describing TensorRT initialises CUDA, which a process must not do before it
+    forks the job workers."""
+    write_json_atomic(Spool(root).root / DEVICE_INFO, describe_device())
 
 
 def commit_uploads(root: Path, shas: List[str], writer: str) -> Dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 from .. import __version__
 from ..contract.service import CONFIG_ERROR_EXIT
 from ..errors import ConfigError, device_error
-from .admin import commit_uploads, gc, install_service, status
+from .admin import commit_uploads, gc, install_service, status, write_device_info
 from .spool import log
 
 DEFAULT_ROOT = "~/.edgekit"
@@ -33,6 +33,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     info = sub.add_parser("status", help="print the agent's state, backends and device as JSON")
     info.add_argument("--root", default=DEFAULT_ROOT)
     info.add_argument("--load-engines", action="store_true", help="also load each active model's engine")
+    describe = sub.add_parser("describe", help="write device.json in the root: the runtimes and CPU a push chooses "
+                                               "the files by (the agent runs it at start)")
+    describe.add_argument("--root", default=DEFAULT_ROOT)
     blob = sub.add_parser("commit-blob", help="move uploaded blobs/<sha>.<writer>.part files into the store if "
                                               "their hashes match")
     blob.add_argument("--root", default=DEFAULT_ROOT)
@@ -68,6 +71,11 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(args: argparse.Namespace) -> int:
+    write_device_info(_root(args))
+    return 0
+
+
 def _commit_blob(args: argparse.Namespace) -> int:
     """Every blob named is committed; exit 1 with ``error: <sha>: <reason>`` per failed one on stderr (the SSH
     transport shows the last line to the user)."""
@@ -93,7 +101,8 @@ def _install_service(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
-    "serve": _serve, "status": _status, "commit-blob": _commit_blob, "gc": _gc, "install-service": _install_service,
+    "serve": _serve, "status": _status, "describe": _describe, "commit-blob": _commit_blob, "gc": _gc,
+    "install-service": _install_service,
 }
 
 
