@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
 def world_size() -> int:
@@ -107,6 +107,17 @@ def take_main_weights(model: Any) -> None:
 
     for tensor in model.state_dict().values():
         dist.broadcast(tensor, 0)
+
+
+def shares(batches: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Any, float]]:
+    """This rank's part of each global batch (inputs, labels) with its loss weight; all of it, weight 1, in one
+    process. A last batch smaller than the world is skipped: every rank must take part in every step."""
+    for inputs, labels in batches:
+        if not active():
+            yield inputs, labels, 1.0
+        elif len(labels) >= world_size():
+            own, weight = part(len(labels))
+            yield inputs[own], labels[own], weight
 
 
 def part(count: int) -> tuple[slice, float]:

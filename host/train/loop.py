@@ -61,13 +61,8 @@ def _epochs(model: nn.Module, net: nn.Module, split: Split, mean: list[float], s
         total, count = 0.0, 0
         # under torch.distributed every rank draws the whole global batch (one process's shuffle and augmentation)
         # and keeps its share of it: the same steps on the same samples as one process
-        for inputs, labels in batches(split, batch_size, mean, std, shuffle=True, augment=augment, seed=seed + epoch):
-            weight = 1.0
-            if distributed.active():
-                if len(labels) < distributed.world_size():  # every rank must take part in every step
-                    continue
-                own, weight = distributed.part(len(labels))
-                inputs, labels = inputs[own], labels[own]
+        source = batches(split, batch_size, mean, std, shuffle=True, augment=augment, seed=seed + epoch)
+        for inputs, labels, weight in distributed.shares(source):
             inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, amp):

@@ -283,13 +283,7 @@ def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterabl
         net.train()
         total, count = 0.0, 0
         tick = ticker(say, f"QAT epoch {epoch + 1}/{settings.epochs}", steps_per_epoch, "batches")
-        for step, (inputs, labels) in enumerate(batches(settings.seed + epoch)):
-            weight = 1.0
-            if distributed.active():
-                if len(labels) < distributed.world_size():  # every rank must take part in every step
-                    continue
-                own, weight = distributed.part(len(labels))
-                inputs, labels = inputs[own], labels[own]
+        for step, (inputs, labels, weight) in enumerate(distributed.shares(batches(settings.seed + epoch))):
             sgd.zero_grad(set_to_none=True)
             if adam:
                 adam.zero_grad(set_to_none=True)
