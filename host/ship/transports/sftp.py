@@ -160,6 +160,12 @@ class SFTPFS(SpoolFS):
         code, _, err = self.run(self.agent_command("commit-blob", "--writer", writer, *shas))
         if code == 0:
             return None
+        if len(shas) > 1 and "unrecognized arguments" in err:  # an agent older than batched commits: one at a time
+            for sha in shas:
+                problem = self.commit([sha], writer)
+                if problem:
+                    return f"{sha}: {problem}"
+            return None
         lines = [line for line in err.strip().splitlines() if line.strip()]
         return lines[-1].removeprefix("edgekit-agent: error: ") if lines else f"edgekit-agent exited with {code}"
 
