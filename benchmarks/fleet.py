@@ -61,21 +61,93 @@ class Counters:
         from edgekit.host.ship.transports.client import SpoolClient
 
         self.optimize_calls, self.uploads = 0, []
-        real_optimize, real_upload = optimize_package.optimize, SpoolClient.upload
+        # the step that sends one blob: send_part (upload_all commits them together), upload in older code
+        step = "send_part" if "send_part" in vars(SpoolClient) else "upload"
+        real_optimize, real_send = optimize_package.optimize, getattr(SpoolClient, step)
 
         def optimize(*args, **kwargs):
             self.optimize_calls += 1
             return real_optimize(*args, **kwargs)
 
-        def upload(client, sha, path, progress):
+        def send(client, sha, path, progress):
             self.uploads.append((client.device_name, sha))
-            return real_upload(client, sha, path, progress)
+            return real_send(client, sha, path, progress)
 
         optimize_package.optimize = push_module.optimize = optimize
-        SpoolClient.upload = upload
+        setattr(SpoolClient, step, send)
 
     def reset(self) -> None:
         self.optimize_calls, self.uploads = 0, []
+
+
+class Phases:
+    """Where the host's time per device goes (at --max-parallel 1 the devices run one after the other): each
+    step of a push wrapped with a clock in this process, summed per rollout."""
+
+    STEPS = {
+        "edgekit.host.ship.transports.ssh:SSHTransport.__init__": "SSH connect + host-key check + SFTP",
+        "edgekit.host.ship.transports.ssh:SSHTransport.ensure_agent": "ensure_agent",
+        "edgekit.host.ship.transports.ssh:SSHTransport.status": "device status query",
+        "edgekit.host.ship.transports.client:SpoolClient.snapshot": "device status query",
+        "edgekit.host.ship.push:typed_files_for": "manifest + pre-upload checks (host)",
+        "edgekit.host.ship.push:make_manifest": "manifest + pre-upload checks (host)",
+        "edgekit.host.ship.push:failing_alternatives": "manifest + pre-upload checks (host)",
+        "edgekit.host.ship.push:load_or_create_key": "key + history open",
+        "edgekit.host.ship.push:History": "key + history open",
+        "edgekit.host.ship.transports.client:SpoolClient.missing": "missing-blob check",
+        "edgekit.host.ship.transports.client:SpoolClient.make_room": "make_room (gc)",
+        "edgekit.host.ship.transports.client:SpoolClient.upload": "upload + commit",
+        "edgekit.host.ship.transports.client:SpoolClient.upload_all": "upload + commit",
+        "edgekit.host.ship.transports.client:SpoolClient.publish": "publish",
+        "edgekit.host.ship.push:follow": "follow (incl. the job)",
+        "edgekit.host.ship.push:store_run": "history + report write",
+        "edgekit.host.ship.transports.client:SpoolClient.close": "close",
+    }
+
+    def __init__(self) -> None:
+        import importlib
+
+        self.seconds: dict[str, float] = {}
+        for spec, label in self.STEPS.items():
+            module_name, _, attr = spec.partition(":")
+            owner: object = importlib.import_module(module_name)
+            *path, name = attr.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            if name in vars(owner):  # steps that this version of the code has
+                setattr(owner, name, self._clocked(getattr(owner, name), label))
+
+    def _clocked(self, function, label: str):
+        import functools
+
+        if isinstance(function, type):
+            phases = self
+
+            class Clocked(function):  # a class (History): its construction is the step
+                def __init__(self, *args, **kwargs):
+                    start = time.perf_counter()
+                    try:
+                        super().__init__(*args, **kwargs)
+                    finally:
+                        phases.seconds[label] = phases.seconds.get(label, 0.0) + time.perf_counter() - start
+
+            return Clocked
+
+        @functools.wraps(function)
+        def clocked(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
+
+        return clocked
+
+    def take(self, devices: int) -> dict[str, float]:
+        """Seconds per device in each step since the last take."""
+        taken = {label: round(seconds / devices, 4) for label, seconds in self.seconds.items()}
+        self.seconds = {}
+        return taken
 
 
 def rollout(project: Path, names: list[str], waves: str, parallel: int):
@@ -103,6 +175,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--reuse", type=Path, help="an earlier run's project: its checkpoint and optimisation cache "
                         "are copied, and an agent venv already on the first device user is kept (a loaded machine)")
+    parser.add_argument("--reinstall-agent", action="store_true", help="with --reuse: set the agent up again "
+                        "(this checkout's agent, when the venv holds another version's)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgekit-fleet-"))
     home = client_home(work)
@@ -133,7 +207,7 @@ def main() -> None:
         else:
             cli(project, "train")
         cli(project, "optimize")  # so the rollouts' one optimisation is the cached one: their time is the fleet's
-        fresh = not (args.reuse and Path(venv, "bin", "edgekit-agent").exists())
+        fresh = args.reinstall_agent or not (args.reuse and Path(venv, "bin", "edgekit-agent").exists())
         if fresh:
             cli(project, "device", "setup", devices[0]["name"], "--no-openvino")
         attach_agents(project, dict(os.environ), [d["name"] for d in devices[int(fresh):]])
@@ -159,8 +233,9 @@ def main() -> None:
 
 def measure(project: Path, devices: list[dict], venv: str, trials: int) -> dict:
     names = [d["name"] for d in devices]
-    counters = Counters()
+    counters, phases = Counters(), Phases()
     record, wall = rollout(project, names, "1,10%,100%", 1)
+    first_phases = phases.take(len(names))
     assert record.data["status"] == "done", record.data
     entries = record.devices
     overheads = [e["host_s"] - e["job_s"] for e in entries.values()]
@@ -173,11 +248,17 @@ def measure(project: Path, devices: list[dict], venv: str, trials: int) -> dict:
     counters.reset()
     second, _ = rollout(project, names, "1,10%,100%", 1)
     assert second.data["status"] == "done", second.data
+    repeat_phases = phases.take(len(names))
     repeat = [e["host_s"] - e["job_s"] for e in second.devices.values()]
+    for label, taken, entries_of in (("first", first_phases, entries), ("repeat", repeat_phases, second.devices)):
+        taken["follow beyond the job"] = round(taken.get("follow (incl. the job)", 0.0) - statistics.mean(
+            e["job_s"] for e in entries_of.values()), 4)
+        print(f"host seconds per device, {label} rollout: " + json.dumps(taken))
     results = dict(first, overhead_median_s=statistics.median(overheads), overhead_max_s=max(overheads),
                    repeat_overhead_median_s=statistics.median(repeat),
                    rollout_wall_s=wall, rollout_overhead_per_device_s=(wall - sum(jobs)) / len(jobs),
                    job_median_s=statistics.median(jobs), second_rollout_uploads=len(counters.uploads),
+                   phases_per_device_s={"first": first_phases, "repeat": repeat_phases},
                    per_device=entries)
     results.update(halt_trials(project, devices, trials))
     results.update(rollback_trials(project, devices, venv, trials))

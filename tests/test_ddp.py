@@ -42,3 +42,48 @@ def test_two_gloo_processes_train_and_fine_tune_with_rank_0_alone_writing(projec
     entries = [p for p in (project / ".edgekit" / "cache" / "prune").iterdir()]
     assert len([p for p in entries if not p.name.startswith(".")]) == 1
     assert not [p for p in entries if p.name.startswith(".tmp-")]
+
+
+WORKER = '''
+import sys
+import numpy as np
+import torch
+from torch import nn
+from edgekit.host.train import distributed
+from edgekit.host.train.data import Split
+from edgekit.host.train.loop import train
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(8, 10))
+rng = np.random.default_rng(0)
+split = Split(rng.integers(0, 256, (75, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 75))
+# 75 samples in global batches of 16: the last batch (11) splits 6/5 between 2 ranks
+train(model, split, [120.0] * 3, [60.0] * 3, epochs=2, batch_size=16, lr=0.1, augment=("crop", "flip"), seed=3)
+if distributed.is_main():
+    torch.save(model.state_dict(), sys.argv[1])
+'''
+
+
+def test_two_workers_take_the_single_process_steps(tmp_path):
+    """By construction, not in expectation: 2 DDP workers (gloo) end with one process's weights and BatchNorm
+    statistics (same global batches, same augmentation, batch-wide BatchNorm statistics, loss weighted by share)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for nproc in (1, 2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   str(script), str(tmp_path / f"{nproc}.pt")]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = torch.load(tmp_path / "1.pt"), torch.load(tmp_path / "2.pt")
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name].double(), two[name].double(), rtol=1e-4, atol=1e-5), name
+    assert one["1.num_batches_tracked"] == two["1.num_batches_tracked"] == 10

@@ -197,3 +197,41 @@ def test_proxyjump_from_ssh_config_is_followed(lab_project, ssh_lab):
         config.write_text(original)
         ssh_config.unlink()
         jump.stop()
+
+
+def test_an_upload_is_committed_in_one_command_and_the_device_read_from_its_file(lab_project, monkeypatch, tmp_path):
+    """The round trips a push makes: the device's runtimes and CPU come from the file the agent wrote at its
+    start (no `edgekit-agent status` run), every blob of an upload is committed by one command, and a part whose
+    bytes do not match its hash is still refused by the device, naming the file."""
+    from edgekit.device.contract.manifest import sha256_file
+    from edgekit.host.config import load_config
+    from edgekit.host.errors import CheckFailed
+    from edgekit.host.ship.transports.sftp import SFTPFS
+    from edgekit.host.ship.transports.ssh import SSHTransport
+
+    project, env, _ = lab_project
+    for key in ("HOME", "EDGEKIT_HOME", "SSH_AUTH_SOCK"):
+        monkeypatch.setenv(key, env[key])
+    blobs = {}
+    for index in range(3):
+        path = tmp_path / f"blob{index}"
+        path.write_bytes(os.urandom(64 * 1024))
+        blobs[sha256_file(path)] = path
+    commands: list[str] = []
+    run = SFTPFS.run
+    monkeypatch.setattr(SFTPFS, "run", lambda fs, command, timeout=600.0: commands.append(command) or
+                        run(fs, command, timeout))
+    transport = SSHTransport("jet", load_config(project / "deploy.toml").device("jet"))
+    try:
+        info = transport.device_info()
+        assert info["backends"]["onnxruntime"]["available"] and info["cpu"] and commands == []
+        transport.upload_all(blobs, lambda size: None)
+        assert len(commands) == 1 and "commit-blob" in commands[0] and all(sha in commands[0] for sha in blobs)
+        assert transport.missing(sorted(blobs)) == []
+        forged = tmp_path / "forged.onnx"
+        forged.write_bytes(b"not the bytes of that hash")
+        with pytest.raises(CheckFailed, match="upload of forged.onnx to jet failed"):
+            transport.upload_all({"0" * 64: forged}, lambda size: None)
+        assert "0" * 64 in transport.missing(["0" * 64])
+    finally:
+        transport.close()

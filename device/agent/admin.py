@@ -11,19 +11,17 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from .. import __version__
-from ..backends import describe_all
-from ..backends.tensorrt.cuda import cuda_bindings
-from ..contract.service import unit_text
-from ..cpu import describe_cpu
+from ..contract.protocol import DEVICE_INFO
 from ..errors import ConfigError, device_error
-from ..telemetry import describe_host
-from .health import model_health
-from .spool import LOCK, STATUS_FILE, AgentLock, Spool, read_json
+from .spool import LOCK, STATUS_FILE, AgentLock, Spool, read_json, write_json_atomic
 from .store import CONFIG as STORE_CONFIG
 from .store import collect, load_config, save_config, usage
+
+# The runtimes, the CPU and host probes and the health check are imported where they are used: commit-blob and gc
+# run on the device once per push, and each import here would be paid by every one of those short processes.
 
 
 def open_root(root: Any) -> Spool:
@@ -49,6 +47,8 @@ def status(root: Path, load_engines: bool = False) -> Dict[str, Any]:
 
     ``model_health`` says, per model, whether its ``current`` engine is there (and, with ``load_engines``,
     loads in its runtime) and which engine would serve otherwise."""
+    from .health import model_health
+
     spool = Spool(root)
     info = read_json(spool.root / STATUS_FILE) or {}
     models = {}
@@ -61,10 +61,35 @@ def status(root: Path, load_engines: bool = False) -> Dict[str, Any]:
         "unfinished": spool.unfinished() if spool.jobs.is_dir() else [], "models": models,
         "model_health": model_health(spool, load_engines),
         "free_disk_bytes": disk.get("free_bytes"), "store_bytes": disk.get("store_bytes"),
-        "store": vars(load_config(spool)), "backends": describe_all(), "device": describe_host(),
-        "cuda": cuda_bindings(),
-        "cpu": describe_cpu(),
+        "store": vars(load_config(spool)), **describe_device(),
     }
+
+
+def describe_device() -> Dict[str, Any]:
+    """What the device is and can run (the runtimes, the host, CUDA, the CPU): what a push chooses the files
+    by. It changes only when software is installed, which restarts the agent: the agent writes it at start
+    (``DEVICE_INFO``) and the host reads that file instead of running ``status`` on every push."""
+    from ..backends import describe_all
+    from ..backends.tensorrt.cuda import cuda_bindings
+    from ..cpu import describe_cpu
+    from ..telemetry import describe_host
+
+    return {"version": __version__, "backends": describe_all(), "device": describe_host(), "cuda": cuda_bindings(),
+            "cpu": describe_cpu()}
+
+
+def write_device_info(root: Path) -> None:
+    """`edgekit-agent describe`: ``describe_device`` into the root's ``DEVICE_INFO`` file. The agent runs it at
+    start in a process of its own: describing TensorRT initialises CUDA, which a process must not do before it
+    forks the job workers."""
+    write_json_atomic(Spool(root).root / DEVICE_INFO, describe_device())
+
+
+def commit_uploads(root: Path, shas: List[str], writer: str) -> Dict[str, str]:
+    """Several uploads committed in one call (one process on the device per push, not one per blob): {sha: the
+    problem} for those that failed."""
+    problems = {sha: commit_upload(root, sha, writer) for sha in shas}
+    return {sha: problem for sha, problem in problems.items() if problem}
 
 
 def commit_upload(root: Path, sha: str, writer: str) -> Optional[str]:
@@ -98,6 +123,8 @@ def gc(root: Path, need_bytes: int, settings: Dict[str, Any]) -> Dict[str, Any]:
 
 def install_service(root: str, output: Optional[str], system: bool, user: Optional[str]) -> str:
     """`edgekit-agent install-service`: the unit text, naming this installation's agent; written to ``output``."""
+    from ..contract.service import unit_text
+
     agent = shutil.which("edgekit-agent") or os.path.join(os.path.dirname(sys.executable), "edgekit-agent")
     text = unit_text(os.path.abspath(agent), str(Path(root).expanduser().resolve()),
                      user or os.environ.get("USER"), system)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -25,7 +26,7 @@ from ..jobs.auto import AUTO_CRASHED, AUTO_TRYING, MAX_CRASHED_CANDIDATES
 from ..jobs.engines import cleanup_builds
 from ..jobs.runner import JobRunner
 from .health import repair
-from .spool import STATUS_FILE, AgentLock, Spool, write_atomic, write_json_atomic
+from .spool import STATUS_FILE, AgentLock, Spool, log, write_atomic, write_json_atomic
 from .store import collect
 
 RESERVE = "agent.reserve"  # space kept back so a failure can still be recorded on a full disk
@@ -36,16 +37,6 @@ REPAIR_S = 2.0  # how often the active models' engines are looked at (a few stat
 LOCK_WAIT_S = 5.0  # a killed predecessor's worker can take a moment to die (it holds the runtimes' memory)
 
 _held: Optional[AgentLock] = None  # this agent's lock, which its forked workers must let go of
-
-
-def log(message: str) -> None:
-    """The agent's log is its stderr: journald under systemd, ``agent.log`` for the local device. A log on a
-    full or failing disk loses the line, never the agent (an exception here would stop it)."""
-    try:
-        sys.stderr.write("edgekit-agent: {}\n".format(message))
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def serve(root: Path, poll: float, once: bool) -> int:
@@ -74,10 +65,29 @@ def _start(spool: Spool) -> None:
     _quietly(lambda: write_json_atomic(spool.root / STATUS_FILE, {
         "pid": os.getpid(), "version": __version__, "started": time.time(), "root": str(spool.root)}))
     _quietly(spool.beat)
+    _quietly(lambda: _describe(spool))
     _quietly(lambda: cleanup_builds(spool))
     _quietly(lambda: spool.sweep_parts(STALE_PART_S))
     _quietly(lambda: _ensure_reserve(spool))
     _quietly(lambda: repair(spool, log))
+
+
+_describer: Optional[subprocess.Popen[bytes]] = None
+
+
+def _describe(spool: Spool) -> None:
+    """device.json (what the host chooses a bundle's files by) written by ``edgekit-agent describe`` in a process
+    of its own, not here: describing TensorRT initialises CUDA, which the forked workers could then not use.
+    Not waited for (importing the runtimes takes seconds); the loop reaps it."""
+    global _describer
+    command = [sys.executable, "-m", __name__.rpartition(".")[0] + ".main", "describe", "--root", str(spool.root)]
+    _describer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
+
+
+def _reap_describer() -> None:
+    global _describer
+    if _describer is not None and _describer.poll() is not None:
+        _describer = None
 
 
 def _loop(spool: Spool, runner: JobRunner, poll: float, once: bool) -> int:
@@ -94,6 +104,7 @@ def _loop(spool: Spool, runner: JobRunner, poll: float, once: bool) -> int:
                 _supervised(spool, runner, job, given_up)
             retry_at = time.monotonic() + RETRY_S
         _quietly(spool.beat)
+        _reap_describer()
         _quietly(lambda: refuse_foreign(spool))
         jobs = _safe(spool.queued, [])
         for job in jobs:

@@ -16,8 +16,8 @@ from typing import Callable, Dict, List, Optional
 from .. import __version__
 from ..contract.service import CONFIG_ERROR_EXIT
 from ..errors import ConfigError, device_error
-from .admin import commit_upload, gc, install_service, status
-from .daemon import log, serve
+from .admin import commit_uploads, gc, install_service, status, write_device_info
+from .spool import log
 
 DEFAULT_ROOT = "~/.edgekit"
 
@@ -33,11 +33,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     info = sub.add_parser("status", help="print the agent's state, backends and device as JSON")
     info.add_argument("--root", default=DEFAULT_ROOT)
     info.add_argument("--load-engines", action="store_true", help="also load each active model's engine")
-    blob = sub.add_parser("commit-blob", help="move an uploaded blobs/<sha>.<writer>.part into the store if its "
-                                              "hash matches")
+    describe = sub.add_parser("describe", help="write device.json in the root: the runtimes and CPU a push chooses "
+                                               "the files by (the agent runs it at start)")
+    describe.add_argument("--root", default=DEFAULT_ROOT)
+    blob = sub.add_parser("commit-blob", help="move uploaded blobs/<sha>.<writer>.part files into the store if "
+                                              "their hashes match")
     blob.add_argument("--root", default=DEFAULT_ROOT)
     blob.add_argument("--writer", default="", help="the uploader's part name (blobs/<sha>.<writer>.part)")
-    blob.add_argument("sha256")
+    blob.add_argument("sha256", nargs="+", help="one or more blobs (one call commits a whole upload)")
     collect_cmd = sub.add_parser("gc", help="remove blobs, engines and jobs nothing needs (LRU) beyond the store "
                                             "limit and free-space floor; print what is left as JSON")
     collect_cmd.add_argument("--root", default=DEFAULT_ROOT)
@@ -58,6 +61,8 @@ def _root(args: argparse.Namespace) -> Path:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .daemon import serve  # the job runner and its imports: not for the short admin commands
+
     return serve(_root(args), args.poll, args.once)
 
 
@@ -66,12 +71,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(args: argparse.Namespace) -> int:
+    write_device_info(_root(args))
+    return 0
+
+
 def _commit_blob(args: argparse.Namespace) -> int:
-    """Exit 1 with the reason as the last stderr line: the SSH transport shows that line to the user."""
-    problem = commit_upload(_root(args), args.sha256, args.writer)
-    if problem:
-        log("error: {}".format(problem))
-    return 1 if problem else 0
+    """Every blob named is committed; exit 1 with ``error: <sha>: <reason>`` per failed one on stderr (the SSH
+    transport shows the last line to the user)."""
+    problems = commit_uploads(_root(args), args.sha256, args.writer)
+    for sha, problem in problems.items():
+        log("error: {}: {}".format(sha, problem))
+    return 1 if problems else 0
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -90,7 +101,8 @@ def _install_service(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
-    "serve": _serve, "status": _status, "commit-blob": _commit_blob, "gc": _gc, "install-service": _install_service,
+    "serve": _serve, "status": _status, "describe": _describe, "commit-blob": _commit_blob, "gc": _gc,
+    "install-service": _install_service,
 }
 
 

@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -37,6 +38,16 @@ from ..contract.protocol import (
 
 LOCK = "agent.lock"  # flock-ed by the serving agent for its whole life
 STATUS_FILE = "agent.json"  # written by the serving agent at start: its pid, version, start time
+
+
+def log(message: str) -> None:
+    """The agent's log is its stderr: journald under systemd, ``agent.log`` for the local device. A log on a
+    full or failing disk loses the line, never the agent (an exception here would stop it)."""
+    try:
+        sys.stderr.write("edgekit-agent: {}\n".format(message))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def write_atomic(path: Path, data: bytes) -> None:

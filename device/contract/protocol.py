@@ -36,6 +36,8 @@ REPORT = "report.json"  # in jobs/<job>/: written once, last; its presence ends 
 TERMINAL_STATES = ("done", "failed")
 
 TRUSTED_KEYS = "trusted_keys"  # the hosts' public keys whose signed manifests the agent accepts
+DEVICE_INFO = "device.json"  # the agent's description of the device (runtimes, CPU), written at its start: read by
+# the host on each push instead of running `edgekit-agent status` there (plain JSON, replaced atomically)
 HEARTBEAT = "agent.heartbeat"  # its mtime is the agent's pulse: touched every second, also while a job runs
 HEARTBEAT_S = 1.0
 STALE_PART_S = 15 * 60  # an upload untouched this long is abandoned (a cut one resumes well within it)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +16,37 @@ from ..errors import ConfigError
 
 
 def file_entries(files: dict[str, Path]) -> list[dict[str, Any]]:
-    return [{"name": name, "sha256": sha256_file(path), "size": path.stat().st_size}
-            for name, path in sorted(files.items())]
+    entries = []
+    for name, path in sorted(files.items()):
+        info = Path(path).stat()
+        entries.append({"name": name, "sha256": _sha256(str(path), info.st_size, info.st_mtime_ns),
+                        "size": info.st_size})
+    return entries
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per file version, not once per device of a fleet (a rewritten file has a new mtime)."""
+    return sha256_file(path)
 
 
 def node_tables(files: dict[str, Path]) -> dict[str, list[list[str]]]:
     """[name, op] of every node of each ONNX file: lets the device name the node a parser rejects."""
-    import onnx
-
     tables = {}
     for name, path in files.items():
         if name.endswith(".onnx"):
-            graph = onnx.load(str(path), load_external_data=False).graph
-            tables[name] = [[node.name, node.op_type] for node in graph.node]
+            info = Path(path).stat()
+            tables[name] = [list(row) for row in _node_table(str(path), info.st_size, info.st_mtime_ns)]
     return tables
+
+
+@functools.lru_cache(maxsize=64)
+def _node_table(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, str], ...]:
+    """Parsed once per file version (a fleet's devices share the files: one parse per rollout, not per device)."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    return tuple((node.name, node.op_type) for node in graph.node)
 
 
 # When the device did not say what CPU it has, ship the INT8 files for both kinds (see model_files).

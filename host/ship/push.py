@@ -53,7 +53,7 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
         with connected(device_name, device, key) as transport:
             with lost_connection(device_name, "preparing the device; push again"), \
                     Interrupted.during(f"preparing {device_name}"):
-                status = transport.status()
+                status = transport.device_info()  # the runtimes and CPU, as the agent wrote them at its start
             with Interrupted.during(f"checking the files for {device_name}"):
                 # The device's backends and CPU decide which model files it gets (device/contract/model_files.py).
                 manifest = make_manifest(config, device, files, dict(optimized.host, stages=optimized.stages), status)

@@ -19,6 +19,7 @@ from .keys import public_line
 from .transports import Transport, open_transport
 from .transports.sftp import ConnectionLost
 
+STATE_EVERY_S = 1.0  # while following a quiet job: how often its state is read (for a failure without report)
 Say = Callable[[str], None]
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -71,8 +72,7 @@ def ship(transport: Transport, optimized: Optimized, manifest: dict, signature: 
     progress.start(need, len(missing))
     try:
         with lost_connection(device, "uploading; push again: the upload resumes where it stopped"):
-            for sha in missing:
-                transport.upload(sha, by_hash[sha], count)
+            transport.upload_all({sha: by_hash[sha] for sha in missing}, count)  # one commit for them all
     finally:
         progress.finish()
     say(f"uploaded {len(missing)} file(s), {sent / 1e6:.2f} MB; {len(by_hash) - len(missing)} already on the device")
@@ -97,12 +97,14 @@ def lost_connection(device: str, what: str) -> Iterator[None]:
                           f"while {what}") from None
 
 
-def follow(transport: Transport, job: str, on_event: EventSink, poll: float = 0.1,
+def follow(transport: Transport, job: str, on_event: EventSink, poll: float = 0.05,
            stall_timeout: float = 5.0) -> dict[str, Any]:
     """Stream the job's events until its report is written.
 
-    When no event comes for ``stall_timeout`` seconds the agent's heartbeat is checked: a dead local
-    agent is started again (the job resumes), a dead remote one is an error that says how to go on.
+    Each turn reads the new events and looks for the report (whose presence ends a job: two cheap reads); the
+    job's state is read only while no event comes, for a job that failed without a report. When no event comes
+    for ``stall_timeout`` seconds the agent's heartbeat is checked: a dead local agent is started again (the job
+    resumes), a dead remote one is an error that says how to go on.
     """
     device = transport.device_name
     with lost_connection(device, f"following job {job}; it keeps running there: `edgekit status {device} {job}` "
@@ -111,23 +113,23 @@ def follow(transport: Transport, job: str, on_event: EventSink, poll: float = 0.
 
 
 def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, stall_timeout: float) -> dict[str, Any]:
-    offset, waited, final_since = 0, time.monotonic(), None
+    offset, waited, final_since, state, looked = 0, time.monotonic(), None, {}, 0.0
     while True:
         events, offset = transport.events(job, offset)
         for event in events:
             on_event(event)
-        state = transport.state(job) or {}
-        if state.get("status") in ("done", "failed"):
-            report = transport.report(job)
-            if report is None and state["status"] == "failed":
+        report = transport.report(job)
+        if report is None and not events and time.monotonic() - looked >= STATE_EVERY_S:
+            state, looked = transport.state(job) or {}, time.monotonic()
+            if state.get("status") == "failed":
                 final_since = final_since or time.monotonic()
                 if time.monotonic() - final_since > 2.0:  # the device could record the state but not the report
                     report = {"job": job, "status": "failed", "error": state.get("error", "the job failed")}
-            if report is not None:
-                events, offset = transport.events(job, offset)
-                for event in events:
-                    on_event(event)
-                return report
+        if report is not None:
+            events, offset = transport.events(job, offset)
+            for event in events:
+                on_event(event)
+            return report
         if events:
             waited = time.monotonic()
         elif time.monotonic() - waited > stall_timeout:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,21 +40,16 @@ def train(model: nn.Module, split: Split, mean: list[float], std: list[float], *
     net = distributed.wrap(model, device) if distributed.active() else model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 nesterov=momentum > 0)
-    share = distributed.rank_batch(batch_size)
-    steps = epochs * math.ceil(len(epoch_order(len(split), seed, 0)) / share)
+    steps = epochs * math.ceil(len(split) / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
     criterion = nn.CrossEntropyLoss()
     scaler = grad_scaler(device, amp)
-    ran = _epochs(model, net, split, mean, std, epochs, share, optimizer, schedule, scaler, criterion, augment, seed,
-                  progress, loss_fn, after_backward, stop, device, amp, output)
+    with distributed.synced_batchnorm(model):
+        ran = _epochs(model, net, split, mean, std, epochs, batch_size, optimizer, schedule, scaler, criterion,
+                      augment, seed, progress, loss_fn, after_backward, stop, device, amp, output)
     distributed.take_main_weights(model)
     model.eval()
     return ran
-
-
-def epoch_order(length: int, seed: int, epoch: int) -> np.ndarray:
-    """This rank's samples for an epoch under torch.distributed (a DistributedSampler's); else all of them."""
-    return distributed.shard(length, seed, epoch) if distributed.active() else np.arange(length)
 
 
 def _epochs(model: nn.Module, net: nn.Module, split: Split, mean: list[float], std: list[float], epochs: int,
@@ -65,18 +59,16 @@ def _epochs(model: nn.Module, net: nn.Module, split: Split, mean: list[float], s
     for epoch in range(epochs):
         net.train()
         total, count = 0.0, 0
-        if distributed.active():
-            source = batches(split, batch_size, mean, std, augment=augment, index=epoch_order(len(split), seed, epoch),
-                             seed=(seed + epoch) * distributed.world_size() + distributed.rank())
-        else:
-            source = batches(split, batch_size, mean, std, shuffle=True, augment=augment, seed=seed + epoch)
-        for inputs, labels in source:
+        # under torch.distributed every rank draws the whole global batch (one process's shuffle and augmentation)
+        # and keeps its share of it: the same steps on the same samples as one process
+        source = batches(split, batch_size, mean, std, shuffle=True, augment=augment, seed=seed + epoch)
+        for inputs, labels, weight in distributed.shares(source):
             inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, amp):
                 logits = select(net(inputs), output)
                 loss = loss_fn(logits, labels, inputs) if loss_fn else criterion(logits, labels)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * weight).backward()
             if after_backward:
                 scaler.unscale_(optimizer)
                 after_backward()

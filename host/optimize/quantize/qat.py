@@ -279,21 +279,16 @@ def finetune(qat: QatModel, teacher: nn.Module, batches: Callable[[int], Iterabl
     loss_fn = distillation_loss(teacher.eval(), DISTILL_TEMPERATURE, DISTILL_ALPHA, settings.output)
     # under torchrun: DDP, each rank taking its share of every global batch (the same steps as one process)
     net = distributed.wrap(qat.module, device_of(qat.module)) if distributed.active() else qat.module
-    world, rank = distributed.world_size(), distributed.rank()
     for epoch in range(settings.epochs):
         net.train()
         total, count = 0.0, 0
         tick = ticker(say, f"QAT epoch {epoch + 1}/{settings.epochs}", steps_per_epoch, "batches")
-        for step, (inputs, labels) in enumerate(batches(settings.seed + epoch)):
-            if world > 1:
-                if len(labels) < world:  # every rank must take part in every step
-                    continue
-                inputs, labels = inputs[rank::world], labels[rank::world]
+        for step, (inputs, labels, weight) in enumerate(distributed.shares(batches(settings.seed + epoch))):
             sgd.zero_grad(set_to_none=True)
             if adam:
                 adam.zero_grad(set_to_none=True)
             loss = loss_fn(select(net(inputs), settings.output), labels, inputs)
-            loss.backward()
+            (loss * weight).backward()
             # a badly calibrated start saturates most activations and the distillation gradient is then
             # ~30x its usual norm (measured on ResNet-20): unclipped, the first steps wreck the weights
             nn.utils.clip_grad_norm_(weights, settings.max_grad_norm)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from ....device.contract.manifest import MANIFEST, SIGNATURE
 from ....device.contract.protocol import (
     BLOBS,
+    DEVICE_INFO,
     EVENTS,
     HEARTBEAT,
     HEARTBEAT_S,
@@ -115,8 +116,28 @@ class SpoolClient:
 
     # -- set-up ------------------------------------------------------------------------------------
     def ensure_layout(self) -> None:
+        present = set(self.fs.listdir(""))  # one round trip when the layout is there (every push after the first)
         for folder in LAYOUT:
-            self.fs.mkdir(folder)
+            if folder not in present:
+                self.fs.mkdir(folder)
+
+    def device_info(self) -> dict[str, Any]:
+        """What the device is and can run (runtimes, CPU: what the files are chosen by), as the agent wrote it at
+        its start: one file read, where running `edgekit-agent status` on the device costs a Python start and
+        the runtimes' imports per push. The full status when the file is missing (an agent that never started,
+        or one older than this host)."""
+        raw = self.fs.read(DEVICE_INFO)
+        try:
+            info = json.loads(raw) if raw else None
+        except ValueError:  # never half-written (replaced atomically); a damaged one is ignored
+            info = None
+        if isinstance(info, dict) and isinstance(info.get("backends"), dict):
+            return info
+        return self.status()
+
+    def status(self, load_engines: bool = False) -> dict[str, Any]:
+        """The agent's full status, computed on the device (each transport says how)."""
+        raise NotImplementedError
 
     def trust(self, public_line: str) -> None:
         """Add the host's signing key to the agent's trusted keys unless it is there."""
@@ -143,7 +164,22 @@ class SpoolClient:
         return answer
 
     def upload(self, sha: str, path: Path, progress: BytesProgress) -> None:
-        """Send the blob into this writer's part from where an earlier cut-off upload stopped; then commit."""
+        """One blob: sent, then committed."""
+        self.upload_all({sha: path}, progress)
+
+    def upload_all(self, blobs: dict[str, Path], progress: BytesProgress) -> None:
+        """Send every blob into this writer's parts, then commit them all in one call to the agent (which checks
+        each hash where the bytes landed)."""
+        for sha, path in blobs.items():
+            self.send_part(sha, path, progress)
+        problem = self.fs.commit(list(blobs), self.writer) if blobs else None
+        if problem:
+            sha, _, reason = problem.partition(": ")
+            name = blobs[sha].name if sha in blobs else "a file"
+            raise CheckFailed(f"upload of {name} to {self.device_name} failed: {reason or problem}")
+
+    def send_part(self, sha: str, path: Path, progress: BytesProgress) -> None:
+        """The blob into this writer's part, from where an earlier cut-off upload stopped."""
         part = f"{BLOBS}/{part_name(sha, self.writer)}"
         size = path.stat().st_size
         entry = self.fs.stat(part)
@@ -153,9 +189,6 @@ class SpoolClient:
             offset = 0
         if offset < size or entry is None:
             self.fs.send(part, path, offset, progress)
-        problem = self.fs.commit(sha, self.writer)
-        if problem:
-            raise CheckFailed(f"upload of {path.name} to {self.device_name} failed: {problem}")
 
     # -- jobs --------------------------------------------------------------------------------------
     def publish(self, job: str, manifest: bytes, signature: bytes) -> None:

@@ -63,8 +63,9 @@ class SpoolFS:
         raise NotImplementedError
 
     # -- the agent's device-side steps ---------------------------------------------------------
-    def commit(self, sha: str, writer: str) -> Optional[str]:
-        """Hash-check ``blobs/<sha>.<writer>.part`` on the device and move it into the store; an error or None."""
+    def commit(self, shas: list[str], writer: str) -> Optional[str]:
+        """Hash-check each ``blobs/<sha>.<writer>.part`` on the device and move it into the store, all in one call
+        (one round trip per push, not per blob); the first error (``<sha>: <reason>``) or None."""
         raise NotImplementedError
 
     def collect(self, need_bytes: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -134,10 +135,11 @@ class LocalFS(SpoolFS):
     def chmod(self, path: str, mode: int) -> None:
         os.chmod(self._path(path), mode)
 
-    def commit(self, sha: str, writer: str) -> Optional[str]:
-        from ....device.agent.admin import commit_upload
+    def commit(self, shas: list[str], writer: str) -> Optional[str]:
+        from ....device.agent.admin import commit_uploads
 
-        return commit_upload(self.root, sha, writer)
+        problems = commit_uploads(self.root, shas, writer)
+        return next((f"{sha}: {problem}" for sha, problem in problems.items()), None)
 
     def collect(self, need_bytes: int, settings: dict[str, Any]) -> dict[str, Any]:
         from ....device.agent.admin import gc

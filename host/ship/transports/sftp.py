@@ -114,6 +114,11 @@ class SFTPFS(SpoolFS):
 
     @guarded
     def mkdir(self, path: str) -> None:
+        try:
+            self.sftp.mkdir(self._path(path), 0o700)  # one round trip when the parent is there (the usual case)
+            return
+        except OSError:
+            pass  # the parent is missing, or the folder exists: walk down from the top
         current = ""
         for part in self._path(path).strip("/").split("/"):
             current += "/" + part
@@ -151,9 +156,15 @@ class SFTPFS(SpoolFS):
     def agent_command(self, *args: str) -> str:
         return " ".join(shlex.quote(a) for a in (self.agent, *args, "--root", self.root))
 
-    def commit(self, sha: str, writer: str) -> Optional[str]:
-        code, _, err = self.run(self.agent_command("commit-blob", "--writer", writer, sha))
+    def commit(self, shas: list[str], writer: str) -> Optional[str]:
+        code, _, err = self.run(self.agent_command("commit-blob", "--writer", writer, *shas))
         if code == 0:
+            return None
+        if len(shas) > 1 and "unrecognized arguments" in err:  # an agent older than batched commits: one at a time
+            for sha in shas:
+                problem = self.commit([sha], writer)
+                if problem:
+                    return f"{sha}: {problem}"
             return None
         lines = [line for line in err.strip().splitlines() if line.strip()]
         return lines[-1].removeprefix("edgekit-agent: error: ") if lines else f"edgekit-agent exited with {code}"
