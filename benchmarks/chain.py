@@ -23,7 +23,9 @@ edgekit's candidates are what ``backend = precision = "auto"`` builds: its INT8 
 ``model_files`` gives this CPU) on every runtime, and its pruned float model at FP32 and at OpenVINO's
 default precision; "auto's pick" is the one the agent's own ``choose`` keeps among those that validate.
 Top-1 on the 360 held-out images. Targets (issue 11): ResNet-20 ×4 at batch 32 ≥ 8× faster than FP32
-with ≤ 1 point top-1 loss, MobileNetV2 ≥ 4×, both ahead of the peer at equal or better accuracy.
+with ≤ 1 point top-1 loss, MobileNetV2 ≥ 4×, both ahead of the peer at equal or better accuracy; (issue 22)
+the demo's ResNet-20 ×2 (``--models resnet20:2 --finetune 6``) ≥ 3× at batch 32 over the default-precision
+baseline on a bf16 CPU.
 """
 
 from __future__ import annotations
@@ -121,12 +123,13 @@ def engine_table(files: dict[str, Path], runtimes: list[str]) -> dict[tuple[str,
 
 
 def pick(medians: dict, keys: list[tuple[str, str]], passed: dict) -> Choice:
-    """The agent's own ``choose`` over ``keys`` (geometric mean over batch sizes of interleaved round medians)."""
+    """The agent's own ``choose`` over ``keys``: slower than the fastest at no batch size beyond the interleaved
+    rounds' noise, else the fastest at the primary batch size (the first, as the agent takes the manifest's)."""
     candidates = [Candidate(f"{runtime}|{name}", passed=passed.get((runtime, name), True),
                             round_medians_ms=medians[(runtime, name)][BATCHES[-1]],
                             other_batches={b: medians[(runtime, name)][b] for b in BATCHES[:-1]})
                   for runtime, name in keys]
-    return choose(candidates, BATCHES[-1])
+    return choose(candidates, BATCHES[-1], primary=BATCHES[0])
 
 
 def measure(files: dict[str, Path], test: np.ndarray, labels: np.ndarray, rounds: int,
@@ -205,8 +208,10 @@ def table_rows(result: dict) -> list[list]:
 
 
 def targets(result: dict) -> dict[str, bool]:
-    """The issue's targets over the report's baseline, for auto's pick and the INT8 file on ONNX Runtime."""
-    target = 8.0 if result["model"].startswith("resnet20") else 4.0
+    """The issues' targets over the report's baseline, for auto's pick and the INT8 file on ONNX Runtime: issue 11
+    (ResNet-20 ×4 ≥ 8×, MobileNetV2 ≥ 4×; for the demo's ResNet-20 ×2, issue 22's ≥ 3× at batch 32 over the
+    default-precision baseline on a bf16 CPU)."""
+    target = {"resnet20 ×2": 3.0, "resnet20 ×4": 8.0}.get(result["model"], 4.0)
     loss = result["top1"]["FP32"] - result["top1"]["edgekit"]
     checks = {"top1_loss_at_most_1_point": loss <= 0.01,
               "accuracy_at_least_peer": result["top1"]["edgekit"] >= result["top1"]["peer"]}

@@ -167,6 +167,20 @@ def test_backend_builds_loads_runs_and_profiles_on_each_wheel(monkeypatch, tmp_p
 
 
 @pytest.mark.parametrize("version", TRT_VERSIONS)
+def test_strict_fp32_clears_tf32_and_fp16_keeps_tensorrts_defaults(monkeypatch, tmp_path, version):
+    """TF32 is on in a new builder config (TensorRT >= 7.1): an FP32 engine on Ampere+ would run TF32 unless the
+    flag is cleared. The strict FP32 build clears it; the FP16 build (the user's baseline, trtexec --fp16) keeps it."""
+    backend, trt = make_backend(monkeypatch, version)
+    (tmp_path / "fp32").mkdir(), (tmp_path / "fp16").mkdir()
+    fp32 = build_and_run(backend, tmp_path / "fp32", dict(BASE, precision="fp32"))
+    fp16 = build_and_run(backend, tmp_path / "fp16", dict(BASE, precision="fp16"))
+    assert not trt._violations, trt._violations
+    assert trt._semantics.built_flags[0] == []  # nothing set, TF32 cleared
+    assert "TF32" in trt._semantics.built_flags[1]  # TensorRT's default kept
+    assert fp32["meta"]["plan"]["cleared_flags"] == ["TF32"] and fp16["meta"]["plan"]["cleared_flags"] == []
+
+
+@pytest.mark.parametrize("version", TRT_VERSIONS)
 def test_callbacks_are_called_the_way_tensorrt_calls_them(monkeypatch, tmp_path, version):
     """Progress monitor (10+), calibrator (implicit INT8, < 11) and profiler all reached through the proxy."""
     backend, trt = make_backend(monkeypatch, version)

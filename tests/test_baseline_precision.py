@@ -15,7 +15,7 @@ from edgekit.device.backends.tensorrt.plan import TrtVersion, plan_build
 from edgekit.device.contract.manifest import MODEL_FP16, MODEL_FP32, MODEL_INT8_CPU
 from edgekit.device.contract.model_files import job_candidates, model_file
 from edgekit.device.contract.runtimes import baseline_precision
-from edgekit.device.jobs.auto import Candidate, choose, precision_advice, precision_label
+from edgekit.device.jobs.auto import Candidate, choose, precision_advice, precision_label, slower
 
 VNNI = {"flags_read": True, "u8s8_saturates": False}
 
@@ -80,11 +80,13 @@ def test_tensorrt_baseline_is_an_fp16_build_with_tensorrts_defaults(version, fil
     assert precision == "fp16"
     plan = plan_build({"precision": precision, "batch_sizes": [1, 32], "input_shape": [3, 32, 32]},
                       TrtVersion.parse(version), 0, files)
-    assert plan.model_file == model and plan.flags == flags  # nothing else: no INT8, no TF32 cleared
+    assert plan.model_file == model and plan.flags == flags  # nothing else: no INT8
+    assert plan.cleared_flags == ()  # TF32 stays on, as with trtexec --fp16
     assert plan.optimization_level is None and plan.dla_core is None  # the builder's defaults
     strict = plan_build({"precision": "fp32", "batch_sizes": [1], "input_shape": [3, 32, 32]},
                         TrtVersion.parse(version), 0, files)
     assert strict.flags == () and strict.model_file == MODEL_FP32
+    assert strict.cleared_flags == ("TF32",)  # strict FP32: TF32 (on by default since 7.1) cleared
 
 
 # -- precision = "auto": candidates, choice and advice --------------------------------------------------
@@ -122,13 +124,50 @@ def test_an_explicit_precision_ships_it_and_warns_when_another_measured_faster()
     bf16 = candidate("openvino", "fp16", [1.0, 1.1], [0.15], executed="bf16", requested=False)
     choice = choose([int8, bf16], 32)
     assert choice.winner == "openvino int8"  # the precision asked for, although slower
-    advice = precision_advice([int8, bf16], choice.winner, 32)
-    assert advice.startswith("precision int8 was asked for, but openvino bf16 measured 1.98× faster")
+    advice = precision_advice([int8, bf16], choice.winner, 32, primary=1)
+    assert advice.startswith("precision int8 was asked for, but openvino bf16 measured 2.00× faster at batch 1")
     assert 'precision = "auto" would ship it' in advice
     close = candidate("openvino", "fp32", [1.98], [0.30], requested=False)  # within noise: no warning
     assert precision_advice([int8, close], "openvino int8", 32) is None
     failed = candidate("openvino", "fp16", [0.5], [0.1], requested=False, passed=False)  # never advised
     assert precision_advice([int8, failed], "openvino int8", 32) is None
+
+
+def test_auto_prefers_the_candidate_slower_at_no_batch_size():
+    """bf16 is fastest at batch 1 by a hair (within noise) and 1.3× faster at batch 32: it dominates, although
+    INT8 has the lower batch-1 median; a geometric mean would not have said why."""
+    int8 = candidate("openvino", "int8", [13.0, 13.2, 12.9, 13.1, 13.0], [1.00, 1.01, 0.99, 1.00, 1.02])
+    bf16 = candidate("openvino", "fp16", [10.0, 10.1, 9.9, 10.2, 10.0], [1.02, 0.99, 1.03, 1.01, 1.02],
+                     executed="bf16")
+    choice = choose([int8, bf16], 32, primary=1)
+    assert choice.winner == "openvino fp16" and not choice.crossed and choice.primary == 1
+    assert "slower than none at any batch size beyond noise" in choice.message
+    assert "within noise" in choice.message  # at the primary batch size, INT8 is as fast
+
+
+def test_auto_treats_a_gap_within_the_rounds_spread_as_a_tie():
+    """8 % apart by the median, but the rounds overlap (one round reverses): not slower beyond noise, so no
+    crossing; the primary batch size picks among the ties."""
+    a = candidate("onnxruntime", "int8", [10.0, 10.0, 10.0, 10.0, 10.0], [1.0, 1.0, 1.0, 1.0, 1.0])
+    b = candidate("openvino", "int8", [10.8, 10.9, 9.5, 10.8, 11.0], [0.90, 0.92, 0.91, 0.93, 0.90])
+    assert slower(b.round_medians_ms, a.round_medians_ms) is False
+    assert slower(a.other_batches[1], b.other_batches[1]) is True  # steady 9 % in every round
+    choice = choose([a, b], 32, primary=1)
+    assert choice.winner == "openvino int8" and not choice.crossed  # fastest at batch 1, tied at 32
+    assert not slower([10.4] * 5, [10.0] * 5)  # steady but under NOISE_PERCENT
+
+
+def test_auto_at_a_crossing_decides_by_the_primary_batch_size_and_says_what_the_other_would_win():
+    int8 = candidate("openvino", "int8", [3.0, 3.1, 3.0], [0.40, 0.41, 0.40])  # faster at batch 32
+    ort = candidate("onnxruntime", "int8", [4.5, 4.4, 4.6], [0.20, 0.21, 0.20])  # faster at batch 1
+    choice = choose([int8, ort], 32, primary=1)
+    assert choice.winner == "onnxruntime int8" and choice.runner_up == "openvino int8" and choice.crossed == {
+        32: "openvino int8"}
+    assert "openvino int8 would have won at batch 32 by 1.50× (3.000 vs 4.500 ms)" in choice.message
+    assert choose([int8, ort], 32, primary=32).winner == "openvino int8"
+    advice_ort = candidate("onnxruntime", "int8", [4.5, 4.4, 4.6], [0.20, 0.21, 0.20], requested=False)
+    assert precision_advice([int8, advice_ort], "openvino int8", 32, primary=32) is None  # auto ships int8 too
+    assert "measured 2.00× faster at batch 1" in precision_advice([int8, advice_ort], "openvino int8", 32, primary=1)
 
 
 # -- TensorRT's baseline reads the unpruned files ------------------------------------------------------

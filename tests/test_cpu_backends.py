@@ -138,15 +138,19 @@ def test_auto_picks_the_fastest_validated_runtime_and_says_by_how_much():
         choose([broken, Candidate("onnxruntime", reason="RuntimeError: no kernel")], 32)
 
 
-def test_auto_weighs_every_batch_size_not_only_the_largest():
-    """OpenVINO 1.5× faster at batch 32 but 2.4× slower at batch 1 (ResNet-20 ×4, measured): not the fastest."""
-    ov = Candidate("openvino", MODEL_INT8_CPU, True, round_medians_ms=[10.0], other_batches={1: [4.0]})
-    ort = Candidate("onnxruntime", MODEL_INT8_CPU, True, round_medians_ms=[15.0], other_batches={1: [1.65]})
-    choice = choose([ov, ort], 32)
-    expected = (4.0 / 1.65) ** 0.5 / 1.5 ** 0.5  # geometric means of latency relative to the fastest
-    assert choice.winner == "onnxruntime" and choice.speedup == pytest.approx(expected)
-    assert "geometric mean over batch sizes; batch 1: 2.42×; batch 32: 0.67×" in choice.message
-    assert choose([ov, ort], 32).winner == choose([ort, ov], 32).winner == "onnxruntime"
+def test_auto_weighs_every_batch_size_and_a_crossing_goes_to_the_primary_batch_size():
+    """OpenVINO 1.5× faster at batch 32 but 2.4× slower at batch 1 (ResNet-20 ×4, measured): neither is the fastest
+    at every size, so the primary batch size (the smallest) decides, and the reason names the other's win."""
+    ov = Candidate("openvino", MODEL_INT8_CPU, True, round_medians_ms=[10.0, 10.2], other_batches={1: [4.0, 4.1]})
+    ort = Candidate("onnxruntime", MODEL_INT8_CPU, True, round_medians_ms=[15.0, 15.3], other_batches={1: [1.65, 1.6]})
+    choice = choose([ov, ort], 32, primary=1)
+    assert choice.winner == "onnxruntime" and choice.primary == 1 and choice.crossed == {32: "openvino"}
+    assert choice.speedup == pytest.approx(4.05 / 1.625)
+    assert "the fastest at batch 1, the primary batch size" in choice.message
+    assert "openvino would have won at batch 32 by 1.50×" in choice.message
+    assert choose([ort, ov], 32, primary=1).winner == "onnxruntime"
+    at_32 = choose([ov, ort], 32)  # primary defaults to the batch of round_medians_ms
+    assert at_32.winner == "openvino" and "onnxruntime would have won at batch 1 by 2.49×" in at_32.message
 
 
 def test_interleave_alternates_candidates_within_each_round():

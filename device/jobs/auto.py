@@ -2,24 +2,27 @@
 build on the job's model and keep the fastest valid one; both choices are made by the same race.
 
 The measuring is interleaved (round-robin over the candidates, several short rounds) so a busy device
-slows every candidate alike, at every batch size the project benchmarks: a runtime that wins at batch 32
-can be twice as slow at batch 1 (OpenVINO vs ONNX Runtime on a ResNet-20 ×4, measured), so the verdict is
-the geometric mean, over the batch sizes, of each candidate's median of per-round medians relative to the
-fastest at that size. Only candidates whose engine passed validation may win, and with an explicit precision
-only that precision's: the other precisions are measured to advise (``precision_advice``). The choice, the
-figures behind it and the margin go into the report. The decision is pure (``choose``) and unit-tested; the
-job runner feeds it.
+slows every candidate alike, at every batch size the project benchmarks. The rule (``choose``) never ships a
+file slower than another validated one where that can be avoided: a candidate counts as slower than the
+fastest at a batch size only beyond the measurement's noise (``slower``: by more than NOISE_PERCENT and in
+(nearly) every interleaved round, round by round); the winner is a candidate slower than the fastest at no
+batch size, the fastest of those at the primary batch size. When none is (A fastest at batch 1, B at batch 32:
+a runtime that wins at batch 32 can be twice as slow at batch 1, OpenVINO vs ONNX Runtime on a ResNet-20 ×4,
+measured), the primary batch size decides (the manifest's first, i.e. smallest, of ``input.batch_sizes``) and
+the one-line reason says at which batch size the other file would have won and by how much. Only candidates
+whose engine passed validation may win, and with an explicit precision only that precision's: the other
+precisions are measured to advise (``precision_advice``). The choice, the figures behind it and the margin go
+into the report. The decision is pure (``choose``) and unit-tested; the job runner feeds it.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..agent.spool import read_json, write_atomic
 
@@ -34,7 +37,8 @@ ROUNDS = 5
 ROUND_S = 0.15  # per candidate and round; at least MIN_RUNS runs each
 MIN_RUNS = 2
 WARMUP_RUNS = 2
-NOISE_PERCENT = 5.0  # a win by less than this is reported as within noise
+NOISE_PERCENT = 5.0  # a win by less than this is within noise, however steady the rounds
+NOISE_QUANTILE = 0.1  # slower beyond noise: slower in all but this share of the interleaved rounds
 PAUSE_S = 0.01  # between candidates: lets one runtime's spinning worker threads go to sleep before the next runs
 
 
@@ -98,10 +102,6 @@ class Candidate:
     def median_ms(self) -> Optional[float]:
         return statistics.median(self.round_medians_ms) if self.round_medians_ms else None
 
-    def median_at(self, batch: Optional[int]) -> float:
-        """The median at ``batch`` (None: the main batch size)."""
-        return self.median_ms if batch is None else statistics.median(self.other_batches[batch])
-
     def summary(self) -> Dict[str, Any]:
         return dict(self.extra, backend=self.backend, model_file=self.model_file, passed=self.passed,
                     reason=self.reason, median_ms=self.median_ms, round_medians_ms=self.round_medians_ms,
@@ -113,8 +113,10 @@ class Candidate:
 class Choice:
     winner: str
     runner_up: Optional[str]
-    speedup: Optional[float]  # runner-up median / winner median
+    speedup: Optional[float]  # runner-up median / winner median, at the primary batch size
     message: str
+    primary: Optional[int] = None  # the batch size that decides a crossing (and the speed-up above)
+    crossed: Dict[int, str] = field(default_factory=dict)  # batch size → the candidate that won there instead
 
 
 def interleave(runs: Mapping[str, Callable[[], Any]], rounds: int = ROUNDS, round_s: float = ROUND_S,
@@ -144,8 +146,29 @@ def precision_label(precision: str, executed: str = "") -> str:
     return {"bf16": "bf16", "f16": "fp16", "f32": "fp32"}.get(executed, precision) if precision == "fp16" else precision
 
 
-def choose(candidates: Sequence[Candidate], batch: int) -> Choice:
-    """The fastest validated candidate that may win (ties go to the earlier one), and by how much it won."""
+def primary_batch(manifest: Any) -> int:
+    """The batch size that decides when no candidate is the fastest at every size: the manifest's first
+    (``input.batch_sizes`` sorted, so the smallest: an edge device mostly answers one request at a time)."""
+    return int(manifest.batch_sizes[0])
+
+
+def slower(rounds: Sequence[float], fastest: Sequence[float]) -> bool:
+    """Whether one candidate's per-round medians at a batch size are slower than the fastest's beyond the
+    measurement's noise: by more than NOISE_PERCENT (median of the round medians), and in all but NOISE_QUANTILE
+    of the rounds compared round by round (interleaved, so a load burst hits both in the same round; a spread
+    wider than the gap makes some rounds tie or reverse). Unpaired rounds: the ranges must not overlap."""
+    if (statistics.median(rounds) / statistics.median(fastest) - 1) * 100 <= NOISE_PERCENT:
+        return False
+    if len(rounds) != len(fastest):
+        return min(rounds) > max(fastest)
+    ratios = sorted(a / b for a, b in zip(rounds, fastest))
+    return ratios[int(len(ratios) * NOISE_QUANTILE)] > 1.0
+
+
+def choose(candidates: Sequence[Candidate], batch: int, primary: Optional[int] = None) -> Choice:
+    """The validated candidate that may win and is slower than the fastest at no batch size (beyond noise), the
+    fastest of those at ``primary``; when every one is slower somewhere, the fastest at ``primary`` (default:
+    ``batch``, the size of ``round_medians_ms``), naming where the other would have won. Ties go to the earlier."""
     valid = [c for c in candidates if c.passed and c.requested]
     kind = "candidate" if any(c.precision for c in candidates) else "runtime"
     if len(valid) > 1 and any(c.median_ms is None for c in valid):
@@ -157,50 +180,86 @@ def choose(candidates: Sequence[Candidate], batch: int) -> Choice:
         why = "the only {} that passed".format(kind) if sum(c.requested for c in candidates) > 1 \
             else "the only {} here".format(kind)
         return Choice(valid[0].name, None, None, "auto chose {}: {}".format(valid[0].shown, why))
-    others = sorted(set.intersection(*(set(c.other_batches) for c in valid)))  # measured for every candidate
-    score = relative_scores(valid, [None] + others)
-    winner, second = sorted(valid, key=lambda c: (score[c.name], candidates.index(c)))[:2]
-    speedup = score[second.name] / score[winner.name]
-    margin = "" if (speedup - 1) * 100 >= NOISE_PERCENT else ", within noise"
-    at_main = "at batch {} ({:.3f} vs {:.3f} ms".format(batch, winner.median_ms, second.median_ms)
-    if not others:
-        message = "auto chose {}: {:.2f}× faster than {} {}, median of {} interleaved rounds{})".format(
-            winner.shown, speedup, second.shown, at_main, len(winner.round_medians_ms), margin)
-        return Choice(winner.name, second.name, speedup, message)
-    message = "auto chose {}: {:.2f}× faster than {} (geometric mean over batch sizes; {}), medians of {} " \
-              "interleaved rounds{}".format(winner.shown, speedup, second.shown, _each(winner, second, batch, others),
-                                            len(winner.round_medians_ms), margin)
-    return Choice(winner.name, second.name, speedup, message)
+    sizes = _sizes(valid, batch)
+    primary = primary if primary in sizes else batch
+    at = _Rounds(batch, candidates)
+    fastest = {b: min(valid, key=lambda c, b=b: at.key(c, b)) for b in sizes}
+    behind = {c.name: [b for b in sizes if c is not fastest[b] and slower(at.rounds(c, b), at.rounds(fastest[b], b))]
+              for c in valid}
+    clean = [c for c in valid if not behind[c.name]]
+    winner = min(clean or valid, key=lambda c: at.key(c, primary))
+    crossed = {b: fastest[b] for b in behind[winner.name]}
+    second = next(iter(crossed.values()), None) or min((c for c in valid if c is not winner),
+                                                      key=lambda c: at.key(c, primary))
+    speedup = at.median(second, primary) / at.median(winner, primary)
+    rounds = "median{} of {} interleaved rounds".format("s" if len(sizes) > 1 else "", len(winner.round_medians_ms))
+    if crossed:
+        lost = "; ".join("{} would have won at batch {} by {:.2f}× ({:.3f} vs {:.3f} ms)".format(
+            other.shown, b, at.median(winner, b) / at.median(other, b), at.median(other, b), at.median(winner, b))
+            for b, other in crossed.items())
+        message = "auto chose {}: the fastest at batch {}, the primary batch size ({:.2f}× faster than {}, {:.3f} vs " \
+                  "{:.3f} ms); no candidate was the fastest at every batch size: {}; {}".format(
+                      winner.shown, primary, speedup, second.shown, at.median(winner, primary),
+                      at.median(second, primary), lost, rounds)
+        return Choice(winner.name, second.name, speedup, message, primary, {b: c.name for b, c in crossed.items()})
+    margin = "" if slower(at.rounds(second, primary), at.rounds(winner, primary)) else ", within noise"
+    where = "at batch {} ({:.3f} vs {:.3f} ms".format(primary, at.median(winner, primary), at.median(second, primary))
+    if len(sizes) == 1:
+        message = "auto chose {}: {:.2f}× faster than {} {}, {}{})".format(
+            winner.shown, speedup, second.shown, where, rounds, margin)
+    else:
+        message = "auto chose {}: {:.2f}× faster than {} {}, the primary batch size; {}), and slower than none at " \
+                  "any batch size beyond noise; {}{}".format(winner.shown, speedup, second.shown, where,
+                                                             _each(winner, second, at, sizes), rounds, margin)
+    return Choice(winner.name, second.name, speedup, message, primary)
 
 
-def _each(winner: Candidate, other: Candidate, batch: int, others: Sequence[int]) -> str:
+def _sizes(valid: Sequence[Candidate], batch: int) -> List[int]:
+    """The batch sizes measured for every candidate (``batch``: that of ``round_medians_ms``)."""
+    return sorted({batch}.union(*(set(c.other_batches) for c in valid)).intersection(
+        *({batch}.union(c.other_batches) for c in valid)))
+
+
+class _Rounds:
+    """A candidate's round medians at a batch size (``round_medians_ms`` holds those at ``batch``)."""
+
+    def __init__(self, batch: int, order: Sequence[Candidate]) -> None:
+        self.batch, self.order = batch, list(order)
+
+    def rounds(self, candidate: Candidate, size: int) -> List[float]:
+        return candidate.round_medians_ms if size == self.batch else candidate.other_batches[size]
+
+    def median(self, candidate: Candidate, size: int) -> float:
+        return statistics.median(self.rounds(candidate, size))
+
+    def key(self, candidate: Candidate, size: int) -> Tuple[float, int]:
+        """Fastest first; on a tie, the earlier candidate."""
+        return self.median(candidate, size), self.order.index(candidate)
+
+
+def _each(winner: Candidate, other: Candidate, at: _Rounds, sizes: Sequence[int]) -> str:
     """'batch 1: 1.20×; batch 32: 1.05×': ``other``'s median over ``winner``'s at each size."""
-    return "; ".join("batch {}: {:.2f}×".format(b, other.median_at(None if b == batch else b)
-                                                 / winner.median_at(None if b == batch else b))
-                     for b in sorted([batch] + list(others)))
+    return "; ".join("batch {}: {:.2f}×".format(b, at.median(other, b) / at.median(winner, b)) for b in sizes)
 
 
-def precision_advice(candidates: Sequence[Candidate], chosen: str, batch: int) -> Optional[str]:
-    """With an explicit precision: the warning when another validated precision measured faster (by more than
-    noise) than the one shipped, naming it and the margin; None when the requested one is the fastest."""
+def precision_advice(candidates: Sequence[Candidate], chosen: str, batch: int,
+                     primary: Optional[int] = None) -> Optional[str]:
+    """With an explicit precision: the warning when ``precision = "auto"`` would have shipped another validated
+    precision (``choose``'s rule over all of them) that is faster beyond noise at the primary batch size, naming
+    it and the margins; None when the requested one is what auto would ship, or within noise of it."""
     winner = next(c for c in candidates if c.name == chosen)
     rivals = [c for c in candidates if c.passed and not c.requested and c.median_ms is not None]
     if not rivals or winner.median_ms is None:
         return None
-    valid = [winner] + rivals
-    others = sorted(set.intersection(*(set(c.other_batches) for c in valid)))
-    score = relative_scores(valid, [None] + others)
-    best = min(rivals, key=lambda c: score[c.name])
-    speedup = score[winner.name] / score[best.name]
-    if (speedup - 1) * 100 < NOISE_PERCENT:
+    everyone = [replace(c, requested=True) for c in [winner] + rivals]
+    choice = choose(everyone, batch, primary)
+    best = next((c for c in everyone if c.name == choice.winner), everyone[0])
+    at = _Rounds(batch, everyone)
+    primary = choice.primary if choice.primary is not None else batch
+    if best is everyone[0] or not slower(at.rounds(everyone[0], primary), at.rounds(best, primary)):
         return None
-    return ("precision {} was asked for, but {} measured {:.2f}× faster on this device ({}; interleaved rounds) "
-            "and passed validation: precision = \"auto\" would ship it".format(
-                winner.precision, best.shown, speedup, _each(best, winner, batch, others)))
-
-
-def relative_scores(valid: Sequence[Candidate], batches: Sequence[Optional[int]]) -> Dict[str, float]:
-    """Per candidate, the geometric mean over ``batches`` of its median divided by the fastest median there."""
-    fastest = {b: min(c.median_at(b) for c in valid) for b in batches}
-    return {c.name: math.exp(statistics.mean(math.log(c.median_at(b) / fastest[b]) for b in batches))
-            for c in valid}
+    sizes = _sizes(everyone, batch)
+    return ("precision {} was asked for, but {} measured {:.2f}× faster at batch {} on this device ({}; interleaved "
+            "rounds) and passed validation: precision = \"auto\" would ship it".format(
+                winner.precision, best.shown, at.median(everyone[0], primary) / at.median(best, primary), primary,
+                _each(best, everyone[0], at, sizes)))

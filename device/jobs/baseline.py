@@ -23,7 +23,7 @@ from ..contract.manifest import MODEL_BASELINE, MODEL_BASELINE_FP16, MODEL_FP16,
 from ..contract.model_files import AUTO, candidates
 from ..contract.runtimes import baseline_precision
 from ..errors import storage_failure
-from .auto import Candidate, choose, crashed, crashed_runtime, interleave, precision_label, trying
+from .auto import Candidate, choose, crashed, crashed_runtime, interleave, precision_label, primary_batch, trying
 from .context import Job
 from .engines import build_engine, build_options, engine_key, job_build_options
 
@@ -125,7 +125,7 @@ def _fastest(job: Job, manifest: Manifest, built: Dict[str, Baseline]) -> Baseli
                 candidate.round_medians_ms = rounds[candidate.backend]
             else:
                 candidate.other_batches[size] = rounds[candidate.backend]
-    choice = choose(tried, sizes[-1])
+    choice = choose(tried, sizes[-1], primary_batch(manifest))
     winner = built.pop(choice.winner)
     _close(built.values())
     labels = {c.backend: c for c in tried}

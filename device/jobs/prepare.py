@@ -21,7 +21,17 @@ from ..contract.model_files import AUTO, ModelChoiceError, candidates, job_candi
 from ..contract.runtimes import cpu_runtimes, fallback_runtime
 from ..cpu import describe_cpu
 from ..errors import JobError, StaleEngine, storage_failure
-from .auto import ROUNDS, Candidate, choose, crashed, crashed_runtime, interleave, precision_advice, trying
+from .auto import (
+    ROUNDS,
+    Candidate,
+    choose,
+    crashed,
+    crashed_runtime,
+    interleave,
+    precision_advice,
+    primary_batch,
+    trying,
+)
 from .context import Job
 from .engines import build_engine, build_options, engine_key, job_build_options
 from .measure import validate
@@ -260,7 +270,7 @@ def _keep_fastest(job: Job, manifest: Manifest, ready: Dict[str, Prepared], trie
     """``choose``'s winner, the others' engines closed, the figures behind the choice kept for the report; with
     an explicit precision, a warning when another precision measured faster."""
     try:
-        choice = choose(tried, batch)
+        choice = choose(tried, batch, primary_batch(manifest))
     except ValueError as exc:
         _close(ready.values())
         raise JobError("{}; the active model was not changed".format(exc)) from None
@@ -268,11 +278,13 @@ def _keep_fastest(job: Job, manifest: Manifest, ready: Dict[str, Prepared], trie
     _close(ready.values())
     job.event("auto", choice.message, stage="auto", chosen=winner.backend.name, precision=winner.precision,
               speedup=choice.speedup)
-    advice = None if manifest.precision == AUTO else precision_advice(tried, choice.winner, batch)
+    primary = primary_batch(manifest)
+    advice = None if manifest.precision == AUTO else precision_advice(tried, choice.winner, batch, primary)
     if advice:
         job.event("warning", advice, stage="auto")
     winner.auto = {"chosen": winner.backend.name, "precision": winner.precision, "candidate": choice.winner,
                    "runner_up": choice.runner_up, "speedup": choice.speedup, "batch": batch, "message": choice.message,
+                   "primary_batch": choice.primary, "crossed": {str(b): name for b, name in choice.crossed.items()},
                    "cpu": cpu, "runtime_auto": manifest.backend == AUTO, "precision_auto": manifest.precision == AUTO,
                    "precision_advice": advice, "candidates": [candidate.summary() for candidate in tried]}
     return winner

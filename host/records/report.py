@@ -145,7 +145,8 @@ def backend_line(report: dict[str, Any]) -> str:
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
-    """What one push delivered, in words: speed-up over the FP32 baseline, accuracy, validation."""
+    """What one push delivered, in words: speed-up over the named baseline (the unpruned model at the runtime's
+    default precision) and over strict FP32, accuracy, validation."""
     if report.get("status") != "done":
         return []
     lines = []

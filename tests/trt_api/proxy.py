@@ -449,6 +449,7 @@ class Semantics:
         self.dla_cores, self.classes, self.chw, self.parse_ok = dla_cores, classes, chw, parse_ok
         self.trt: Any = None
         self.calls: List[str] = []
+        self.built_flags: List[List[str]] = []  # the builder config's flags at each build_serialized_network
 
     def answer(self, where: str, this: Any, arguments: Dict[str, Any], returns: Optional[str]) -> Any:
         self.calls.append(where)
@@ -513,8 +514,22 @@ class Semantics:
     def on_ITimingCache_serialize(self, this: Any, args: Dict[str, Any]) -> Any:
         return self.new("IHostMemory", blob=this._proxy_state.get("blob", b"") + b"+timing")
 
+    # -- builder flags: a new config has TF32 set (TensorRT >= 7.1's default), the others cleared ----------------
+    def _flags(self, config: Any) -> set:
+        return config._proxy_state.setdefault("flags", {"TF32"} & set(self.trt.BuilderFlag.__members__))
+
+    def on_IBuilderConfig_set_flag(self, this: Any, args: Dict[str, Any]) -> None:
+        self._flags(this).add(args["flag"].name)
+
+    def on_IBuilderConfig_clear_flag(self, this: Any, args: Dict[str, Any]) -> None:
+        self._flags(this).discard(args["flag"].name)
+
+    def on_IBuilderConfig_get_flag(self, this: Any, args: Dict[str, Any]) -> bool:
+        return args["flag"].name in self._flags(this)
+
     def on_Builder_build_serialized_network(self, this: Any, args: Dict[str, Any]) -> Any:
         config = args["config"]
+        self.built_flags.append(sorted(self._flags(config)))
         for name in ("progress_monitor", "int8_calibrator"):
             hook = config._proxy_state.get(name)
             if hook is not None:

@@ -159,7 +159,7 @@ class TensorRTBackend(Backend):
                          "dla_core": plan.dla_core, "workspace_bytes": plan.workspace_bytes,
                          "optimization_level": plan.optimization_level, "profile": list(plan.profile),
                          "model_file": plan.model_file, "strongly_typed": plan.strongly_typed,
-                         "warnings": list(plan.warnings)}}
+                         "warnings": list(plan.warnings), "cleared_flags": list(plan.cleared_flags)}}
 
     def _parser_errors(self, parser: Any, graph: Optional[List[List[str]]]) -> List[str]:
         errors = []
@@ -176,6 +176,8 @@ class TensorRTBackend(Backend):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
         for flag in plan.flags:
             config.set_flag(getattr(trt.BuilderFlag, flag))
+        for flag in plan.cleared_flags:  # strict FP32: TF32 is on in a new config by default
+            config.clear_flag(getattr(trt.BuilderFlag, flag))
         if plan.optimization_level is not None:
             config.builder_optimization_level = plan.optimization_level
         name, low, opt, high = plan.profile

@@ -11,6 +11,11 @@ in the ONNX. The host writes ``model.fp16.onnx`` (FP16 everywhere, float32 I/O) 
 ``model.int8.qdq.fp16.onnx`` (Q/DQ INT8, FP16 elsewhere); 8.5–10 build the FP16 file with the FP16 flag
 and the FP32 Q/DQ file with INT8+FP16, which allows the same types (their parsers stop at opset 17/18,
 below the FP16-scale Q/DQ file's opset 19).
+
+FP32 is strict: TensorRT ≥ 7.1 enables TF32 by default (BuilderFlag.TF32, set in every new builder config), so
+an FP32 build on Ampere or newer runs its convolutions and matrix products in TF32 (10-bit mantissa) unless the
+flag is cleared. ``precision = "fp32"`` (the report's strict FP32 column, auto's FP32 candidate) clears it on
+every version (11 keeps the flag); FP16 and INT8 builds keep TensorRT's defaults, as ``trtexec --fp16`` does.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ...contract.manifest import MODEL_FP16, MODEL_FP32, MODEL_INT8_QDQ, MODEL_I
 from ...contract.model_files import model_file as choose_model_file
 
 CACHE_ALGORITHM = "EntropyCalibration2"
+STRICT_FP32_CLEARS = ("TF32",)  # on by default since TensorRT 7.1: an FP32 build would run TF32 on Ampere+
 
 
 class PlanError(ValueError):
@@ -113,6 +119,7 @@ class BuildPlan:
     progress_monitor: bool = False
     strongly_typed: bool = False
     warnings: Tuple[str, ...] = field(default_factory=tuple)
+    cleared_flags: Tuple[str, ...] = ()  # builder flags on by default that this build clears (TF32 for FP32)
 
     @property
     def min_batch(self) -> int:
@@ -221,7 +228,8 @@ def plan_build(options: Mapping[str, Any], version: TrtVersion, dla_cores: int =
         profile=profile_shapes(options.get("input_name", "input"), shape, batch_sizes),
         optimization_level=None if level is None else int(level), dla_core=dla_core, int8_mode=int8_mode,
         use_calibration_cache=use_cache, network_flags=("EXPLICIT_BATCH",) if version.explicit_batch_flag else (),
-        progress_monitor=version.progress_monitor, strongly_typed=version.strongly_typed, warnings=tuple(warnings))
+        progress_monitor=version.progress_monitor, strongly_typed=version.strongly_typed, warnings=tuple(warnings),
+        cleared_flags=STRICT_FP32_CLEARS if precision == "fp32" else ())
 
 
 def dla_placement(layers: Sequence[Tuple[str, bool]], dla_core: int) -> Dict[str, Any]:
@@ -274,11 +282,12 @@ def engine_identity(version: TrtVersion, device_name: str, compute_capability: T
     TensorRT's full version with its build number (engines are tied to the exact build), the GPU, and
     the CUDA *driver* and L4T release the device runs — not the version of the Python binding's bundled
     runtime, which says nothing about the libraries TensorRT links. Where no build number can be found,
-    ``library`` (the loaded libnvinfer's path, size and modification time) stands in for it.
+    ``library`` (the loaded libnvinfer's path, size and modification time) stands in for it. ``fp32_clears``: an
+    FP32 engine cached before FP32 builds cleared TF32 is not strict FP32, so it must not be reused.
     """
     identity = {"backend": "tensorrt", "version": version.full, "device": device_name,
                 "compute_capability": "{}.{}".format(*compute_capability), "dla_core": dla_core,
-                "cuda_driver": cuda_driver, "l4t": l4t}
+                "cuda_driver": cuda_driver, "l4t": l4t, "fp32_clears": list(STRICT_FP32_CLEARS)}
     if not version.build:
         identity["library"] = library
     return identity
