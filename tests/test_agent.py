@@ -14,7 +14,7 @@ import pytest
 
 from edgekit.device.agent.admin import agent_running
 from edgekit.device.agent.spool import AgentLock, Spool, read_json
-from edgekit.device.contract.protocol import new_job_id
+from edgekit.device.contract.protocol import DEVICE_INFO, new_job_id
 from edgekit.device.contract.service import parse_exec_start
 from edgekit.host.config import load_config
 from edgekit.host.optimize import optimize
@@ -118,6 +118,26 @@ def test_bad_bundles_fail_the_job_and_keep_current(agent_root, tmp_path, attack,
     report = wait_report(spool, publish(transport, manifest, key, payload, signature))
     assert report["status"] == "failed" and words in report["error"]
     assert spool.current("tiny") == before and (spool.models / "tiny" / "current" / "engine.json").is_file()
+
+
+def test_a_failed_job_has_the_agent_describe_the_device_again(agent_root):
+    """A runtime upgraded under a running agent fails the next job ("push again"); the push after it must choose
+    its files by the new description, so a failed job refreshes device.json (here: deleted, then back)."""
+    transport, manifest, key = agent_root
+    described = transport.spool.root / DEVICE_INFO
+    until(described.is_file, "the agent's description at start")
+    described.unlink()
+    report = wait_report(transport.spool, publish(transport, manifest, key, signature=b""))
+    assert report["status"] == "failed"
+    until(described.is_file, "the description after a failed job")
+    assert set(read_json(described)["backends"]) >= {"onnxruntime"}
+
+
+def until(check, what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"no {what}"
+        time.sleep(0.1)
 
 
 def test_agent_killed_during_a_build_finishes_the_job_after_restart(project):

@@ -67,8 +67,9 @@ def status(root: Path, load_engines: bool = False) -> Dict[str, Any]:
 
 def describe_device() -> Dict[str, Any]:
     """What the device is and can run (the runtimes, the host, CUDA, the CPU): what a push chooses the files
-    by. It changes only when software is installed, which restarts the agent: the agent writes it at start
-    (``DEVICE_INFO``) and the host reads that file instead of running ``status`` on every push."""
+    by. It changes only when software is installed: the agent writes it at start and after a failed job (what an
+    upgrade under a running agent leads to), as ``DEVICE_INFO``, and the host reads that file instead of running
+    ``status`` on every push."""
     from ..backends import describe_all
     from ..backends.tensorrt.cuda import cuda_bindings
     from ..cpu import describe_cpu

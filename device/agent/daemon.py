@@ -125,6 +125,16 @@ def _supervised(spool: Spool, runner: JobRunner, job: str, given_up: Set[str]) -
         log("error: cannot run job {} now: {}; trying again shortly".format(job, exc))
         given_up.add(job)
         time.sleep(1.0)
+        return
+    _quietly(lambda: _describe_after_failure(spool, job))
+
+
+def _describe_after_failure(spool: Spool, job: str) -> None:
+    """device.json again after a failed job: a runtime upgraded since the agent started (TensorRT 10 to 11) fails
+    the job with "push again", and the next push must then choose its files by the new runtime, not the old one.
+    Not after a success, so the describing process never runs beside the benchmark of back-to-back pushes."""
+    if _describer is None and (spool.state(job) or {}).get("status") == "failed":
+        _describe(spool)
 
 
 _warned: Dict[str, float] = {}
