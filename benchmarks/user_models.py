@@ -55,8 +55,8 @@ ZOO = ["shufflenet", "senet", "densenet", "upskip", "two_outputs", "optional_inp
 OUTPUT = {"two_outputs": 1}
 TIMM = ["resnet18", "mobilenetv3_small_100", "efficientnet_b0", "regnetx_002", "densenet121", "ghostnet_100",
         "convnext_atto", "mobilevitv2_050"]
-TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf",
-               "shufflenet_v2_x1_0", "squeezenet1_1", "mnasnet1_0", "googlenet", "densenet121", "convnext_tiny"]
+TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
+               "shufflenet_v2_x0_5", "squeezenet1_1", "mnasnet0_5", "googlenet", "densenet121", "convnext_tiny"]
 # lr per model where 0.05 diverges or stalls: no BatchNorm after every conv (SqueezeNet), LayerNorm (ConvNeXt)
 TORCHVISION_RECIPE = {"squeezenet1_1": {"lr": 0.01}, "convnext_tiny": {"lr": 0.01}}
 
