@@ -226,3 +226,17 @@ def test_diverged_logits_are_named_not_blamed_on_the_export(tmp_path):
         model[3].weight.mul_(1e9)
     with pytest.raises(CheckFailed, match=r"logits reach .*its training diverged; lower train.lr"):
         verify_onnx(model, tmp_path / "m.onnx", INPUTS.numpy())
+
+
+def test_layers_feeding_googlenets_auxiliary_heads_stay_whole_so_fine_tuning_runs():
+    """GoogLeNet's aux heads run only in train mode, outside the graph traced in eval mode: pruning the
+    inception blocks under them left the heads expecting 512 channels and fine-tuning raised."""
+    model = create_model("torchvision.models:googlenet", num_classes=10)
+    steps = prune(model, "googlenet")
+    protected = steps[-1].protected
+    fed = {reason.split(",")[0] for reason in protected.values() if "runs only in training" in reason}
+    assert fed == {"feeds aux1", "feeds aux2"}, protected
+    assert all(name.startswith(("inception4a.", "inception4d.")) for name, reason in protected.items()
+               if "runs only in training" in reason)
+    logits, aux2, aux1 = model.train()(INPUTS)
+    assert logits.shape == aux1.shape == aux2.shape == (2, 10)
