@@ -21,6 +21,10 @@ BatchNorm after every conv, 15 epochs), then pushed as above. The table adds the
 unpruned FP32 model (batch 32) and whether `edgekit train` warned of a chance-level training.
 Results: ``results/user_models_torchvision.json``.
 
+Part 1d (``--torchvision --structure``): no training, minutes not hours: per model, one training step in
+train mode at 32×32 (auxiliary heads, stochastic depth), 50 % pruning, export and the ONNX Runtime check,
+with the layers left unpruned. Results: ``results/user_models_torchvision_structure.json``.
+
 Part 2 (``--target``): push time of DenseNet-121 (``tests/user_models.py:densenet121``: timm's and
 torchvision's layout, ImageNet stem, written here so the target does not depend on either's release)
 with pruning + INT8 against ResNet-20 ×4 with the same recipe, interleaved rounds from a clean cache each
@@ -55,8 +59,8 @@ ZOO = ["shufflenet", "senet", "densenet", "upskip", "two_outputs", "optional_inp
 OUTPUT = {"two_outputs": 1}
 TIMM = ["resnet18", "mobilenetv3_small_100", "efficientnet_b0", "regnetx_002", "densenet121", "ghostnet_100",
         "convnext_atto", "mobilevitv2_050"]
-TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf",
-               "shufflenet_v2_x1_0", "squeezenet1_1", "mnasnet1_0", "googlenet", "densenet121", "convnext_tiny"]
+TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
+               "shufflenet_v2_x0_5", "squeezenet1_1", "mnasnet0_5", "googlenet", "densenet121", "convnext_tiny"]
 # lr per model where 0.05 diverges or stalls: no BatchNorm after every conv (SqueezeNet), LayerNorm (ConvNeXt)
 TORCHVISION_RECIPE = {"squeezenet1_1": {"lr": 0.01}, "convnext_tiny": {"lr": 0.01}}
 
@@ -147,6 +151,40 @@ def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, 
     return rows
 
 
+def structure(module: str, models: list[str]) -> list[dict]:
+    """Each model built, stepped once in train mode, pruned by half, exported and checked in ONNX Runtime."""
+    import numpy as np
+    import torch
+
+    from edgekit.host.optimize.export.onnx_export import export_onnx, verify_onnx
+    from edgekit.host.optimize.prune.structured import PruneSpec, prune_model
+    from edgekit.host.outputs import select
+    from edgekit.host.train.models import create_model
+
+    rows = []
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for name in models:
+        start = time.perf_counter()
+        row: dict = {"model": name}
+        try:
+            torch.manual_seed(0)
+            model = create_model(f"{module}:{name}", 10).train()
+            select(model(images[:4]), 0).sum().backward()
+            before = sum(p.numel() for p in model.parameters())
+            steps = prune_model(model.eval(), PruneSpec(ratio=0.5, round_to=4, num_classes=10), images[:1],
+                                lambda step: [], lambda *args: (0, float("nan")), lambda message: None, batch=images)
+            with tempfile.TemporaryDirectory() as folder:
+                export_onnx(model, Path(folder) / "m.onnx", [3, 32, 32])
+                error = verify_onnx(model, Path(folder) / "m.onnx", np.asarray(images[:2]))
+            row.update(ok=True, params_kept=sum(p.numel() for p in model.parameters()) / before,
+                       protected=list(steps[-1].protected), onnx_error=error)
+        except Exception as exc:  # noqa: BLE001 - the table says what failed
+            row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:150])
+        rows.append(dict(row, seconds=time.perf_counter() - start))
+        print(json.dumps(rows[-1], default=str)[:300], flush=True)
+    return rows
+
+
 def target(work: Path, data: Path, rounds: int, finetune: int, train_epochs: int, models: list[str],
            on_push: Callable[[dict], None] = lambda partial: None) -> dict:
     """Push time of each model vs ResNet-20 ×4, same recipe, interleaved, clean caches each round."""
@@ -201,6 +239,7 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="default: the zoo, or TIMM with --timm")
     parser.add_argument("--timm", action="store_true", help="push timm models instead of the zoo (needs timm)")
     parser.add_argument("--torchvision", action="store_true", help="push torchvision's classification zoo")
+    parser.add_argument("--structure", action="store_true", help="no training: train step, prune, export, check")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--finetune", type=int, default=1)
     parser.add_argument("--train-epochs", type=int, default=None, help="default 3, or 15 with --torchvision")
@@ -235,6 +274,14 @@ def main() -> None:
             print(f"skipped the timm models: timm does not import here ({missing}); run from a venv with timm")
             return
         module = "timm"
+    if args.structure:
+        rows = structure(module, models)
+        report(f"{name}_structure", "train step + prune 50% + ONNX check per model, no training",
+               ["model", "ok", "params kept", "left unpruned", "ONNX max error / error", "seconds"],
+               [[r["model"], "yes" if r["ok"] else "no", f"{r['params_kept']:.0%}" if r["ok"] else "-",
+                 ", ".join(r.get("protected", [])[:3]) or "-", r.get("error") or f"{r['onnx_error']:.1e}",
+                 r["seconds"]] for r in rows], {"settings": vars(args), "rows": rows})
+        return
     if not args.only_target:
         def write(rows: list[dict]) -> None:  # after every model: a stopped sweep still leaves its results
             results["zoo"] = rows

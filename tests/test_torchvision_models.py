@@ -19,7 +19,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from edgekit.host.config import deploy_toml, load_config
-from edgekit.host.errors import ConfigError
+from edgekit.host.errors import CheckFailed, ConfigError
 from edgekit.host.optimize.export.onnx_export import export_onnx, verify_onnx
 from edgekit.host.optimize.prune.structured import build_graph
 from edgekit.host.train.checkpoint import load_model, save_checkpoint
@@ -187,3 +187,56 @@ def test_a_torchvision_model_trains_and_pushes_through_the_cli(tmp_path, digits_
         assert report["host"]["pruning"]["protected"] == {}
     finally:
         kill_agents(tmp_path / "home")
+
+
+def test_slow_batchnorm_statistics_are_settled_after_a_short_training(digits_dir):
+    """MNASNet's BatchNorm momentum is 0.0003 (MobileNetV3's 0.01): after a short training its running
+    statistics were still mostly the initial 0/1, eval mode blew the activations up and held-out top-1 was at
+    chance (and the export check then blamed the exporter). They are now the training images' own."""
+    from edgekit.host.train.loop import settle_batchnorm, slow_batchnorms
+
+    assert slow_batchnorms(torchvision.models.resnet18(), 100) == []  # momentum 0.1: settled by itself
+    model = torchvision.models.mnasnet0_5(num_classes=10)
+    assert len(slow_batchnorms(model, 100)) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    split = load_dataset("cifar", digits_dir, (32, 32)).train
+    split = type(split)(split.images[:96], split.labels[:96])
+    mean, std = [40.0] * 3, [80.0] * 3
+    first = model.layers[1]  # the first BatchNorm: its input (the stem conv's) does not depend on any statistics
+    seen: list[torch.Tensor] = []
+    handle = first.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert settle_batchnorm(model, split, mean, std, 32, 100, torch.device("cpu")) == len(slow_batchnorms(model, 100))
+    handle.remove()
+    inputs = torch.cat(seen)
+    assert torch.allclose(first.running_mean, inputs.mean((0, 2, 3)), atol=1e-4)
+    assert not torch.allclose(first.running_mean, torch.zeros_like(first.running_mean), atol=1e-2)
+    assert first.momentum == pytest.approx(0.0003) and not model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_diverged_logits_are_named_not_blamed_on_the_export(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 10)).eval()
+    export_onnx(model, tmp_path / "m.onnx", [3, 32, 32])
+    with torch.no_grad():
+        model[3].weight.add_(1.0)  # torch now differs from the file
+    with pytest.raises(CheckFailed, match="the export is wrong"):
+        verify_onnx(model, tmp_path / "m.onnx", INPUTS.numpy())
+    with torch.no_grad():
+        model[3].weight.mul_(1e9)
+    with pytest.raises(CheckFailed, match=r"logits reach .*its training diverged; lower train.lr"):
+        verify_onnx(model, tmp_path / "m.onnx", INPUTS.numpy())
+
+
+def test_layers_feeding_googlenets_auxiliary_heads_stay_whole_so_fine_tuning_runs():
+    """GoogLeNet's aux heads run only in train mode, outside the graph traced in eval mode: pruning the
+    inception blocks under them left the heads expecting 512 channels and fine-tuning raised."""
+    model = create_model("torchvision.models:googlenet", num_classes=10)
+    steps = prune(model, "googlenet")
+    protected = steps[-1].protected
+    fed = {reason.split(",")[0] for reason in protected.values() if "runs only in training" in reason}
+    assert fed == {"feeds aux1", "feeds aux2"}, protected
+    assert all(name.startswith(("inception4a.", "inception4d.")) for name, reason in protected.items()
+               if "runs only in training" in reason)
+    logits, aux2, aux1 = model.train()(INPUTS)
+    assert logits.shape == aux1.shape == aux2.shape == (2, 10)

@@ -48,8 +48,41 @@ def train(model: nn.Module, split: Split, mean: list[float], std: list[float], *
         ran = _epochs(model, net, split, mean, std, epochs, batch_size, optimizer, schedule, scaler, criterion,
                       augment, seed, progress, loss_fn, after_backward, stop, device, amp, output)
     distributed.take_main_weights(model)
+    settle_batchnorm(model, split, mean, std, batch_size, ran * steps // max(1, epochs), device, output)
     model.eval()
     return ran
+
+
+def slow_batchnorms(model: nn.Module, steps: int) -> list[nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers whose running statistics still hold over 5 % of their initial values after ``steps``
+    updates: a TensorFlow-style momentum (MNASNet's 0.0003, MobileNetV3's 0.01) over a short training."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            and m.momentum is not None and (1 - m.momentum) ** steps > 0.05]
+
+
+@torch.no_grad()
+def settle_batchnorm(model: nn.Module, split: Split, mean: list[float], std: list[float], batch_size: int,
+                     steps: int, device: torch.device, output: OutputKey = 0) -> int:
+    """Re-estimate the running statistics of the slow BatchNorm layers (``slow_batchnorms``) over one pass of
+    the training images, and return how many: left as they are, eval mode normalises with mostly the initial
+    mean 0 / variance 1, the activations blow up through the network and held-out top-1 falls to chance
+    although training went well. The other layers and the weights are untouched."""
+    slow = slow_batchnorms(model, steps)
+    if not slow:
+        return 0
+    model.eval()
+    momenta = [layer.momentum for layer in slow]
+    for layer in slow:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average over the pass
+        layer.train()
+    for inputs, _ in batches(split, batch_size, mean, std):
+        if len(inputs) > 1:  # a last batch of one image has no batch statistics on a 1×1 map
+            select(model(inputs.to(device)), output)
+    for layer, momentum in zip(slow, momenta):
+        layer.momentum = momentum
+    model.eval()
+    return len(slow)
 
 
 def _epochs(model: nn.Module, net: nn.Module, split: Split, mean: list[float], std: list[float], epochs: int,

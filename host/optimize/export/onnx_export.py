@@ -79,6 +79,9 @@ def onnx_top1(path: Path, inputs: np.ndarray, labels: np.ndarray) -> float:
     return top1_of(onnx_predict(path, inputs), labels)
 
 
+DIVERGED = 1e6  # logits beyond this come from a diverged training: no classifier needs them
+
+
 def verify_onnx(model: nn.Module, path: Path, inputs: np.ndarray, rtol: float = 1e-3, atol: float = 1e-4,
                 output: OutputKey = 0) -> float:
     """ONNX Runtime's classifier output must reproduce torch's on real inputs; returns the max abs difference."""
@@ -87,6 +90,11 @@ def verify_onnx(model: nn.Module, path: Path, inputs: np.ndarray, rtol: float = 
     actual = onnx_predict(path, inputs)
     difference = float(np.max(np.abs(expected - actual)))
     if not np.allclose(expected, actual, rtol=rtol, atol=atol):
+        largest = float(np.max(np.abs(expected)))
+        if not np.isfinite(largest) or largest > DIVERGED:  # float32 rounding alone, not the export
+            raise CheckFailed(f"{path.name}: the model's logits reach {largest:.3g}, so float32 cannot reproduce "
+                              f"them (ONNX Runtime differs from torch by up to {difference:.3g}): its training "
+                              "diverged; lower train.lr (e.g. 0.01) and retrain it")
         raise CheckFailed(f"{path.name}: ONNX Runtime differs from torch by up to {difference:.3g}; "
                           "the export is wrong, please report it with the model")
     return difference

@@ -9,6 +9,7 @@ checked afterwards. The result is saved as torch-pruning's pruning history (JSON
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from torch import nn
 
 from ...config import PruneSection
 from ...errors import ConfigError
-from ...outputs import OutputKey, check_classifier, named_outputs, output_layers, select
+from ...outputs import OutputKey, check_classifier, named_outputs, nearest_producers, output_layers, select
 from .probe import Cut, channel_mixers, culprits
 
 Say = Callable[[str], None]
@@ -526,6 +527,8 @@ def prunable(model: nn.Module, spec: PruneSpec, example: torch.Tensor, batch: to
     build = lambda net: build_graph(net.eval(), example)  # noqa: E731
     graph = build(model)  # built once: tracing a 120-layer DenseNet costs seconds per build
     auto = {name: reason for name, reason in channel_mixers(model.eval(), example).items() if name not in protect}
+    pair = batch[:2] if len(batch) > 1 else batch.repeat(2, 1, 1, 1)  # train-mode BatchNorm needs two images
+    auto.update({name: reason for name, reason in train_only_feeders(model, pair).items() if name not in protect})
     say("pruning probe: checking which layer groups torch-pruning can follow (on a copy, with real images)")
     auto.update(unmapped_groups(graph, model, protect + list(auto)))
     auto.update(unfollowable(model, batch, protect + list(auto), spec, build, graph, say))
@@ -539,6 +542,44 @@ def prunable(model: nn.Module, spec: PruneSpec, example: torch.Tensor, batch: to
         raise ConfigError("nothing left to prune: every layer is protected, produces an output or cannot be "
                           f"followed by torch-pruning{why}; disable pruning (prune.enabled = false)")
     return graph, protect, auto, groups
+
+
+def train_only_feeders(model: nn.Module, batch: torch.Tensor) -> dict[str, str]:
+    """The layers feeding modules that run only in train mode (GoogLeNet's and Inception's auxiliary heads),
+    with why they stay whole: the graph is traced in eval mode, where those modules do not run, so pruning
+    these layers would leave the heads expecting the old channel count and fine-tuning would fail."""
+    ran: set[str] = set()
+    hooks = [m.register_forward_hook(lambda *_, n=name: ran.add(n)) for name, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            model.eval()(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    net = copy.deepcopy(model).train()  # a copy: a train-mode pass moves BatchNorm statistics
+    producers: dict[Any, str] = {}
+    inputs: dict[str, Any] = {}
+
+    def record(name: str, module: nn.Module) -> Callable[..., None]:
+        def hook(_: nn.Module, args: Any, output: Any) -> None:
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and getattr(output, "grad_fn", None) is not None:
+                producers[output.grad_fn] = name
+            if name not in ran and args and getattr(args[0], "grad_fn", None) is not None:
+                inputs.setdefault(name, args[0].grad_fn)
+        return hook
+
+    hooks = [m.register_forward_hook(record(name, m)) for name, m in net.named_modules() if name]
+    try:
+        with torch.enable_grad():
+            net(batch)
+    except Exception:  # noqa: BLE001 - a model failing in train mode fails its fine-tuning, with its own line
+        return {}
+    finally:
+        for hook in hooks:
+            hook.remove()
+    heads = [name for name in inputs if not any(name.startswith(other + ".") for other in inputs)]
+    return {layer: f"feeds {head}, which runs only in training (an auxiliary head), so its channels stay"
+            for head in heads for layer in nearest_producers([inputs[head]], producers)}
 
 
 def score_groups(scorer: tp.importance.Importance, groups: list[PruneGroup], protect: list[str],
