@@ -41,7 +41,7 @@ def clear_stale(home: Path) -> None:
     """Remove the device folders of test sessions that have ended; a live session's are left alone."""
     for stale in home.glob(".edgekit-test-*"):
         owner = re.match(r"\.edgekit-test-p(\d+)-", stale.name)
-        if owner is None or not _alive(int(owner.group(1))):
+        if owner is None or not Path(f"/proc/{owner.group(1)}").exists():  # that session has ended
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -56,16 +56,6 @@ def stop_session_agents(user: str, home: Path) -> None:
             pass
     for folder in home.glob(device_dir("*")):
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sshd_binary() -> str | None:
