@@ -73,6 +73,7 @@ def _start(spool: Spool) -> None:
 
 
 _describer: Optional[subprocess.Popen[bytes]] = None
+_describe_pending = False
 
 
 def _describe(spool: Spool) -> None:
@@ -82,12 +83,6 @@ def _describe(spool: Spool) -> None:
     global _describer
     command = [sys.executable, "-m", __name__.rpartition(".")[0] + ".main", "describe", "--root", str(spool.root)]
     _describer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
-
-
-def _reap_describer() -> None:
-    global _describer
-    if _describer is not None and _describer.poll() is not None:
-        _describer = None
 
 
 def _loop(spool: Spool, runner: JobRunner, poll: float, once: bool) -> int:
@@ -104,7 +99,7 @@ def _loop(spool: Spool, runner: JobRunner, poll: float, once: bool) -> int:
                 _supervised(spool, runner, job, given_up)
             retry_at = time.monotonic() + RETRY_S
         _quietly(spool.beat)
-        _reap_describer()
+        _quietly(lambda: _describe_when_due(spool))
         _quietly(lambda: refuse_foreign(spool))
         jobs = _safe(spool.queued, [])
         for job in jobs:
@@ -133,7 +128,19 @@ def _describe_after_failure(spool: Spool, job: str) -> None:
     """device.json again after a failed job: a runtime upgraded since the agent started (TensorRT 10 to 11) fails
     the job with "push again", and the next push must then choose its files by the new runtime, not the old one.
     Not after a success, so the describing process never runs beside the benchmark of back-to-back pushes."""
-    if _describer is None and (spool.state(job) or {}).get("status") == "failed":
+    global _describe_pending
+    if (spool.state(job) or {}).get("status") == "failed":
+        _describe_pending = True
+    _describe_when_due(spool)
+
+
+def _describe_when_due(spool: Spool) -> None:
+    """Reap a finished describer; start the one a failure asked for once none runs (one at a time)."""
+    global _describer, _describe_pending
+    if _describer is not None and _describer.poll() is not None:
+        _describer = None
+    if _describe_pending and _describer is None:
+        _describe_pending = False
         _describe(spool)
 
 
