@@ -63,7 +63,8 @@ def init(device: Any = None) -> None:
 def leave() -> None:
     """Leave the process group before the interpreter exits: a gloo group still alive at exit has its threads
     torn down by the C++ runtime, which aborts the worker now and then ("terminate called without an active
-    exception", SIGABRT) after it finished its work, and torchrun reports the whole run failed."""
+    exception", SIGABRT) after it finished its work, and torchrun reports the whole run failed (pytorch/pytorch
+    #190489: Gloo threads still holding tensors when the interpreter is torn down)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
