@@ -88,3 +88,34 @@ def test_two_workers_take_the_single_process_steps(tmp_path):
     for name in one:
         assert torch.allclose(one[name].double(), two[name].double(), rtol=1e-4, atol=1e-5), name
     assert one["1.num_batches_tracked"] == two["1.num_batches_tracked"] == 30
+
+
+LEAVER = '''
+import atexit
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from edgekit.host.train import distributed
+
+# registered first, so it runs last: what the interpreter's teardown finds
+atexit.register(lambda: Path(f"{sys.argv[1]}{distributed.rank()}").write_text(str(dist.is_initialized())))
+distributed.barrier()
+'''
+
+
+def test_workers_leave_the_process_group_before_the_interpreter_exits(tmp_path):
+    """A gloo group still alive when the interpreter is torn down aborts a worker now and then (SIGABRT after its
+    work is done, and torchrun calls the run failed): every worker leaves the group at exit."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "leaver.py"
+    script.write_text(LEAVER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+               str(tmp_path / "rank")]
+    result = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["False", "False"]
