@@ -253,10 +253,10 @@ def serve(candidates: Sequence[Candidate], sizes: Sequence[int], batch: int) -> 
         raise ValueError("every validated candidate must be measured at every batch size before choosing")
     at = _Rounds(batch, candidates)
     fastest = {b: min(valid, key=lambda c, b=b: at.key(c, b)) for b in sizes}
-    ties = {b: [c for c in valid if at.median(c, b) <= at.median(fastest[b], b) * (1 + NOISE_PERCENT / 100)]
+    ties = {b: {c.name for c in valid if at.median(c, b) <= at.median(fastest[b], b) * (1 + NOISE_PERCENT / 100)}
             for b in sizes}
-    order = sorted(valid, key=lambda c: (-sum(c in ties[b] for b in sizes), at.key(c, sizes[0])))
-    served = {b: next(c for c in order if c in ties[b]) for b in sizes}
+    order = sorted(valid, key=lambda c: (-sum(c.name in ties[b] for b in sizes), at.key(c, sizes[0])))
+    served = {b: next(c for c in order if c.name in ties[b]) for b in sizes}
     for b in sizes:  # a tie only wins to save an engine: alone at its batch size, the fastest serves it
         if all(served[o] is not served[b] for o in sizes if o != b):
             served[b] = fastest[b]
@@ -265,7 +265,7 @@ def serve(candidates: Sequence[Candidate], sizes: Sequence[int], batch: int) -> 
     winner = served[primary]
     second = min((c for c in valid if c is not winner), key=lambda c: at.key(c, primary))
     rounds = "medians of {} interleaved rounds".format(len(winner.round_medians_ms))
-    users = list(dict.fromkeys(served[b] for b in sizes))
+    users = {served[b].name for b in sizes}
     if len(users) == 1:
         message = "auto chose {}: it serves every batch size ({}); {}".format(
             winner.shown, "; ".join("batch {}: {}".format(b, reasons[b].split(": ", 1)[1]) for b in sizes), rounds)

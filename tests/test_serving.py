@@ -1,0 +1,111 @@
+"""``precision = "auto"`` serves each batch size with the fastest validated engine (``serve``): a serving map when
+no engine is as fast at every size, one file when one is; and the agent's serving map as an engine of the cache.
+
+The choice is pure and tested on figures; the map's life on the device (switch, rollback, repair, garbage
+collection) on a real spool; one push to the ``local`` device shows the report's per-batch-size lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from edgekit.device.agent.health import engine_problem
+from edgekit.device.agent.serving import members, write_map
+from edgekit.device.agent.spool import Spool
+from edgekit.device.agent.store import StoreConfig, protected_set
+from edgekit.device.jobs.auto import NOISE_PERCENT, Candidate, serve
+
+SIZES = [1, 32]
+
+
+def cand(backend, precision, b32, b1, passed=True, requested=True, executed=""):
+    """A candidate measured at batch 32 (``round_medians_ms``) and batch 1."""
+    return Candidate(backend, f"{backend}.{precision}.onnx", passed, round_medians_ms=list(b32),
+                     other_batches={1: list(b1)}, precision=precision, executed=executed, requested=requested)
+
+
+def test_a_crossing_is_served_by_the_fastest_at_each_batch_size():
+    """OpenVINO INT8 fastest at batch 32, ONNX Runtime INT8 at batch 1 (as on the demo's CPU): each serves its
+    own; the one-line reasons say by how much."""
+    ov = cand("openvino", "int8", [3.0, 3.1, 3.0], [0.40, 0.41, 0.40])
+    ort = cand("onnxruntime", "int8", [4.5, 4.4, 4.6], [0.20, 0.21, 0.20])
+    serving = serve([ov, ort], SIZES, 32)
+    assert serving.served == {1: "onnxruntime int8", 32: "openvino int8"}
+    assert serving.winner == "onnxruntime int8" and serving.files == ["onnxruntime int8", "openvino int8"]
+    assert serving.reasons[32].startswith("openvino int8 (openvino.int8.onnx): the fastest at batch 32, 1.50× faster "
+                                          "than onnxruntime int8 (3.000 vs 4.500 ms)")
+    assert serving.reasons[1].startswith("onnxruntime int8 (onnxruntime.int8.onnx): the fastest at batch 1, 2.00×")
+    assert "batch 1 with onnxruntime int8, batch 32 with openvino int8" in serving.message
+
+
+def test_one_file_serves_every_size_when_it_is_within_noise_of_the_fastest_everywhere():
+    """bf16 is 2 % behind INT8 at batch 1 (within NOISE_PERCENT) and the fastest at 32: one engine, not two."""
+    int8 = cand("openvino", "int8", [13.0, 13.1, 12.9], [1.00, 1.00, 1.00])
+    bf16 = cand("openvino", "fp16", [10.0, 10.1, 9.9], [1.02, 1.02, 1.02], executed="bf16")
+    serving = serve([int8, bf16], SIZES, 32)
+    assert serving.served == {1: "openvino fp16", 32: "openvino fp16"} and serving.files == ["openvino fp16"]
+    assert f"within {NOISE_PERCENT:g}% of the fastest at batch 1, openvino int8" in serving.reasons[1]
+    assert serving.message.startswith("auto chose openvino bf16: it serves every batch size")
+
+
+def test_a_gap_beyond_the_margin_is_never_served_however_noisy_the_rounds():
+    """8 % slower by the median at batch 32 with one round reversed: the slower file does not serve batch 32,
+    although ``choose``'s round-by-round test would have called it a tie."""
+    a = cand("onnxruntime", "int8", [10.0, 10.0, 10.0, 10.0, 10.0], [1.0, 1.0, 1.0, 1.0, 1.0])
+    b = cand("openvino", "int8", [10.8, 10.9, 9.5, 10.8, 11.0], [0.90, 0.92, 0.91, 0.93, 0.90])
+    serving = serve([a, b], SIZES, 32)
+    assert serving.served == {1: "openvino int8", 32: "onnxruntime int8"}
+
+
+def test_ties_within_noise_go_to_the_file_that_serves_more_sizes_then_the_faster_at_batch_one():
+    a = cand("openvino", "int8", [10.0, 10.0], [1.00, 1.00])
+    b = cand("onnxruntime", "int8", [10.3, 10.3], [0.99, 0.99])  # within noise at both sizes: a tie everywhere
+    assert serve([a, b], SIZES, 32).served == {1: "onnxruntime int8", 32: "onnxruntime int8"}
+    assert serve([b, a], SIZES, 32).served == {1: "onnxruntime int8", 32: "onnxruntime int8"}  # not by order
+
+
+def test_a_file_that_failed_validation_or_was_not_asked_for_is_never_served():
+    fast_but_wrong = cand("onnxruntime", "int8", [1.0], [0.1], passed=False)
+    adviser = cand("openvino", "fp32", [2.0], [0.2], requested=False)
+    slow = cand("openvino", "int8", [5.0], [0.5])
+    serving = serve([fast_but_wrong, adviser, slow], SIZES, 32)
+    assert serving.served == {1: "openvino int8", 32: "openvino int8"}
+    assert serving.reasons[1].endswith("the only candidate that passed")
+    with pytest.raises(ValueError, match="no candidate passed validation"):
+        serve([fast_but_wrong], SIZES, 32)
+
+
+def test_three_sizes_and_three_files_each_served_where_it_is_fastest():
+    a = Candidate("openvino", "a", True, round_medians_ms=[9.0], other_batches={1: [0.1], 8: [3.0]}, precision="int8")
+    b = Candidate("onnxruntime", "b", True, round_medians_ms=[6.0], other_batches={1: [0.3], 8: [1.0]},
+                  precision="int8")
+    c = Candidate("openvino", "c", True, round_medians_ms=[3.0], other_batches={1: [0.5], 8: [2.0]},
+                  precision="fp16")
+    assert serve([a, b, c], [1, 8, 32], 32).served == {1: "openvino int8", 8: "onnxruntime int8",
+                                                       32: "openvino fp16"}
+
+
+# -- the serving map on the device ------------------------------------------------------------------------------
+def _engine(spool: Spool, key: str) -> None:
+    folder = spool.engines / key
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"x")
+    (folder / "engine.json").write_text(json.dumps({"key": key, "backend": "onnxruntime", "file": "model.onnx"}))
+
+
+def test_a_serving_map_is_an_engine_whose_engines_stay_and_must_all_be_there(tmp_path):
+    spool = Spool(tmp_path / "root").ensure()
+    for key in ("a" * 64, "b" * 64):
+        _engine(spool, key)
+    folder = write_map(spool.engines, {1: "a" * 64, 32: "b" * 64}, {"backend": "onnxruntime", "job": "j1"})
+    assert write_map(spool.engines, {32: "b" * 64, 1: "a" * 64}, {}) == folder  # the same map: the same entry
+    assert members(folder) == {1: spool.engines / ("a" * 64), 32: spool.engines / ("b" * 64)}
+    spool.switch("m", folder)
+    keep, _ = protected_set(spool, StoreConfig())
+    assert {folder.resolve(), (spool.engines / ("a" * 64)).resolve(), (spool.engines / ("b" * 64)).resolve()} <= keep
+    assert engine_problem(folder) is None
+    os.remove(str(spool.engines / ("b" * 64) / "model.onnx"))
+    assert "it serves batch 32" in engine_problem(folder)
