@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 
 import pytest
 
@@ -109,3 +110,68 @@ def test_a_serving_map_is_an_engine_whose_engines_stay_and_must_all_be_there(tmp
     assert engine_problem(folder) is None
     os.remove(str(spool.engines / ("b" * 64) / "model.onnx"))
     assert "it serves batch 32" in engine_problem(folder)
+
+
+def test_rollback_from_and_to_a_serving_map_and_a_map_missing_an_engine_is_refused(tmp_path):
+    from edgekit.device.errors import JobError
+    from edgekit.device.jobs.context import Job
+    from edgekit.device.jobs.rollback import roll_back
+
+    spool = Spool(tmp_path / "root").ensure()
+    for key in ("a" * 64, "b" * 64, "c" * 64):
+        _engine(spool, key)
+    folder = write_map(spool.engines, {1: "a" * 64, 32: "b" * 64}, {"serving": {"1": {}, "32": {}}})
+    spool.switch("m", folder)
+    spool.switch("m", spool.engines / ("c" * 64))
+    job = Job(spool, "rb1")
+    spool.job_dir("rb1").mkdir()
+    report = roll_back(job, "m", None, "host")
+    assert os.path.basename(report["current"]) == folder.name and report["serving"] == {"1": {}, "32": {}}
+    assert os.path.basename(report["previous"]) == "c" * 64
+    os.rename(str(spool.engines / ("a" * 64)), str(tmp_path / "gone"))
+    spool.switch("m", spool.engines / ("c" * 64))
+    with pytest.raises(JobError, match="no longer on this device"):
+        roll_back(job, "m", folder.name, "host")
+    assert os.path.basename(spool.current("m")) == "c" * 64  # nothing changed
+
+
+# -- end to end: a push with precision auto says which engine serves each batch size ------------------------------
+@pytest.mark.slow
+def test_push_local_auto_says_which_engine_serves_each_batch_size_and_serves_the_fastest(project):
+    from .conftest import run_cli
+
+    config = project / "deploy.toml"
+    root = project.parent / "home" / "local-device"
+    config.write_text(config.read_text() + f'\n[devices.local]\nkind = "local"\nbackend = "auto"\n'
+                                           f'precision = "auto"\nroot = "{root}"\n')
+    result = run_cli("push", "local", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["report"]
+    serving, candidates = report["serving"], report["auto"]["candidates"]
+    assert sorted(int(b) for b in serving) == [1, 8] and all(entry["reason"] for entry in serving.values())
+    by_key = {c["engine_key"]: c for c in candidates if c.get("engine_key")}
+
+    def median(candidate, batch):
+        return statistics.median(candidate["round_medians_ms"] if batch == 8
+                                 else candidate["other_batches"][str(batch)])
+
+    valid = [c for c in candidates if c["passed"] and c["requested"]]
+    for batch, entry in serving.items():
+        served = by_key[entry["engine_key"]]
+        assert served["passed"] and served["requested"]
+        if len(valid) > 1:  # never slower than the fastest validated alternative beyond the noise margin
+            fastest = min(median(c, int(batch)) for c in valid)
+            assert median(served, int(batch)) <= fastest * (1 + NOISE_PERCENT / 100)
+    current = os.path.basename(Spool(root).current(report["model"]))
+    assert report["engine_key"] == current
+    keys = {entry["engine_key"] for entry in serving.values()}
+    if len(keys) > 1:  # a serving map: current is the map and the benchmark ran each batch size on its engine
+        assert current.startswith("serve-")
+        assert {p.name for p in members(Spool(root).engines / current).values()} == keys
+    else:
+        assert current in keys
+    shown = run_cli("report", cwd=project)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    for batch, entry in serving.items():
+        assert f"batch {batch} served by {entry['backend']}" in text
