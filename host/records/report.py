@@ -33,7 +33,8 @@ def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
         latency = bench["latency_ms"]
         served = serving.get(bench["batch"])
         rows.append({
-            "device": device, "status": "done", "backend": served["backend"] + " (auto)" if served else backend,
+            "device": device, "status": "done",
+            "backend": served["backend"] + (" (auto)" if runtime_auto else "") if served else backend,
             "precision": served["precision"] if served else report["precision"],
             "batch": bench["batch"], "p50_ms": latency["median"], "p90_ms": latency["p90"], "p99_ms": latency["p99"],
             "cv_percent": latency["cv_percent"], "images_per_s": bench["images_per_s"],
