@@ -175,3 +175,47 @@ def test_push_local_auto_says_which_engine_serves_each_batch_size_and_serves_the
     text = " ".join(shown.stdout.split())
     for batch, entry in serving.items():
         assert f"batch {batch} served by {entry['backend']}" in text
+
+
+def test_the_report_shows_per_batch_size_the_engine_serving_it_and_why(tmp_path):
+    from rich.console import Console
+
+    from edgekit.host.records.plots import write_plots
+    from edgekit.host.records.report import latency_rows, print_report, summary_lines
+
+    def bench(batch, final, strict_label):
+        return {"batch": batch, "iterations": 5, "images_per_s": batch * 1000 / final, "samples_ms": [final] * 5,
+                "latency_ms": {"median": final, "p90": final, "p99": final, "cv_percent": 1.0},
+                "speedup": 4 * batch / final, "speedup_fp32": 8 * batch / final,
+                "baseline": {"latency_ms": {"median": 4.0 * batch}, "samples_ms": [4.0 * batch] * 5},
+                "baseline_fp32": {"latency_ms": {"median": 8.0 * batch}, "label": strict_label}}
+
+    serving = {"1": {"backend": "onnxruntime", "precision": "int8", "model_file": "model.int8.cpu.onnx",
+                     "engine_key": "a" * 64,
+                     "reason": "onnxruntime int8 (model.int8.cpu.onnx): the fastest at batch 1"},
+               "32": {"backend": "openvino", "precision": "fp16", "executed_precision": "bf16",
+                      "model_file": "model.onnx", "engine_key": "b" * 64,
+                      "reason": "openvino bf16 (model.onnx): the fastest at batch 32"}}
+    report = {"job": "j", "status": "done", "model": "m", "backend": "onnxruntime", "precision": "int8",
+              "precision_requested": "auto", "model_file": "model.int8.cpu.onnx", "serving": serving,
+              "benchmarks": [bench(1, 1.0, "unpruned strict FP32 on onnxruntime"),
+                             bench(32, 16.0, "unpruned strict FP32 on openvino")],
+              "validation": {"passed": True, "top1_agreement": 1.0, "cosine_min": 1.0},
+              "baseline": {"model_file": "model.baseline.onnx", "label": "unpruned bf16 on openvino"},
+              "baseline_fp32": {"label": "unpruned strict FP32 on onnxruntime"},
+              "auto": {"message": "auto serves batch 1 with onnxruntime int8, batch 32 with openvino bf16",
+                       "runtime_auto": True, "candidates": []},
+              "host": {"accuracy_by_file": {"model.int8.cpu.onnx": 0.98, "model.baseline.onnx": 0.99}}}
+    rows = latency_rows(report, "local")
+    assert [(r["backend"], r["precision_shown"]) for r in rows] == [
+        ("onnxruntime (auto)", "int8 (auto)"), ("openvino (auto)", "fp16 (bf16) (auto)")]
+    lines = summary_lines(report)
+    assert "final model (batch 1: int8 (auto) on onnxruntime, batch 32: fp16 (bf16) (auto) on openvino)" in lines[1]
+    assert "8.00× at batch 1 (unpruned strict FP32 on onnxruntime), 16.00× at batch 32 (unpruned strict FP32 on " \
+           "openvino)" in lines[2]
+    console = Console(record=True, width=300)
+    print_report(console, report, "local")
+    text = console.export_text()
+    assert "batch 1 served by onnxruntime int8 (model.int8.cpu.onnx): the fastest at batch 1" in text
+    assert "batch 32 served by openvino bf16 (model.onnx): the fastest at batch 32" in text
+    assert len(write_plots(dict(report, device="local"), tmp_path)) == 2
