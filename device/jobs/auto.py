@@ -35,7 +35,7 @@ MAX_CRASHED_CANDIDATES = 4  # a runtime may crash once as a candidate and once b
 
 ROUNDS = 5
 ROUND_S = 0.15  # per candidate and round; at least MIN_RUNS runs each
-MIN_RUNS = 2
+MIN_RUNS = 5  # a round's median of 2 runs (batch 32 on a busy CPU) reordered candidates within 20 % run to run
 WARMUP_RUNS = 2
 NOISE_PERCENT = 5.0  # a win by less than this is within noise, however steady the rounds
 NOISE_QUANTILE = 0.1  # slower beyond noise: slower in all but this share of the interleaved rounds

@@ -20,17 +20,17 @@ def switch(job: Job, manifest: Manifest, chosen: Prepared, results: List[Dict[st
     """Point the model's ``current`` at the chosen engine (or at the serving map of the engines chosen per batch
     size); what it pointed at before, if anything."""
     check_latency_budget(manifest, chosen, results)
-    target = chosen.engine_dir
+    target, what = chosen.engine_dir, "engine {}".format(chosen.key[:12])
     if chosen.serving:
-        target = write_map(job.spool.engines, {b: each.key for b, each in chosen.serving.items()},
+        keys = {b: each.key for b, each in sorted(chosen.serving.items())}
+        target = write_map(job.spool.engines, keys,
                            {"backend": chosen.backend.name, "options": {"precision": chosen.precision},
                             "job": job.id, "model": manifest.model,
                             "serving": {str(b): served_entry(each) for b, each in sorted(chosen.serving.items())}})
+        what = "serving map {} ({})".format(target.name[:12], ", ".join(
+            "batch {}: engine {}".format(b, key[:12]) for b, key in keys.items()))
         chosen.key = target.name
     previous = job.spool.switch(manifest.model, target)
-    what = "serving map {} ({})".format(chosen.key[:12], ", ".join(
-        "batch {}: {}".format(b, each.key[:12]) for b, each in sorted(chosen.serving.items()))) if chosen.serving \
-        else "engine {}".format(chosen.key[:12])
     job.event("stage", "switched {} to {}".format(manifest.model, what), stage="switch")
     return previous
 
