@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from .serving import members
 from .spool import Spool, _symlink_atomic, read_json, write_json_atomic
 
 ENGINE_META = "engine.json"  # the engine cache's metadata file (jobs/engines.py)
@@ -32,6 +33,13 @@ def engine_problem(engine: Optional[Path], load: bool = False) -> Optional[str]:
         meta = None
     if not isinstance(meta, dict):
         return "its engine {} has no readable {}".format(engine.name[:12], ENGINE_META)
+    served = members(engine)
+    for batch, member in sorted(served.items()):  # a serving map: each engine of it must be whole
+        problem = engine_problem(member, load)
+        if problem:
+            return "{} (it serves batch {})".format(problem, batch)
+    if served:
+        return None
     name = meta.get("file")
     if isinstance(name, str) and not (engine / name).is_file():
         return "its engine file {}/{} is gone".format(engine.name[:12], name)

@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from ..contract.manifest import MANIFEST, is_safe_name
 from ..contract.protocol import STALE_PART_S
+from .serving import members
 from .spool import Spool, read_json, write_json_atomic
 
 CONFIG = "config.json"
@@ -145,6 +146,8 @@ def protected_set(spool: Spool, config: StoreConfig) -> Tuple[Set[Path], List[Pa
         report = read_json(folder / "report.json") if (folder / "report.json").is_file() else None
         if report and report.get("engine_key"):
             keep.add((spool.engines / str(report["engine_key"])).resolve())
+    for engine in [p for p in keep if p.parent == spool.engines.resolve()]:  # a serving map keeps its engines
+        keep.update(member.resolve() for member in members(engine).values())
     return keep, old
 
 

@@ -35,7 +35,7 @@ MAX_CRASHED_CANDIDATES = 4  # a runtime may crash once as a candidate and once b
 
 ROUNDS = 5
 ROUND_S = 0.15  # per candidate and round; at least MIN_RUNS runs each
-MIN_RUNS = 2
+MIN_RUNS = 5  # a round's median of 2 runs (batch 32 on a busy CPU) reordered candidates within 20 % run to run
 WARMUP_RUNS = 2
 NOISE_PERCENT = 5.0  # a win by less than this is within noise, however steady the rounds
 NOISE_QUANTILE = 0.1  # slower beyond noise: slower in all but this share of the interleaved rounds
@@ -212,6 +212,89 @@ def choose(candidates: Sequence[Candidate], batch: int, primary: Optional[int] =
                   "any batch size beyond noise; {}{}".format(winner.shown, speedup, second.shown, where,
                                                              _each(winner, second, at, sizes), rounds, margin)
     return Choice(winner.name, second.name, speedup, message, primary)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """``precision = "auto"``'s answer: per batch size, the candidate that serves it and why (one line each)."""
+
+    served: Dict[int, str]  # batch size → candidate name
+    reasons: Dict[int, str]  # batch size → why that candidate serves it
+    message: str
+    winner: str  # the candidate serving the primary batch size (the report's engine)
+    runner_up: Optional[str] = None
+    speedup: Optional[float] = None  # runner-up median / winner median at the primary batch size
+
+    @property
+    def files(self) -> List[str]:
+        """The distinct candidates served, the primary batch size's first."""
+        return list(dict.fromkeys([self.winner] + [self.served[b] for b in sorted(self.served)]))
+
+
+def serve(candidates: Sequence[Candidate], sizes: Sequence[int], batch: int) -> Serving:
+    """Per batch size in ``sizes``, the validated candidate that serves it: one whose median there is within
+    NOISE_PERCENT of the fastest's (so the engine serving a batch size is never slower than the fastest validated
+    alternative beyond noise); among those, the one that ties at the most batch sizes (fewest engines: one file
+    when one is as fast everywhere), then the fastest at the primary batch size (the smallest). Medians of the
+    interleaved rounds, compared with a fixed margin, so a gap that noise could reverse never decides alone.
+    ``batch`` is the size ``round_medians_ms`` holds; a candidate failing validation is never served."""
+    valid = [c for c in candidates if c.passed and c.requested]
+    kind = "candidate" if any(c.precision for c in candidates) else "runtime"
+    if not valid:
+        reasons = "; ".join("{}: {}".format(c.shown, c.reason or "not measured") for c in candidates if c.requested)
+        raise ValueError("no {} passed validation ({})".format(kind, reasons))
+    sizes = sorted(set(sizes))
+    if len(valid) == 1:
+        why = "the only {} that passed".format(kind) if sum(c.requested for c in candidates) > 1 \
+            else "the only {} here".format(kind)
+        return Serving({b: valid[0].name for b in sizes}, {b: "{}: {}".format(_served(valid[0]), why) for b in sizes},
+                       "auto chose {}: {}".format(valid[0].shown, why), valid[0].name)
+    if any(c.median_ms is None for c in valid) or set(sizes) - set(_sizes(valid, batch)):
+        raise ValueError("every validated candidate must be measured at every batch size before choosing")
+    at = _Rounds(batch, candidates)
+    fastest = {b: min(valid, key=lambda c, b=b: at.key(c, b)) for b in sizes}
+    ties = {b: {c.name for c in valid if at.median(c, b) <= at.median(fastest[b], b) * (1 + NOISE_PERCENT / 100)}
+            for b in sizes}
+    order = sorted(valid, key=lambda c: (-sum(c.name in ties[b] for b in sizes), at.key(c, sizes[0])))
+    served = {b: next(c for c in order if c.name in ties[b]) for b in sizes}
+    for b in sizes:  # a tie only wins to save an engine: alone at its batch size, the fastest serves it
+        if all(served[o] is not served[b] for o in sizes if o != b):
+            served[b] = fastest[b]
+    reasons = {b: _serve_reason(served[b], fastest[b], valid, b, at, served) for b in sizes}
+    primary = sizes[0]
+    winner = served[primary]
+    second = min((c for c in valid if c is not winner), key=lambda c: at.key(c, primary))
+    rounds = "medians of {} interleaved rounds".format(len(winner.round_medians_ms))
+    users = {served[b].name for b in sizes}
+    if len(users) == 1:
+        message = "auto chose {}: it serves every batch size ({}); {}".format(
+            winner.shown, "; ".join("batch {}: {}".format(b, reasons[b].split(": ", 1)[1]) for b in sizes), rounds)
+    else:
+        message = "auto serves {}: no candidate was within {:g}% of the fastest at every batch size; {}".format(
+            ", ".join("batch {} with {}".format(b, served[b].shown) for b in sizes), NOISE_PERCENT, rounds)
+    return Serving({b: c.name for b, c in served.items()}, reasons, message, winner.name, second.name,
+                   at.median(second, primary) / at.median(winner, primary))
+
+
+def _served(candidate: Candidate) -> str:
+    """'openvino int8 (model.int8.cpu.onnx)'."""
+    return "{} ({})".format(candidate.shown, candidate.model_file) if candidate.model_file else candidate.shown
+
+
+def _serve_reason(chosen: Candidate, fastest: Candidate, valid: Sequence[Candidate], size: int, at: _Rounds,
+                  served: Mapping[int, Candidate]) -> str:
+    """Why ``chosen`` serves ``size``, in one line: the fastest (by how much over the next), or within noise of
+    it and serving other batch sizes too (one engine fewer)."""
+    if chosen is fastest:
+        second = min((c for c in valid if c is not chosen), key=lambda c: at.key(c, size))
+        gap = at.median(second, size) / at.median(chosen, size)
+        return "{}: the fastest at batch {}, {:.2f}× faster than {} ({:.3f} vs {:.3f} ms){}".format(
+            _served(chosen), size, gap, second.shown, at.median(chosen, size), at.median(second, size),
+            ", within noise" if gap <= 1 + NOISE_PERCENT / 100 else "")
+    others = [b for b, c in served.items() if c is chosen and b != size]
+    return "{}: within {:g}% of the fastest at batch {}, {} ({:.3f} vs {:.3f} ms), and it serves batch {} too " \
+           "(one engine fewer)".format(_served(chosen), NOISE_PERCENT, size, fastest.shown, at.median(chosen, size),
+                                       at.median(fastest, size), ", ".join(str(b) for b in others))
 
 
 def _sizes(valid: Sequence[Candidate], batch: int) -> List[int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -60,55 +60,71 @@ def validate(engine: Engine, reference: Path, manifest: Manifest, model_name: st
     return result
 
 
-def measure(job: Job, manifest: Manifest, files: Mapping[str, Path], backend: Backend, engine: Engine) -> Measured:
-    """Benchmark the job's engine beside the baselines (the user's, and strict FP32 on the same runtime) with
-    telemetry around the window; closes every engine."""
+def measure(job: Job, manifest: Manifest, files: Mapping[str, Path], backend: Backend, engine: Engine,
+            serving: Optional[Mapping[int, Tuple[Backend, Engine]]] = None) -> Measured:
+    """Benchmark the job's engine (per batch size, the engine of ``serving`` that serves it) beside the baselines
+    (the user's, and strict FP32 on the runtime serving that batch size) with telemetry around the window; closes
+    every engine."""
+    per_batch = {b: (serving or {}).get(b, (backend, engine)) for b in manifest.batch_sizes}
+    runtimes = {each.name: each for each, _ in [(backend, engine)] + list(per_batch.values())}
     baselines: Dict[str, Baseline] = {}
+    strict: Dict[str, Baseline] = {}  # runtime → its strict FP32 baseline
     try:
         default = user_baseline(job, manifest, files)
         if default is not None:
             baselines["baseline"] = default
-            strict = strict_baseline(job, manifest, files, backend, default)
-            if strict is not None:
-                baselines["baseline_fp32"] = strict
+            for name, each in runtimes.items():
+                found = strict_baseline(job, manifest, files, each, default)
+                if found is not None:
+                    strict[name] = found
         before = telemetry.snapshot()
         with telemetry.sampler() as sampler:
-            results = benchmark_phase(job, manifest, backend, engine, baselines, sampler)
+            results = benchmark_phase(job, manifest, backend, engine, baselines, sampler, per_batch, strict)
         after = telemetry.snapshot()
     finally:
-        for each in baselines.values():
+        for each in list(baselines.values()) + list(strict.values()):
             each.engine.close()
-        engine.close()
+        for each in {id(e): e for _, e in [(backend, engine)] + list(per_batch.values())}.values():
+            each.close()
     infos = {name: each.info for name, each in baselines.items()}
+    fp32 = strict.get(backend.name)
     return Measured(results, infos.get("baseline"), {"before": before, "after": after, "during": sampler.result()},
-                    infos.get("baseline_fp32", infos.get("baseline")))
+                    fp32.info if fp32 is not None else infos.get("baseline"))
 
 
 def benchmark_phase(job: Job, manifest: Manifest, backend: Backend, engine: Engine,
-                    baselines: Mapping[str, Baseline], sampler: Any = None) -> List[Dict[str, Any]]:
-    """Per batch size: the final engine, and the baselines in alternating rounds with the same timing settings;
-    the final engine's diagnostics (per-layer profile, trtexec) once afterwards; ``sampler``'s power window
-    covers the final engine's timed rounds only."""
+                    baselines: Mapping[str, Baseline], sampler: Any = None,
+                    serving: Optional[Mapping[int, Tuple[Backend, Engine]]] = None,
+                    strict: Optional[Mapping[str, Baseline]] = None) -> List[Dict[str, Any]]:
+    """Per batch size: the final engine (the one of ``serving`` for that size, when given), and the baselines in
+    alternating rounds with the same timing settings (``strict``: the strict FP32 baseline of each runtime, the
+    one of the runtime serving that size); the final engine's diagnostics (per-layer profile, trtexec) once
+    afterwards; ``sampler``'s power window covers the final engine's timed rounds only."""
     plan = benchmark_plan(manifest.benchmark)
-    extras = backend.benchmark_options(manifest.benchmark)
-    timing = {k: v for k, v in extras.items() if k not in DIAGNOSTIC_EXTRAS}
-    diagnostics = {k: v for k, v in extras.items() if k in DIAGNOSTIC_EXTRAS and v}
     window = getattr(sampler, "window", nullcontext)
-    rounds = int(manifest.benchmark.get("rounds", ROUNDS)) if baselines else 1
     results = []
     for batch in manifest.batch_sizes:
-        runs = {"final": _windowed(engine, batch, timing, window)}
-        for name, each in baselines.items():
-            runs[name] = lambda p, b=batch, e=each.engine: e.benchmark(b, p, **timing)
-        if baselines:
+        runtime, served = (serving or {}).get(batch, (backend, engine))
+        extras = runtime.benchmark_options(manifest.benchmark)
+        timing = {k: v for k, v in extras.items() if k not in DIAGNOSTIC_EXTRAS}
+        diagnostics = {k: v for k, v in extras.items() if k in DIAGNOSTIC_EXTRAS and v}
+        against = dict(baselines)
+        if strict and runtime.name in strict:
+            against["baseline_fp32"] = strict[runtime.name]
+        rounds = int(manifest.benchmark.get("rounds", ROUNDS)) if against else 1
+        runs = {"final": _windowed(served, batch, timing, window)}
+        for name, each in against.items():
+            runs[name] = lambda p, b=batch, e=each.engine, t=timing: e.benchmark(b, p, **t)
+        if against:
             message = "benchmarking batch {} (final, {}; interleaved)".format(
-                batch, ", ".join(each.info["label"] for each in baselines.values()))
+                batch, ", ".join(each.info["label"] for each in against.values()))
         else:
             message = "benchmarking batch {}".format(batch)
         job.event("stage", message, stage="benchmark", batch=batch)
-        result = _with_baseline(interleaved(runs, plan, rounds=rounds))
+        result = _with_baseline(interleaved(runs, plan, rounds=rounds),
+                                {name: each.info.get("label") for name, each in against.items()})
         if diagnostics:
-            _add_diagnostics(result, engine.benchmark(batch, round_plan(plan, rounds, False), **timing, **diagnostics))
+            _add_diagnostics(result, served.benchmark(batch, round_plan(plan, rounds, False), **timing, **diagnostics))
         if "warning" in result:
             job.event("warning", result["warning"], batch=batch)
         results.append(result)
@@ -133,7 +149,8 @@ def _add_diagnostics(result: Dict[str, Any], extra: Dict[str, Any]) -> None:
         result["warning"] = "; ".join(w for w in (result.get("warning"), note) if w)
 
 
-def _with_baseline(measured: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def _with_baseline(measured: Dict[str, Dict[str, Any]], labels: Optional[Mapping[str, Any]] = None
+                   ) -> Dict[str, Any]:
     """The final engine's figures, with each baseline's beside them and the speed-ups over them: ``speedup`` over
     the user's baseline, ``speedup_fp32`` over strict FP32 on the same runtime (the user's, when that is it)."""
     result = measured["final"]
@@ -141,6 +158,8 @@ def _with_baseline(measured: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
         if name in measured:
             base = measured[name]
             result[name] = {k: base[k] for k in BASELINE_FIELDS if k in base}
+            if (labels or {}).get(name):
+                result[name]["label"] = labels[name]
             result[ratio] = base["latency_ms"]["median"] / result["latency_ms"]["median"]
     if "baseline" in result and "speedup_fp32" not in result:
         result["speedup_fp32"] = result["speedup"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -30,6 +30,7 @@ from .auto import (
     interleave,
     precision_advice,
     primary_batch,
+    serve,
     trying,
 )
 from .context import Job
@@ -55,6 +56,11 @@ class Prepared:
     auto: Optional[Dict[str, Any]] = None
     precision: str = ""
     executed: str = ""  # what the runtime says the engine runs (OpenVINO's bf16/f16/f32), when it says
+    serving: Dict[int, Prepared] = field(default_factory=dict)  # batch → engine, when more than one serves
+
+    def per_batch(self) -> Dict[int, Tuple[Backend, Engine]]:
+        """The (runtime, engine) serving each batch size of a serving map; empty when this engine serves all."""
+        return {b: (each.backend, each.engine) for b, each in self.serving.items()}
 
 
 def prepare(job: Job, manifest: Manifest, files: Files) -> Prepared:
@@ -267,27 +273,48 @@ def _race(job: Job, manifest: Manifest, ready: Mapping[str, Prepared], tried: Li
 
 def _keep_fastest(job: Job, manifest: Manifest, ready: Dict[str, Prepared], tried: List[Candidate], batch: int,
                   cpu: Dict[str, Any]) -> Prepared:
-    """``choose``'s winner, the others' engines closed, the figures behind the choice kept for the report; with
-    an explicit precision, a warning when another precision measured faster."""
+    """The engine(s) kept, the others closed, the figures behind the choice kept for the report. With
+    ``precision = "auto"``, ``serve``'s per-batch-size choice (a serving map when no engine is as fast at every
+    batch size); with an explicit precision, ``choose``'s single engine and a warning when another precision
+    measured faster."""
+    primary = primary_batch(manifest)
     try:
-        choice = choose(tried, batch, primary_batch(manifest))
+        serving = serve(tried, manifest.batch_sizes, batch) if manifest.precision == AUTO else None
+        choice = choose(tried, batch, primary) if serving is None else None
     except ValueError as exc:
         _close(ready.values())
         raise JobError("{}; the active model was not changed".format(exc)) from None
-    winner = ready.pop(choice.winner)
+    names = serving.files if serving is not None else [choice.winner]
+    kept = {name: ready.pop(name) for name in names}
     _close(ready.values())
-    job.event("auto", choice.message, stage="auto", chosen=winner.backend.name, precision=winner.precision,
-              speedup=choice.speedup)
-    primary = primary_batch(manifest)
-    advice = None if manifest.precision == AUTO else precision_advice(tried, choice.winner, batch, primary)
+    winner = kept[names[0]]
+    message = serving.message if serving is not None else choice.message
+    speedup = serving.speedup if serving is not None else choice.speedup
+    job.event("auto", message, stage="auto", chosen=winner.backend.name, precision=winner.precision,
+              speedup=speedup)
+    advice = None if serving is not None else precision_advice(tried, choice.winner, batch, primary)
     if advice:
         job.event("warning", advice, stage="auto")
-    winner.auto = {"chosen": winner.backend.name, "precision": winner.precision, "candidate": choice.winner,
-                   "runner_up": choice.runner_up, "speedup": choice.speedup, "batch": batch, "message": choice.message,
-                   "primary_batch": choice.primary, "crossed": {str(b): name for b, name in choice.crossed.items()},
+    winner.auto = {"chosen": winner.backend.name, "precision": winner.precision, "candidate": names[0],
+                   "runner_up": serving.runner_up if serving is not None else choice.runner_up, "speedup": speedup,
+                   "batch": batch, "message": message,
+                   "primary_batch": primary if serving is not None else choice.primary,
+                   "crossed": {} if serving is not None else {str(b): name for b, name in choice.crossed.items()},
                    "cpu": cpu, "runtime_auto": manifest.backend == AUTO, "precision_auto": manifest.precision == AUTO,
                    "precision_advice": advice, "candidates": [candidate.summary() for candidate in tried]}
+    if serving is not None:
+        winner.auto["serving"] = {str(b): dict(served_entry(kept[name]), reason=serving.reasons[b])
+                                  for b, name in sorted(serving.served.items())}
+        if len(names) > 1:
+            winner.serving = {b: kept[name] for b, name in serving.served.items()}
     return winner
+
+
+def served_entry(prepared: Prepared) -> Dict[str, Any]:
+    """What the report (and the serving map) says of the engine serving a batch size."""
+    return {"backend": prepared.backend.name, "precision": prepared.precision, "executed_precision": prepared.executed,
+            "model_file": prepared.model_file, "engine_key": prepared.key,
+            "top1_agreement": prepared.validation.get("top1_agreement")}
 
 
 def validation_advice(validation: Dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .. import __version__
+from ..agent.serving import members
 from ..agent.spool import read_json
 from ..errors import JobError
 from .context import Job
@@ -25,7 +26,7 @@ def roll_back(job: Job, model: str, to: Optional[str], signer: str) -> Dict[str,
     before = spool.switch(model, engine)
     return {"job": job.id, "status": "done", "action": "rollback", "model": model, "agent_version": __version__,
             "signer": signer, "engine_key": engine.name, "backend": meta.get("backend"),
-            "precision": (meta.get("options") or {}).get("precision"),
+            "precision": (meta.get("options") or {}).get("precision"), "serving": meta.get("serving"),
             "current": spool.current(model), "previous": before}
 
 
@@ -40,7 +41,8 @@ def _target(job: Job, model: str, to: Optional[str]) -> Path:
             raise JobError("{} has no previous engine on this device; nothing was changed".format(model))
         engine = Path(os.path.normpath(str(link.parent / os.readlink(str(link)))))
     inside = os.path.dirname(os.path.abspath(str(engine))) == os.path.abspath(str(spool.engines))
-    if not inside or engine.is_symlink() or not (engine / ENGINE_META).is_file():
+    gone = [member for member in members(engine).values() if not (member / ENGINE_META).is_file()]
+    if not inside or engine.is_symlink() or not (engine / ENGINE_META).is_file() or gone:
         raise JobError("engine {} of {} is no longer on this device (collected or never built); nothing was "
                        "changed: push the model you want instead".format(engine.name[:12], model))
     return engine

@@ -129,7 +129,7 @@ class JobRunner:
         check_accuracy_budget(manifest)
         files = resolve_files(self.spool, manifest)
         chosen = prepare(job, manifest, files)
-        measured = measure(job, manifest, files, chosen.backend, chosen.engine)
+        measured = measure(job, manifest, files, chosen.backend, chosen.engine, chosen.per_batch())
         previous = switch(job, manifest, chosen, measured.results)
         backend = chosen.backend
         return {
@@ -144,6 +144,7 @@ class JobRunner:
             "telemetry": {"device": telemetry.describe_host(), **measured.telemetry},
             "current": os.readlink(str(self.spool.models / manifest.model / "current")),
             "previous": previous, "host": manifest.raw.get("host", {}),
+            "serving": (chosen.auto or {}).get("serving"),
         }
 
 

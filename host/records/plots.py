@@ -28,12 +28,15 @@ def latency_plot(report: dict[str, Any], bench: dict[str, Any], path: Path) -> P
     """CDF of per-iteration latency, final vs baseline, with the medians marked."""
     figure = _figure(7, 4.2)
     axis = figure.subplots()
-    series = [(f"final ({report.get('precision')}, {report.get('model_file')})", bench, "tab:blue")]
+    served = (report.get("serving") or {}).get(str(bench["batch"])) or {}  # precision = "auto": per batch size
+    series = [(f"final ({served.get('precision') or report.get('precision')}, "
+               f"{served.get('model_file') or report.get('model_file')})", bench, "tab:blue")]
     baseline = report.get("baseline") or {}
     if bench.get("baseline"):
         series.append((baseline.get("label") or "unpruned FP32 baseline", bench["baseline"], "tab:gray"))
     if bench.get("baseline_fp32"):
-        strict = (report.get("baseline_fp32") or {}).get("label") or "unpruned strict FP32"
+        strict = bench["baseline_fp32"].get("label") or (report.get("baseline_fp32") or {}).get("label") or \
+            "unpruned strict FP32"
         series.append((strict, bench["baseline_fp32"], "tab:red"))
     for label, data, color in series:
         samples = np.sort(np.asarray(data.get("samples_ms") or [], dtype=float))
@@ -44,7 +47,8 @@ def latency_plot(report: dict[str, Any], bench: dict[str, Any], path: Path) -> P
         axis.step(samples, fraction, where="post", color=color, label=f"{label}: p50 {median:.3f} ms")
         axis.axvline(median, color=color, linestyle=":", linewidth=1)
     speedup = f" — {bench['speedup']:.2f}× vs {baseline.get('label') or 'the baseline'}" if bench.get("speedup") else ""
-    axis.set_title(f"{report.get('model')} on {report.get('device', 'device')} ({report.get('backend')}), "
+    axis.set_title(f"{report.get('model')} on {report.get('device', 'device')} "
+                   f"({served.get('backend') or report.get('backend')}), "
                    f"batch {bench['batch']}{speedup}", fontsize=10)
     axis.set_xlabel("latency per batch (ms)")
     axis.set_ylabel("fraction of iterations ≤ x")

@@ -28,10 +28,14 @@ def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
     runtime_auto = bool(report.get("auto")) and report["auto"].get("runtime_auto", True)  # older reports: auto
     backend = report["backend"] + (" (fallback)" if report.get("fallback") else " (auto)" if runtime_auto else "")
     rows = []
+    serving = served_per_batch(report)
     for bench in report["benchmarks"]:
         latency = bench["latency_ms"]
+        served = serving.get(bench["batch"])
         rows.append({
-            "device": device, "status": "done", "backend": backend, "precision": report["precision"],
+            "device": device, "status": "done",
+            "backend": served["backend"] + (" (auto)" if runtime_auto else "") if served else backend,
+            "precision": served["precision"] if served else report["precision"],
             "batch": bench["batch"], "p50_ms": latency["median"], "p90_ms": latency["p90"], "p99_ms": latency["p99"],
             "cv_percent": latency["cv_percent"], "images_per_s": bench["images_per_s"],
             "validation": "passed" if validation["passed"] else "FAILED",
@@ -40,9 +44,21 @@ def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
             "baseline_p50_ms": bench.get("baseline", {}).get("latency_ms", {}).get("median"),
             "speedup": bench.get("speedup"), "baseline_top1": baseline_accuracy(report),
             "baseline": baseline_label(report), "speedup_fp32": bench.get("speedup_fp32"),
-            "precision_shown": precision_shown(report),
+            "precision_shown": precision_shown(dict(report, **served)) if served else precision_shown(report),
         })
     return rows
+
+
+def served_per_batch(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Batch size → the engine serving it, when ``precision = "auto"`` kept more than one (a serving map)."""
+    serving = {int(b): entry for b, entry in (report.get("serving") or {}).items()}
+    return serving if len({entry.get("engine_key") for entry in serving.values()}) > 1 else {}
+
+
+def serving_lines(report: dict[str, Any]) -> list[str]:
+    """``precision = "auto"``: per batch size, which file and precision serve it and why (one line each)."""
+    serving = report.get("serving") or {}
+    return [f"batch {b} served by {serving[b]['reason']}" for b in sorted(serving, key=int)]
 
 
 def baseline_label(report: dict[str, Any]) -> str:
@@ -159,12 +175,20 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     speedups = {b["batch"]: b["speedup"] for b in report.get("benchmarks", []) if b.get("speedup")}
     if speedups and final is not None and baseline is not None:
         ratio = ", ".join(f"{s:.2f}× at batch {b}" for b, s in speedups.items())
-        lines.append(f"final {precision_shown(report)} model on {report.get('backend', '?')} vs "
+        serving = served_per_batch(report)
+        final_model = (f"final {precision_shown(report)} model on {report.get('backend', '?')}" if not serving else
+                       "final model (" + ", ".join(f"batch {b}: {precision_shown(dict(report, **entry))} on "
+                                                   f"{entry['backend']}" for b, entry in sorted(serving.items())) + ")")
+        lines.append(f"{final_model} vs "
                      f"{baseline_label(report)} (the unpruned model as a user would run it there): {ratio}; "
                      f"host top-1 {baseline:.2%} → {final:.2%} ({(final - baseline) * 100:+.2f} pt)")
         strict = {b["batch"]: b["speedup_fp32"] for b in report.get("benchmarks", []) if b.get("speedup_fp32")}
         second = (report.get("baseline_fp32") or {}).get("label")
-        if strict and second and second != baseline_label(report):  # the same engine: said once
+        labels = {b["batch"]: (b.get("baseline_fp32") or {}).get("label") or second for b in report["benchmarks"]}
+        if strict and len(set(labels.values())) > 1:  # a serving map over two runtimes: each its own
+            lines.append("vs unpruned strict FP32 on the runtime serving each batch size: " + ", ".join(
+                f"{s:.2f}× at batch {b} ({labels[b]})" for b, s in strict.items()))
+        elif strict and second and second != baseline_label(report):  # the same engine: said once
             lines.append(f"vs {second}: " + ", ".join(f"{s:.2f}× at batch {b}" for b, s in strict.items()))
         if report["baseline"].get("chosen_because"):
             lines.append(f"baseline runtime, {report['baseline']['chosen_because']}")
@@ -202,6 +226,8 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
         console.print(f"[yellow]{report['fallback']}[/yellow]")
     if report.get("auto"):
         console.print(auto_line(report["auto"]))
+        for line in serving_lines(report):
+            console.print(escape(line))
         if report["auto"].get("precision_advice"):
             console.print(f"[yellow]warning: {escape(report['auto']['precision_advice'])}[/yellow]")
     route = int8_route_line(report)
