@@ -162,3 +162,23 @@ def test_push_local_int8_passes_validation(project):
     same_runtime = report["backend"] == REFERENCE_RUNTIME
     assert report["validation"]["passed"]
     assert report["validation"]["tolerances"] == tolerances("int8", {}, same_runtime=same_runtime)
+
+
+def test_a_model_with_constant_outputs_is_refused_for_what_it_is(tmp_path):
+    """A SqueezeNet trained at too high a rate ends with its last ReLU dead: all-zero logits, so its INT8 file's
+    cosine against it is 0. The refusal named INT8 and advised calibrating better; it now names the model."""
+    from edgekit.device.contract.manifest import MODEL_FP32
+    from edgekit.host.errors import CheckFailed
+    from edgekit.host.optimize.prevalidate import check_before_upload, write_reference
+
+    inputs, labels = np.zeros((8, 3, 4, 4), np.float32), np.arange(8) % 2
+    write_reference(tmp_path / "ref.npz", inputs, labels, {MODEL_FP32: np.zeros((8, 10), np.float32),
+                                                           "model.int8.cpu.onnx": np.zeros((8, 10), np.float32)})
+    with pytest.raises(CheckFailed) as failed:
+        check_before_upload(tmp_path / "ref.npz", "model.int8.cpu.onnx", "int8", {}, "local")
+    assert "outputs are all zero for every one of the 8 reference images" in str(failed.value)
+    assert "train.lr" in str(failed.value) and "quantize" not in str(failed.value)
+    varied = np.random.default_rng(0).normal(size=(8, 10)).astype(np.float32)
+    write_reference(tmp_path / "ref.npz", inputs, labels, {MODEL_FP32: varied, "model.int8.cpu.onnx": -varied})
+    with pytest.raises(CheckFailed, match="quantize.images"):  # a real INT8 failure keeps its advice
+        check_before_upload(tmp_path / "ref.npz", "model.int8.cpu.onnx", "int8", {}, "local")

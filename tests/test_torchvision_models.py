@@ -189,6 +189,17 @@ def test_a_torchvision_model_trains_and_pushes_through_the_cli(tmp_path, digits_
         kill_agents(tmp_path / "home")
 
 
+def test_slow_momentum_batchnorm_is_settled_after_a_digits_length_training():
+    """MobileNetV3's momentum 0.01 over 15 epochs of the digits (345 steps): its running statistics had
+    replaced their initial values but averaged over most of the training, and its held-out top-1 sat at
+    chance (10 %) until they were re-estimated (99 %). Layers at PyTorch's default momentum stand as trained."""
+    from edgekit.host.train.loop import slow_batchnorms
+
+    model = torchvision.models.mobilenet_v3_small(num_classes=10)
+    assert len(slow_batchnorms(model, 345)) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert slow_batchnorms(model, 20_000) == []  # an ImageNet-length training: its own statistics stand
+    assert slow_batchnorms(torchvision.models.resnet18(), 345) == []
+
 def test_slow_batchnorm_statistics_are_settled_after_a_short_training(digits_dir):
     """MNASNet's BatchNorm momentum is 0.0003 (MobileNetV3's 0.01): after a short training its running
     statistics were still mostly the initial 0/1, eval mode blew the activations up and held-out top-1 was at

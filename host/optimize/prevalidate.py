@@ -46,6 +46,18 @@ def fidelity(reference: Path, model_file: str, precision: str, overrides: Mappin
         return compare(data[FP32_REFERENCE], data[reference_key(model_file)], data["labels"], precision, overrides)
 
 
+def constant_outputs(outputs: np.ndarray) -> str | None:
+    """Why the FP32 model's outputs carry no information (None when they do): the same values for every
+    reference image, e.g. all zero after a training whose last ReLU died. No file built from it can then
+    match it by direction (cosine 0), and advice about quantisation would send the user the wrong way."""
+    flat = outputs.reshape(len(outputs), -1).astype(np.float64)
+    if len(flat) < 2 or np.ptp(flat, axis=0).max() > 1e-6 * max(1.0, float(np.abs(flat).max())):
+        return None
+    what = "all zero" if not np.abs(flat).max() else "identical"
+    return (f"the FP32 model's outputs are {what} for every one of the {len(flat)} reference images (its training "
+            "collapsed)")
+
+
 def advice(precision: str, model_file: str) -> str:
     if precision == "int8":
         return ("keep more layers in floating point (lower quantize.max_accuracy_drop, quantize.mixed_precision = "
@@ -59,6 +71,12 @@ def check_before_upload(reference: Path, model_file: str, precision: str, overri
     """Refuse to ship what the device's validation would reject; returns the verdict for the report."""
     verdict = fidelity(reference, model_file, precision, overrides)
     if verdict is not None and not verdict["passed"]:
+        with np.load(str(reference), allow_pickle=False) as data:
+            degenerate = constant_outputs(data[FP32_REFERENCE])
+        if degenerate:
+            raise CheckFailed(f"{model_file} would fail validation on {device} ({verdict['reason']}), but the cause "
+                              f"is the model, not {precision}: {degenerate}; nothing was uploaded. Train it again "
+                              "(lower train.lr, more train.epochs) and check its held-out top-1 before pushing")
         raise CheckFailed(f"{model_file} would fail validation on {device} (checked on the host with the device's "
                           f"rule against the FP32 model: {verdict['reason']}); nothing was uploaded. "
                           f"To pass: {advice(precision, model_file)}")
