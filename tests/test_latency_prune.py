@@ -16,8 +16,8 @@ from edgekit.device.contract.latency import LatencyPlanError, parse_plan
 from edgekit.device.contract.manifest import MANIFEST, SIGNATURE, canonical_bytes, parse_manifest
 from edgekit.device.contract.protocol import LATENCY_MODEL
 from edgekit.host.optimize.prune.latency import (
-    FLAT,
     BASELINE,
+    FLAT,
     GroupSpace,
     LatencyModel,
     Layer,
