@@ -19,7 +19,9 @@ model's error (predicted vs measured, latency-aware widths).
 Data set: CIFAR-100 (``--cifar``, the python-pickle folder) where present: 100 classes at 32×32 leave
 room for the pruning choice to show in top-1. Without it: the digits made hard (Gaussian noise σ=70 grey
 levels and random shifts up to 6 px, fixed seed): plain digits are solved at 98 %+ by any pruned network,
-so every method ties there and the comparison says nothing.
+so every method ties there and the comparison says nothing. No registry reachable here ships CIFAR's files:
+PyPI's ``cifar10`` and ``cifar10-web`` are downloaders from cs.toronto.edu, npm has no copy, so ``--cifar``
+takes a folder the user already has.
 Targets (issue 24): every target met within 15 %; latency-aware top-1 ≥ uniform's everywhere and ≥ 1 point
 above at the tightest; latency-model prediction within 20 % of measurement.
 """
@@ -235,6 +237,7 @@ def main() -> None:
                                 "aware_top1": aware_top1, "uniform_top1": uniform_top1, "aware_widths": found.widths,
                                 "uniform_widths": uniform_widths_, "latency_model": cost,
                                 "latency_backend": out.get("backend")})
+                (work / "partial.json").write_text(json.dumps(results))  # a run cut short still leaves its rows
     stop_agent(work / "device")
     columns = ["model", "batch", "target ×", "target ms", "aware ms", "uniform ms", "predicted ms", "model err",
                "met ≤15%", "unpruned top-1", "aware top-1", "uniform top-1", "Δ pt"]
