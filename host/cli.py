@@ -472,7 +472,19 @@ def device_check(name: str = typer.Argument(...), config_path: Path = ConfigOpti
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: every EdgekitError becomes one line on stderr and its exit code, never a traceback.
+    """Entry point. A torchrun worker ends through ``distributed.end`` (torch's teardown can abort a finished
+    worker); any other process exits as usual."""
+    from .train import distributed
+
+    try:
+        run_command(argv)
+    except SystemExit as exc:
+        distributed.end(exc.code)
+    distributed.end(0)
+
+
+def run_command(argv: Optional[list[str]] = None) -> None:
+    """Every EdgekitError becomes one line on stderr and its exit code, never a traceback.
 
     Usage errors are typer's own (exit 2). Anything else raised is a bug (often on a model we have not
     seen): one line naming it and where its traceback was saved, exit 1; ``EDGEKIT_TRACEBACK=1`` re-raises.

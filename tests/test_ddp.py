@@ -63,6 +63,7 @@ split = Split(rng.integers(0, 256, (75, 3, 8, 8), dtype=np.uint8), rng.integers(
 train(model, split, [120.0] * 3, [60.0] * 3, epochs=6, batch_size=16, lr=0.1, augment=("crop", "flip"), seed=3)
 if distributed.is_main():
     torch.save(model.state_dict(), sys.argv[1])
+distributed.end(0)  # as edgekit's own workers end (torch's teardown can abort a finished worker)
 '''
 
 

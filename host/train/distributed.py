@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NoReturn, Sequence
 
 
 def world_size() -> int:
@@ -69,6 +69,26 @@ def leave() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end(code: object) -> NoReturn:
+    """A worker's exit with ``code`` (a ``SystemExit`` code) that the C++ runtime's teardown cannot turn into a
+    failure. Measured here: with the group left, 1 run in ~30 of a finished 2-rank training still aborted after
+    Python had finalised ("terminate called without an active exception", no Python frame: a C++ static's thread
+    at process exit), and torchrun reported the run failed. A worker has written all it writes by now, so it
+    leaves the group, flushes its output and exits without that teardown. Outside torchrun: ``sys.exit``."""
+    if not active():
+        sys.exit(code)
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    leave()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing left to say
+            pass
+    os._exit(code or 0)
 
 
 def barrier() -> None:
