@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import __version__
-from ..contract.protocol import DEVICE_INFO
+from ..contract.protocol import DEVICE_INFO, SPOOL_VERSION
 from ..errors import ConfigError, device_error
 from .spool import LOCK, STATUS_FILE, AgentLock, Spool, read_json, write_json_atomic
 from .store import CONFIG as STORE_CONFIG
@@ -75,7 +75,8 @@ def describe_device() -> Dict[str, Any]:
     from ..cpu import describe_cpu
     from ..telemetry import describe_host
 
-    return {"version": __version__, "backends": describe_all(), "device": describe_host(), "cuda": cuda_bindings(),
+    return {"version": __version__, "spool": SPOOL_VERSION, "backends": describe_all(), "device": describe_host(),
+            "cuda": cuda_bindings(),
             "cpu": describe_cpu()}
 
 

@@ -68,6 +68,7 @@ def _start(spool: Spool) -> None:
     _quietly(lambda: _describe(spool))
     _quietly(lambda: cleanup_builds(spool))
     _quietly(lambda: spool.sweep_parts(STALE_PART_S))
+    _quietly(lambda: collect(spool))  # also writes store.json, by which a push decides whether it needs a gc
     _quietly(lambda: _ensure_reserve(spool))
     _quietly(lambda: repair(spool, log))
 

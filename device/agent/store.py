@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from ..contract.manifest import MANIFEST, is_safe_name
-from ..contract.protocol import STALE_PART_S
+from ..contract.protocol import STALE_PART_S, STORE_STATE
 from .spool import Spool, read_json, write_json_atomic
 
 CONFIG = "config.json"
@@ -194,7 +194,13 @@ def collect(spool: Spool, config: Optional[StoreConfig] = None, need_bytes: int 
         removed.append("{}s/{}".format(item.kind, item.path.name))
     after = usage(spool)
     floor = int(config.min_free_mb * MB)
-    return {"removed": removed, "freed_bytes": freed, "store_bytes": after["store_bytes"],
-            "free_bytes": after["free_bytes"], "min_free_bytes": floor,
-            "store_limit_bytes": int(config.store_limit_mb * MB), "need_bytes": need_bytes,
-            "fits": after["free_bytes"] - need_bytes >= floor, "config": asdict(config)}
+    answer = {"removed": removed, "freed_bytes": freed, "store_bytes": after["store_bytes"],
+              "free_bytes": after["free_bytes"], "min_free_bytes": floor,
+              "store_limit_bytes": int(config.store_limit_mb * MB), "need_bytes": need_bytes,
+              "fits": after["free_bytes"] - need_bytes >= floor, "config": asdict(config)}
+    try:  # what the host reads to skip a gc of its own (a failure only costs the next push a remote gc)
+        write_json_atomic(spool.root / STORE_STATE, {k: answer[k] for k in (
+            "store_bytes", "free_bytes", "min_free_bytes", "store_limit_bytes", "config")})
+    except OSError:
+        pass
+    return answer
