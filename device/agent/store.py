@@ -194,13 +194,23 @@ def collect(spool: Spool, config: Optional[StoreConfig] = None, need_bytes: int 
         removed.append("{}s/{}".format(item.kind, item.path.name))
     after = usage(spool)
     floor = int(config.min_free_mb * MB)
-    answer = {"removed": removed, "freed_bytes": freed, "store_bytes": after["store_bytes"],
-              "free_bytes": after["free_bytes"], "min_free_bytes": floor,
-              "store_limit_bytes": int(config.store_limit_mb * MB), "need_bytes": need_bytes,
-              "fits": after["free_bytes"] - need_bytes >= floor, "config": asdict(config)}
-    try:  # what the host reads to skip a gc of its own (a failure only costs the next push a remote gc)
-        write_json_atomic(spool.root / STORE_STATE, {k: answer[k] for k in (
-            "store_bytes", "free_bytes", "min_free_bytes", "store_limit_bytes", "config")})
+    return {"removed": removed, "freed_bytes": freed, "store_bytes": after["store_bytes"],
+            "free_bytes": after["free_bytes"], "min_free_bytes": floor,
+            "store_limit_bytes": int(config.store_limit_mb * MB), "need_bytes": need_bytes,
+            "fits": after["free_bytes"] - need_bytes >= floor, "config": asdict(config)}
+
+
+def save_state(spool: Spool) -> None:
+    """``store.json``: the disk's free space, the store's size and the limits in force, which the host reads to
+    skip a gc of its own (``SpoolClient.room_known``). Written at the agent's start, after each job (when the
+    host is already done with this device) and by `edgekit-agent gc`; a failure only costs the next push a
+    remote gc."""
+    config = load_config(spool)
+    now = usage(spool)
+    try:
+        write_json_atomic(spool.root / STORE_STATE, {
+            "store_bytes": now["store_bytes"], "free_bytes": now["free_bytes"],
+            "min_free_bytes": int(config.min_free_mb * MB), "store_limit_bytes": int(config.store_limit_mb * MB),
+            "config": asdict(config)})
     except OSError:
         pass
-    return answer
