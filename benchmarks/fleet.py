@@ -1,6 +1,6 @@
 """Fleet rollouts on loopback: N devices, each its own sshd, its own user (when run as root) and agent root.
 
-    python benchmarks/fleet.py [--devices 20] [--trials 2]
+    python benchmarks/fleet.py [--devices 20] [--trials 2] [--overhead-only]
 
 Measures, on a fleet from an Ansible inventory:
 - the host's own overhead per device at --max-parallel 1: each device's push time on the host minus its job
@@ -179,6 +179,8 @@ def main() -> None:
                         "are copied, and an agent venv already on the first device user is kept (a loaded machine)")
     parser.add_argument("--reinstall-agent", action="store_true", help="with --reuse: set the agent up again "
                         "(this checkout's agent, when the venv holds another version's)")
+    parser.add_argument("--overhead-only", action="store_true", help="only the two rollouts that measure the host's "
+                        "time per device (written to results/fleet_overhead.json); no halt/rollback/resume trials")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgekit-fleet-"))
     home = client_home(work)
@@ -213,7 +215,7 @@ def main() -> None:
         if fresh:
             cli(project, "device", "setup", devices[0]["name"], "--no-openvino")
         attach_agents(project, dict(os.environ), [d["name"] for d in devices[int(fresh):]])
-        results = measure(project, devices, venv, args.trials)
+        results = measure(project, devices, venv, 0 if args.overhead_only else args.trials)
     finally:
         for device in devices:
             stop_agent(device["root"])
@@ -225,7 +227,9 @@ def main() -> None:
             ["device job time, median (s)", results["job_median_s"]],
             ["optimisations per rollout", results["optimize_calls"]],
             ["blob uploads to one device, max (1st rollout)", results["max_uploads_per_blob_and_device"]],
-            ["blobs uploaded by a 2nd unchanged rollout", results["second_rollout_uploads"]],
+            ["blobs uploaded by a 2nd unchanged rollout", results["second_rollout_uploads"]]]
+    if not args.overhead_only:
+        rows += [
             ["halt: devices as they were / trials", f"{results['halt_correct']} / {results['halt_trials']}"],
             ["halt: later-wave devices touched (all trials)", results["halt_later_touched"]],
             ["rollback of a wave, then the rest: devices right", f"{results['rollback_correct']}"],
@@ -233,8 +237,9 @@ def main() -> None:
              [r["finished_pushed_again"] for r in results["resume"]]],
             ["same: devices with exactly one new job / done",
              [f"{r['devices_with_one_new_job']} / {r['devices_done']}" for r in results["resume"]]]]
-    report("fleet", f"edgekit fleet rollouts: {len(devices)} loopback devices "
-                    f"({'one user each' if per_user else 'one shared user'})", ["measure", "value"], rows, results)
+    report("fleet_overhead" if args.overhead_only else "fleet",
+           f"edgekit fleet rollouts: {len(devices)} loopback devices "
+           f"({'one user each' if per_user else 'one shared user'})", ["measure", "value"], rows, results)
 
 
 def measure(project: Path, devices: list[dict], venv: str, trials: int) -> dict:
@@ -266,9 +271,10 @@ def measure(project: Path, devices: list[dict], venv: str, trials: int) -> dict:
                    job_median_s=statistics.median(jobs), second_rollout_uploads=len(counters.uploads),
                    phases_per_device_s={"first": first_phases, "repeat": repeat_phases},
                    per_device=entries)
-    results.update(halt_trials(project, devices, trials))
-    results.update(rollback_trials(project, devices, venv, trials))
-    results.update(resume_trials(project, devices, trials))
+    if trials:
+        results.update(halt_trials(project, devices, trials))
+        results.update(rollback_trials(project, devices, venv, trials))
+        results.update(resume_trials(project, devices, trials))
     return results
 
 
