@@ -1,6 +1,6 @@
 """Fleet rollouts on loopback: N devices, each its own sshd, its own user (when run as root) and agent root.
 
-    python benchmarks/fleet.py [--devices 20] [--trials 2]
+    python benchmarks/fleet.py [--devices 20] [--trials 2] [--overhead-only]
 
 Measures, on a fleet from an Ansible inventory:
 - the host's own overhead per device at --max-parallel 1: each device's push time on the host minus its job
@@ -9,7 +9,9 @@ Measures, on a fleet from an Ansible inventory:
   each blob went to each device (target: once; a second rollout uploads nothing);
 - a canary that cannot meet [budget] halting the rollout: devices left exactly as they were (target: 20/20,
   0 devices of later waves touched) in every trial;
-- the rollback of one wave, then of the rest: every device back on the engine it served before (20/20).
+- the rollback of one wave, then of the rest: every device back on the engine it served before (20/20);
+- a host killed (SIGKILL) halfway through a rollout, then `rollout resume`: no finished device pushed again,
+  the job in flight followed rather than published again, the rest pushed (each device exactly one new job).
 The devices share this machine's cores, so wall times say little; the host's part is what is judged.
 """
 
@@ -177,6 +179,8 @@ def main() -> None:
                         "are copied, and an agent venv already on the first device user is kept (a loaded machine)")
     parser.add_argument("--reinstall-agent", action="store_true", help="with --reuse: set the agent up again "
                         "(this checkout's agent, when the venv holds another version's)")
+    parser.add_argument("--overhead-only", action="store_true", help="only the two rollouts that measure the host's "
+                        "time per device (written to results/fleet_overhead.json); no halt/rollback/resume trials")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgekit-fleet-"))
     home = client_home(work)
@@ -211,7 +215,7 @@ def main() -> None:
         if fresh:
             cli(project, "device", "setup", devices[0]["name"], "--no-openvino")
         attach_agents(project, dict(os.environ), [d["name"] for d in devices[int(fresh):]])
-        results = measure(project, devices, venv, args.trials)
+        results = measure(project, devices, venv, 0 if args.overhead_only else args.trials)
     finally:
         for device in devices:
             stop_agent(device["root"])
@@ -223,12 +227,19 @@ def main() -> None:
             ["device job time, median (s)", results["job_median_s"]],
             ["optimisations per rollout", results["optimize_calls"]],
             ["blob uploads to one device, max (1st rollout)", results["max_uploads_per_blob_and_device"]],
-            ["blobs uploaded by a 2nd unchanged rollout", results["second_rollout_uploads"]],
+            ["blobs uploaded by a 2nd unchanged rollout", results["second_rollout_uploads"]]]
+    if not args.overhead_only:
+        rows += [
             ["halt: devices as they were / trials", f"{results['halt_correct']} / {results['halt_trials']}"],
             ["halt: later-wave devices touched (all trials)", results["halt_later_touched"]],
-            ["rollback of a wave, then the rest: devices right", f"{results['rollback_correct']}"]]
-    report("fleet", f"edgekit fleet rollouts: {len(devices)} loopback devices "
-                    f"({'one user each' if per_user else 'one shared user'})", ["measure", "value"], rows, results)
+            ["rollback of a wave, then the rest: devices right", f"{results['rollback_correct']}"],
+            ["host killed mid-rollout, resumed: finished devices pushed again",
+             [r["finished_pushed_again"] for r in results["resume"]]],
+            ["same: devices with exactly one new job / done",
+             [f"{r['devices_with_one_new_job']} / {r['devices_done']}" for r in results["resume"]]]]
+    report("fleet_overhead" if args.overhead_only else "fleet",
+           f"edgekit fleet rollouts: {len(devices)} loopback devices "
+           f"({'one user each' if per_user else 'one shared user'})", ["measure", "value"], rows, results)
 
 
 def measure(project: Path, devices: list[dict], venv: str, trials: int) -> dict:
@@ -260,9 +271,54 @@ def measure(project: Path, devices: list[dict], venv: str, trials: int) -> dict:
                    job_median_s=statistics.median(jobs), second_rollout_uploads=len(counters.uploads),
                    phases_per_device_s={"first": first_phases, "repeat": repeat_phases},
                    per_device=entries)
-    results.update(halt_trials(project, devices, trials))
-    results.update(rollback_trials(project, devices, venv, trials))
+    if trials:
+        results.update(halt_trials(project, devices, trials))
+        results.update(rollback_trials(project, devices, venv, trials))
+        results.update(resume_trials(project, devices, trials))
     return results
+
+
+def resume_trials(project: Path, devices: list[dict], trials: int) -> dict:
+    """`edgekit push --waves` in a process of its own, SIGKILLed once half the fleet is done; then resumed."""
+    from edgekit.host.config import load_config
+    from edgekit.host.ship.rollout import resume_rollout
+
+    folder = project / ".edgekit" / "rollouts"
+    outcomes = []
+    for _ in range(trials):
+        before = {d["name"]: job_count(d["root"]) for d in devices}
+        known = set(folder.glob("*.json")) if folder.is_dir() else set()
+        host = subprocess.Popen([EDGEKIT, "push", "--group", "fleet", "--waves", "1,10%,100%", "--max-parallel", "1"],
+                                cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        states = {}
+        try:
+            while host.poll() is None:
+                new = set(folder.glob("*.json")) - known if folder.is_dir() else set()
+                if new:
+                    try:
+                        states = {n: e["state"] for n, e in json.loads(max(new).read_text())["devices"].items()}
+                    except (ValueError, OSError):
+                        pass
+                    if sum(state == "done" for state in states.values()) >= len(devices) // 2:
+                        host.kill()
+                        break
+                time.sleep(0.05)
+        finally:
+            host.kill()
+            host.wait()
+        at_kill = {d["name"]: job_count(d["root"]) for d in devices}
+        record = resume_rollout(load_config(project / "deploy.toml"), None, lambda message: None,
+                                lambda name, event: None)
+        after = {d["name"]: job_count(d["root"]) for d in devices}
+        finished = [n for n, state in states.items() if state == "done"]
+        outcomes.append({
+            "killed_with_done": len(finished), "killed_in_flight": [n for n, st in states.items()
+                                                                    if st in ("publishing", "running")],
+            "status_after_resume": record.data["status"],
+            "finished_pushed_again": sum(after[n] != at_kill[n] for n in finished),
+            "devices_with_one_new_job": f"{sum(after[n] == before[n] + 1 for n in before)}/{len(before)}",
+            "devices_done": f"{sum(e['state'] == 'done' for e in record.devices.values())}/{len(before)}"})
+    return {"resume": outcomes}
 
 
 def halt_trials(project: Path, devices: list[dict], trials: int) -> dict:

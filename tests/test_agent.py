@@ -120,6 +120,30 @@ def test_bad_bundles_fail_the_job_and_keep_current(agent_root, tmp_path, attack,
     assert spool.current("tiny") == before and (spool.models / "tiny" / "current" / "engine.json").is_file()
 
 
+def test_the_agent_takes_a_jobs_uploads_and_refuses_a_forged_one(agent_root):
+    """Spool version 2: the job names its writer, and the agent moves that writer's parts into the store when it
+    takes the job, each hash checked against the signed manifest; a part whose bytes do not hash to it fails the
+    job naming the file, is removed (the next push sends it again), and the active model stays."""
+    transport, manifest, key = agent_root
+    spool = transport.spool
+    assert wait_report(spool, publish(transport, manifest, key))["status"] == "done"
+    before = spool.current("tiny")
+    transport.info = {"spool": 2}
+    sha = next(e["sha256"] for e in manifest["files"] if e["name"] == "model.onnx")
+    content = spool.blob(sha).read_bytes()
+    part = spool.part(sha, transport.writer)
+    spool.blob(sha).rename(part)  # as if just uploaded: only the part is on the device
+    report = wait_report(spool, publish(transport, manifest, key))
+    assert report["status"] == "done", report.get("error")
+    assert spool.blob(sha).read_bytes() == content and not part.exists()
+    spool.blob(sha).unlink()
+    part.write_bytes(content[:-10] + b"0123456789")
+    report = wait_report(spool, publish(transport, manifest, key))
+    assert report["status"] == "failed" and "model.onnx" in report["error"] and "corrupted" in report["error"]
+    assert not part.exists() and not spool.has_blob(sha)
+    assert spool.current("tiny") == before and (spool.models / "tiny" / "current" / "engine.json").is_file()
+
+
 def test_a_failed_job_has_the_agent_describe_the_device_again(agent_root):
     """A runtime upgraded under a running agent fails the next job ("push again"); the push after it must choose
     its files by the new description, so a failed job refreshes device.json (here: deleted, then back)."""

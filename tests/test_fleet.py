@@ -181,3 +181,47 @@ def test_the_agent_runs_only_a_signed_rollback_to_an_engine_it_has(tmp_path):
     assert again["status"] == "done" and os.path.basename(spool.current("tiny")) == "new"
     nothing = request("j5", key, model="other")
     assert nothing["status"] == "failed" and "no previous engine" in nothing["error"]
+
+
+def test_connections_are_opened_one_device_ahead_and_only_within_the_wave(monkeypatch):
+    """A rollout's ``Pipeline`` connects the next device of the wave while one runs its job; it never connects a
+    device outside the list it was given (a later wave), and closes what nobody took."""
+    import threading
+
+    from edgekit.host.ship import session
+
+    opened, closed, lock = [], [], threading.Lock()
+
+    class Connection:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    def open_device(name, device, key, again):
+        with lock:
+            opened.append(name)
+        return Connection(name)
+
+    class Config:
+        def device(self, name):
+            return name
+
+    monkeypatch.setattr(session, "open_device", open_device)
+    pipeline = session.Pipeline(Config(), ["a", "b", "c"], key=None)
+    try:
+        assert pipeline.take("a").result().name == "a"
+        pipeline.opened["b"].result()
+        assert opened == ["a", "b"]  # b is connected while a runs
+        assert pipeline.take("b").result().name == "b"
+        pipeline.opened["c"].result()
+        assert sorted(opened) == ["a", "b", "c"]
+        assert pipeline.take("c").result().name == "c" and len(opened) == 3  # nothing beyond the wave
+    finally:
+        pipeline.close()
+    assert closed == []  # all taken: their pushes close them
+    early = session.Pipeline(Config(), ["x", "y"], key=None)
+    early.take("x").result()
+    early.close()  # the wave ended before y: its connection opened ahead is closed
+    assert closed == ["y"] and "z" not in opened

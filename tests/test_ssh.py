@@ -199,10 +199,12 @@ def test_proxyjump_from_ssh_config_is_followed(lab_project, ssh_lab):
         jump.stop()
 
 
-def test_an_upload_is_committed_in_one_command_and_the_device_read_from_its_file(lab_project, monkeypatch, tmp_path):
+def test_an_upload_runs_no_command_on_the_device_and_an_older_agent_commits_it_in_one(lab_project, monkeypatch,
+                                                                                       tmp_path):
     """The round trips a push makes: the device's runtimes and CPU come from the file the agent wrote at its
-    start (no `edgekit-agent status` run), every blob of an upload is committed by one command, and a part whose
-    bytes do not match its hash is still refused by the device, naming the file."""
+    start (no `edgekit-agent status` run), an upload to an agent that takes a job's uploads itself (spool
+    version 2) runs no command at all and leaves the parts for the job; one that does not is committed by one
+    command, and a part whose bytes do not match its hash is still refused by the device, naming the file."""
     from edgekit.device.contract.manifest import sha256_file
     from edgekit.host.config import load_config
     from edgekit.host.errors import CheckFailed
@@ -225,6 +227,12 @@ def test_an_upload_is_committed_in_one_command_and_the_device_read_from_its_file
     try:
         info = transport.device_info()
         assert info["backends"]["onnxruntime"]["available"] and info["cpu"] and commands == []
+        assert transport.agent_takes_uploads
+        transport.make_room(sum(p.stat().st_size for p in blobs.values()), {})  # store.json: room to spare
+        transport.upload_all(blobs, lambda size: None)
+        assert commands == [] and sorted(transport.missing(sorted(blobs))) == sorted(blobs)
+        assert all(transport.fs.stat(f"blobs/{sha}.{transport.writer}.part") for sha in blobs)
+        transport.info = dict(info, spool=1)  # an agent older than spool version 2
         transport.upload_all(blobs, lambda size: None)
         assert len(commands) == 1 and "commit-blob" in commands[0] and all(sha in commands[0] for sha in blobs)
         assert transport.missing(sorted(blobs)) == []

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import __version__
-from ..contract.protocol import DEVICE_INFO
+from ..contract.protocol import DEVICE_INFO, SPOOL_VERSION
 from ..errors import ConfigError, device_error
 from .spool import LOCK, STATUS_FILE, AgentLock, Spool, read_json, write_json_atomic
 from .store import CONFIG as STORE_CONFIG
-from .store import collect, load_config, save_config, usage
+from .store import collect, load_config, save_config, save_state, usage
 
 # The runtimes, the CPU and host probes and the health check are imported where they are used: commit-blob and gc
 # run on the device once per push, and each import here would be paid by every one of those short processes.
@@ -75,7 +75,8 @@ def describe_device() -> Dict[str, Any]:
     from ..cpu import describe_cpu
     from ..telemetry import describe_host
 
-    return {"version": __version__, "backends": describe_all(), "device": describe_host(), "cuda": cuda_bindings(),
+    return {"version": __version__, "spool": SPOOL_VERSION, "backends": describe_all(), "device": describe_host(),
+            "cuda": cuda_bindings(),
             "cpu": describe_cpu()}
 
 
@@ -119,7 +120,9 @@ def gc(root: Path, need_bytes: int, settings: Dict[str, Any]) -> Dict[str, Any]:
             config = save_config(spool, dict(read_json(spool.root / STORE_CONFIG) or {}, **settings))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    return collect(spool, config, need_bytes)
+    answer = collect(spool, config, need_bytes)
+    save_state(spool)
+    return answer
 
 
 def install_service(root: str, output: Optional[str], system: bool, user: Optional[str]) -> str:

@@ -27,7 +27,7 @@ from ..jobs.engines import cleanup_builds
 from ..jobs.runner import JobRunner
 from .health import repair
 from .spool import STATUS_FILE, AgentLock, Spool, log, write_atomic, write_json_atomic
-from .store import collect
+from .store import collect, save_state
 
 RESERVE = "agent.reserve"  # space kept back so a failure can still be recorded on a full disk
 RESERVE_BYTES = 1024 * 1024
@@ -68,6 +68,7 @@ def _start(spool: Spool) -> None:
     _quietly(lambda: _describe(spool))
     _quietly(lambda: cleanup_builds(spool))
     _quietly(lambda: spool.sweep_parts(STALE_PART_S))
+    _quietly(lambda: _after_job(spool))  # gc, and store.json, by which a push decides whether it needs one
     _quietly(lambda: _ensure_reserve(spool))
     _quietly(lambda: repair(spool, log))
 
@@ -203,14 +204,15 @@ def take(spool: Spool, job: str) -> bool:
 def supervise(spool: Spool, runner: JobRunner, job: str, given_up: Set[str]) -> None:
     """Run the job in a forked worker so nothing it does (a crash in a runtime, a full disk) stops the agent.
 
-    The agent keeps the heartbeat while the worker runs. When the worker ends without recording a
-    final state (killed by a signal, or unable to write), the agent records the failure itself,
-    freeing space first; if even that cannot be written the job is left alone until the next start.
+    The agent keeps the heartbeat while the worker runs; it collects garbage after the job (``_after_job``).
+    When the worker ends without recording a final state (killed by a signal, or unable to write), the agent
+    records the failure itself, freeing space first; if even that cannot be written the job is left alone until
+    the next start.
     """
-    _quietly(lambda: collect(spool))
     for _ in range(MAX_CRASHED_CANDIDATES + 1):
         status, note = _run_worker(spool, runner, job)
         if _safe_terminal(spool, job):
+            _after_job(spool)
             return
         if not (os.WIFSIGNALED(status) and _drop_crashed_candidate(runner, job, os.WTERMSIG(status))):
             break
@@ -222,6 +224,16 @@ def supervise(spool: Spool, runner: JobRunner, job: str, given_up: Set[str]) -> 
         message = note or "the job's worker stopped unexpectedly (exit {})".format(os.WEXITSTATUS(status))
     record_failure(spool, runner, job, message, given_up)
     _quietly(lambda: _ensure_reserve(spool))
+    _after_job(spool)
+
+
+def _after_job(spool: Spool) -> None:
+    """Garbage-collect, then store.json with what the job built counted: after the job, when the host has its
+    report already, not between its publish and the job's start (where the host would wait for it). Room for a
+    job is made by the one before it, or, when store.json says the upload might not fit, by the host's
+    `edgekit-agent gc` before it uploads."""
+    _quietly(lambda: collect(spool))
+    _quietly(lambda: save_state(spool))
 
 
 def _run_worker(spool: Spool, runner: JobRunner, job: str) -> Tuple[int, str]:

@@ -28,7 +28,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("serve", help="run the agent: take published jobs one at a time")
     run.add_argument("--root", default=DEFAULT_ROOT)
-    run.add_argument("--poll", type=float, default=0.2, help="seconds between looks at the queue")
+    run.add_argument("--poll", type=float, default=0.1, help="seconds between looks at the queue")
     run.add_argument("--once", action="store_true", help="exit when the queue is empty")
     info = sub.add_parser("status", help="print the agent's state, backends and device as JSON")
     info.add_argument("--root", default=DEFAULT_ROOT)

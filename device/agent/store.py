@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from ..contract.manifest import MANIFEST, is_safe_name
-from ..contract.protocol import STALE_PART_S
+from ..contract.protocol import STALE_PART_S, STORE_STATE
 from .serving import members
 from .spool import Spool, read_json, write_json_atomic
 
@@ -201,3 +201,19 @@ def collect(spool: Spool, config: Optional[StoreConfig] = None, need_bytes: int 
             "free_bytes": after["free_bytes"], "min_free_bytes": floor,
             "store_limit_bytes": int(config.store_limit_mb * MB), "need_bytes": need_bytes,
             "fits": after["free_bytes"] - need_bytes >= floor, "config": asdict(config)}
+
+
+def save_state(spool: Spool) -> None:
+    """``store.json``: the disk's free space, the store's size and the limits in force, which the host reads to
+    skip a gc of its own (``SpoolClient.room_known``). Written at the agent's start, after each job (when the
+    host is already done with this device) and by `edgekit-agent gc`; a failure only costs the next push a
+    remote gc."""
+    config = load_config(spool)
+    now = usage(spool)
+    try:
+        write_json_atomic(spool.root / STORE_STATE, {
+            "store_bytes": now["store_bytes"], "free_bytes": now["free_bytes"],
+            "min_free_bytes": int(config.min_free_mb * MB), "store_limit_bytes": int(config.store_limit_mb * MB),
+            "config": asdict(config)})
+    except OSError:
+        pass

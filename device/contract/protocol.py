@@ -3,8 +3,9 @@
 Every step another process can observe is a rename or an append, so a crash (of the host, the connection
 or the agent) never leaves a half-written thing where a reader would take it as whole:
 
-    blobs/<sha256>          content store (uploaded as ``<sha>.<writer>.part``, renamed once the hash checks)
-    incoming/<job>.part/    a job being published
+    blobs/<sha256>          content store (uploaded as ``<sha>.<writer>.part``; the agent renames each into the
+                            store when it takes the job that names it, once its hash matches the signed manifest)
+    incoming/<job>.part/    a job being published (manifest, signature, and ``writer``: whose parts to take)
     queue/<job>/            published jobs (renamed from incoming/)
     jobs/<job>/             state.json, events.jsonl (append-only), report.json, build artefacts
     engines/<key>/          built engines, content-addressed by the build key
@@ -38,6 +39,11 @@ TERMINAL_STATES = ("done", "failed")
 TRUSTED_KEYS = "trusted_keys"  # the hosts' public keys whose signed manifests the agent accepts
 DEVICE_INFO = "device.json"  # the agent's description of the device (runtimes, CPU), written at its start: read by
 # the host on each push instead of running `edgekit-agent status` there (plain JSON, replaced atomically)
+STORE_STATE = "store.json"  # the store's disk usage and limits as the agent's last gc left them: read by the host
+# to skip a remote `edgekit-agent gc` when the upload fits with room to spare (plain JSON, replaced atomically)
+WRITER = "writer"  # in a published job's folder: the writer whose ``blobs/<sha>.<writer>.part`` uploads the agent
+# hash-checks against the signed manifest and moves into the store when it takes the job (spool version 2)
+SPOOL_VERSION = 2  # 1: the host commits each upload with `edgekit-agent commit-blob`; 2: the agent does it itself
 HEARTBEAT = "agent.heartbeat"  # its mtime is the agent's pulse: touched every second, also while a job runs
 HEARTBEAT_S = 1.0
 STALE_PART_S = 15 * 60  # an upload untouched this long is abandoned (a cut one resumes well within it)

@@ -26,7 +26,7 @@ from .measure import measure
 from .prepare import prepare
 from .rollback import roll_back
 from .switch import switch
-from .verify import check_accuracy_budget, resolve_files, try_manifest, verify_signed
+from .verify import check_accuracy_budget, resolve_files, take_uploads, try_manifest, verify_signed
 
 MAX_RESUMES = 10  # restarts of the agent itself, never caused by the job (the worker absorbs those)
 
@@ -123,11 +123,12 @@ class JobRunner:
         if rollback is not None:  # a signed request to serve an engine already here
             return roll_back(job, rollback[0], rollback[1], signer)
         manifest = load_manifest_bytes(payload)
+        verified = take_uploads(self.spool, manifest, job.folder)  # before any check that could fail the job
         if job_kind(manifest.raw) == LATENCY_MODEL:  # no deployment: time the host's variants, switch nothing
-            return dict(run_latency_job(job, manifest, resolve_files(self.spool, manifest)), signer=signer,
+            return dict(run_latency_job(job, manifest, resolve_files(self.spool, manifest, verified)), signer=signer,
                         agent_version=__version__)
         check_accuracy_budget(manifest)
-        files = resolve_files(self.spool, manifest)
+        files = resolve_files(self.spool, manifest, verified)
         chosen = prepare(job, manifest, files)
         measured = measure(job, manifest, files, chosen.backend, chosen.engine, chosen.per_batch())
         previous = switch(job, manifest, chosen, measured.results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from ...device.contract.budget import TARGET_TOLERANCE
@@ -26,14 +27,16 @@ from .session import (
     ship,
     store_settings,
 )
-from .transports import open_transport
+from .transports import Transport, open_transport
 
 
 def push(config: Config, device_name: str, say: Say, on_event: EventSink,
          progress: UploadProgress | None = None, optimized: Optimized | None = None,
-         on_publish: Callable[[str], None] | None = None, plots: bool = True) -> tuple[dict[str, Any], Optimized]:
+         on_publish: Callable[[str], None] | None = None, plots: bool = True,
+         opened: Future[Transport] | None = None) -> tuple[dict[str, Any], Optimized]:
     """One device; a fleet passes the rollout's ``optimized`` (computed once), learns each job id on publish,
-    and leaves the PNG plots to `edgekit report --plot` (drawing them costs the host a second per device)."""
+    leaves the PNG plots to `edgekit report --plot` (drawing them costs the host a second per device), and may
+    pass the device's connection, opened while the device before it ran its job (``session.Pipeline``)."""
     device = config.device(device_name)
     if optimized is None:
         if config.prune.latency_target:  # widths chosen against this device's measured latency model
@@ -50,7 +53,7 @@ def push(config: Config, device_name: str, say: Say, on_event: EventSink,
     history = History(config.state_dir / "history.db")
     published: list[str] = []
     try:
-        with connected(device_name, device, key) as transport:
+        with connected(device_name, device, key, opened=opened) as transport:
             with lost_connection(device_name, "preparing the device; push again"), \
                     Interrupted.during(f"preparing {device_name}"):
                 status = transport.device_info()  # the runtimes and CPU, as the agent wrote them at its start

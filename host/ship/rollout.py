@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from ...device.contract.protocol import new_job_id
-from ..config import Config
+from ..config import Config, host_home
 from ..errors import CheckFailed, ConfigError, EdgekitError
+from .keys import load_or_create_key
+from .session import Pipeline
 
 FleetSink = Callable[[str, dict[str, Any]], None]
 Say = Callable[[str], None]
@@ -198,8 +200,15 @@ def run_waves(config: Config, record: RolloutRecord, optimized: Any, say: Say, o
         todo = [name for name in wave if record.devices[name]["state"] in UNFINISHED]
         if todo:
             say(f"wave {index}/{len(waves)}: {', '.join(todo)}")
-            with ThreadPoolExecutor(max_workers=record.data["max_parallel"]) as pool:
-                list(pool.map(lambda name: push_device(config, record, name, optimized, on_event), todo))
+            pipeline = Pipeline(config, [name for name in todo if not followed(record.devices[name])],
+                                load_or_create_key(host_home()))
+            try:
+                with ThreadPoolExecutor(max_workers=record.data["max_parallel"]) as pool:
+                    list(pool.map(lambda name, ahead=pipeline: push_device(config, record, name, optimized, on_event,
+                                                                           ahead),
+                                  todo))
+            finally:
+                pipeline.close()
         failed = record.failures()
         if len(failed) > record.data["max_failures"]:
             later = [name for rest in waves[index:] for name in rest]
@@ -212,7 +221,13 @@ def run_waves(config: Config, record: RolloutRecord, optimized: Any, say: Say, o
     record.update(status="done", finished=time.time())
 
 
-def push_device(config: Config, record: RolloutRecord, name: str, optimized: Any, on_event: FleetSink) -> None:
+def followed(entry: dict[str, Any]) -> bool:
+    """A device whose job was published before the host went away: resuming follows it, publishes nothing."""
+    return entry["state"] == RUNNING and bool(entry.get("job"))
+
+
+def push_device(config: Config, record: RolloutRecord, name: str, optimized: Any, on_event: FleetSink,
+                pipeline: Optional[Pipeline] = None) -> None:
     """One device of a wave, whatever happens to it: its outcome goes into the record."""
     from .push import budget_failures, push, reattach
 
@@ -226,12 +241,13 @@ def push_device(config: Config, record: RolloutRecord, name: str, optimized: Any
     entry = record.devices[name]
     started = time.monotonic()
     try:
-        if entry["state"] == RUNNING and entry.get("job"):  # published before the host went away: follow it
+        if followed(entry):  # published before the host went away: follow it
             report = reattach(config, name, entry["job"], sink)
         else:
             record.update(name, state=PUBLISHING)
             report, _ = push(config, name, lambda message: None, sink, optimized=optimized, plots=False,
-                             on_publish=lambda job: record.update(name, state=RUNNING, job=job))
+                             on_publish=lambda job: record.update(name, state=RUNNING, job=job),
+                             opened=pipeline.take(name) if pipeline is not None else None)
     except EdgekitError as exc:
         report = {"status": "failed", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one broken device must not stop the wave

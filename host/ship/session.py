@@ -6,10 +6,12 @@ Shared by ``push`` (one model), rollouts, rollbacks and the latency-model job; t
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from ...device.contract.protocol import new_job_id
 from ..config import DeviceSection
@@ -143,13 +145,57 @@ def _follow(transport: Transport, job: str, on_event: EventSink, poll: float, st
 
 
 @contextmanager
-def connected(device_name: str, device: DeviceSection, key: Any, again: str = "push again") -> Iterator[Transport]:
-    """``open_device`` for the length of a ``with``."""
-    transport = open_device(device_name, device, key, again)
+def connected(device_name: str, device: DeviceSection, key: Any, again: str = "push again",
+              opened: Optional[Future[Transport]] = None) -> Iterator[Transport]:
+    """``open_device`` for the length of a ``with``; ``opened``: the connection a ``Pipeline`` opened ahead."""
+    if opened is not None:
+        with Interrupted.during(f"connecting to {device_name}"):
+            transport = opened.result()  # open_device's own one-line errors come out of it as they are
+    else:
+        transport = open_device(device_name, device, key, again)
     try:
         yield transport
     finally:
         transport.close()
+
+
+class Pipeline:
+    """Connections opened one device ahead within a wave: while a device runs its job (the host only follows),
+    the next device's SSH handshake, host-key check and agent check are done, so at ``--max-parallel 1`` a
+    device's connect is off the rollout's path. Only devices of the wave being pushed are connected, never a
+    later wave's (a halt leaves those uncontacted); a connection nobody took is closed at the end."""
+
+    def __init__(self, config: Any, names: list[str], key: Any) -> None:
+        self.config, self.names, self.key = config, list(names), key
+        self.opened: dict[str, Future[Transport]] = {}
+        self.taken: set[str] = set()
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="connect")
+
+    def take(self, name: str) -> Optional[Future[Transport]]:
+        """``name``'s connection (opened ahead, else now), and the next device's started in the background."""
+        with self.lock:
+            future = self.opened.pop(name, None) or self._open(name)
+            position = self.names.index(name) if name in self.names else len(self.names)
+            self.taken.add(name)
+            later = next((n for n in self.names[position + 1:] if n not in self.taken), None)
+            if later is not None and later not in self.opened:
+                self.opened[later] = self._open(later)
+        return future
+
+    def _open(self, name: str) -> Future[Transport]:
+        return self.pool.submit(open_device, name, self.config.device(name), self.key, "push again")
+
+    def close(self) -> None:
+        """Close what was opened ahead and not taken (the wave ended early, or a device was followed instead)."""
+        with self.lock:
+            left, self.opened = list(self.opened.values()), {}
+        for future in left:
+            try:
+                future.result().close()
+            except Exception:  # noqa: BLE001 - an unreachable device's failed connect has nothing to close
+                pass
+        self.pool.shutdown(wait=True)
 
 
 def open_device(name: str, device: DeviceSection, key: Any, again: str) -> Transport:

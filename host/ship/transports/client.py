@@ -1,7 +1,11 @@
 """The spool protocol, host side, written once for every transport (see DESIGN.md §4).
 
-Blobs are uploaded to ``blobs/<sha>.<writer>.part`` and committed by the agent after it checks the
-hash there, so concurrent pushes never write the same file. A writer name is this host's id plus a
+Blobs are uploaded to ``blobs/<sha>.<writer>.part``; the published job names its writer, and the agent
+moves each part into the store when it takes the job, once its hash matches the signed manifest (spool
+version 2; an older agent is asked to commit them with ``edgekit-agent commit-blob``), so concurrent pushes
+never write the same file and no remote command runs on a push's path. A gc runs on the device before each
+job; the host asks for one itself only when the agent's ``store.json`` says the upload might not fit, or
+deploy.toml's disk settings differ from the device's. A writer name is this host's id plus a
 slot held with a host-side lock for the life of the push: the next push from this host takes the same
 slot and resumes an upload a dropped connection cut off. Jobs are published with one rename.
 Liveness is the agent's heartbeat file, whose mtime it touches every second: cheap to read over SFTP
@@ -30,8 +34,11 @@ from ....device.contract.protocol import (
     LAYOUT,
     QUEUE,
     REPORT,
+    SPOOL_VERSION,
     STATE,
+    STORE_STATE,
     TRUSTED_KEYS,
+    WRITER,
     parse_event_chunk,
     part_name,
     staging_name,
@@ -41,6 +48,7 @@ from ...errors import CheckFailed
 from .fs import BytesProgress, SpoolFS
 
 WRITER_SLOTS = 64
+ROOM_MARGIN = 64 * 1024 * 1024  # free space beyond twice the upload (for its engine) that spares a remote gc
 
 
 def host_id() -> str:
@@ -94,6 +102,7 @@ class SpoolClient:
         self.device_name, self.fs = device_name, fs
         self._writer: Optional[WriterSlot] = None
         self._beat: Optional[float] = None
+        self.info: dict[str, Any] = {}  # device_info's answer: its spool version says who commits uploads
 
     @property
     def writer(self) -> str:
@@ -131,9 +140,16 @@ class SpoolClient:
             info = json.loads(raw) if raw else None
         except ValueError:  # never half-written (replaced atomically); a damaged one is ignored
             info = None
-        if isinstance(info, dict) and isinstance(info.get("backends"), dict):
-            return info
-        return self.status()
+        if not (isinstance(info, dict) and isinstance(info.get("backends"), dict)):
+            info = self.status()
+        self.info = info
+        return info
+
+    @property
+    def agent_takes_uploads(self) -> bool:
+        """Whether the agent commits a job's uploads when it takes the job (spool version 2)."""
+        version = self.info.get("spool", 1)
+        return isinstance(version, int) and version >= SPOOL_VERSION
 
     def status(self, load_engines: bool = False) -> dict[str, Any]:
         """The agent's full status, computed on the device (each transport says how)."""
@@ -152,8 +168,27 @@ class SpoolClient:
         present = set(self.fs.listdir(BLOBS))
         return [sha for sha in hashes if sha not in present]
 
+    def room_known(self, need_bytes: int, settings: dict[str, Any]) -> bool:
+        """True when the agent's last gc (``store.json``) shows ``need_bytes`` fit with room to spare and the device
+        keeps the disk settings deploy.toml gives: then ``make_room`` has nothing to do (the agent collects before
+        each job anyway), and the push saves a remote process. A full disk met anyway fails the upload with a
+        clear line, the active model in place."""
+        raw = self.fs.read(STORE_STATE)
+        try:
+            state = json.loads(raw) if raw else None
+        except ValueError:
+            return False
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            return False
+        if any(state["config"].get(key) != value for key, value in settings.items()):
+            return False
+        free, floor = state.get("free_bytes"), state.get("min_free_bytes")
+        return isinstance(free, int) and isinstance(floor, int) and free - 2 * need_bytes - ROOM_MARGIN >= floor
+
     def make_room(self, need_bytes: int, settings: dict[str, Any]) -> dict[str, Any]:
         """Garbage-collect on the device for ``need_bytes``; refuse before uploading when they cannot fit."""
+        if self.agent_takes_uploads and self.room_known(need_bytes, settings):
+            return {"fits": True}
         answer = self.fs.collect(need_bytes, settings)
         if need_bytes and not answer.get("fits", True):
             free, floor = answer.get("free_bytes", 0), answer.get("min_free_bytes", 0)
@@ -168,10 +203,12 @@ class SpoolClient:
         self.upload_all({sha: path}, progress)
 
     def upload_all(self, blobs: dict[str, Path], progress: BytesProgress) -> None:
-        """Send every blob into this writer's parts, then commit them all in one call to the agent (which checks
-        each hash where the bytes landed)."""
+        """Send every blob into this writer's parts; the agent commits them when it takes the job that names this
+        writer (an older agent in one call here; either checks each hash where the bytes landed)."""
         for sha, path in blobs.items():
             self.send_part(sha, path, progress)
+        if self.agent_takes_uploads:
+            return
         problem = self.fs.commit(list(blobs), self.writer) if blobs else None
         if problem:
             sha, _, reason = problem.partition(": ")
@@ -196,6 +233,8 @@ class SpoolClient:
         staging = f"{INCOMING}/{staging_name(job)}"
         self.fs.mkdir(staging)
         try:
+            if self._writer is not None and self.agent_takes_uploads:  # this push sent parts: the agent takes them
+                self.fs.write(f"{staging}/{WRITER}", self._writer.name.encode())
             self.fs.write(f"{staging}/{MANIFEST}", manifest)
             self.fs.write(f"{staging}/{SIGNATURE}", signature)
             self.fs.rename(staging, f"{QUEUE}/{job}")
