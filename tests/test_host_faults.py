@@ -180,7 +180,7 @@ def test_ctrl_c_during_each_host_stage_and_the_upload_is_one_line_and_the_next_p
             doing = "the upload to local" if where == "upload" else TITLES[where]
             lines = [line for line in err.splitlines() if line.strip()]
             assert code == 130 and lines and lines[-1] == (f"interrupted during {doing}; nothing changed on the "
-                                                           "device; cached stages kept"), err[-500:]
+                                                           "device; cached stages kept"), f"{where}: {err[-500:]}"
             assert "Traceback" not in err and not leftovers(host) and not device_unchanged(host)
     next_push_succeeds(host, scenario)
 
