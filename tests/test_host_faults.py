@@ -159,8 +159,19 @@ def device_unchanged(root: Path) -> list[str]:
     return problems + ([f"current points at {spool.current('tiny')}"] if spool.current("tiny") else [])
 
 
+@pytest.fixture
+def ctrl_c_reaches_python():
+    """SIGINT raising KeyboardInterrupt, as in a terminal, for this test alone. A suite started in the background
+    by a non-interactive shell (``make test &``, a CI runner's script) inherits SIGINT *ignored*, and Python then
+    keeps it ignored: the push's self-sent Ctrl-C was lost and the push succeeded (exit 0, nothing on stderr)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_during_each_host_stage_and_the_upload_is_one_line_and_the_next_push_succeeds(host, capsys,
-                                                                                           monkeypatch):
+                                                                                           monkeypatch,
+                                                                                           ctrl_c_reaches_python):
     """A real SIGINT, sent by the push to itself (in this process: no interpreter start-up per trial)."""
     from edgekit.host import cli as cli_module
 
