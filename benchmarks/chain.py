@@ -18,7 +18,9 @@ imports), each built by the agent's own backend classes in its own worker proces
 round by round; the figure is the median of per-round medians. The headline speed-up is against the
 report's baseline: the unpruned FP32 file at each runtime's default precision (OpenVINO's default is bf16
 on CPUs with AVX512-BF16/AMX: read back from the compiled model), on the runtime where it runs fastest;
-the second figure is against strict FP32 *on the same runtime* (what the report used to headline).
+at each batch size its own: the (runtime, default precision) fastest at that batch size (the agent's
+``fastest_per_batch``, as the report); the second figure is against strict FP32 *on the same runtime* (what
+the report used to headline).
 edgekit's candidates are what ``backend = precision = "auto"`` builds: its INT8 file (the one
 ``model_files`` gives this CPU) on every runtime, and its pruned float model at FP32 and at OpenVINO's
 default precision; "auto serves b1/b32" marks what the agent's own ``serve`` keeps at each batch size
@@ -45,7 +47,7 @@ from edgekit.device.contract.model_files import model_file
 from edgekit.device.contract.runtimes import auto_precisions, baseline_precision
 from edgekit.device.contract.validate import compare
 from edgekit.device.cpu import describe_cpu
-from edgekit.device.jobs.auto import Candidate, Choice, choose, precision_label, serve
+from edgekit.device.jobs.auto import Candidate, fastest_per_batch, precision_label, serve
 from edgekit.host.config import deploy_toml, load_config
 from edgekit.host.optimize import optimize
 from edgekit.host.optimize.export.onnx_export import export_onnx, onnx_predict, onnx_top1
@@ -131,10 +133,11 @@ def race(medians: dict, keys: list[tuple[str, str]], passed: dict) -> list[Candi
             for runtime, name in keys]
 
 
-def pick(medians: dict, keys: list[tuple[str, str]], passed: dict) -> Choice:
-    """The agent's own ``choose`` over ``keys`` (how it picks the baseline's runtime): slower than the fastest at no
-    batch size beyond the interleaved rounds' noise, else the fastest at the primary batch size."""
-    return choose(race(medians, keys, passed), BATCHES[-1], primary=BATCHES[0])
+def baselines(medians: dict, keys: list[tuple[str, str]]) -> dict[int, tuple[str, str]]:
+    """Batch size → the (runtime, engine) of the report's baseline there: the agent's own ``fastest_per_batch`` over
+    the unpruned model at each runtime's default precision."""
+    fastest = fastest_per_batch(race(medians, keys, {}), BATCHES, BATCHES[-1])
+    return {b: tuple(name.split("|")) for b, name in fastest.items()}
 
 
 def measure(files: dict[str, Path], test: np.ndarray, labels: np.ndarray, rounds: int,
@@ -152,7 +155,7 @@ def measure(files: dict[str, Path], test: np.ndarray, labels: np.ndarray, rounds
     latency = {runtime: {b: {name: float(np.median(medians[key][b])) for key in engines if key[0] == runtime
                              for name in [key[1]]} for b in BATCHES} for runtime in runtimes}
     defaults = [(runtime, "FP32 default" if (runtime, "FP32 default") in engines else "FP32") for runtime in runtimes]
-    baseline = pick(medians, defaults, {}).winner.split("|")
+    baseline = baselines(medians, defaults)
     auto = serve(race(medians, [k for k in engines if k[1].startswith("edgekit")],
                       {key: verdict["passed"] for key, verdict in verdicts.items()}), BATCHES, BATCHES[-1])
     shown = {f"{runtime} {name}": f"{runtime} {precision_label(engines[(runtime, name)][2], executed[(runtime, name)])}"
@@ -161,9 +164,9 @@ def measure(files: dict[str, Path], test: np.ndarray, labels: np.ndarray, rounds
                                   for runtime, name in engines},
                      "executed_precision": {f"{name} on {runtime}": executed[(runtime, name)]
                                             for runtime, name in engines},
-                     "baseline": {"runtime": baseline[0], "engine": baseline[1],
-                                  "label": "unpruned {} on {}".format(
-                                      shown[" ".join(baseline)].split(" ", 1)[1], baseline[0])},
+                     "baseline": {b: {"runtime": runtime, "engine": engine, "label": "unpruned {} on {}".format(
+                                      shown[f"{runtime} {engine}"].split(" ", 1)[1], runtime)}
+                                  for b, (runtime, engine) in baseline.items()},
                      "auto": auto.winner.split("|")[0], "auto_engine": auto.winner.split("|")[1],
                      "auto_serving": {b: auto.served[b].split("|") for b in BATCHES},
                      "auto_message": auto.message.replace("|", " ")}
@@ -186,7 +189,7 @@ def run(arch: str, width: float, epochs: int, finetune: int, rounds: int, round_
     top1.update({"FP32 default": top1["FP32"], "edgekit fp16": top1["pruned"], "edgekit fp32": top1["pruned"]})
     latency, choice = measure(files, test, data.test.labels, rounds, round_s)
     base = choice["baseline"]
-    user = {b: latency[base["runtime"]][b][base["engine"]] for b in BATCHES}
+    user = {b: latency[base[b]["runtime"]][b][base[b]["engine"]] for b in BATCHES}
     speedup = {runtime: {name: {b: user[b] / by_batch[b][name] for b in BATCHES} for name in by_batch[1]}
                for runtime, by_batch in latency.items()}
     strict = {runtime: {name: {b: by_batch[b]["FP32"] / by_batch[b][name] for b in BATCHES} for name in by_batch[1]}
@@ -204,8 +207,9 @@ def table_rows(result: dict) -> list[list]:
         for name in [n for n in NAMES if n in by_batch[1]]:
             served = [b for b, key in result["auto_serving"].items() if tuple(key) == (runtime, name)]
             mark = f" (auto serves b{', b'.join(map(str, served))})" if served else ""
-            mark += " (the baseline)" if (runtime, name) == (result["baseline"]["runtime"],
-                                                            result["baseline"]["engine"]) else ""
+            based = [b for b, base in result["baseline"].items()
+                     if (runtime, name) == (base["runtime"], base["engine"])]
+            mark += f" (the baseline at b{', b'.join(map(str, based))})" if based else ""
             executed = result["executed_precision"][f"{name} on {runtime}"]
             rows.append([result["model"], runtime + mark, f"{NAMES[name]} [{executed}]", f"{result['top1'][name]:.2%}",
                          f"{by_batch[1][name]:.3f}", f"{by_batch[32][name]:.2f}",
@@ -255,7 +259,8 @@ def main() -> None:
            [row for r in results for row in table_rows(r)],
            {"args": vars(args), "load_average": os.getloadavg(), "results": results, "targets_met": checks})
     for r in results:
-        print(f"{r['model']}: baseline = {r['baseline']['label']}; {r['auto_message']}")
+        print(f"{r['model']}: baseline " + "; ".join(f"b{b}: {base['label']}" for b, base in r["baseline"].items())
+              + f"; {r['auto_message']}")
     for model, model_checks in checks.items():
         for check, ok in model_checks.items():
             print(f"{'PASS' if ok else 'MISS'}  {model}: {check}")

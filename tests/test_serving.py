@@ -11,6 +11,7 @@ import json
 import os
 import statistics
 
+import numpy as np
 import pytest
 
 from edgekit.device.agent.health import engine_problem
@@ -89,6 +90,58 @@ def test_three_sizes_and_three_files_each_served_where_it_is_fastest():
                                                        32: "openvino fp16"}
 
 
+def measured_tables(seed: int, count: int):
+    """Tables as the race measures them: 2-5 candidates, each with per-round medians at every batch size, drawn
+    around a true latency per (candidate, size) with round-to-round noise and load bursts shared by a round, some
+    failing validation or (explicit precision) only advising; crossings, near-ties and clear wins all occur."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        sizes = sorted(rng.choice([1, 4, 8, 32], size=int(rng.integers(1, 4)), replace=False).tolist())
+        rounds = int(rng.integers(3, 10))
+        bursts = {b: 1 + rng.exponential(0.1, rounds) for b in sizes}
+        candidates = []
+        for index in range(int(rng.integers(2, 6))):
+            true = {b: float(rng.uniform(0.1, 2.0)) * b ** float(rng.uniform(0.5, 1.0)) for b in sizes}
+            medians = {b: (true[b] * bursts[b] * rng.normal(1.0, 0.04, rounds)).tolist() for b in sizes}
+            candidates.append(Candidate(f"rt{index}", f"file{index}.onnx", bool(rng.random() > 0.15),
+                                        round_medians_ms=medians[sizes[-1]],
+                                        other_batches={b: medians[b] for b in sizes[:-1]},
+                                        precision=str(rng.choice(["int8", "fp16", "fp32"])),
+                                        requested=bool(rng.random() > 0.1)))
+        yield candidates, sizes
+
+
+def test_auto_never_serves_a_file_slower_than_the_fastest_validated_alternative_on_measured_tables():
+    """The rule auto ships by, over a thousand measured tables: at every batch size the file served passed
+    validation, was asked for, and is no slower (median of its interleaved rounds) than the fastest validated
+    alternative built, beyond the noise margin; a file that beats every other at every size beyond the margin is
+    the one file served; with no valid candidate, nothing is served."""
+    checked = 0
+    for candidates, sizes in measured_tables(seed=22, count=1000):
+        valid = [c for c in candidates if c.passed and c.requested]
+        if not valid:
+            with pytest.raises(ValueError):
+                serve(candidates, sizes, sizes[-1])
+            continue
+        serving = serve(candidates, sizes, sizes[-1])
+        by_name = {c.name: c for c in candidates}
+
+        def median(candidate, size, last=sizes[-1]):
+            return statistics.median(candidate.round_medians_ms if size == last else candidate.other_batches[size])
+
+        for size in sizes:
+            served = by_name[serving.served[size]]
+            assert served.passed and served.requested
+            assert median(served, size) <= min(median(c, size) for c in valid) * (1 + NOISE_PERCENT / 100)
+            checked += 1
+        margin = 1 + NOISE_PERCENT / 100
+        dominant = [c for c in valid if all(median(c, b) * margin < min(median(o, b) for o in valid if o is not c)
+                                            for b in sizes)] if len(valid) > 1 else valid
+        if dominant:
+            assert serving.files == [dominant[0].name]
+    assert checked > 1000
+
+
 # -- the serving map on the device ------------------------------------------------------------------------------
 def _engine(spool: Spool, key: str) -> None:
     folder = spool.engines / key
@@ -162,6 +215,21 @@ def test_push_local_auto_says_which_engine_serves_each_batch_size_and_serves_the
         if len(valid) > 1:  # never slower than the fastest validated alternative beyond the noise margin
             fastest = min(median(c, int(batch)) for c in valid)
             assert median(served, int(batch)) <= fastest * (1 + NOISE_PERCENT / 100)
+    # the baseline per batch size: the runtime fastest there for the unpruned model, named in each benchmark
+    race = report["baseline"].get("race") or {}
+    for bench in report["benchmarks"]:
+        batch = str(bench["batch"])
+        chosen = report["baselines"][batch]
+        assert bench["baseline"]["label"] == chosen["label"]
+        if len(race) > 1:
+            at = {name: entry["median_ms"] if batch == "8" else entry["other_batches"][batch]
+                  for name, entry in race.items()}
+            assert at[chosen["backend"]] == min(at.values())
+    from edgekit.host.records.report import latency_rows
+    sizes = {entry["engine_key"]: entry["model_size_bytes"] for entry in serving.values()}
+    for row in latency_rows(report, "local"):  # each row's size is that of the file serving its batch size
+        assert row["model_bytes"] == (serving[str(row["batch"])]["model_size_bytes"] if len(sizes) > 1
+                                      else report["model_size_bytes"])
     current = os.path.basename(Spool(root).current(report["model"]))
     assert report["engine_key"] == current
     keys = {entry["engine_key"] for entry in serving.values()}
@@ -191,10 +259,12 @@ def test_the_report_shows_per_batch_size_the_engine_serving_it_and_why(tmp_path)
                 "baseline_fp32": {"latency_ms": {"median": 8.0 * batch}, "label": strict_label}}
 
     serving = {"1": {"backend": "onnxruntime", "precision": "int8", "model_file": "model.int8.cpu.onnx",
-                     "engine_key": "a" * 64,
+                     "engine_key": "a" * 64, "model_size_bytes": 1_150_000,
+                     "validation": {"passed": True, "top1_agreement": 1.0, "cosine_min": 0.9990},
                      "reason": "onnxruntime int8 (model.int8.cpu.onnx): the fastest at batch 1"},
                "32": {"backend": "openvino", "precision": "fp16", "executed_precision": "bf16",
-                      "model_file": "model.onnx", "engine_key": "b" * 64,
+                      "model_file": "model.onnx", "engine_key": "b" * 64, "model_size_bytes": 4_320_000,
+                      "validation": {"passed": True, "top1_agreement": 0.97, "cosine_min": 0.9950},
                       "reason": "openvino bf16 (model.onnx): the fastest at batch 32"}}
     report = {"job": "j", "status": "done", "model": "m", "backend": "onnxruntime", "precision": "int8",
               "precision_requested": "auto", "model_file": "model.int8.cpu.onnx", "serving": serving,
@@ -205,12 +275,22 @@ def test_the_report_shows_per_batch_size_the_engine_serving_it_and_why(tmp_path)
               "baseline_fp32": {"label": "unpruned strict FP32 on onnxruntime"},
               "auto": {"message": "auto serves batch 1 with onnxruntime int8, batch 32 with openvino bf16",
                        "runtime_auto": True, "candidates": []},
-              "host": {"accuracy_by_file": {"model.int8.cpu.onnx": 0.98, "model.baseline.onnx": 0.99}}}
+              "host": {"accuracy_by_file": {"model.int8.cpu.onnx": 0.98, "model.onnx": 0.985,
+                                            "model.baseline.onnx": 0.99}}}
     rows = latency_rows(report, "local")
     assert [(r["backend"], r["precision_shown"]) for r in rows] == [
         ("onnxruntime (auto)", "int8 (auto)"), ("openvino (auto)", "fp16 (bf16) (auto)")]
+    # size, validation and host top-1 describe the file serving each batch size, not batch 1's
+    assert [(r["model_file"], r["model_bytes"], r["top1_agreement"], r["host_top1"]) for r in rows] == [
+        ("model.int8.cpu.onnx", 1_150_000, 1.0, 0.98), ("model.onnx", 4_320_000, 0.97, 0.985)]
     lines = summary_lines(report)
+    assert lines[0] == ("device validation of model.int8.cpu.onnx on onnxruntime (serves batch 1, 1.15 MB): passed "
+                        "(top-1 agreement 100.0% with the host's outputs, worst cosine 0.9990)")
+    assert lines[1] == ("device validation of model.onnx on openvino (serves batch 32, 4.32 MB): passed (top-1 "
+                        "agreement 97.0% with the host's outputs, worst cosine 0.9950)")
+    lines = lines[1:]
     assert "final model (batch 1: int8 (auto) on onnxruntime, batch 32: fp16 (bf16) (auto) on openvino)" in lines[1]
+    assert "(of model.int8.cpu.onnx, batch 1's file)" in lines[1]
     assert "8.00× at batch 1 (unpruned strict FP32 on onnxruntime), 16.00× at batch 32 (unpruned strict FP32 on " \
            "openvino)" in lines[2]
     console = Console(record=True, width=300)

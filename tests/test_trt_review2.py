@@ -317,7 +317,8 @@ def test_diagnostics_run_once_and_power_covers_only_the_final_engines_rounds():
         "cuda_graph": True, "profile_layers": True, "cross_check": True})
     job = types.SimpleNamespace(event=lambda *args, **kwargs: None)
     results = benchmark_phase(job, manifest, backend, final,
-                              {"baseline": Baseline(baseline, {"label": "unpruned fp16 on tensorrt"})}, sampler)
+                              dict.fromkeys([1, 8], Baseline(baseline, {"label": "unpruned fp16 on tensorrt"})),
+                              sampler)
     diagnostics = [c for c in final.calls if c[0].get("profile_layers") or c[0].get("cross_check")]
     assert len(diagnostics) == 2 and not any(open_ for _, open_ in diagnostics)  # once per batch size
     timed = [c for c in final.calls if c not in diagnostics]

@@ -252,7 +252,7 @@ def serve(candidates: Sequence[Candidate], sizes: Sequence[int], batch: int) -> 
     if any(c.median_ms is None for c in valid) or set(sizes) - set(_sizes(valid, batch)):
         raise ValueError("every validated candidate must be measured at every batch size before choosing")
     at = _Rounds(batch, candidates)
-    fastest = {b: min(valid, key=lambda c, b=b: at.key(c, b)) for b in sizes}
+    fastest = _fastest(valid, sizes, at)
     ties = {b: {c.name for c in valid if at.median(c, b) <= at.median(fastest[b], b) * (1 + NOISE_PERCENT / 100)}
             for b in sizes}
     order = sorted(valid, key=lambda c: (-sum(c.name in ties[b] for b in sizes), at.key(c, sizes[0])))
@@ -274,6 +274,26 @@ def serve(candidates: Sequence[Candidate], sizes: Sequence[int], batch: int) -> 
             ", ".join("batch {} with {}".format(b, served[b].shown) for b in sizes), NOISE_PERCENT, rounds)
     return Serving({b: c.name for b, c in served.items()}, reasons, message, winner.name, second.name,
                    at.median(second, primary) / at.median(winner, primary))
+
+
+def fastest_per_batch(candidates: Sequence[Candidate], sizes: Sequence[int], batch: int) -> Dict[int, str]:
+    """Per batch size in ``sizes``, the validated candidate with the lowest median of the interleaved rounds there
+    (ties: the earlier), with no margin: the report's baseline at each batch size (``jobs.baseline``), the best a
+    user could run there. ``serve``'s engine-saving tie rule is not applied: it may keep a file up to
+    NOISE_PERCENT slower, which for a baseline would flatter the speed-up by as much."""
+    valid = [c for c in candidates if c.passed and c.requested]
+    sizes = sorted(set(sizes))
+    if not valid:
+        raise ValueError("nothing measured passed")
+    if len(valid) > 1 and (any(c.median_ms is None for c in valid) or set(sizes) - set(_sizes(valid, batch))):
+        raise ValueError("every candidate must be measured at every batch size before choosing")
+    if len(valid) == 1:
+        return {b: valid[0].name for b in sizes}
+    return {b: c.name for b, c in _fastest(valid, sizes, _Rounds(batch, candidates)).items()}
+
+
+def _fastest(valid: Sequence[Candidate], sizes: Sequence[int], at: _Rounds) -> Dict[int, Candidate]:
+    return {b: min(valid, key=lambda c, b=b: at.key(c, b)) for b in sizes}
 
 
 def _served(candidate: Candidate) -> str:

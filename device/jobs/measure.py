@@ -5,7 +5,7 @@ alternating rounds so the report's speed-ups hold on a device whose load and clo
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -34,9 +34,10 @@ class Measured:
     """The benchmark of every batch size, the baselines' engine facts, the device's telemetry around it."""
 
     results: List[Dict[str, Any]]
-    baseline: Optional[Dict[str, Any]]
+    baseline: Optional[Dict[str, Any]]  # the user's baseline at the primary (smallest) batch size
     telemetry: Dict[str, Any]
     baseline_fp32: Optional[Dict[str, Any]] = None
+    baselines: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # batch size → the user's baseline there
 
 
 def validate(engine: Engine, reference: Path, manifest: Manifest, model_name: str = "",
@@ -63,43 +64,50 @@ def validate(engine: Engine, reference: Path, manifest: Manifest, model_name: st
 def measure(job: Job, manifest: Manifest, files: Mapping[str, Path], backend: Backend, engine: Engine,
             serving: Optional[Mapping[int, Tuple[Backend, Engine]]] = None) -> Measured:
     """Benchmark the job's engine (per batch size, the engine of ``serving`` that serves it) beside the baselines
-    (the user's, and strict FP32 on the runtime serving that batch size) with telemetry around the window; closes
-    every engine."""
+    (per batch size, the user's baseline there, and strict FP32 on the runtime serving that batch size) with
+    telemetry around the window; closes every engine."""
     per_batch = {b: (serving or {}).get(b, (backend, engine)) for b in manifest.batch_sizes}
     runtimes = {each.name: each for each, _ in [(backend, engine)] + list(per_batch.values())}
-    baselines: Dict[str, Baseline] = {}
+    users: Dict[int, Baseline] = {}  # batch size → the user's baseline there
     strict: Dict[str, Baseline] = {}  # runtime → its strict FP32 baseline
     try:
-        default = user_baseline(job, manifest, files)
-        if default is not None:
-            baselines["baseline"] = default
-            for name, each in runtimes.items():
-                found = strict_baseline(job, manifest, files, each, default)
-                if found is not None:
-                    strict[name] = found
+        users = user_baseline(job, manifest, files)
+        for name, each in runtimes.items():
+            found = strict_baseline(job, manifest, files, each, users)
+            if found is not None:
+                strict[name] = found
         before = telemetry.snapshot()
         with telemetry.sampler() as sampler:
-            results = benchmark_phase(job, manifest, backend, engine, baselines, sampler, per_batch, strict)
+            results = benchmark_phase(job, manifest, backend, engine, users, sampler, per_batch, strict)
         after = telemetry.snapshot()
     finally:
-        for each in list(baselines.values()) + list(strict.values()):
+        for each in {id(b): b for b in list(users.values()) + list(strict.values())}.values():
             each.engine.close()
         for each in {id(e): e for _, e in [(backend, engine)] + list(per_batch.values())}.values():
             each.close()
-    infos = {name: each.info for name, each in baselines.items()}
-    fp32 = strict.get(backend.name)
-    return Measured(results, infos.get("baseline"), {"before": before, "after": after, "during": sampler.result()},
-                    fp32.info if fp32 is not None else infos.get("baseline"))
+    primary = users.get(min(manifest.batch_sizes))
+    fp32 = strict.get(backend.name) or primary
+    return Measured(results, primary.info if primary else None,
+                    {"before": before, "after": after, "during": sampler.result()},
+                    fp32.info if fp32 is not None else None,
+                    {str(b): _summary(each.info) for b, each in sorted(users.items())})
+
+
+def _summary(info: Mapping[str, Any]) -> Dict[str, Any]:
+    """What the report says of the baseline at one batch size (its race is in ``baseline``)."""
+    return {k: info[k] for k in ("label", "backend", "precision", "executed_precision", "model_file",
+                                 "model_size_bytes", "engine_key", "engine_reused") if k in info}
 
 
 def benchmark_phase(job: Job, manifest: Manifest, backend: Backend, engine: Engine,
-                    baselines: Mapping[str, Baseline], sampler: Any = None,
+                    baselines: Mapping[int, Baseline], sampler: Any = None,
                     serving: Optional[Mapping[int, Tuple[Backend, Engine]]] = None,
                     strict: Optional[Mapping[str, Baseline]] = None) -> List[Dict[str, Any]]:
     """Per batch size: the final engine (the one of ``serving`` for that size, when given), and the baselines in
-    alternating rounds with the same timing settings (``strict``: the strict FP32 baseline of each runtime, the
-    one of the runtime serving that size); the final engine's diagnostics (per-layer profile, trtexec) once
-    afterwards; ``sampler``'s power window covers the final engine's timed rounds only."""
+    alternating rounds with the same timing settings (``baselines``: the user's baseline at each batch size;
+    ``strict``: the strict FP32 baseline of each runtime, the one of the runtime serving that size, unless it is
+    that size's user baseline); the final engine's diagnostics (per-layer profile, trtexec) once afterwards;
+    ``sampler``'s power window covers the final engine's timed rounds only."""
     plan = benchmark_plan(manifest.benchmark)
     window = getattr(sampler, "window", nullcontext)
     results = []
@@ -108,9 +116,10 @@ def benchmark_phase(job: Job, manifest: Manifest, backend: Backend, engine: Engi
         extras = runtime.benchmark_options(manifest.benchmark)
         timing = {k: v for k, v in extras.items() if k not in DIAGNOSTIC_EXTRAS}
         diagnostics = {k: v for k, v in extras.items() if k in DIAGNOSTIC_EXTRAS and v}
-        against = dict(baselines)
-        if strict and runtime.name in strict:
-            against["baseline_fp32"] = strict[runtime.name]
+        against = {"baseline": baselines[batch]} if batch in baselines else {}
+        second = (strict or {}).get(runtime.name) if strict else None
+        if second is not None and second is not against.get("baseline"):
+            against["baseline_fp32"] = second
         rounds = int(manifest.benchmark.get("rounds", ROUNDS)) if against else 1
         runs = {"final": _windowed(served, batch, timing, window)}
         for name, each in against.items():
@@ -161,8 +170,10 @@ def _with_baseline(measured: Dict[str, Dict[str, Any]], labels: Optional[Mapping
             if (labels or {}).get(name):
                 result[name]["label"] = labels[name]
             result[ratio] = base["latency_ms"]["median"] / result["latency_ms"]["median"]
-    if "baseline" in result and "speedup_fp32" not in result:
+    if "baseline" in result and "speedup_fp32" not in result:  # the user's baseline here is strict FP32 already
         result["speedup_fp32"] = result["speedup"]
+        if (labels or {}).get("baseline"):
+            result["baseline_fp32"] = {"label": labels["baseline"], "same_as": "baseline"}
     return result
 
 

@@ -303,18 +303,22 @@ def _keep_fastest(job: Job, manifest: Manifest, ready: Dict[str, Prepared], trie
                    "cpu": cpu, "runtime_auto": manifest.backend == AUTO, "precision_auto": manifest.precision == AUTO,
                    "precision_advice": advice, "candidates": [candidate.summary() for candidate in tried]}
     if serving is not None:
-        winner.auto["serving"] = {str(b): dict(served_entry(kept[name]), reason=serving.reasons[b])
+        winner.auto["serving"] = {str(b): dict(served_entry(kept[name], manifest), reason=serving.reasons[b])
                                   for b, name in sorted(serving.served.items())}
         if len(names) > 1:
             winner.serving = {b: kept[name] for b, name in serving.served.items()}
     return winner
 
 
-def served_entry(prepared: Prepared) -> Dict[str, Any]:
-    """What the report (and the serving map) says of the engine serving a batch size."""
+def served_entry(prepared: Prepared, manifest: Manifest) -> Dict[str, Any]:
+    """What the report (and the serving map) says of the engine serving a batch size: its file (and size) and its
+    own validation, so the report's size and validation columns describe what serves each batch size."""
+    validation = prepared.validation
     return {"backend": prepared.backend.name, "precision": prepared.precision, "executed_precision": prepared.executed,
-            "model_file": prepared.model_file, "engine_key": prepared.key,
-            "top1_agreement": prepared.validation.get("top1_agreement")}
+            "model_file": prepared.model_file, "model_size_bytes": manifest.files[prepared.model_file].size,
+            "engine_key": prepared.key, "top1_agreement": validation.get("top1_agreement"),
+            "validation": {k: validation[k] for k in ("passed", "top1_agreement", "cosine_min", "reference")
+                           if k in validation}}
 
 
 def validation_advice(validation: Dict[str, Any]) -> str:

@@ -141,7 +141,7 @@ class JobRunner:
             "engine_reused": chosen.reused, "engine": chosen.meta, "model_file": chosen.model_file,
             "model_size_bytes": manifest.files[chosen.model_file].size, "validation": chosen.validation,
             "benchmarks": measured.results, "auto": chosen.auto, "baseline": measured.baseline,
-            "baseline_fp32": measured.baseline_fp32,
+            "baseline_fp32": measured.baseline_fp32, "baselines": measured.baselines,
             "telemetry": {"device": telemetry.describe_host(), **measured.telemetry},
             "current": os.readlink(str(self.spool.models / manifest.model / "current")),
             "previous": previous, "host": manifest.raw.get("host", {}),

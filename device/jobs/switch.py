@@ -26,7 +26,8 @@ def switch(job: Job, manifest: Manifest, chosen: Prepared, results: List[Dict[st
         target = write_map(job.spool.engines, keys,
                            {"backend": chosen.backend.name, "options": {"precision": chosen.precision},
                             "job": job.id, "model": manifest.model,
-                            "serving": {str(b): served_entry(each) for b, each in sorted(chosen.serving.items())}})
+                            "serving": {str(b): served_entry(each, manifest)
+                                        for b, each in sorted(chosen.serving.items())}})
         what = "serving map {} ({})".format(target.name[:12], ", ".join(
             "batch {}: engine {}".format(b, key[:12]) for b, key in keys.items()))
         chosen.key = target.name

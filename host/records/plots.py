@@ -31,9 +31,9 @@ def latency_plot(report: dict[str, Any], bench: dict[str, Any], path: Path) -> P
     served = (report.get("serving") or {}).get(str(bench["batch"])) or {}  # precision = "auto": per batch size
     series = [(f"final ({served.get('precision') or report.get('precision')}, "
                f"{served.get('model_file') or report.get('model_file')})", bench, "tab:blue")]
-    baseline = report.get("baseline") or {}
+    label = bench.get("baseline", {}).get("label") or (report.get("baseline") or {}).get("label")  # this batch's
     if bench.get("baseline"):
-        series.append((baseline.get("label") or "unpruned FP32 baseline", bench["baseline"], "tab:gray"))
+        series.append((label or "unpruned FP32 baseline", bench["baseline"], "tab:gray"))
     if bench.get("baseline_fp32"):
         strict = bench["baseline_fp32"].get("label") or (report.get("baseline_fp32") or {}).get("label") or \
             "unpruned strict FP32"
@@ -46,7 +46,7 @@ def latency_plot(report: dict[str, Any], bench: dict[str, Any], path: Path) -> P
         median = data["latency_ms"]["median"]
         axis.step(samples, fraction, where="post", color=color, label=f"{label}: p50 {median:.3f} ms")
         axis.axvline(median, color=color, linestyle=":", linewidth=1)
-    speedup = f" — {bench['speedup']:.2f}× vs {baseline.get('label') or 'the baseline'}" if bench.get("speedup") else ""
+    speedup = f" — {bench['speedup']:.2f}× vs {label or 'the baseline'}" if bench.get("speedup") else ""
     axis.set_title(f"{report.get('model')} on {report.get('device', 'device')} "
                    f"({served.get('backend') or report.get('backend')}), "
                    f"batch {bench['batch']}{speedup}", fontsize=10)

@@ -32,18 +32,21 @@ def latency_rows(report: dict[str, Any], device: str) -> list[dict[str, Any]]:
     for bench in report["benchmarks"]:
         latency = bench["latency_ms"]
         served = serving.get(bench["batch"])
+        checked = (served or {}).get("validation") or validation  # the engine serving this batch size
         rows.append({
             "device": device, "status": "done",
             "backend": served["backend"] + (" (auto)" if runtime_auto else "") if served else backend,
             "precision": served["precision"] if served else report["precision"],
             "batch": bench["batch"], "p50_ms": latency["median"], "p90_ms": latency["p90"], "p99_ms": latency["p99"],
             "cv_percent": latency["cv_percent"], "images_per_s": bench["images_per_s"],
-            "validation": "passed" if validation["passed"] else "FAILED",
-            "top1_agreement": validation["top1_agreement"], "model_bytes": report.get("model_size_bytes"),
-            "host_top1": host_accuracy(report), "engine_reused": report.get("engine_reused"),
+            "validation": "passed" if checked["passed"] else "FAILED", "model_file": served_file(report, served),
+            "top1_agreement": checked["top1_agreement"],
+            "model_bytes": (served or {}).get("model_size_bytes") or report.get("model_size_bytes"),
+            "host_top1": host_accuracy(dict(report, **served) if served else report),
+            "engine_reused": report.get("engine_reused"),
             "baseline_p50_ms": bench.get("baseline", {}).get("latency_ms", {}).get("median"),
             "speedup": bench.get("speedup"), "baseline_top1": baseline_accuracy(report),
-            "baseline": baseline_label(report), "speedup_fp32": bench.get("speedup_fp32"),
+            "baseline": baseline_label(report, bench["batch"]), "speedup_fp32": bench.get("speedup_fp32"),
             "precision_shown": precision_shown(dict(report, **served)) if served else precision_shown(report),
         })
     return rows
@@ -55,15 +58,24 @@ def served_per_batch(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return serving if len({entry.get("engine_key") for entry in serving.values()}) > 1 else {}
 
 
+def served_file(report: dict[str, Any], served: Optional[dict[str, Any]]) -> str:
+    """The model file serving a batch size: its serving-map entry's, else the report's one engine's."""
+    return (served or {}).get("model_file") or report.get("model_file") or "?"
+
+
 def serving_lines(report: dict[str, Any]) -> list[str]:
     """``precision = "auto"``: per batch size, which file and precision serve it and why (one line each)."""
     serving = report.get("serving") or {}
     return [f"batch {b} served by {serving[b]['reason']}" for b in sorted(serving, key=int)]
 
 
-def baseline_label(report: dict[str, Any]) -> str:
-    """What the headline speed-up is measured against, e.g. 'unpruned bf16 on openvino' (reports before the
+def baseline_label(report: dict[str, Any], batch: Optional[int] = None) -> str:
+    """What the headline speed-up is measured against, e.g. 'unpruned bf16 on openvino': at ``batch``, the
+    baseline measured there (the fastest at that batch size), else the primary batch size's (reports before the
     baseline ran at the runtime's default precision: 'unpruned FP32 on <runtime>')."""
+    bench = next((b for b in report.get("benchmarks") or [] if b.get("batch") == batch), {}) if batch else {}
+    if (bench.get("baseline") or {}).get("label"):
+        return bench["baseline"]["label"]
     baseline = report.get("baseline") or {}
     return baseline.get("label") or f"unpruned FP32 on {baseline.get('backend') or report.get('backend', '?')}"
 
@@ -165,34 +177,56 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     default precision) and over strict FP32, accuracy, validation."""
     if report.get("status") != "done":
         return []
-    lines = []
-    validation = report["validation"]
-    verdict = "passed" if validation["passed"] else "FAILED"
-    lines.append(f"device validation of {report.get('model_file')}: {verdict} (top-1 agreement "
-                 f"{validation['top1_agreement']:.1%} with the host's outputs, "
-                 f"worst cosine {validation.get('cosine_min', 0):.4f})")
+    serving = served_per_batch(report)
+    lines = validation_lines(report, serving)
     final, baseline = host_accuracy(report), baseline_accuracy(report)
     speedups = {b["batch"]: b["speedup"] for b in report.get("benchmarks", []) if b.get("speedup")}
     if speedups and final is not None and baseline is not None:
-        ratio = ", ".join(f"{s:.2f}× at batch {b}" for b, s in speedups.items())
-        serving = served_per_batch(report)
+        users = {b: baseline_label(report, b) for b in speedups}
         final_model = (f"final {precision_shown(report)} model on {report.get('backend', '?')}" if not serving else
                        "final model (" + ", ".join(f"batch {b}: {precision_shown(dict(report, **entry))} on "
                                                    f"{entry['backend']}" for b, entry in sorted(serving.items())) + ")")
-        lines.append(f"{final_model} vs "
-                     f"{baseline_label(report)} (the unpruned model as a user would run it there): {ratio}; "
-                     f"host top-1 {baseline:.2%} → {final:.2%} ({(final - baseline) * 100:+.2f} pt)")
+        if len(set(users.values())) == 1:
+            versus = f"{users[next(iter(users))]} (the unpruned model as a user would run it there): " + ", ".join(
+                f"{s:.2f}× at batch {b}" for b, s in speedups.items())
+        else:  # at each batch size the runtime/precision fastest there for the unpruned model
+            versus = "the unpruned model as a user would run it at each batch size: " + "; ".join(
+                f"b{b}: {s:.2f}× vs {users[b]}" for b, s in speedups.items())
+        top1 = f"host top-1 {baseline:.2%} → {final:.2%} ({(final - baseline) * 100:+.2f} pt)"
+        if serving and any(served_file(report, entry) != report.get("model_file") for entry in serving.values()):
+            top1 += f" (of {report.get('model_file')}, batch {min(serving)}'s file)"
+        lines.append(f"{final_model} vs {versus}; {top1}")
         strict = {b["batch"]: b["speedup_fp32"] for b in report.get("benchmarks", []) if b.get("speedup_fp32")}
         second = (report.get("baseline_fp32") or {}).get("label")
         labels = {b["batch"]: (b.get("baseline_fp32") or {}).get("label") or second for b in report["benchmarks"]}
-        if strict and len(set(labels.values())) > 1:  # a serving map over two runtimes: each its own
+        if strict and all(labels.get(b) == users.get(b) for b in strict):  # the same engines: said once
+            pass
+        elif strict and len(set(labels.values())) > 1:  # a serving map over two runtimes: each its own
             lines.append("vs unpruned strict FP32 on the runtime serving each batch size: " + ", ".join(
                 f"{s:.2f}× at batch {b} ({labels[b]})" for b, s in strict.items()))
-        elif strict and second and second != baseline_label(report):  # the same engine: said once
+        elif strict and second:
             lines.append(f"vs {second}: " + ", ".join(f"{s:.2f}× at batch {b}" for b, s in strict.items()))
         if report["baseline"].get("chosen_because"):
             lines.append(f"baseline runtime, {report['baseline']['chosen_because']}")
     return lines
+
+
+def validation_lines(report: dict[str, Any], serving: dict[int, dict[str, Any]]) -> list[str]:
+    """The device's validation of the file it serves, or with a serving map, of the file serving each batch size
+    (each validated on its own; one line per file)."""
+    def line(what: str, validation: dict[str, Any]) -> str:
+        verdict = "passed" if validation["passed"] else "FAILED"
+        return (f"device validation of {what}: {verdict} (top-1 agreement {validation['top1_agreement']:.1%} with "
+                f"the host's outputs, worst cosine {validation.get('cosine_min', 0):.4f})")
+
+    if not serving or not all(entry.get("validation") for entry in serving.values()):
+        return [line(str(report.get("model_file")), report["validation"])]
+    files: dict[str, list[int]] = {}
+    for b, entry in sorted(serving.items()):
+        files.setdefault(entry.get("engine_key") or str(b), []).append(b)
+    return [line(f"{serving[sizes[0]]['model_file']} on {serving[sizes[0]]['backend']} (serves batch "
+                 f"{', '.join(map(str, sizes))}, {_mb(serving[sizes[0]].get('model_size_bytes'))})",
+                 serving[sizes[0]]["validation"]) for sizes in files.values()]
 
 
 def auto_line(auto: dict[str, Any]) -> str:
@@ -270,7 +304,8 @@ def compare_rows(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any
                      "old_baseline_p50_ms": previous.get("baseline", {}).get("latency_ms", {}).get("median"),
                      "new_baseline_p50_ms": bench.get("baseline", {}).get("latency_ms", {}).get("median"),
                      "old_vs_baseline": previous.get("speedup"), "new_vs_baseline": bench.get("speedup"),
-                     "old_baseline": baseline_label(old), "new_baseline": baseline_label(new),
+                     "old_baseline": baseline_label(old, bench["batch"]),
+                     "new_baseline": baseline_label(new, bench["batch"]),
                      "old_vs_fp32": previous.get("speedup_fp32"), "new_vs_fp32": bench.get("speedup_fp32"),
                      "old_top1": host_accuracy(old), "new_top1": host_accuracy(new)})
     return rows
@@ -279,15 +314,19 @@ def compare_rows(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any
 def compare_table(old_job: str, new_job: str, rows: list[dict[str, Any]]) -> Table:
     """``edgekit compare``: the rows of ``compare_rows`` as a table."""
     names = rows[0] if rows else {}
+    # one baseline per run: named in the header; per batch size (each the fastest there): named in each cell
+    each = {key: len({row[key] for row in rows}) > 1 for key in ("old_baseline", "new_baseline")}
     table = Table(title=f"{old_job} → {new_job}")
     for column in ("batch", "old p50 ms", "new p50 ms", "new vs old",
-                   f"old vs {names.get('old_baseline', 'baseline')}: p50 / speed-up",
-                   f"new vs {names.get('new_baseline', 'baseline')}: p50 / speed-up",
+                   f"old vs {'its baseline' if each['old_baseline'] else names.get('old_baseline', 'baseline')}: "
+                   "p50 / speed-up",
+                   f"new vs {'its baseline' if each['new_baseline'] else names.get('new_baseline', 'baseline')}: "
+                   "p50 / speed-up",
                    "vs strict FP32 old → new", "host top-1 old → new"):
         table.add_column(column, justify="right")
 
-    def versus(p50: Optional[float], ratio: Optional[float]) -> str:
-        return f"{p50:.3f} ms / {ratio:.2f}×" if p50 and ratio else "-"
+    def versus(p50: Optional[float], ratio: Optional[float], label: Optional[str] = None) -> str:
+        return f"{p50:.3f} ms / {ratio:.2f}×" + (f" ({label})" if label else "") if p50 and ratio else "-"
 
     def top1(value: Optional[float]) -> str:
         return f"{value:.2%}" if value is not None else "-"
@@ -298,8 +337,10 @@ def compare_table(old_job: str, new_job: str, rows: list[dict[str, Any]]) -> Tab
     for row in rows:
         table.add_row(str(row["batch"]), f"{row['old_p50_ms']:.3f}", f"{row['new_p50_ms']:.3f}",
                       f"{row['speedup']:.2f}×" if row["speedup"] else "-",
-                      versus(row["old_baseline_p50_ms"], row["old_vs_baseline"]),
-                      versus(row["new_baseline_p50_ms"], row["new_vs_baseline"]),
+                      versus(row["old_baseline_p50_ms"], row["old_vs_baseline"],
+                             row["old_baseline"] if each["old_baseline"] else None),
+                      versus(row["new_baseline_p50_ms"], row["new_vs_baseline"],
+                             row["new_baseline"] if each["new_baseline"] else None),
                       f"{ratio(row.get('old_vs_fp32'))} → {ratio(row.get('new_vs_fp32'))}",
                       f"{top1(row['old_top1'])} → {top1(row['new_top1'])}")
     return table
