@@ -17,10 +17,11 @@ The table adds top-1 FP32 → final (the worst INT8 file) so an accuracy collaps
 Part 1c (``--torchvision``): torchvision's classification zoo (``TORCHVISION``) by name
 (``model.arch = "torchvision.models:resnet18"``), trained on the digits at 32×32 with a recipe that
 reaches real accuracy there (``TORCHVISION_RECIPE``: SGD at lr 0.05, 0.002 for SqueezeNet (no BatchNorm),
-0.01 for ConvNeXt (LayerNorm), 15 epochs, 5 for the three largest), then pushed as above. The table adds the
-speed-up over the unpruned FP32 model (batch 32) and whether `edgekit train` warned of a chance-level training
-or hinted at what to change (``train_hint`` in the JSON). A prune that leaves a trained model at chance is
-refused (``allow_accuracy_drop`` does not cover it): its row is that one line.
+0.01 for ConvNeXt (LayerNorm), 15 epochs; ``--train-epochs`` fewer on a host too loaded for that, and each
+row's ``recipe`` says what it got), then pushed as above. The table adds the speed-up over the unpruned FP32
+model (batch 32) and whether `edgekit train` warned of a chance-level training or hinted at what to change
+(``train_hint`` in the JSON). A prune that leaves a trained model at chance is refused (``allow_accuracy_drop``
+does not cover it): its row is that one line.
 Results: ``results/user_models_torchvision.json``.
 
 Part 1d (``--torchvision --structure``): no training, minutes not hours: per model, one training step in
@@ -65,10 +66,7 @@ TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "ef
                "shufflenet_v2_x0_5", "squeezenet1_1", "mnasnet0_5", "googlenet", "densenet121", "convnext_tiny"]
 # lr per model where 0.05 diverges or stalls: LayerNorm (ConvNeXt); SqueezeNet has no BatchNorm and its classifier
 # is a conv + ReLU: at 0.01 that ReLU died within the training (all-zero logits, top-1 at chance), hence 0.002
-# The three largest get 5 epochs (not --train-epochs) so the zoo fits in an hour or two on a shared 2-core host at
-# load 10+ (each row's "recipe" says what it got)
-TORCHVISION_RECIPE = {"squeezenet1_1": {"lr": 0.002}, "convnext_tiny": {"lr": 0.01, "epochs": 5},
-                      "resnet50": {"epochs": 5}, "densenet121": {"epochs": 5}}
+TORCHVISION_RECIPE = {"squeezenet1_1": {"lr": 0.002}, "convnext_tiny": {"lr": 0.01}}
 
 def edgekit(args: list[str], cwd: Path, home: Path) -> tuple[subprocess.CompletedProcess, float]:
     path = f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}"
@@ -153,7 +151,7 @@ def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, 
                 on_row(rows)
                 continue
         rows.append(dict(push(folder, home), model=name, stage="push", chance_warning=warned, train_hint=hint,
-                         recipe=(recipes or {}).get(name)))
+                         recipe={"epochs": train_epochs, **(recipes or {}).get(name, {})}))
         print(json.dumps(rows[-1], default=str)[:300], flush=True)
         on_row(rows)
     return rows

@@ -46,10 +46,13 @@ def training_hint(held_out: float, train_eval: float, losses: Sequence[float], c
         return None
     first, last, chance_loss = losses[0], losses[-1], math.log(max(2, classes))
     head = f"hint: held-out top-1 {held_out:.1%} is far below what this data set allows; "
-    # no better than guessing, or not falling: the step size (diverged, or a dead ReLU), not the length
+    # no better than guessing, or not falling: the step size (diverged, a dead ReLU, or never moved), not the length
     if not math.isfinite(last) or last > 0.9 * chance_loss or (len(losses) > 1 and last > 0.9 * first):
+        # SGD recipes use 0.01-0.1: below 1e-3 the weights barely move, above it a stuck loss means divergence
+        change = (f"raise train.lr (now {recipe.lr:g}; try 0.01)" if recipe.lr < 1e-3 and math.isfinite(last)
+                  else f"lower train.lr (now {recipe.lr:g}; try {recipe.lr / 5:g})")
         return (head + f"the training loss ended at {last:.3g} ({first:.3g} after the first of {len(losses)} "
-                f"epoch(s); guessing is {chance_loss:.3g}): lower train.lr (now {recipe.lr:g}; try {recipe.lr / 5:g})")
+                f"epoch(s); guessing is {chance_loss:.3g}): {change}")
     if last > 0.5 * chance_loss:
         return (head + f"the training loss was still {last:.3g} at the last epoch (chance is {chance_loss:.3g}): "
                 f"train longer (train.epochs now {recipe.epochs}; try {recipe.epochs * 2})")

@@ -70,7 +70,7 @@ def train_project(config: Config, epochs: Optional[int] = None, progress: Progre
     distributed.barrier()
     warning = near_chance(meta["top1"], data.test.labels, "trained") if meta["top1"] is not None else None
     hint = low_training_hint(config, model, data, mean, std, meta["top1"], losses, total)
-    return Trained(meta, config.checkpoint, len(data.test), warning, len(data.skipped), hint)
+    return Trained(meta, config.checkpoint, len(data.test), warning=warning, hint=hint, skipped=len(data.skipped))
 
 
 def low_training_hint(config: Config, model: Any, data: Dataset, mean: list[float], std: list[float],
