@@ -96,7 +96,7 @@ def project(work: Path, data: Path, name: str, arch: str, width: float, finetune
 
 def error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    return lines[-1][:150] if lines else (stderr.strip().splitlines() or ["?"])[-1][:150]
+    return lines[-1][:400] if lines else (stderr.strip().splitlines() or ["?"])[-1][:400]
 
 
 def push(folder: Path, home: Path) -> dict:
