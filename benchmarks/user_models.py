@@ -17,8 +17,11 @@ The table adds top-1 FP32 → final (the worst INT8 file) so an accuracy collaps
 Part 1c (``--torchvision``): torchvision's classification zoo (``TORCHVISION``) by name
 (``model.arch = "torchvision.models:resnet18"``), trained on the digits at 32×32 with a recipe that
 reaches real accuracy there (``TORCHVISION_RECIPE``: SGD at lr 0.05, 0.002 for SqueezeNet (no BatchNorm),
-0.01 for ConvNeXt (LayerNorm), 15 epochs), then pushed as above. The table adds the speed-up over the
-unpruned FP32 model (batch 32) and whether `edgekit train` warned of a chance-level training.
+0.01 for ConvNeXt (LayerNorm), 15 epochs; ``--train-epochs`` fewer on a host too loaded for that, and each
+row's ``recipe`` says what it got), then pushed as above. The table adds the speed-up over the unpruned FP32
+model (batch 32) and whether `edgekit train` warned of a chance-level training or hinted at what to change
+(``train_hint`` in the JSON). A prune that leaves a trained model at chance is refused (``allow_accuracy_drop``
+does not cover it): its row is that one line.
 Results: ``results/user_models_torchvision.json``.
 
 Part 1d (``--torchvision --structure``): no training, minutes not hours: per model, one training step in
@@ -93,7 +96,7 @@ def project(work: Path, data: Path, name: str, arch: str, width: float, finetune
 
 def error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    return lines[-1][:150] if lines else (stderr.strip().splitlines() or ["?"])[-1][:150]
+    return lines[-1][:400] if lines else (stderr.strip().splitlines() or ["?"])[-1][:400]
 
 
 def push(folder: Path, home: Path) -> dict:
@@ -137,16 +140,18 @@ def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, 
         home = work / "home"
         folder = project(work, data, name, f"{module}:{name}", width, finetune, train_epochs,
                          train=(recipes or {}).get(name))
-        warned = None
+        warned, hint = None, None
         if not (folder / "model.pt").exists():  # a re-run with --work reuses the trained model
             trained, train_s = edgekit(["train"], folder, home)
             warned = "near chance" in trained.stderr
+            hint = next((line for line in trained.stderr.splitlines() if line.startswith("hint:")), None)
             if trained.returncode != 0:
                 rows.append({"model": name, "exit": trained.returncode, "error": error_line(trained.stderr),
                              "traceback": "Traceback" in trained.stderr, "seconds": train_s, "stage": "train"})
                 on_row(rows)
                 continue
-        rows.append(dict(push(folder, home), model=name, stage="push", chance_warning=warned))
+        rows.append(dict(push(folder, home), model=name, stage="push", chance_warning=warned, train_hint=hint,
+                         recipe={"epochs": train_epochs, **(recipes or {}).get(name, {})}))
         print(json.dumps(rows[-1], default=str)[:300], flush=True)
         on_row(rows)
     return rows
@@ -231,7 +236,8 @@ def zoo_table(rows: list[dict]) -> list[list]:
                       row.get("error", row.get("folding", ""))[:90],
                       f"{baseline:.1%} → {final:.1%}" if top and baseline is not None else "-",
                       f"{row['speedup']:.2f}×" if row.get("speedup") else "-",
-                      {True: "warned", False: "no", None: "-"}[row.get("chance_warning")], row["seconds"]])
+                      {True: "warned", False: "no", None: "-"}[row.get("chance_warning")]
+                      + (" + hint" if row.get("train_hint") else ""), row["seconds"]])
     return table
 
 

@@ -85,7 +85,7 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
     if not distributed.is_main():
         return
     if json_mode:
-        _emit(dict(trained.meta, checkpoint=str(trained.checkpoint), warning=trained.warning))
+        _emit(dict(trained.meta, checkpoint=str(trained.checkpoint), warning=trained.warning, hint=trained.hint))
     else:
         console.print(f"top-1 on {trained.test_images} held-out images: {trained.meta['top1']:.2%}; "
                       f"saved {trained.checkpoint}")
@@ -93,6 +93,8 @@ def train(config_path: Path = ConfigOption, epochs: Optional[int] = typer.Option
             console.print(f"skipped {trained.skipped} unreadable image(s) (data.skip_unreadable)")
     if trained.warning:
         err.print(f"[yellow]{escape(trained.warning)}[/yellow]")
+    if trained.hint:
+        err.print(f"[yellow]{escape(trained.hint)}[/yellow]")
 
 
 def _rerun_args(command: str, config_path: Path, json_mode: bool, **options: Any) -> list[str]:

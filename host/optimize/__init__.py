@@ -22,7 +22,7 @@ from .evaluate import EvaluateStage
 from .export.stage import ExportStage
 from .fingerprint import code_fingerprint, content_hash
 from .fold.stage import FoldStage
-from .load import LoadStage, count, normalization
+from .load import LoadStage, chance_warning, count, normalization
 from .prune.stage import PruneStage
 from .quantize.qat_stage import QatStage
 from .quantize.stage import CalibrateStage
@@ -118,4 +118,5 @@ def host_summary(config: Config, run: Run) -> dict[str, Any]:
         "folding": info["export"].get("folding", {}), "outputs": info["export"].get("outputs", ["logits"]),
         "reference_runtime": REFERENCE_RUNTIME,
         "int8_slower_than_fp32": info.get("evaluate", {}).get("int8_slower_than_fp32", {}),
+        "chance_warning": chance_warning(load),
     }

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...device.contract.manifest import MODEL_BASELINE
 from ..config import Config
-from ..train.project import check_interface, load_data, near_chance, require_data
+from ..train.project import at_chance, chance_level, check_interface, load_data, near_chance_line, require_data
 from .runner import Context, Lazy, Output, Stage
 
 if TYPE_CHECKING:  # the data module imports torch: a fully cached run must not pay for it
@@ -54,6 +54,13 @@ def onnx_row(label: str, path: Path, config: Config, data: Dataset, mean: list[f
                 top1=onnx_top1(path, normalize(data.test.images, mean, std), data.test.labels))
 
 
+def chance_warning(info: dict[str, Any]) -> str | None:
+    """The load stage's info → the line saying the trained model is at chance (None when it is not)."""
+    if not at_chance(info["top1"], info["chance"]):
+        return None
+    return f"{near_chance_line(info['top1'], info['chance'], 'trained')}; the push goes on (latency only)"
+
+
 class LoadStage(Stage):
     name = "load"
     title = "load + evaluate"
@@ -85,16 +92,20 @@ class LoadStage(Stage):
         counts = count(model, config.input.shape)
         row = onnx_row("trained (FP32 baseline)", baseline, config, data, mean, std, **counts,
                        torch_top1=top1(model, data.test, mean, std, output=config.model.output))
-        warning = near_chance(row["top1"], data.test.labels, "trained")
-        if warning:
-            ctx.say(warning)
         ctx.put("data", data)
         ctx.put("model", model)
         info = {"mean": mean, "std": std, "counts": counts, "top1": row["top1"], "torch_top1": row["torch_top1"],
-                "test_images": len(data.test),
+                "test_images": len(data.test), "chance": chance_level(data.test.labels),
                 "checkpoint_meta": {k: v for k, v in meta.items() if k != "pruning_history"},
                 "pruning_history": meta.get("pruning_history")}
         return Output(rows=[row], info=info, files=[MODEL_BASELINE])
+
+    def check(self, ctx: Context, info: dict[str, Any]) -> None:
+        """The trained model at chance is said on every push, cached or not: pushing it stays allowed (its
+        latency is still worth measuring), and the report repeats it (``records.report.model_warnings``)."""
+        warning = chance_warning(info)
+        if warning:
+            ctx.say(f"warning: {warning}")
 
     def restore(self, ctx: Context, out: Path, info: dict[str, Any]) -> None:
         ctx.put("data", Lazy(lambda: load_data(ctx.config)))

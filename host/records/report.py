@@ -277,8 +277,11 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
 
 
 def model_warnings(report: dict[str, Any]) -> list[str]:
-    """What the user should know about the model itself: INT8 slower than FP32, layers left unpruned."""
+    """What the user should know about the model itself: trained at chance, INT8 slower than FP32, layers left
+    unpruned."""
     host, lines = report.get("host", {}), []
+    if host.get("chance_warning"):  # the trained model guesses: every figure below is for a model that does nothing
+        lines.append(host["chance_warning"])
     slower = host.get("int8_slower_than_fp32", {}).get(report.get("model_file", ""))
     # the host timed its files on one runtime (ONNX Runtime): the warning holds only where the device ran that one
     if report.get("precision") == "int8" and report.get("backend") == host.get("reference_runtime") and slower:

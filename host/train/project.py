@@ -25,6 +25,7 @@ class Trained:
     checkpoint: Path
     test_images: int
     warning: Optional[str] = None  # held-out top-1 near chance: what to change
+    hint: Optional[str] = None  # held-out top-1 far below what the data allows: the likely cause, what to change
     skipped: int = 0  # unreadable images left out (data.skip_unreadable)
 
 
@@ -51,11 +52,16 @@ def train_project(config: Config, epochs: Optional[int] = None, progress: Progre
     section = config.train
     check_interface(config, model)
     total = epochs or section.epochs
+    losses: list[float] = []  # per epoch, for the hint when the training ends low
     with progress(config.model.arch, total) as on_epoch, Interrupted.during("training (nothing was saved)"):
+        def record(epoch: int, epochs: int, loss: float) -> None:
+            losses.append(loss)
+            on_epoch(epoch, epochs, loss)
+
         train(model, data.train, mean, std, epochs=total, batch_size=section.batch_size, lr=section.lr,
               momentum=section.momentum, weight_decay=section.weight_decay, augment=tuple(section.augment),
               seed=section.seed, device=resolve(section.device), amp=section.amp, output=config.model.output,
-              progress=on_epoch)
+              progress=record)
     meta = {"arch": config.model.arch, "width": config.model.width, "num_classes": config.model.num_classes,
             "epochs": total, "top1": None, "mean": mean, "std": std}
     if distributed.is_main():  # under torchrun: rank 0 alone evaluates and writes, the others wait for it
@@ -63,7 +69,29 @@ def train_project(config: Config, epochs: Optional[int] = None, progress: Progre
         save_checkpoint(config.checkpoint, model.cpu(), meta)
     distributed.barrier()
     warning = near_chance(meta["top1"], data.test.labels, "trained") if meta["top1"] is not None else None
-    return Trained(meta, config.checkpoint, len(data.test), warning, len(data.skipped))
+    hint = low_training_hint(config, model, data, mean, std, meta["top1"], losses, total)
+    return Trained(meta, config.checkpoint, len(data.test), warning=warning, hint=hint, skipped=len(data.skipped))
+
+
+def low_training_hint(config: Config, model: Any, data: Dataset, mean: list[float], std: list[float],
+                      held_out: Optional[float], losses: list[float], epochs: int) -> Optional[str]:
+    """``diagnose.training_hint`` for a training that ended far below what the data allows; the eval pass
+    over (up to ``HINT_IMAGES`` of) the training images is paid only then."""
+    from .data import Split
+    from .diagnose import Recipe, far_below, training_hint
+    from .loop import top1
+
+    chance = chance_level(data.test.labels) if held_out is not None else 0.0
+    if held_out is None or not losses or not far_below(held_out, chance):
+        return None
+    sample = Split(data.train.images[:HINT_IMAGES], data.train.labels[:HINT_IMAGES])
+    section = config.train
+    recipe = Recipe(epochs, section.lr, section.batch_size, section.weight_decay, tuple(section.augment))
+    return training_hint(held_out, top1(model, sample, mean, std, output=config.model.output), losses, chance,
+                         config.model.num_classes, recipe)
+
+
+HINT_IMAGES = 2048  # training images scored in eval mode for the hint: enough to tell 30 % from 90 %
 
 
 def chance_level(labels: Any) -> float:
@@ -74,13 +102,20 @@ def chance_level(labels: Any) -> float:
     return float(counts.max() / max(1, counts.sum()))
 
 
+def at_chance(accuracy: float, chance: float) -> bool:
+    """Within a tenth of the way from chance to perfect (19 % on ten balanced classes): the model answers
+    (almost) at random, and pruning or INT8 'keeping' its accuracy would mean nothing."""
+    return accuracy < chance + 0.1 * (1 - chance)
+
+
 def near_chance(accuracy: float, labels: Any, what: str) -> Optional[str]:
-    """A warning when ``accuracy`` is within a tenth of the way from chance to perfect, else None: such a
-    model learnt nothing, and pruning or INT8 'keeping' its accuracy would mean nothing."""
+    """A warning naming what to change when ``accuracy`` is at chance on ``labels`` (``at_chance``), else None."""
     chance = chance_level(labels)
-    if accuracy >= chance + 0.1 * (1 - chance):
-        return None
-    return (f"warning: the {what} model's held-out top-1 {accuracy:.1%} is near chance ({chance:.1%}): it has "
+    return "warning: " + near_chance_line(accuracy, chance, what) if at_chance(accuracy, chance) else None
+
+
+def near_chance_line(accuracy: float, chance: float, what: str) -> str:
+    return (f"the {what} model's held-out top-1 {accuracy:.1%} is near chance ({chance:.1%}): it has "
             "not learnt the task. Lower train.lr (e.g. 0.01), raise train.epochs, or check the data set's labels "
             "and data.mean/std before pruning or quantising it")
 

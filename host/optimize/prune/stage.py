@@ -63,6 +63,8 @@ class PruneStage(Stage):
 
     def check(self, ctx: Context, info: dict[str, Any]) -> None:
         if info.get("enabled", True):
+            load = ctx.info["load"]
+            check_not_at_chance(ctx.config, load["torch_top1"], info["test_top1"], load["chance"], load["test_images"])
             if "latency" in info:
                 check_latency_target(info["latency"], ctx.info["load"]["torch_top1"], info["test_top1"],
                                      ctx.info["load"]["test_images"])
@@ -94,6 +96,27 @@ def check_latency_target(latency: dict[str, Any], before: float, after: float, i
                       f"the closest within the budget is {at} ({len(closest['probes'])} fine-tuned probe(s)); raise "
                       "prune.target_latency_ms, fine-tune longer (prune.finetune_epochs, prune.distill = true) or "
                       "accept the loss with prune.allow_accuracy_drop = true")
+
+
+def check_not_at_chance(config: Any, before: float, after: float, chance: float, images: int) -> None:
+    """A model that had learnt its task and answers at chance once pruned is refused whatever the budget says
+    (prune.max_accuracy_drop, prune.allow_accuracy_drop): allowing a loss is not asking for a model that
+    guesses, and a push would report its latency as though it were the user's model (MNASNet 41 % → 13 % and
+    SqueezeNet 28.6 % → 10.3 % on the digits went through with allow_accuracy_drop). A model already at chance
+    when trained is not refused here: the load stage says so, and pruning cannot make it worse."""
+    from ...errors import CheckFailed
+    from ...train.project import at_chance
+
+    if not at_chance(after, chance) or at_chance(before, chance):
+        return
+    section = config.prune
+    finetune = f"prune.finetune_epochs = {max(3, 2 * section.finetune_epochs)}, now {section.finetune_epochs}"
+    less = "prune less (a higher prune.target_latency_ms or lower target_speedup)" if section.latency_target else (
+        f"prune less (prune.ratio = {section.ratio / 2:g}, now {section.ratio:g})")
+    raise CheckFailed(f"prune + fine-tune left the model at chance: top-1 {before:.1%} → {after:.1%} on {images} "
+                      f"held-out images (chance {chance:.1%}); a model that guesses is not pushed, whatever "
+                      f"prune.max_accuracy_drop and prune.allow_accuracy_drop say. Fine-tune longer "
+                      f"({finetune}) or {less}")
 
 
 def check_accuracy_drop(config: Any, before: float, after: float, images: int) -> None:
