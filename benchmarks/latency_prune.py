@@ -161,10 +161,12 @@ def _predicted_fraction(latency: Any, goal_ms: float) -> float:
     return high
 
 
-def finetuned_top1(net: Any, data: Dataset, mean: list, std: list, epochs: int) -> float:
+def finetuned_top1(net: Any, data: Dataset, mean: list, std: list, epochs: int, images: int = 0) -> float:
+    """Top-1 after fine-tuning on the first ``images`` training images (0: all), the same for every method."""
     torch.manual_seed(0)
+    split = Split(data.train.images[:images], data.train.labels[:images]) if images else data.train
     if epochs:
-        train(net, data.train, mean, std, epochs=epochs, batch_size=64, lr=0.01, augment=("crop",), seed=1)
+        train(net, split, mean, std, epochs=epochs, batch_size=64, lr=0.01, augment=("crop",), seed=1)
     return top1(net.eval(), data.test, mean, std)
 
 
@@ -188,7 +190,9 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.5,0.25,0.125")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--finetune", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.05, help="training learning rate")
     parser.add_argument("--train-images", type=int, default=0, help="use only this many training images (0: all)")
+    parser.add_argument("--finetune-images", type=int, default=0, help="fine-tune on this many of them (0: all)")
     parser.add_argument("--cifar", type=Path, default=None, help="a CIFAR-100/10 python-pickle folder")
     parser.add_argument("--name", default="latency_prune", help="results/<name>.json")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekit-latency-prune")
@@ -203,7 +207,7 @@ def main() -> None:
     rows, results = [], []
     for spec in args.models.split(","):
         arch, width = spec.split(":")
-        model, _, _ = trained(work, arch, float(width), args.epochs, data)
+        model, _, _ = trained(work, arch, float(width), args.epochs, data, lr=args.lr)
         base_top1 = top1(model.eval(), data.test, mean, std)
         for batch in [int(b) for b in args.batches.split(",")]:
             latency, out, protect, cost = measure_latency_model(work, f"{arch}x{width}", model, batch)
@@ -221,8 +225,8 @@ def main() -> None:
                 uniform_onnx = onnx_of(uniform, work / "uniform.onnx")
                 both = side_by_side({"aware": aware_onnx, "uniform": uniform_onnx}, batch, rounds=5, per_round=8)
                 aware_ms, uniform_ms = both["aware"]["median"], both["uniform"]["median"]
-                aware_top1 = finetuned_top1(aware, data, mean, std, args.finetune)
-                uniform_top1 = finetuned_top1(uniform, data, mean, std, args.finetune)
+                aware_top1 = finetuned_top1(aware, data, mean, std, args.finetune, args.finetune_images)
+                uniform_top1 = finetuned_top1(uniform, data, mean, std, args.finetune, args.finetune_images)
                 error = (found.predicted_ms - aware_ms) / aware_ms
                 met = aware_ms <= target * (1 + TOLERANCE)
                 row = [f"{arch}×{width}", batch, f"{fraction:g}", target, aware_ms, uniform_ms, found.predicted_ms,
