@@ -105,7 +105,9 @@ def chance_level(labels: Any) -> float:
 def at_chance(accuracy: float, chance: float) -> bool:
     """Within a tenth of the way from chance to perfect (19 % on ten balanced classes): the model answers
     (almost) at random, and pruning or INT8 'keeping' its accuracy would mean nothing."""
-    return accuracy < chance + 0.1 * (1 - chance)
+    from .diagnose import learnt
+
+    return learnt(accuracy, chance) < 0.1
 
 
 def near_chance(accuracy: float, labels: Any, what: str) -> Optional[str]:
