@@ -323,6 +323,11 @@ def _sizes(valid: Sequence[Candidate], batch: int) -> List[int]:
         *({batch}.union(c.other_batches) for c in valid)))
 
 
+def median_at(candidate: Candidate, size: int, batch: int) -> float:
+    """A raced candidate's median at batch ``size`` (``round_medians_ms`` holds the rounds at ``batch``)."""
+    return statistics.median(candidate.round_medians_ms if size == batch else candidate.other_batches[size])
+
+
 class _Rounds:
     """A candidate's round medians at a batch size (``round_medians_ms`` holds those at ``batch``)."""
 
@@ -333,7 +338,7 @@ class _Rounds:
         return candidate.round_medians_ms if size == self.batch else candidate.other_batches[size]
 
     def median(self, candidate: Candidate, size: int) -> float:
-        return statistics.median(self.rounds(candidate, size))
+        return median_at(candidate, size, self.batch)
 
     def key(self, candidate: Candidate, size: int) -> Tuple[float, int]:
         """Fastest first; on a tie, the earlier candidate."""

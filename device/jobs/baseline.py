@@ -25,7 +25,7 @@ from ..contract.manifest import MODEL_BASELINE, MODEL_BASELINE_FP16, MODEL_FP16,
 from ..contract.model_files import AUTO, candidates
 from ..contract.runtimes import baseline_precision
 from ..errors import storage_failure
-from .auto import Candidate, crashed, crashed_runtime, fastest_per_batch, interleave, precision_label, trying
+from .auto import Candidate, crashed, crashed_runtime, fastest_per_batch, interleave, median_at, precision_label, trying
 from .context import Job
 from .engines import build_engine, build_options, engine_key, job_build_options
 
@@ -133,7 +133,7 @@ def _fastest(job: Job, manifest: Manifest, built: Dict[str, Baseline]) -> Dict[i
                 candidate.other_batches[size] = rounds[candidate.backend]
     fastest = fastest_per_batch(tried, sizes, sizes[-1])
     why = "the fastest for the unpruned model at each batch size: " + "; ".join(
-        _why(size, fastest[size], tried, built) for size in sizes)
+        _why(size, sizes[-1], fastest[size], tried, built) for size in sizes)
     kept = {name: built.pop(name) for name in dict.fromkeys(fastest[size] for size in sizes)}
     _close(built.values())
     for each in kept.values():
@@ -143,11 +143,10 @@ def _fastest(job: Job, manifest: Manifest, built: Dict[str, Baseline]) -> Dict[i
     return {size: kept[fastest[size]] for size in sizes}
 
 
-def _why(size: int, winner: str, tried: List[Candidate], built: Mapping[str, Baseline]) -> str:
+def _why(size: int, batch: int, winner: str, tried: List[Candidate], built: Mapping[str, Baseline]) -> str:
     """'batch 32: unpruned bf16 on openvino, 2.46× faster than unpruned FP32 on onnxruntime (4.1 vs 10.1 ms)'."""
     def median(candidate: Candidate) -> float:
-        return statistics.median(candidate.round_medians_ms if size not in candidate.other_batches
-                                 else candidate.other_batches[size])
+        return median_at(candidate, size, batch)
     first = next(c for c in tried if c.backend == winner)
     second = min((c for c in tried if c is not first), key=median)
     label = {name: each.info["label"] for name, each in built.items()}
