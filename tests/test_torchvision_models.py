@@ -110,6 +110,23 @@ def test_shufflenet_is_pruned_around_the_channel_shuffle_torch_pruning_cannot_ma
     assert verify_onnx(model, tmp_path / "m.onnx", INPUTS.numpy()) < 1e-3
 
 
+def test_a_group_whose_channel_indices_explode_through_reshapes_stays_whole_and_named(monkeypatch):
+    """torch-pruning's flatten mapping multiplies channel indices by the pixels at each reshape: through
+    Swin's window partitions one group's lists grew past 24 GiB and the OS killed the push. Bounded, such a
+    group is left whole with its reason and the rest is pruned (here the bound is lowered so that a plain
+    flatten of 16 channels × 32×32 pixels crosses it)."""
+    from edgekit.host.optimize.prune import structured
+
+    monkeypatch.setattr(structured, "MAX_INDICES", 1000)
+    conv = lambda: (torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU())  # noqa: E731
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                *conv(), *conv(), torch.nn.Flatten(), torch.nn.Linear(16 * 32 * 32, 10))
+    steps = prune(randomize_bn(model), "flatten")
+    assert "grow past 1000" in steps[-1].protected.get("6", ""), steps[-1].protected  # the conv before the flatten
+    assert model[0].out_channels == 8 and model[6].out_channels == 16
+    assert model(INPUTS).shape == (len(INPUTS), 10)
+
+
 def test_timm_models_prune_and_export(tmp_path):
     model = randomize_bn(create_model("timm:resnet18", num_classes=10))
     before = sum(p.numel() for p in model.parameters())
@@ -155,6 +172,19 @@ def test_init_writes_the_chain_with_a_jetson_block_that_loads_when_uncommented(t
                                                 .replace("# precision", "precision"))
     jetson = load_config(tmp_path / "p" / "deploy.toml").devices["jetson"]
     assert (jetson.backend, jetson.precision, jetson.kind) == ("tensorrt", "auto", "ssh")
+
+
+def test_a_model_built_for_another_image_size_is_one_line_before_training(tmp_path, digits_dir):
+    """torchvision's ViT asserts its 224×224 input: at the digits' 32×32 that assertion was an internal error."""
+    (tmp_path / "deploy.toml").write_text(deploy_toml(
+        project={"name": "vit"}, model={"arch": "torchvision.models:vit_b_16", "checkpoint": "model.pt"},
+        data={"path": str(digits_dir)}, train={"epochs": 1}, devices={"local": {"kind": "local"}}))
+    result = run_cli("train", cwd=tmp_path, env=dict(os.environ, EDGEKIT_HOME=str(tmp_path / "home")))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert re.fullmatch(r"error: model 'torchvision.models:vit_b_16' does not run on images of input.shape = "
+                        r"\[3, 32, 32\] \(AssertionError: Wrong image height! Expected 224 but got 32!\); set "
+                        r"input.shape to the size it was built for .*\n", result.stderr), result.stderr
+    assert not (tmp_path / "model.pt").exists()
 
 
 @pytest.mark.slow

@@ -153,8 +153,16 @@ def check_interface(config: Config, model: Any) -> None:
     from ..outputs import check_classifier, check_single_input
 
     check_single_input(model)
-    with torch.no_grad():
-        result = model.eval()(torch.zeros(2, *config.input.shape))
+    shape = list(config.input.shape)
+    try:
+        with torch.no_grad():
+            result = model.eval()(torch.zeros(2, *shape))
+    except Exception as exc:  # noqa: BLE001 - whatever the user's forward raises on this size
+        why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+        raise ConfigError(f"model {config.model.arch!r} does not run on images of input.shape = {shape} ({why}); "
+                          "set input.shape to the size it was built for (and give it images of that size), or "
+                          "build it for this size in a model.arch = \"module:function\" of your own that calls its "
+                          "factory with the size") from None
     check_classifier(result, config.model.output, config.model.num_classes)
 
 

@@ -142,6 +142,7 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     op is recorded (``unmapped_groups`` leaves the groups through it unpruned) and the rest is pruned.
     """
     _tolerate_index_mapping_failures()
+    _bound_index_mappings()
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     except Exception as exc:  # noqa: BLE001 - torch-pruning raises many kinds on untraceable models
@@ -149,6 +150,45 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''}), so no layer can be pruned; "
                           "set prune.enabled = false") from None
     return graph
+
+
+MAX_INDICES = 1 << 20  # channel indices one mapping may produce: a flatten of 256 channels × 64×64 pixels fits
+
+
+class IndexMappingTooLarge(RuntimeError):
+    """A mapping would produce more indices than any one tensor dimension of a CNN holds."""
+
+
+def _bound_index_mappings() -> None:
+    """Stop torch-pruning's index mappings at ``MAX_INDICES``: through a chain of reshapes and permutes
+    (torchvision's Swin Transformer at 32×32: window partitions) its flatten mapping multiplies each channel
+    index by the pixels again at every step, and one group's lists grew past 24 GiB until the OS killed the
+    push. The error ends that group's mapping like any other mapping failure (``all_groups``): it stays unpruned
+    and the stage table names it. The classes are patched, not a graph's instances: torch-pruning makes new
+    mapping objects each time it forms a group. Done once per process; a mapping within the bound is unchanged."""
+    try:
+        from torch_pruning.dependency import index_mapping as mapping
+    except ImportError:
+        return
+    for name, kind in list(vars(mapping).items()):
+        call = vars(kind).get("__call__") if isinstance(kind, type) and name.endswith("IndexMapping") else None
+        if call is not None and not getattr(call, "edgekit_bounded", False):
+            kind.__call__ = _bounded(call)
+
+
+def _bounded(call: Callable[..., Any]) -> Callable[..., Any]:
+    def run(self: Any, indices: Any) -> Any:
+        # a flatten multiplies by its stride: refused before the list is made, not after
+        growth = 1 if getattr(self, "reverse", True) else int(getattr(self, "_stride", 1) or 1)
+        if len(indices) * growth > MAX_INDICES:
+            raise IndexMappingTooLarge(f"its channel indices grow past {MAX_INDICES} through reshapes")
+        mapped = call(self, indices)
+        if len(mapped) > MAX_INDICES:
+            raise IndexMappingTooLarge(f"its channel indices grow past {MAX_INDICES} through reshapes")
+        return mapped
+
+    run.edgekit_bounded = True  # type: ignore[attr-defined]
+    return run
 
 
 def _tolerate_index_mapping_failures() -> None:
