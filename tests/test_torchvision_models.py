@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import timm  # noqa: F401 - imported here so a broken timm fails the module, not a skip
 import torch
@@ -125,6 +126,30 @@ def test_a_group_whose_channel_indices_explode_through_reshapes_stays_whole_and_
     assert "grow past 1000" in steps[-1].protected.get("6", ""), steps[-1].protected  # the conv before the flatten
     assert model[0].out_channels == 8 and model[6].out_channels == 16
     assert model(INPUTS).shape == (len(INPUTS), 10)
+
+
+@pytest.mark.parametrize("size_in, size_out", [((1, 1), (7, 7)), ((5, 7), (3, 2)), ((10, 10), (4, 4)),
+                                               ((6, 6), (None, 4))])
+def test_adaptive_pool_as_matrices_is_the_pool(size_in, size_out):
+    from edgekit.host.optimize.export.pools import PoolByMatrices, _output_size
+
+    pool = torch.nn.AdaptiveAvgPool2d(size_out)
+    x = torch.randn(2, 3, *size_in)
+    assert torch.allclose(PoolByMatrices(size_in, _output_size(pool, size_in))(x), pool(x), atol=1e-6)
+
+
+def test_a_vgg_style_pool_the_exporter_refuses_is_exported_and_the_model_left_as_it_was(tmp_path):
+    """VGG's AdaptiveAvgPool2d((7, 7)) on a 1×1 map (torchvision's VGG at 32×32) made the exporter refuse the
+    model after its whole training; now it exports, ONNX Runtime agrees with torch, and the user's model
+    keeps its pool."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=16, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d((7, 7)), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 7 * 7, 10)).eval()
+    model(INPUTS)  # a 2×2 map: 7 is not a factor of 2
+    export_onnx(model, tmp_path / "m.onnx", [3, 32, 32])
+    assert verify_onnx(model, tmp_path / "m.onnx", INPUTS.numpy()) < 1e-5
+    assert isinstance(model[2], torch.nn.AdaptiveAvgPool2d)
+    assert "MatMul" in {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
 
 
 def test_timm_models_prune_and_export(tmp_path):

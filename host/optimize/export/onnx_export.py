@@ -13,6 +13,7 @@ from torch import nn
 
 from ...errors import CheckFailed, ConfigError
 from ...outputs import ExportOrder, OutputKey, export_names, select
+from .pools import exportable_pools
 
 # torch < 2.5 has only the TorchScript exporter and no ``dynamo`` argument (pyproject allows torch ≥ 2.1)
 TORCHSCRIPT = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
@@ -26,12 +27,13 @@ def export_onnx(model: nn.Module, path: Path, shape: list[int], *, opset: int = 
     TensorRT 8.5 (JetPack 5) needs; the TorchScript exporter writes opset 17 directly. BatchNorm is
     exported as it is (``TrainingMode.PRESERVE`` on an eval-mode model): the exporter's own eval
     peephole would fold Conv+BN silently and ignore ``fold_bn = false``; folding is ``fold.py``'s job.
-    Every output is exported, the classifier's (``output``) first as ``logits``; returns the names.
+    Every output is exported, the classifier's (``output``) first as ``logits``; returns the names. Adaptive
+    pools the exporter refuses (VGG's 7×7 from a 1×1 map at 32×32) are exported as matrix products (``pools.py``).
     """
     sample = torch.zeros(1, *shape)
     model = model.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), exportable_pools(model, sample):
             warnings.simplefilter("ignore")
             names = export_names(model, sample, output)
             ordered = ExportOrder(model, output).eval()
