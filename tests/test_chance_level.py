@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgekit.host.config import PruneSection, deploy_toml
+from edgekit.host.config import PruneSection, TrainSection, deploy_toml
 from edgekit.host.errors import CheckFailed
 from edgekit.host.optimize.prune.stage import check_not_at_chance
 from edgekit.host.records.report import model_warnings
@@ -50,7 +50,8 @@ def test_the_hint_names_the_setting_for_each_cause_of_a_low_training():
 @pytest.mark.parametrize("allow, budget", [(True, 0.01), (False, 1.0), (True, None)])
 def test_a_prune_down_to_chance_is_refused_whatever_the_budget_says(allow, budget):
     config = SimpleNamespace(prune=PruneSection(enabled=True, ratio=0.5, finetune_epochs=1,
-                                                allow_accuracy_drop=allow, max_accuracy_drop=budget))
+                                                allow_accuracy_drop=allow, max_accuracy_drop=budget),
+                             train=TrainSection())
     with pytest.raises(CheckFailed) as refused:
         check_not_at_chance(config, 0.41, 0.13, CHANCE, 360)
     line = str(refused.value)
@@ -59,10 +60,23 @@ def test_a_prune_down_to_chance_is_refused_whatever_the_budget_says(allow, budge
     assert "\n" not in line
     check_not_at_chance(config, 0.41, 0.35, CHANCE, 360)  # a loss, not a collapse: the budget's call
     check_not_at_chance(config, 0.12, 0.10, CHANCE, 360)  # trained at chance: said at load, pruning changed nothing
-    skewed = SimpleNamespace(prune=PruneSection(enabled=True))
+    assert "prune.lr" not in line  # fine-tuned slower than trained (0.01 < train.lr 0.1): not the cause
+    skewed = SimpleNamespace(prune=PruneSection(enabled=True), train=TrainSection())
     check_not_at_chance(skewed, 0.95, 0.83, 0.80, 360)  # chance is the commonest class's share: 80 % here
     with pytest.raises(CheckFailed):
         check_not_at_chance(skewed, 0.95, 0.81, 0.80, 360)
+
+
+def test_a_collapse_fine_tuned_faster_than_the_training_names_prune_lr_first():
+    """SqueezeNet trained at 0.002 (its classifier's ReLU dies above that) collapsed when fine-tuned at the
+    default prune.lr 0.01: the refusal named only longer fine-tuning and less pruning."""
+    config = SimpleNamespace(prune=PruneSection(enabled=True, ratio=0.5, finetune_epochs=3),
+                             train=TrainSection(lr=0.002))
+    with pytest.raises(CheckFailed) as refused:
+        check_not_at_chance(config, 0.753, 0.103, CHANCE, 360)
+    assert str(refused.value).endswith(". Fine-tune no faster than it was trained (prune.lr = 0.002, now 0.01), "
+                                       "fine-tune longer (prune.finetune_epochs = 6, now 3) or prune less "
+                                       "(prune.ratio = 0.25, now 0.5)")
 
 
 def test_a_report_of_a_model_trained_at_chance_says_so():

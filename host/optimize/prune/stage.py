@@ -113,10 +113,14 @@ def check_not_at_chance(config: Any, before: float, after: float, chance: float,
     finetune = f"prune.finetune_epochs = {max(3, 2 * section.finetune_epochs)}, now {section.finetune_epochs}"
     less = "prune less (a higher prune.target_latency_ms or lower target_speedup)" if section.latency_target else (
         f"prune less (prune.ratio = {section.ratio / 2:g}, now {section.ratio:g})")
+    # a fine-tune faster than the training can undo it (SqueezeNet, trained at 0.002, died at prune.lr 0.01)
+    trained_at = config.train.lr
+    slower = (f"fine-tune no faster than it was trained (prune.lr = {trained_at:g}, now {section.lr:g}), "
+              if section.lr > trained_at else "")
     raise CheckFailed(f"prune + fine-tune left the model at chance: top-1 {before:.1%} → {after:.1%} on {images} "
                       f"held-out images (chance {chance:.1%}); a model that guesses is not pushed, whatever "
-                      f"prune.max_accuracy_drop and prune.allow_accuracy_drop say. Fine-tune longer "
-                      f"({finetune}) or {less}")
+                      f"prune.max_accuracy_drop and prune.allow_accuracy_drop say. {slower.capitalize()}"
+                      f"{'f' if slower else 'F'}ine-tune longer ({finetune}) or {less}")
 
 
 def check_accuracy_drop(config: Any, before: float, after: float, images: int) -> None:
