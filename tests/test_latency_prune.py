@@ -506,3 +506,71 @@ def test_the_variants_come_in_the_forms_the_device_will_build_at_its_precision()
     on_auto = variant_forms(auto, {"backends": {"tensorrt": {"available": True, "version": "10.3.0"},
                                                 "onnxruntime": {"available": True}}})
     assert on_auto.profile  # auto takes TensorRT where it is: its profile, not layer variants
+
+
+# -- the closed loop: chosen widths measured whole, the model corrected -------------------------------------
+def test_the_correction_is_exact_at_measured_widths_local_between_and_held_beyond():
+    from edgekit.host.optimize.prune.latency import Check, correction
+
+    layers, spaces = two_groups()
+    model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
+    assert model.predict(model.full()) == model.uncorrected(model.full())  # nothing measured: the table's
+    narrow, wide = {"a": 8, "b": 16}, {"a": 24, "b": 32}
+    checked = model.with_checks([Check(narrow, 2.0 * model.uncorrected(narrow)),
+                                 Check(wide, 1.2 * model.uncorrected(wide))])
+    assert checked.predict(narrow) == pytest.approx(2.0 * model.uncorrected(narrow))
+    assert checked.predict(wide) == pytest.approx(1.2 * model.uncorrected(wide))
+    between = {"a": 16, "b": 24}
+    ratio = checked.predict(between) / model.uncorrected(between)
+    assert 1.2 < ratio < 2.0  # interpolated between the two measured ratios
+    assert checked.predict(model.full()) / model.uncorrected(model.full()) == pytest.approx(1.2)  # held beyond
+    assert correction(1.0, []) == 1.0
+
+
+def test_when_to_search_again():
+    from edgekit.host.optimize.prune.latency import search_again
+
+    assert not search_again(1.0, 1.0, 1.04)  # within 5 % of the target and 10 % of the prediction
+    assert search_again(1.0, 1.0, 1.08)  # over the target by more than 5 %
+    assert search_again(1.0, 0.98, 0.8)  # under the target, but the prediction is 22 % off: pruned too far
+    assert not search_again(1.0, 0.85, 0.8)
+
+
+def test_the_closed_loop_moves_a_table_off_by_half_onto_the_target():
+    """The device's table was measured at half its real speed plus an overhead it missed: the first widths
+    chosen miss the target by far; the measured points correct the model and the last round meets it."""
+    from edgekit.host.optimize.prune.latency import CHECK_OVER, CHECK_ROUNDS, closed_loop
+
+    layers, spaces = two_groups()
+    table = synthetic_table(layers, spaces)
+    device = LatencyModel(layers, spaces, table)
+    wrong = LatencyModel(layers, spaces, {k: 0.5 * v for k, v in table.items()})
+    measured: list[dict] = []
+
+    def measure(widths: dict) -> float:
+        measured.append(widths)
+        return device.predict(widths) + 0.02
+
+    target = 0.6 * (device.predict(device.full()) + 0.02)
+    rounds = []
+    loop, checks = closed_loop(wrong, {}, target, measure, rounds.append)
+    assert 2 <= len(rounds) <= CHECK_ROUNDS and len(measured) == len(rounds) == len(checks)
+    first = rounds[0]
+    assert first.measured_ms > target * 1.5 and first.predicted_ms < first.measured_ms / 1.5 and first.again
+    assert loop.met and loop.measured_ms <= target * (1 + CHECK_OVER)
+    assert loop.widths in measured and not rounds[-1].again
+    assert abs(rounds[-1].predicted_ms - rounds[-1].measured_ms) < abs(first.predicted_ms - first.measured_ms)
+    # searching again with what was measured chooses widths measured already: nothing new is timed
+    before = len(measured)
+    again, _ = closed_loop(wrong.with_checks(checks), {}, target, measure, lambda _: None)
+    assert again.met and len(measured) == before
+
+
+def test_after_its_rounds_a_missed_target_keeps_the_closest_measured():
+    from edgekit.host.optimize.prune.latency import CHECK_ROUNDS, closed_loop
+
+    layers, spaces = two_groups()
+    model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
+    times = iter([3.0, 2.0, 2.5])  # a device whose time does not follow the widths (noise, another load)
+    loop, _ = closed_loop(model, {}, model.predict(model.full()) * 0.5, lambda _: next(times), lambda _: None)
+    assert len(loop.rounds) == CHECK_ROUNDS and not loop.met and loop.measured_ms == 2.0
