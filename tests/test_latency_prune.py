@@ -574,3 +574,56 @@ def test_after_its_rounds_a_missed_target_keeps_the_closest_measured():
     times = iter([3.0, 2.0, 2.5])  # a device whose time does not follow the widths (noise, another load)
     loop, _ = closed_loop(model, {}, model.predict(model.full()) * 0.5, lambda _: next(times), lambda _: None)
     assert len(loop.rounds) == CHECK_ROUNDS and not loop.met and loop.measured_ms == 2.0
+
+
+@pytest.mark.slow
+def test_the_closed_loop_corrects_a_wrong_table_on_a_real_agent_and_a_second_push_measures_nothing(project):
+    """End to end through the CLI on the local device: its cached table is made wrong by half (as a table measured
+    on a quieter device would be), so the first widths chosen miss; the whole model at them is measured, the
+    model corrected and the search run again; the shipped model meets the agent's budget (target + 15 %). A
+    second push reuses the measured widths: no check job is published."""
+    from edgekit.device.agent.spool import Spool
+    from edgekit.host.config import load_config
+    from edgekit.host.ship.latency import latency_model_file
+
+    from .conftest import run_cli
+
+    with (project / "deploy.toml").open("a") as toml:
+        toml.write("\n[prune]\nenabled = true\ntarget_latency_ms = 1000.0\ntarget_batch = 1\n"
+                   "allow_accuracy_drop = true\nfinetune_epochs = 1\nsparsity_epochs = 0\nlatency_budget_s = 600\n"
+                   '\n[devices.local]\nkind = "local"\nprecision = "fp32"\nbackend = "onnxruntime"\n')
+    path = latency_model_file(load_config(project / "deploy.toml"), "local", lambda _: None, lambda _: None)
+    true = json.loads(path.read_text())["table"]
+    # within reach whatever the load (this tiny model is overhead-bound: its widths barely change its time)
+    target = 1.1 * true["whole:1.0"]
+    path.unlink()
+    device = Spool(Path(os.environ["EDGEKIT_HOME"]) / "local-device")
+    for cached in (device.root / "latency").glob("*.json"):
+        stored = json.loads(cached.read_text())
+        if "ms" in stored:  # the agent's table, half of what it measured: every prediction off by 2x
+            stored["ms"] = {ident: ms if ident.startswith("whole:check") else ms * 0.5
+                            for ident, ms in stored["ms"].items()}
+            cached.write_text(json.dumps(stored))
+    text = (project / "deploy.toml").read_text()
+    (project / "deploy.toml").write_text(text.replace("latency_ms = 1000.0", f"latency_ms = {target:.6g}"))
+    pushed = run_cli("push", "local", cwd=project)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    shown = pushed.stdout + pushed.stderr
+    assert "latency check 1/3" in shown and "re-searching" in shown, shown[-3000:]
+    saved = json.loads(next((project / ".edgekit" / "latency").glob("local-*.json")).read_text())
+    loop = saved["checked"][f"{target:.6g}"]
+    first, last = loop["rounds"][0], loop["rounds"][-1]
+    assert first["measured_ms"] > 1.5 * first["predicted_ms"] and first["again"]  # the wrong table, caught
+    assert len(loop["rounds"]) >= 2 and not last["again"]
+    assert loop["met"] and loop["measured_ms"] <= target * 1.15
+    assert abs(last["measured_ms"] - last["predicted_ms"]) < abs(first["measured_ms"] - first["predicted_ms"])
+    jobs = {p.name for p in device.jobs.iterdir()}
+    report = device.report(device.current("tiny"))
+    assert report["status"] == "done"  # the agent's budget (target + 15 %) was checked on the shipped model
+
+    again = run_cli("push", "local", cwd=project)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "latency check 1/3" not in again.stdout + again.stderr
+    new = [device.report(job) for job in {p.name for p in device.jobs.iterdir()} - jobs]
+    measuring = [r for r in new if r.get("kind") == "latency_model"]
+    assert all(r["measured"] == 0 and not any(i.startswith("whole:check") for i in r["ms"]) for r in measuring)

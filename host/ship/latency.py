@@ -164,11 +164,9 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
         saved.update(checks=earlier.get("checks", []), checked=earlier.get("checked", {}))  # its checks still hold
     path.write_text(json.dumps(saved, indent=1, sort_keys=True))
     scores = lambda: search_scores(model, spec, groups, protect, batch, data.train.labels[:PROBE_IMAGES])  # noqa: E731
-    check_widths(config, device_name, device, path, scores,
-                 lambda widths, status: check_files(model, protect, widths, config, folder / "files",
-                                                    variant_forms(device, status, config.quantize.enabled),
-                                                    batch.numpy()),
-                 graph_id, say, on_event)
+    measure = lambda widths: measure_widths(config, device_name, device, model, protect, widths,  # noqa: E731
+                                            batch.numpy(), graph_id, say, on_event)
+    check_widths(config, device_name, path, scores, measure, say)
     return path
 
 
@@ -188,14 +186,9 @@ def search_scores(model: Any, spec: Any, groups: list[Any], protect: list[str], 
     return {name: score.tolist() for name, score in scores.items()}
 
 
-CheckFiles = Callable[[dict[str, int], dict[str, Any] | None], tuple[dict[str, Path], dict[str, Any], Forms]]
-
-
-def check_widths(config: Config, device_name: str, device: DeviceSection, path: Path,
-                 scores: Callable[[], dict[str, list[float]]], files_for: CheckFiles, graph_id: str, say: Say,
-                 on_event: EventSink) -> Loop:
-    """The closed loop (``prune.latency.closed_loop``) against the device: each round's widths are built whole
-    and timed by a ``latency_model`` job holding that model only (and the baseline the agent has cached). The
+def check_widths(config: Config, device_name: str, path: Path, scores: Callable[[], dict[str, list[float]]],
+                 measure: Callable[[dict[str, int]], float], say: Say) -> Loop:
+    """The closed loop (``prune.latency.closed_loop``) against the device (``measure``: ``measure_widths``). The
     checks and the answer are kept in the latency file: a second push with the same table and target measures
     nothing, and the prune stage prunes to the widths measured."""
     model, saved = load_model_file(path)
@@ -206,12 +199,6 @@ def check_widths(config: Config, device_name: str, device: DeviceSection, path: 
         say(f"latency check: the widths for {target:.3g} ms were measured on {device_name} before "
             f"({loop['measured_ms']:.3g} ms, {len(loop['rounds'])} round(s)); nothing to measure")
         return Loop(**{**loop, "rounds": [Round(**r) for r in loop["rounds"]]})
-
-    def measure(widths: dict[str, int]) -> float:
-        ident = f"whole:check:{hashlib.sha256(json.dumps(widths, sort_keys=True).encode()).hexdigest()[:16]}"
-        report, _, _ = run_job(config, device_name, device,
-                               lambda status: _only(files_for(widths, status), ident), graph_id, say, on_event)
-        return float(report["ms"][ident])
 
     def shown(done: Round) -> None:
         verdict = "re-searching" if done.again else ("met" if done.measured_ms <= target * (1 + CHECK_OVER) else
@@ -226,24 +213,29 @@ def check_widths(config: Config, device_name: str, device: DeviceSection, path: 
     return loop
 
 
-def _only(prepared: tuple[dict[str, Path], dict[str, Any], Forms], ident: str
-          ) -> tuple[dict[str, Path], dict[str, Any], Forms]:
-    files, plan, forms = prepared
-    plan = {ident if name == CHECKED else name: entry for name, entry in plan.items()}
-    used = {name for entry in plan.values() for name in entry.values()}
-    return {name: p for name, p in files.items() if name in used}, plan, forms
+def measure_widths(config: Config, device_name: str, device: DeviceSection, model: Any, protect: list[str],
+                   widths: dict[str, int], images: Any, graph_id: str, say: Say, on_event: EventSink) -> float:
+    """The whole model at ``widths`` (a pruned copy, untrained weights: only timed) as the table's whole models
+    are timed, by a ``latency_model`` job holding only it and the unpruned model (the agent's auto choice races
+    that one; its time is cached there): content-addressed files, a signed plan, no code."""
+    ident = f"whole:check:{hashlib.sha256(json.dumps(widths, sort_keys=True).encode()).hexdigest()[:16]}"
+    folder = config.state_dir / "latency" / "files"
 
+    def prepare(status: dict[str, Any] | None) -> tuple[dict[str, Path], dict[str, Any], Forms]:
+        forms = variant_forms(device, status, config.quantize.enabled)
+        return check_files(model, protect, widths, config, folder, forms, images, ident)
 
-CHECKED = "whole:checked"  # the widths checked, renamed by their hash (``check_widths``)
+    report, _, _ = run_job(config, device_name, device, prepare, graph_id, say, on_event)
+    return float(report["ms"][ident])
 
 
 def check_files(model: Any, protect: list[str], widths: dict[str, int], config: Config, folder: Path, forms: Forms,
-                images: Any) -> tuple[dict[str, Path], dict[str, Any], Forms]:
+                images: Any, ident: str) -> tuple[dict[str, Path], dict[str, Any], Forms]:
     """The whole model at ``widths`` and the unpruned one (the agent's auto choice races it; its time is cached
     there), in the forms the device reads: the same files the table's whole models are."""
     files: dict[str, Path] = {}
     real = lambda: np.asarray(images, dtype=np.float32)  # noqa: E731
-    plan = {CHECKED: variant_files(folder, whole_onnx(model, protect, widths, config, folder), forms, files, real),
+    plan = {ident: variant_files(folder, whole_onnx(model, protect, widths, config, folder), forms, files, real),
             BASELINE: variant_files(folder, whole_onnx(model, protect, {}, config, folder), forms, files, real)}
     return files, plan, forms
 
