@@ -627,3 +627,25 @@ def test_the_closed_loop_corrects_a_wrong_table_on_a_real_agent_and_a_second_pus
     new = [device.report(job) for job in {p.name for p in device.jobs.iterdir()} - jobs]
     measuring = [r for r in new if r.get("kind") == "latency_model"]
     assert all(r["measured"] == 0 and not any(i.startswith("whole:check") for i in r["ms"]) for r in measuring)
+
+
+def test_a_target_missed_after_the_check_rounds_fails_with_the_closest_measured_and_the_table_shows_rounds():
+    from edgekit.host.errors import CheckFailed
+    from edgekit.host.optimize.prune.stage import check_latency_target, latency_note
+
+    rounds = [{"index": 1, "widths": {"a": 8}, "predicted_ms": 0.9, "measured_ms": 1.6, "again": True},
+              {"index": 2, "widths": {"a": 8}, "predicted_ms": 1.0, "measured_ms": 1.4, "again": False}]
+    check = {"target_ms": 1.0, "widths": {"a": 8}, "predicted_ms": 1.0, "measured_ms": 1.4, "met": False,
+             "rounds": rounds}
+    latency = {"target_ms": 1.0, "batch": 1, "device": "local", "backend": "onnxruntime", "precision": "fp32",
+               "reached": False, "predicted_ms": 1.0, "max_accuracy_drop": 0.01, "check": check,
+               "widths": {"a": 8}, "full": {"a": 32},
+               "closest": {"predicted_ms": 1.0, "top1": 0.91, "unpruned": False, "accuracy_limited": False,
+                           "probes": []}}
+    with pytest.raises(CheckFailed) as failed:
+        check_latency_target(latency, 0.92, 0.91, 300)
+    line = str(failed.value)
+    assert "\n" not in line and "2 latency check(s)" in line and "closest measured is 1.4 ms" in line, line
+    assert "91.00%" in line
+    note = latency_note(latency)
+    assert "0.9→1.6 ms" in note and "1→1.4 ms" in note and "a 32→8" in note

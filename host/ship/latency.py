@@ -234,6 +234,7 @@ def check_files(model: Any, protect: list[str], widths: dict[str, int], config: 
     """The whole model at ``widths`` and the unpruned one (the agent's auto choice races it; its time is cached
     there), in the forms the device reads: the same files the table's whole models are."""
     files: dict[str, Path] = {}
+    folder.mkdir(parents=True, exist_ok=True)
     real = lambda: np.asarray(images, dtype=np.float32)  # noqa: E731
     plan = {ident: variant_files(folder, whole_onnx(model, protect, widths, config, folder), forms, files, real),
             BASELINE: variant_files(folder, whole_onnx(model, protect, {}, config, folder), forms, files, real)}
