@@ -1,7 +1,7 @@
 """Pruning to a latency target (issue 24): latency-aware widths against uniform pruning at the same latency.
 
     python benchmarks/latency_prune.py [--models resnet20:4,mobilenetv2:1] [--batches 1,32]
-                                       [--fractions 0.5,0.25,0.125] [--epochs 10] [--finetune 2]
+                                       [--fractions 0.5,0.25,0.125] [--epochs 8] [--finetune 2]
                                        [--cifar DIR] [--train-images N] [--name NAME]
 
 For each model: train (seeded, cached), measure its latency model on the built-in ``local`` device through
@@ -195,8 +195,9 @@ def main() -> None:
     parser.add_argument("--models", default="resnet20:4,mobilenetv2:1")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--fractions", default="0.5,0.25,0.125")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs (~1 min each for ResNet-20 ×4 on "
-                        "the hard digits, quiet 2 cores: with the defaults one model runs in ~40 min)")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs: sized (with --finetune) for one "
+                        "model in ~40 min on a quiet 2-core CPU (ResNet-20 ×4: ~0.66 GMAC an image, ~1-1.5 min an "
+                        "epoch on the 1437 hard-digit training images, an estimate, not a measurement)")
     parser.add_argument("--finetune", type=int, default=2, help="fine-tuning epochs per pruned model (12 per model)")
     parser.add_argument("--lr", type=float, default=0.05, help="training learning rate")
     parser.add_argument("--train-images", type=int, default=0, help="use only this many training images (0: all)")

@@ -613,13 +613,16 @@ def test_the_closed_loop_corrects_a_wrong_table_on_a_real_agent_and_a_second_pus
     saved = json.loads(next((project / ".edgekit" / "latency").glob("local-*.json")).read_text())
     loop = saved["checked"][f"{target:.6g}"]
     first, last = loop["rounds"][0], loop["rounds"][-1]
-    assert first["measured_ms"] > 1.5 * first["predicted_ms"] and first["again"]  # the wrong table, caught
+    # the wrong table, caught (by less than 2x when the load moved between the table's timing and this one)
+    assert first["measured_ms"] > 1.2 * first["predicted_ms"] and first["again"]
     assert len(loop["rounds"]) >= 2 and not last["again"]
     assert loop["met"] and loop["measured_ms"] <= target * 1.15
     assert abs(last["measured_ms"] - last["predicted_ms"]) < abs(first["measured_ms"] - first["predicted_ms"])
     jobs = {p.name for p in device.jobs.iterdir()}
-    report = device.report(device.current("tiny"))
+    (report,) = [r for r in map(device.report, jobs) if r.get("kind") != "latency_model"]
     assert report["status"] == "done"  # the agent's budget (target + 15 %) was checked on the shipped model
+    (shipped,) = [b for b in report["benchmarks"] if b["batch"] == 1]
+    assert shipped["latency_ms"]["median"] <= target * 1.15
 
     again = run_cli("push", "local", cwd=project)
     assert again.returncode == 0, again.stderr[-3000:]
