@@ -479,7 +479,8 @@ def test_a_target_out_of_reach_within_the_budget_fails_the_push_before_any_uploa
     assert ("closest within the budget is" in line and "fine-tuned probe" in line) or "out of reach" in line, line
     assert "Traceback" not in failed.stderr
     saved = json.loads(next((project / ".edgekit" / "latency").glob("local-*.json")).read_text())
-    assert saved["precision_requested"] == "auto" and saved["precision"] in ("int8", "fp32"), saved["precision"]
+    # the race's pick: OpenVINO's default precision (bf16/f16, "fp16") wins it on some CPUs and loads
+    assert saved["precision_requested"] == "auto" and saved["precision"] in ("int8", "fp32", "fp16"), saved["precision"]
     spool = Spool(Path(os.environ["EDGEKIT_HOME"]) / "local-device")
     kinds = {json.loads((spool.jobs / job / "report.json").read_text()).get("kind") for job in
              [p.name for p in spool.jobs.iterdir()]}
