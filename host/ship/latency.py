@@ -39,13 +39,20 @@ from ..config import Config, DeviceSection, host_home
 from ..errors import CheckFailed, ConfigError
 from ..optimize.prune.latency import (
     BASELINE,
+    CHECK_OVER,
+    CHECK_ROUNDS,
     GroupSpace,
     Layer,
+    Loop,
+    Round,
+    closed_loop,
     describe_layers,
     graph_hash,
     group_space,
     layer_onnx,
     layer_variants,
+    load_model_file,
+    resolve_target,
     whole_widths,
 )
 from .bundle import file_entries
@@ -152,8 +159,86 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
              "layers": [asdict(layer) for layer in layers], "spaces": [asdict(s) for s in spaces.values()],
              "table": table, "profiles": report.get("profiles", {})}
     path = folder / f"{device_name}-{graph_id[:16]}-b{config.prune.target_batch}.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    if earlier.get("table_key") == saved["table_key"] and earlier.get("table") == table:  # the same table:
+        saved.update(checks=earlier.get("checks", []), checked=earlier.get("checked", {}))  # its checks still hold
     path.write_text(json.dumps(saved, indent=1, sort_keys=True))
+    scores = lambda: search_scores(model, spec, groups, protect, batch, data.train.labels[:PROBE_IMAGES])  # noqa: E731
+    measure = lambda widths: measure_widths(config, device_name, device, model, protect, widths,  # noqa: E731
+                                            batch.numpy(), graph_id, say, on_event)
+    check_widths(config, device_name, path, scores, measure, say)
     return path
+
+
+def search_scores(model: Any, spec: Any, groups: list[Any], protect: list[str], images: Any,
+                  labels: Any) -> dict[str, list[float]]:
+    """Channel scores for the closed loop's search, as the prune stage's first step computes them (Taylor from the
+    probe's images; bn_scale before its sparsity training): only the widths they lead to are kept, which the prune
+    stage then prunes to with its own scores."""
+    import torch
+
+    from ..optimize.prune.structured import accumulate_gradients, importance, score_groups
+
+    if spec.method == "taylor":
+        accumulate_gradients(model, [(images, torch.as_tensor(labels, dtype=torch.long))], output=spec.output)
+    scores = score_groups(importance(spec.method, spec.norm), groups, list(protect), lambda _: None)
+    model.zero_grad(set_to_none=True)
+    return {name: score.tolist() for name, score in scores.items()}
+
+
+def check_widths(config: Config, device_name: str, path: Path, scores: Callable[[], dict[str, list[float]]],
+                 measure: Callable[[dict[str, int]], float], say: Say) -> Loop:
+    """The closed loop (``prune.latency.closed_loop``) against the device (``measure``: ``measure_widths``). The
+    checks and the answer are kept in the latency file: a second push with the same table and target measures
+    nothing, and the prune stage prunes to the widths measured."""
+    model, saved = load_model_file(path)
+    target = resolve_target(config.prune.target_latency_ms, config.prune.target_speedup, saved["baseline_ms"])
+    key = f"{target:.6g}"
+    if key in saved.get("checked", {}):
+        loop = saved["checked"][key]
+        say(f"latency check: the widths for {target:.3g} ms were measured on {device_name} before "
+            f"({loop['measured_ms']:.3g} ms, {len(loop['rounds'])} round(s)); nothing to measure")
+        return Loop(**{**loop, "rounds": [Round(**r) for r in loop["rounds"]]})
+
+    def shown(done: Round) -> None:
+        verdict = "re-searching" if done.again else ("met" if done.measured_ms <= target * (1 + CHECK_OVER) else
+                                                     "closest measured")
+        say(f"latency check {done.index}/{CHECK_ROUNDS}: widths predicted {done.predicted_ms:.3g} ms, measured "
+            f"{done.measured_ms:.3g} ms on {device_name} (target {target:.3g} ms); {verdict}")
+
+    loop, checks = closed_loop(model, scores(), target, measure, shown)
+    saved["checks"] = [asdict(c) for c in checks]
+    saved.setdefault("checked", {})[key] = loop.to_json()
+    path.write_text(json.dumps(saved, indent=1, sort_keys=True))
+    return loop
+
+
+def measure_widths(config: Config, device_name: str, device: DeviceSection, model: Any, protect: list[str],
+                   widths: dict[str, int], images: Any, graph_id: str, say: Say, on_event: EventSink) -> float:
+    """The whole model at ``widths`` (a pruned copy, untrained weights: only timed) as the table's whole models
+    are timed, by a ``latency_model`` job holding only it and the unpruned model (the agent's auto choice races
+    that one; its time is cached there): content-addressed files, a signed plan, no code."""
+    ident = f"whole:check:{hashlib.sha256(json.dumps(widths, sort_keys=True).encode()).hexdigest()[:16]}"
+    folder = config.state_dir / "latency" / "files"
+
+    def prepare(status: dict[str, Any] | None) -> tuple[dict[str, Path], dict[str, Any], Forms]:
+        forms = variant_forms(device, status, config.quantize.enabled)
+        return check_files(model, protect, widths, config, folder, forms, images, ident)
+
+    report, _, _ = run_job(config, device_name, device, prepare, graph_id, say, on_event)
+    return float(report["ms"][ident])
+
+
+def check_files(model: Any, protect: list[str], widths: dict[str, int], config: Config, folder: Path, forms: Forms,
+                images: Any, ident: str) -> tuple[dict[str, Path], dict[str, Any], Forms]:
+    """The whole model at ``widths`` and the unpruned one (the agent's auto choice races it; its time is cached
+    there), in the forms the device reads: the same files the table's whole models are."""
+    files: dict[str, Path] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    real = lambda: np.asarray(images, dtype=np.float32)  # noqa: E731
+    plan = {ident: variant_files(folder, whole_onnx(model, protect, widths, config, folder), forms, files, real),
+            BASELINE: variant_files(folder, whole_onnx(model, protect, {}, config, folder), forms, files, real)}
+    return files, plan, forms
 
 
 def profile_table_of(whole: Path, layers: list[Layer], spaces: dict[str, GroupSpace],

@@ -83,6 +83,12 @@ def check_latency_target(latency: dict[str, Any], before: float, after: float, i
         return
     where = (f"prune target {latency['target_ms']:.3g} ms at batch {latency['batch']} on {latency['device']} "
              f"({latency['backend']}, {latency['precision']})")
+    check = latency.get("check")
+    if check is not None and not check["met"] and not closest["accuracy_limited"]:
+        raise CheckFailed(f"{where} is out of reach: after {len(check['rounds'])} latency check(s) on the device the "
+                          f"closest measured is {check['measured_ms']:.3g} ms (predicted {check['predicted_ms']:.3g} "
+                          f"ms), more than 15 % over, at top-1 {closest['top1']:.2%} on {images} held-out images; "
+                          "raise the target or prune.max_layer_ratio")
     if not closest["accuracy_limited"]:  # the widths' floors are within the budget: the target is out of reach
         raise CheckFailed(f"{where} is out of reach: the closest is {closest['predicted_ms']:.3g} ms predicted (every "
                           f"group at prune.max_layer_ratio) at top-1 {closest['top1']:.2%} on {images} held-out "
@@ -308,6 +314,13 @@ class LatencyChooser:
                        "widths": found.widths, "full": self.model.full(), "batch": saved["batch"],
                        "device": saved["device"], "backend": saved["backend"], "precision": saved["precision"],
                        "baseline_ms": saved["baseline_ms"], "unpruned_ms": self.model.predict(self.model.full())}
+        checked = saved.get("checked", {}).get(f"{self.target:.6g}")
+        if checked is not None:  # the push measured widths for this target on the device: those are pruned to
+            self.result.update(widths=checked["widths"], predicted_ms=checked["predicted_ms"], reached=checked["met"],
+                               check=checked)
+            self.say(f"latency target {self.target:.3g} ms at batch {saved['batch']} on {saved['device']}: widths "
+                     f"measured {checked['measured_ms']:.3g} ms there after {len(checked['rounds'])} check round(s)")
+            return {name: checked["widths"].get(name, width) for name, width in widths.items()}
         self.say(f"latency target {self.target:.3g} ms at batch {saved['batch']} on {saved['device']}: "
                  f"{'predicted' if found.reached else 'out of reach, closest'} {found.predicted_ms:.3g} ms "
                  f"(unpruned {self.result['unpruned_ms']:.3g} ms) after {found.steps} greedy step(s)")
@@ -318,5 +331,9 @@ def latency_note(latency: dict[str, Any]) -> str:
     """The stage table's words for a latency-target pruning: target, prediction, widths per group."""
     changed = [f"{name} {latency['full'][name]}→{width}" for name, width in latency["widths"].items()
                if width != latency["full"][name]]
+    checks = ""
+    if "check" in latency:
+        checks = "; checked " + ", ".join(f"{r['predicted_ms']:.3g}→{r['measured_ms']:.3g} ms"
+                                          for r in latency["check"]["rounds"]) + " (predicted→measured)"
     return (f"target {latency['target_ms']:.3g} ms at b{latency['batch']} on {latency['device']}, predicted "
-            f"{latency['predicted_ms']:.3g} ms; widths {', '.join(changed) or 'unchanged'}")
+            f"{latency['predicted_ms']:.3g} ms{checks}; widths {', '.join(changed) or 'unchanged'}")
