@@ -85,6 +85,19 @@ def test_a_report_of_a_model_trained_at_chance_says_so():
     assert model_warnings({"host": {"chance_warning": None}}) == []
 
 
+def test_a_report_says_where_the_pushed_model_is_slower_than_the_baseline():
+    """RegNetY-400MF pruned by half read 0.47× at batch 32 (its bf16 file failed validation; the unpruned
+    model ran bf16): a figure under 1 in a table, and no word."""
+    baseline = {"label": "unpruned bf16 on openvino"}
+    report = {"host": {}, "benchmarks": [{"batch": 1, "speedup": 1.91, "baseline": baseline},
+                                         {"batch": 32, "speedup": 0.47, "baseline": baseline},
+                                         {"batch": 64, "speedup": 0.95, "baseline": baseline}]}
+    assert model_warnings(report) == ["at batch 32 the pushed model runs at 0.47× the speed of the baseline (unpruned "
+                                      "bf16 on openvino): slower than the model it came from, run as users run it; "
+                                      "the auto table says why faster candidates were not served (validation, "
+                                      "build), or prune more, or keep the unpruned model on this device"]
+
+
 def error_lines(result) -> list[str]:
     assert "Traceback" not in result.stderr, result.stderr
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -276,9 +276,12 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
         console.print(f"plots: {', '.join(report['plots'])}")
 
 
+SLOWER = 0.9  # a speed-up under this is a slowdown, not the noise of interleaved medians on a busy device
+
+
 def model_warnings(report: dict[str, Any]) -> list[str]:
-    """What the user should know about the model itself: trained at chance, INT8 slower than FP32, layers left
-    unpruned."""
+    """What the user should know about the model itself: trained at chance, INT8 slower than FP32, slower than
+    the baseline at a batch size, layers left unpruned."""
     host, lines = report.get("host", {}), []
     if host.get("chance_warning"):  # the trained model guesses: every figure below is for a model that does nothing
         lines.append(host["chance_warning"])
@@ -287,6 +290,14 @@ def model_warnings(report: dict[str, Any]) -> list[str]:
     if report.get("precision") == "int8" and report.get("backend") == host.get("reference_runtime") and slower:
         lines.append(f"{report['model_file']} ran slower than the FP32 model on the host's ONNX Runtime ({slower}); "
                      "on this device precision = \"fp32\" may be faster")
+    for bench in report.get("benchmarks") or []:
+        speedup = bench.get("speedup")
+        if speedup is not None and speedup < SLOWER:
+            label = baseline_label(report, bench["batch"])
+            lines.append(f"at batch {bench['batch']} the pushed model runs at {speedup:.2f}× the speed of the baseline "
+                         f"({label}): slower than the model it came from, run as users run it; the auto table says "
+                         "why faster candidates were not served (validation, build), or prune more, or keep the "
+                         "unpruned model on this device")
     protected = host.get("pruning", {}).get("protected") or {}
     if protected:
         lines.append(f"{len(protected)} layer group(s) left unpruned (torch-pruning cannot follow them): "
