@@ -152,6 +152,21 @@ def test_a_vgg_style_pool_the_exporter_refuses_is_exported_and_the_model_left_as
     assert "MatMul" in {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
 
 
+def test_a_training_set_one_over_a_multiple_of_the_batch_trains_models_with_1x1_maps():
+    """65 images at batch 64 leave a last batch of one: BatchNorm on ResNet-18's 1×1 maps (32×32 input) cannot
+    normalise it in training, and the training crashed (an internal error in `edgekit train`)."""
+    from edgekit.host.train.data import Split
+    from edgekit.host.train.loop import train
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 255, (65, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, 65))
+    losses: list[float] = []
+    model = create_model("torchvision.models:resnet18", 10)
+    assert train(model, split, [0.5] * 3, [0.25] * 3, epochs=1, batch_size=64, lr=0.01,
+                 progress=lambda epoch, epochs, loss: losses.append(loss)) == 1
+    assert len(losses) == 1 and np.isfinite(losses[0])
+
+
 def test_timm_models_prune_and_export(tmp_path):
     model = randomize_bn(create_model("timm:resnet18", num_classes=10))
     before = sum(p.numel() for p in model.parameters())

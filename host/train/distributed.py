@@ -144,8 +144,15 @@ def take_main_weights(model: Any) -> None:
 
 def shares(batches: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Any, float]]:
     """This rank's part of each global batch (inputs, labels) with its loss weight; all of it, weight 1, in one
-    process. A last batch smaller than the world is skipped: every rank must take part in every step."""
+    process. A last batch smaller than the world is skipped: every rank must take part in every step. So is a last
+    batch of one image after larger ones (a training set one more than a multiple of the batch size): BatchNorm in
+    training cannot normalise one value per channel, which is what an ImageNet-stem model's 1×1 maps at 32×32 hold,
+    and torchvision's ResNet-18 on 65 images stopped with "Expected more than 1 value per channel when training"."""
+    largest = 0
     for inputs, labels in batches:
+        largest = max(largest, len(labels))
+        if len(labels) == 1 < largest:
+            continue
         if not active():
             yield inputs, labels, 1.0
         elif len(labels) >= world_size():
