@@ -595,10 +595,11 @@ def test_the_closed_loop_corrects_a_wrong_table_on_a_real_agent_and_a_second_pus
                    '\n[devices.local]\nkind = "local"\nprecision = "fp32"\nbackend = "onnxruntime"\n')
     path = latency_model_file(load_config(project / "deploy.toml"), "local", lambda _: None, lambda _: None)
     true = json.loads(path.read_text())["table"]
-    # within reach whatever the load (this tiny model is overhead-bound: its widths barely change its time): twice
-    # the full model's time, so the agent's budget (+15 %) holds through a 2.3x slowdown on a shared machine, while
-    # the halved table still misses by 2x and forces a correction (at 1.1x a slower moment fails the push)
-    target = 2.0 * true["whole:1.0"]
+    # within reach whatever the load (this tiny model is overhead-bound: its widths barely change its time): four
+    # times the full model's time, so the agent's budget (+15 %) holds through a 4.6x slowdown on a shared machine,
+    # while the halved table still misses by 2x and forces a correction (at 1.1x a clean-clone run failed: the
+    # shipped model's median was 0.377 ms, 2.3x the 0.164 ms measured minutes before)
+    target = 4.0 * true["whole:1.0"]
     path.unlink()
     device = Spool(Path(os.environ["EDGEKIT_HOME"]) / "local-device")
     for cached in (device.root / "latency").glob("*.json"):
