@@ -151,6 +151,7 @@ def check_interface(config: Config, model: Any) -> None:
     import torch
 
     from ..outputs import check_classifier, check_single_input
+    from .models import first_line
 
     check_single_input(model)
     shape = list(config.input.shape)
@@ -158,8 +159,8 @@ def check_interface(config: Config, model: Any) -> None:
         with torch.no_grad():
             result = model.eval()(torch.zeros(2, *shape))
     except Exception as exc:  # noqa: BLE001 - whatever the user's forward raises on this size
-        why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
-        raise ConfigError(f"model {config.model.arch!r} does not run on images of input.shape = {shape} ({why}); "
+        raise ConfigError(f"model {config.model.arch!r} does not run on images of input.shape = {shape} "
+                          f"({first_line(exc)}); "
                           "set input.shape to the size it was built for (and give it images of that size), or "
                           "build it for this size in a model.arch = \"module:function\" of your own that calls its "
                           "factory with the size") from None

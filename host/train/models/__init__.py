@@ -61,7 +61,7 @@ def _user_model(spec: str, num_classes: int, width: float, in_channels: int) -> 
     except SyntaxError as exc:  # also a source file that is not UTF-8
         raise ConfigError(f"model {spec!r}: {exc.filename}, line {exc.lineno}: {exc.msg}; fix the file") from None
     except Exception as exc:  # noqa: BLE001 - the module fails while imported (or was built for another torch)
-        raise ConfigError(f"model {spec!r}: importing {module_name} raised {_first_line(exc)}; fix the module, "
+        raise ConfigError(f"model {spec!r}: importing {module_name} raised {first_line(exc)}; fix the module, "
                           "or check that it was built for the installed torch") from None
     wanted = {"num_classes": num_classes, "width": width, "in_channels": in_channels}
     kwargs = accepted_arguments(factory, wanted)
@@ -78,10 +78,10 @@ def _user_model(spec: str, num_classes: int, width: float, in_channels: int) -> 
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the user's factory raises
-        raise ConfigError(f"model {spec!r}: its factory failed ({_first_line(exc)})") from None
+        raise ConfigError(f"model {spec!r}: its factory failed ({first_line(exc)})") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: " + (str(exc).strip().splitlines() or [""])[0][:160]
 
 
@@ -114,7 +114,7 @@ def _timm_model(name: str, num_classes: int, width: float, in_channels: int) -> 
     try:
         import timm
     except Exception as exc:  # noqa: BLE001 - timm's import fails with RuntimeError when torchvision mismatches
-        raise ConfigError(f"model 'timm:{name}': timm does not import ({_first_line(exc)}); install timm (built for "
+        raise ConfigError(f"model 'timm:{name}': timm does not import ({first_line(exc)}); install timm (built for "
                           "this torch and torchvision)") from None
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
@@ -124,7 +124,7 @@ def _timm_model(name: str, num_classes: int, width: float, in_channels: int) -> 
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
     except Exception as exc:  # noqa: BLE001 - timm's builders raise many kinds
-        raise ConfigError(f"model 'timm:{name}': timm.create_model failed ({_first_line(exc)})") from None
+        raise ConfigError(f"model 'timm:{name}': timm.create_model failed ({first_line(exc)})") from None
 
 
 def _load_zoo() -> None:
