@@ -8,9 +8,10 @@ For each model: train (seeded, cached), measure its latency model on the built-i
 the real path (a signed ``latency_model`` job run by a real agent process on ONNX Runtime, fp32), then for
 each batch size and each target (a fraction of the unpruned model's measured latency):
 
-- latency-aware: the product's closed loop (``closed_loop``: the greedy width search on the latency model,
-  magnitude importance, then the chosen widths timed whole on the device and the model corrected, at most
-  ``CHECK_ROUNDS`` rounds); each row records the rounds, the prediction before correction and the final error;
+- latency-aware: the product's closed loop (``closed_loop``: the greedy width search on the latency model and
+  the accuracy costs measured on training images (``sensitivity``), magnitude ranking within a group, then
+  the chosen widths timed whole on the device and the model corrected, at most ``CHECK_ROUNDS`` rounds);
+  each row records the rounds, the prediction before correction and the final error;
 - uniform: one keep-fraction for every group, tuned until its *measured* latency matches the latency-aware
   model's (bisection on the measured figure, up to 4 measurements), so the two are compared at equal speed.
 
@@ -50,9 +51,11 @@ from edgekit.host.optimize.prune.latency import (
     closed_loop,
     describe_layers,
     graph_hash,
+    grid,
     group_space,
     load_model_file,
 )
+from edgekit.host.optimize.prune.sensitivity import SENSITIVITY_IMAGES, measured_costs
 from edgekit.host.optimize.prune.structured import (
     PruneSpec,
     build_graph,
@@ -63,7 +66,7 @@ from edgekit.host.optimize.prune.structured import (
     prune_groups,
 )
 from edgekit.host.ship.latency import measure_widths, run_job, variant_forms, write_variants
-from edgekit.host.train.data import Dataset, Split, channel_stats, load_cifar
+from edgekit.host.train.data import Dataset, Split, channel_stats, load_cifar, normalize
 from edgekit.host.train.loop import top1, train
 
 
@@ -122,10 +125,17 @@ def measure_latency_model(work: Path, name: str, model: Any, batch: int) -> tupl
     return latency, out, protect, {"variants": len(plan), "measured": out["measured"]}, measure
 
 
-def scores_of(model: Any, protect: list) -> dict[str, list[float]]:
-    graph = build_graph(model.eval(), torch.zeros(1, 3, 32, 32))
-    scorer = importance("magnitude", 2)
-    return {g.name: channel_scores(scorer, g).tolist() for g in prune_groups(graph, model, protect)}
+def costs_of(model: Any, protect: list, latency: Any, data: Dataset, mean: list, std: list) -> dict[str, list]:
+    """The product's accuracy costs (``sensitivity.measured_costs``) on the first training images, with the
+    channels ranked by magnitude as ``pruned_copy`` ranks them."""
+    example = torch.zeros(1, 3, 32, 32)
+    graph = build_graph(model.eval(), example)
+    groups = prune_groups(graph, model, protect)
+    scores = {g.name: channel_scores(importance("magnitude", 2), g) for g in groups}
+    images = torch.from_numpy(normalize(data.train.images[:SENSITIVITY_IMAGES], mean, std))
+    labels = torch.as_tensor(data.train.labels[:SENSITIVITY_IMAGES], dtype=torch.long)
+    widths = {name: grid(space, space.width) for name, space in latency.spaces.items()}
+    return measured_costs(model, graph, groups, scores, widths, images, labels)
 
 
 def pruned_copy(model: Any, protect: list, widths: dict[str, int]) -> Any:
@@ -160,12 +170,12 @@ def uniform_at_measured(model: Any, protect: list, latency: Any, goal_ms: float,
 
 
 def _predicted_fraction(latency: Any, goal_ms: float) -> float:
-    low, high = 0.0, 1.0
+    low, high = 0.0, 1.0  # the widest fraction predicted to meet goal_ms is in [low, high]
     for _ in range(20):
         middle = (low + high) / 2
         widths = {name: aligned(space, middle) for name, space in latency.spaces.items()}
-        low, high = (low, middle) if latency.predict(widths) <= goal_ms else (middle, high)
-    return high
+        low, high = (middle, high) if latency.predict(widths) <= goal_ms else (low, middle)
+    return low
 
 
 def finetuned_top1(net: Any, data: Dataset, mean: list, std: list, epochs: int, images: int = 0) -> float:
@@ -222,10 +232,10 @@ def main() -> None:
             latency, out, protect, cost, measure = measure_latency_model(work, f"{arch}x{width}", model, batch)
             unpruned = side_by_side({"full": onnx_of(model, work / "full.onnx")}, batch, rounds=3, per_round=5)
             full_ms = unpruned["full"]["median"]
-            scores = scores_of(model, protect)
+            costs = costs_of(model, protect, latency, data, mean, std)
             for fraction in [float(f) for f in args.fractions.split(",")]:
                 target = fraction * full_ms
-                found, _ = closed_loop(latency, scores, target, measure, lambda r, goal=target: console.print(
+                found, _ = closed_loop(latency, costs, target, measure, lambda r, goal=target: console.print(
                     f"[dim]check {r.index}/{CHECK_ROUNDS}: predicted {r.predicted_ms:.3g} ms, measured "
                     f"{r.measured_ms:.3g} ms (target {goal:.3g} ms)[/dim]"))
                 aware = pruned_copy(model, protect, found.widths)

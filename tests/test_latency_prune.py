@@ -32,6 +32,7 @@ from edgekit.host.optimize.prune.latency import (
     variant_id,
     whole_widths,
 )
+from edgekit.host.optimize.prune.sensitivity import magnitude_costs
 
 from .conftest import AGENT
 
@@ -88,7 +89,7 @@ def test_greedy_search_meets_the_target_cutting_where_time_is_spent():
     layers, spaces = two_groups()
     model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
     full = model.predict(model.full())
-    flat = {name: [1.0] * 32 for name in spaces}  # equal importance: latency alone decides
+    flat = magnitude_costs({name: [1.0] * 32 for name in spaces}, spaces)  # equal cost: latency alone decides
     found = search_widths(model, flat, full / 2)
     assert found.reached and found.predicted_ms <= full / 2
     assert all(w % 8 == 0 and w >= spaces[n].floor for n, w in found.widths.items())
@@ -96,9 +97,14 @@ def test_greedy_search_meets_the_target_cutting_where_time_is_spent():
     assert found.widths["a"] < found.widths["b"]
     uniform = uniform_widths(model, full / 2)
     assert uniform.reached and uniform.widths["a"] == uniform.widths["b"]
-    # importance steers it too: make a's channels precious and b is cut first
-    precious = {"a": [100.0] * 32, "b": [0.01] * 32}
+    wider = {name: width + 8 for name, width in uniform.widths.items()}  # the widest uniform widths that meet it
+    assert model.predict(wider) > full / 2
+    # accuracy steers it too: make a's channels precious and b is cut first
+    precious = magnitude_costs({"a": [100.0] * 32, "b": [0.01] * 32}, spaces)
     assert search_widths(model, precious, full * 0.9).widths["a"] == 32
+    # measured costs (curves at a few widths) steer it the same way
+    curves = {"a": [(32, 0.0), (16, 5.0), (8, 9.0)], "b": [(32, 0.0), (16, 0.1), (8, 0.3)]}
+    assert search_widths(model, curves, full * 0.9).widths["a"] == 32
 
 
 def test_an_unreachable_target_stops_at_the_floors_and_says_so():

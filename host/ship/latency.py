@@ -48,6 +48,7 @@ from ..optimize.prune.latency import (
     closed_loop,
     describe_layers,
     graph_hash,
+    grid,
     group_space,
     layer_onnx,
     layer_variants,
@@ -55,6 +56,7 @@ from ..optimize.prune.latency import (
     resolve_target,
     whole_widths,
 )
+from ..optimize.prune.sensitivity import SENSITIVITY_IMAGES, Curve, measured_costs
 from .bundle import file_entries
 
 Say = Callable[[str], None]
@@ -161,32 +163,39 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
     path = folder / f"{device_name}-{graph_id[:16]}-b{config.prune.target_batch}.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}
     if earlier.get("table_key") == saved["table_key"] and earlier.get("table") == table:  # the same table:
-        saved.update(checks=earlier.get("checks", []), checked=earlier.get("checked", {}))  # its checks still hold
+        saved.update({key: earlier[key] for key in ("checks", "checked", "accuracy_costs") if key in earlier})
     path.write_text(json.dumps(saved, indent=1, sort_keys=True))
-    scores = lambda: search_scores(model, spec, groups, protect, batch, data.train.labels[:PROBE_IMAGES])  # noqa: E731
+    images = data.train.images[:SENSITIVITY_IMAGES]
+    costs = lambda: search_costs(model, spec, graph, groups, protect, spaces,  # noqa: E731
+                                 torch.from_numpy(normalize(images, mean, std)),
+                                 data.train.labels[:SENSITIVITY_IMAGES], say)
     measure = lambda widths: measure_widths(config, device_name, device, model, protect, widths,  # noqa: E731
                                             batch.numpy(), graph_id, say, on_event)
-    check_widths(config, device_name, path, scores, measure, say)
+    check_widths(config, device_name, path, costs, measure, say)
     return path
 
 
-def search_scores(model: Any, spec: Any, groups: list[Any], protect: list[str], images: Any,
-                  labels: Any) -> dict[str, list[float]]:
-    """Channel scores for the closed loop's search, as the prune stage's first step computes them (Taylor from the
-    probe's images; bn_scale before its sparsity training): only the widths they lead to are kept, which the prune
-    stage then prunes to with its own scores."""
+def search_costs(model: Any, spec: Any, graph: Any, groups: list[Any], protect: list[str],
+                 spaces: dict[str, GroupSpace], images: Any, labels: Any, say: Say) -> dict[str, Curve]:
+    """The closed loop's accuracy costs (``sensitivity.measured_costs``) at the latency grid's widths, with the
+    channels ranked as the prune stage's first step ranks them (Taylor from these images; bn_scale before its
+    sparsity training): only the widths they lead to are kept, which the prune stage then prunes to."""
     import torch
 
     from ..optimize.prune.structured import accumulate_gradients, importance, score_groups
 
+    labels = torch.as_tensor(labels, dtype=torch.long)
     if spec.method == "taylor":
-        accumulate_gradients(model, [(images, torch.as_tensor(labels, dtype=torch.long))], output=spec.output)
+        accumulate_gradients(model, [(images, labels)], output=spec.output)
     scores = score_groups(importance(spec.method, spec.norm), groups, list(protect), lambda _: None)
     model.zero_grad(set_to_none=True)
-    return {name: score.tolist() for name, score in scores.items()}
+    widths = {name: grid(space, space.width) for name, space in spaces.items()}
+    say(f"accuracy cost of each prunable group at {sum(len(w) - 1 for w in widths.values())} widths, measured on "
+        f"{len(images)} training images (channels masked, no training)")
+    return measured_costs(model, graph, groups, scores, widths, images, labels, spec.output)
 
 
-def check_widths(config: Config, device_name: str, path: Path, scores: Callable[[], dict[str, list[float]]],
+def check_widths(config: Config, device_name: str, path: Path, costs: Callable[[], dict[str, Curve]],
                  measure: Callable[[dict[str, int]], float], say: Say) -> Loop:
     """The closed loop (``prune.latency.closed_loop``) against the device (``measure``: ``measure_widths``). The
     checks and the answer are kept in the latency file: a second push with the same table and target measures
@@ -206,7 +215,9 @@ def check_widths(config: Config, device_name: str, path: Path, scores: Callable[
         say(f"latency check {done.index}/{CHECK_ROUNDS}: widths predicted {done.predicted_ms:.3g} ms, measured "
             f"{done.measured_ms:.3g} ms on {device_name} (target {target:.3g} ms); {verdict}")
 
-    loop, checks = closed_loop(model, scores(), target, measure, shown)
+    curves = costs()
+    loop, checks = closed_loop(model, curves, target, measure, shown)
+    saved["accuracy_costs"] = curves  # the prune stage's search (its path, the closest within budget) uses them
     saved["checks"] = [asdict(c) for c in checks]
     saved.setdefault("checked", {})[key] = loop.to_json()
     path.write_text(json.dumps(saved, indent=1, sort_keys=True))

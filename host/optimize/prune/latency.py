@@ -7,7 +7,7 @@ what sits between them (adds, pooling); a straight line fitted through a few who
 (``WHOLE_LEVELS``, the same widths for every group) maps the layers' sum to whole-model latency.
 
 The search (``search_widths``) is greedy: from full width, repeatedly take one alignment unit off the group
-whose cheapest channels cost least importance per millisecond saved, until the prediction meets the target.
+whose cut costs least accuracy (``sensitivity``) per millisecond saved, until the prediction meets the target.
 The pure parts (grid, interpolation, prediction, search) take plain data and are unit-tested; the torch part
 (``describe_layers``) reads layers and groups from torch-pruning's dependency graph.
 """
@@ -20,6 +20,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
+
+from .sensitivity import Curve, cost_at
 
 LEVELS = (1.0, 0.75, 0.5, 0.25, 0.125)  # fractions of a group's width timed per layer (plus its floor)
 WHOLE_LEVELS = (1.0, 0.5, 0.0)  # whole models timed to calibrate the layer sum (0.0: every group at its floor)
@@ -268,7 +270,7 @@ class Loop:
         return asdict(self)
 
 
-def closed_loop(model: LatencyModel, scores: Mapping[str, list[float]], target_ms: float,
+def closed_loop(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float,
                 measure: Callable[[dict[str, int]], float], on_round: Callable[[Round], None],
                 rounds: int = CHECK_ROUNDS) -> tuple[Loop, list[Check]]:
     """Search, measure the widths found as a whole model (``measure``: the device), and while the measurement
@@ -277,7 +279,7 @@ def closed_loop(model: LatencyModel, scores: Mapping[str, list[float]], target_m
     checks = list(model.checks)
     done: list[Round] = []
     for index in range(1, rounds + 1):
-        found = search_widths(model.with_checks(checks), scores, target_ms)
+        found = search_widths(model.with_checks(checks), costs, target_ms)
         known = next((c.measured_ms for c in checks if c.widths == found.widths), None)
         measured = known if known is not None else measure(found.widths)
         if known is None:
@@ -318,36 +320,32 @@ class Search:
 FLAT = 0.02  # an unreachable target: the last cuts that save under 2 % together are noise on a device, not speed
 
 
-def search_widths(model: LatencyModel, scores: Mapping[str, list[float]], target_ms: float) -> Search:
-    """Greedy NetAdapt-style steps: take one unit off the group with the least importance lost per millisecond
+def search_widths(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float) -> Search:
+    """Greedy NetAdapt-style steps: take one unit off the group with the least accuracy cost per millisecond
     saved, until the prediction is at or under ``target_ms`` (or every group is at its floor).
 
-    ``scores`` are each group's channel importances (comparable across groups: torch-pruning normalises them
-    by the group mean); the cheapest remaining channels of a group are the ones a step removes.
+    ``costs`` are each group's accuracy cost by width (``sensitivity``: measured on real images, comparable
+    across groups); a group without one costs its channels removed. Ties go to the larger saving.
     """
     widths = model.full()
-    ranked = {name: sorted(scores.get(name, [1.0] * space.width)) for name, space in model.spaces.items()}
     current = model.predict(widths)
     path = [(dict(widths), current)]
     steps = 0
     while current > target_ms:
-        best: Optional[tuple[float, str, float]] = None
+        best: Optional[tuple[float, float, str]] = None
         for name, space in model.spaces.items():
             narrower = widths[name] - space.unit
             if narrower < space.floor:
                 continue
-            trial = dict(widths, **{name: narrower})
-            saved = current - model.predict(trial)
-            removed = space.width - widths[name]
-            per_channel = max(1, space.width // max(1, len(ranked[name])))  # scores per channel group
-            lost = sum(ranked[name][removed // per_channel:(removed + space.unit) // per_channel])
-            cost = lost / saved if saved > 1e-9 else math.inf
-            key = (cost, -saved)
-            if best is None or key < (best[0], -best[2]):
-                best = (cost, name, saved)
+            saved = current - model.predict(dict(widths, **{name: narrower}))
+            curve = costs.get(name)
+            lost = cost_at(curve, space.width, narrower) - cost_at(curve, space.width, widths[name])
+            key = (lost / saved if saved > 1e-9 else math.inf, -saved, name)
+            if best is None or key < best:
+                best = key
         if best is None:
             break
-        widths[best[1]] -= model.spaces[best[1]].unit
+        widths[best[2]] -= model.spaces[best[2]].unit
         current = model.predict(widths)
         path.append((dict(widths), current))
         steps += 1
@@ -388,11 +386,11 @@ def uniform_widths(model: LatencyModel, target_ms: float, tolerance: float = 1e-
         widths = at(low)
         return Search(widths, model.predict(widths), False, 0)
     steps = 0
-    while high - low > tolerance:
+    while high - low > tolerance:  # the widest fraction that meets the target is in [low, high]
         middle = (low + high) / 2
-        low, high = (low, middle) if model.predict(at(middle)) <= target_ms else (middle, high)
+        low, high = (middle, high) if model.predict(at(middle)) <= target_ms else (low, middle)
         steps += 1
-    widths = at(high)
+    widths = at(low)
     predicted = model.predict(widths)
     return Search(widths, predicted, predicted <= target_ms, steps)
 

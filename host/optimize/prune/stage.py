@@ -306,8 +306,11 @@ class LatencyChooser:
 
     def __call__(self, scores: dict[str, Any], widths: dict[str, int]) -> dict[str, int]:
         from .latency import search_widths
+        from .sensitivity import magnitude_costs
 
-        found = search_widths(self.model, {name: score.tolist() for name, score in scores.items()}, self.target)
+        costs = self.saved.get("accuracy_costs") or magnitude_costs(
+            {name: score.tolist() for name, score in scores.items()}, self.model.spaces)
+        found = search_widths(self.model, costs, self.target)
         self.path, self.scores = found.path, scores
         saved = self.saved
         self.result = {"target_ms": self.target, "predicted_ms": found.predicted_ms, "reached": found.reached,
