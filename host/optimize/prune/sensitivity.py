@@ -22,6 +22,8 @@ from typing import Any, Iterator, Mapping, Optional
 
 Curve = list[tuple[int, float]]  # (width, accuracy cost), widest first; the full width costs 0
 SENSITIVITY_IMAGES = 128  # training images per loss: paired (the same images at every width), so few suffice
+MIN_IMAGES = 16  # ... and never fewer, whatever the budget
+COST_BUDGET_S = 120.0  # a push's share for measuring costs: large inputs (224×224) get fewer images, not hours
 
 
 def regular(points: Mapping[int, float]) -> Curve:
@@ -70,32 +72,40 @@ def magnitude_costs(scores: Mapping[str, list[float]], spaces: Mapping[str, Any]
 
 
 def measured_costs(model: Any, graph: Any, groups: list[Any], scores: Mapping[str, Any],
-                   widths: Mapping[str, list[int]], images: Any, labels: Any, output: Any = 0) -> dict[str, Curve]:
+                   widths: Mapping[str, list[int]], images: Any, labels: Any, output: Any = 0,
+                   budget_s: float = COST_BUDGET_S) -> dict[str, Curve]:
     """Each group's curve at ``widths[name]``: loss with its lowest-scoring channels masked, minus the loss of
-    the model as it is (the mean cross-entropy on ``images``). The model is left as it was."""
+    the model as it is (the mean cross-entropy on ``images``). Fewer images (down to MIN_IMAGES) when one loss
+    times the number of masks would pass ``budget_s``. The model is left as it was."""
+    import time
+
     import torch
 
     from .structured import cut_for
 
-    def loss() -> float:
-        return mean_loss(model, images, labels, output)
-
+    todo = [(group, kept) for group in groups if group.name in scores and group.name in widths
+            for kept in widths[group.name] if kept < group.width]
+    training = model.training
     model.eval()
-    with torch.no_grad():
-        base = loss()
-        curves = {}
-        for group in groups:
-            if group.name not in scores or group.name not in widths:
-                continue
-            points = {group.width: 0.0}
-            for kept in widths[group.name]:
-                cut = cut_for(graph, group, torch.as_tensor(scores[group.name]), kept) if kept < group.width else None
-                if cut is None:
-                    continue
-                with masked(graph, graph.get_pruning_group(*cut)):
-                    points[kept] = loss() - base
-            curves[group.name] = regular(points)
-    return curves
+    try:
+        with torch.no_grad():
+            start = time.perf_counter()
+            base = mean_loss(model, images, labels, output)
+            spent = time.perf_counter() - start
+            if todo and spent * len(todo) > budget_s and len(images) > MIN_IMAGES:
+                keep = max(MIN_IMAGES, int(len(images) * budget_s / (spent * len(todo))))
+                images, labels = images[:keep], labels[:keep]
+                base = mean_loss(model, images, labels, output)
+            points: dict[str, dict[int, float]] = {}
+            for group, kept in todo:
+                cut = cut_for(graph, group, torch.as_tensor(scores[group.name]), kept)
+                line = points.setdefault(group.name, {group.width: 0.0})
+                if cut is not None:
+                    with masked(graph, graph.get_pruning_group(*cut)):
+                        line[kept] = mean_loss(model, images, labels, output) - base
+    finally:
+        model.train(training)
+    return {name: regular(line) for name, line in points.items()}
 
 
 def mean_loss(model: Any, images: Any, labels: Any, output: Any = 0, chunk: int = 64) -> float:
