@@ -17,7 +17,9 @@ each batch size and each target (a fraction of the unpruned model's measured lat
 
 Both are fine-tuned alike (same epochs, seed, learning rate), exported to ONNX and timed side by side
 (interleaved rounds). Columns: top-1 of each, measured latency of each, the target, and the latency
-model's error (predicted vs measured, latency-aware widths).
+model's error (predicted vs measured, latency-aware widths). "device ms" is the closed loop's measurement by the
+agent (what the product prunes to and its budget enforces); "aware ms" is this script's side-by-side timing of
+the fine-tuned file, in its own process (a burst of load on the shared machine shows in it, in both arms).
 
 Data set: CIFAR-100 (``--cifar``, the python-pickle folder) where present: 100 classes at 32×32 leave
 room for the pruning choice to show in top-1. Without it: the digits made hard (Gaussian noise σ=70 grey
@@ -152,11 +154,15 @@ def onnx_of(net: Any, path: Path) -> Path:
     return path
 
 
+UNIFORM_PROBES = 6  # four left MobileNetV2's uniform arm at 1.9x the latency-aware model's time at b1, 1/8
+
+
 def uniform_at_measured(model: Any, protect: list, latency: Any, goal_ms: float, batch: int, work: Path) -> tuple:
-    """Uniform widths whose measured latency matches ``goal_ms``: bisection on one keep-fraction."""
+    """Uniform widths whose measured latency matches ``goal_ms``: bisection on one keep-fraction, from the latency
+    model's guess, at most UNIFORM_PROBES measurements (small models time noisily on a shared machine)."""
     low, high = 0.0, 1.0
     best = None
-    for attempt in range(4):
+    for attempt in range(UNIFORM_PROBES):
         fraction = (low + high) / 2 if attempt else _predicted_fraction(latency, goal_ms)
         widths = {name: aligned(space, fraction) for name, space in latency.spaces.items()}
         path = onnx_of(pruned_copy(model, protect, widths), work / f"uniform-probe-{attempt}.onnx")
@@ -251,9 +257,10 @@ def main() -> None:
                 error = (found.predicted_ms - aware_ms) / aware_ms
                 met = aware_ms <= target * (1 + TARGET_SLACK)
                 first = found.rounds[0]
-                row = [f"{arch}×{width}", batch, f"{fraction:g}", target, aware_ms, uniform_ms, found.predicted_ms,
-                       f"{(first.predicted_ms - first.measured_ms) / first.measured_ms:+.0%}", len(found.rounds),
-                       f"{error:+.0%}", "yes" if met else "no", f"{base_top1:.2%}", f"{aware_top1:.2%}",
+                row = [f"{arch}×{width}", batch, f"{fraction:g}", target, found.measured_ms, aware_ms, uniform_ms,
+                       found.predicted_ms, f"{(first.predicted_ms - first.measured_ms) / first.measured_ms:+.0%}",
+                       len(found.rounds), f"{error:+.0%}", "yes" if found.met else "no", "yes" if met else "no",
+                       f"{base_top1:.2%}", f"{aware_top1:.2%}",
                        f"{uniform_top1:.2%}", f"{(aware_top1 - uniform_top1) * 100:+.1f}"]
                 rows.append(row)
                 console.print(row)
@@ -263,15 +270,16 @@ def main() -> None:
                                 "model_error": error, "check_rounds": [vars(r) for r in found.rounds],
                                 "predicted_before_correction_ms": first.predicted_ms,
                                 "error_before_correction": (first.predicted_ms - first.measured_ms) / first.measured_ms,
-                                "loop_measured_ms": found.measured_ms, "met": met, "baseline_top1": base_top1,
+                                "loop_measured_ms": found.measured_ms, "met": met, "met_on_device": found.met,
+                                "baseline_top1": base_top1,
                                 "aware_top1": aware_top1, "uniform_top1": uniform_top1, "aware_widths": found.widths,
                                 "uniform_widths": uniform_widths_, "latency_model": cost,
                                 "latency_backend": out.get("backend")})
                 (work / "partial.json").write_text(json.dumps(results))  # a run cut short still leaves its rows
     stop_agent(work / "device")
-    columns = ["model", "batch", "target ×", "target ms", "aware ms", "uniform ms", "predicted ms", "err before",
-               "rounds", "model err",
-               "met ≤15%", "unpruned top-1", "aware top-1", "uniform top-1", "Δ pt"]
+    columns = ["model", "batch", "target ×", "target ms", "device ms", "aware ms", "uniform ms", "predicted ms",
+               "err before", "rounds", "model err", "met on device", "met side by side", "unpruned top-1",
+               "aware top-1", "uniform top-1", "Δ pt"]
     report(args.name, "latency-aware vs uniform pruning at equal measured latency (local, ONNX Runtime fp32)",
            columns, rows, {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
                            "data": "cifar" if args.cifar else "hard digits (noise σ=70, shifts ≤6 px)"})
