@@ -96,3 +96,37 @@ def test_scores_become_curves_of_the_channels_removed_lowest_first():
     spaces = {"g": group_space("g", 32, 8, 1, 0.75)}
     curves = magnitude_costs({"g": [float(i) for i in range(32)]}, spaces)
     assert curves["g"] == [(w, float(sum(range(32 - w)))) for w in (32, 24, 16, 8)]
+
+
+def test_a_group_that_cannot_be_masked_is_left_whole_by_the_search():
+    """A user's model torch-pruning cannot follow in one group: the others are still measured, and that group
+    gets a cost no saving outweighs (named by ``unmeasured``), so the latency search does not cut it blind."""
+    from edgekit.host.optimize.prune.latency import LatencyModel, search_widths
+    from edgekit.host.optimize.prune.sensitivity import unmeasured
+
+    from .test_latency_prune import synthetic_table, two_groups
+
+    torch.manual_seed(0)
+    model = settled(resnet20(num_classes=10, width=0.5))
+    example = torch.zeros(1, 3, 32, 32)
+    graph = build_graph(model, example)
+    groups = prune_groups(graph, model, output_layers(model, example))
+    scores = {g.name: channel_scores(importance("magnitude", 2), g) for g in groups}
+    broken = groups[0]
+    follow = graph.get_pruning_group
+
+    def refuse(module, *args, **kwargs):
+        if module is broken.root:
+            raise IndexError("index mapping failed")
+        return follow(module, *args, **kwargs)
+
+    graph.get_pruning_group = refuse
+    curves = measured_costs(model, graph, groups, scores, {g.name: [g.width // 2] for g in groups},
+                            torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    assert unmeasured(curves) == [broken.name] and len(curves) == len(groups)
+
+    layers, spaces = two_groups()
+    latency = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
+    costs = {"a": curves[broken.name], "b": [(32, 0.0), (8, 50.0)]}  # b is dear, a unmeasured: b is cut
+    found = search_widths(latency, costs, latency.predict(latency.full()) * 0.9)
+    assert found.widths["a"] == 32 and found.widths["b"] < 32

@@ -56,7 +56,7 @@ from ..optimize.prune.latency import (
     resolve_target,
     whole_widths,
 )
-from ..optimize.prune.sensitivity import SENSITIVITY_IMAGES, Curve, measured_costs
+from ..optimize.prune.sensitivity import SENSITIVITY_IMAGES, Curve, measured_costs, unmeasured
 from .bundle import file_entries
 
 Say = Callable[[str], None]
@@ -192,7 +192,12 @@ def search_costs(model: Any, spec: Any, graph: Any, groups: list[Any], protect: 
     widths = {name: grid(space, space.width) for name, space in spaces.items()}
     say(f"accuracy cost of each prunable group at {sum(len(w) - 1 for w in widths.values())} widths, measured on "
         f"{len(images)} training images (channels masked, no training)")
-    return measured_costs(model, graph, groups, scores, widths, images, labels, spec.output)
+    curves = measured_costs(model, graph, groups, scores, widths, images, labels, spec.output)
+    skipped = unmeasured(curves)
+    if skipped:
+        say(f"left whole by the latency search (their channels could not be masked to measure a cost): "
+            f"{', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}")
+    return curves
 
 
 def check_widths(config: Config, device_name: str, path: Path, costs: Callable[[], dict[str, Curve]],

@@ -5,7 +5,7 @@ from one group to the next. torch-pruning's channel scores are not: they are nor
 so one channel of a residual stream (feeding every block of a stage) "costs" what one channel inside a block
 costs, while removing it saves the time of every layer it feeds. A search on those scores cuts the residual
 streams first and loses far more accuracy than uniform pruning at the same latency (issue 24's first run at
-scale: ResNet-20 ×4, stage-1 stream cut from 64 to 8 channels, 25-32 points below uniform).
+scale: ResNet-20 ×4, stage-1 stream cut from 64 to 8 channels, up to 32 points below uniform).
 
 So the cost of a group at a width is measured (``measured_costs``): the model's cross-entropy on real training
 images with that group's lowest-scoring channels masked (their producers' weights, biases and running means
@@ -24,6 +24,7 @@ Curve = list[tuple[int, float]]  # (width, accuracy cost), widest first; the ful
 SENSITIVITY_IMAGES = 128  # training images per loss: paired (the same images at every width), so few suffice
 MIN_IMAGES = 16  # ... and never fewer, whatever the budget
 COST_BUDGET_S = 120.0  # a push's share for measuring costs: large inputs (224×224) get fewer images, not hours
+UNMEASURED = 1e9  # the cost of cutting a group that could not be masked: no latency saving is worth it
 
 
 def regular(points: Mapping[int, float]) -> Curve:
@@ -97,15 +98,29 @@ def measured_costs(model: Any, graph: Any, groups: list[Any], scores: Mapping[st
                 images, labels = images[:keep], labels[:keep]
                 base = mean_loss(model, images, labels, output)
             points: dict[str, dict[int, float]] = {}
+            failed: dict[str, Any] = {}
             for group, kept in todo:
-                cut = cut_for(graph, group, torch.as_tensor(scores[group.name]), kept)
+                if group.name in failed:
+                    continue
                 line = points.setdefault(group.name, {group.width: 0.0})
-                if cut is not None:
-                    with masked(graph, graph.get_pruning_group(*cut)):
-                        line[kept] = mean_loss(model, images, labels, output) - base
+                try:
+                    cut = cut_for(graph, group, torch.as_tensor(scores[group.name]), kept)
+                    if cut is not None:
+                        with masked(graph, graph.get_pruning_group(*cut)):
+                            line[kept] = mean_loss(model, images, labels, output) - base
+                except Exception as exc:  # noqa: BLE001 - a user's model torch-pruning cannot follow here
+                    failed[group.name] = exc
     finally:
         model.train(training)
-    return {name: regular(line) for name, line in points.items()}
+    curves = {name: regular(line) for name, line in points.items() if name not in failed}
+    for name in failed:  # not measured, so not cut: the latency search leaves it whole rather than guess
+        curves[name] = [(max(points[name]), 0.0), (0, UNMEASURED)]
+    return curves
+
+
+def unmeasured(curves: Mapping[str, Curve]) -> list[str]:
+    """The groups ``measured_costs`` could not mask (the search leaves them whole)."""
+    return [name for name, curve in curves.items() if curve and curve[-1][1] >= UNMEASURED]
 
 
 def mean_loss(model: Any, images: Any, labels: Any, output: Any = 0, chunk: int = 64) -> float:
