@@ -32,18 +32,25 @@ def settled(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def graph_of(factory=resnet20) -> tuple:
+    """A settled model at half width, its dependency graph, the groups that may be cut (the classifier's outputs
+    are never cut) and their magnitude scores."""
+    torch.manual_seed(0)
+    model = settled(factory(num_classes=10, width=0.5))
+    example = torch.zeros(1, 3, 32, 32)
+    graph = build_graph(model, example)
+    protect = output_layers(model, example)
+    groups = prune_groups(graph, model, protect)
+    scores = {g.name: channel_scores(importance("magnitude", 2), g) for g in groups}
+    return model, example, graph, protect, groups, scores
+
+
 @pytest.mark.parametrize("factory", [resnet20, mobilenetv2], ids=["resnet20", "mobilenetv2"])
 def test_masking_a_group_computes_what_pruning_it_computes(factory):
     """Residual streams (coupled across blocks and shortcuts), inner convs and depthwise groups: the masked model's
     loss is the pruned model's, so the cost the search reads is the cut it makes."""
-    torch.manual_seed(0)
-    model = settled(factory(num_classes=10, width=0.5))
-    example = torch.zeros(1, 3, 32, 32)
+    model, example, graph, protect, groups, scores = graph_of(factory)
     images, labels = torch.randn(24, 3, 32, 32), torch.randint(0, 10, (24,))
-    graph = build_graph(model, example)
-    protect = output_layers(model, example)  # the classifier's outputs are never cut
-    groups = prune_groups(graph, model, protect)
-    scores = {g.name: channel_scores(importance("magnitude", 2), g) for g in groups}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     checked = 0
     for group in groups[:: max(1, len(groups) // 5)]:
@@ -62,14 +69,8 @@ def test_masking_a_group_computes_what_pruning_it_computes(factory):
 
 
 def test_measured_costs_rise_as_groups_narrow_and_leave_the_model_as_it_was():
-    torch.manual_seed(0)
-    model = settled(resnet20(num_classes=10, width=0.5))
-    example = torch.zeros(1, 3, 32, 32)
+    model, _, graph, _, groups, scores = graph_of()
     images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    graph = build_graph(model, example)
-    protect = output_layers(model, example)  # the classifier's outputs are never cut
-    groups = prune_groups(graph, model, protect)
-    scores = {g.name: channel_scores(importance("magnitude", 2), g) for g in groups}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     widths = {g.name: [g.width, g.width // 2, g.width // 4] for g in groups}
     curves = measured_costs(model, graph, groups, scores, widths, images, labels)
@@ -106,12 +107,7 @@ def test_a_group_that_cannot_be_masked_is_left_whole_by_the_search():
 
     from .test_latency_prune import synthetic_table, two_groups
 
-    torch.manual_seed(0)
-    model = settled(resnet20(num_classes=10, width=0.5))
-    example = torch.zeros(1, 3, 32, 32)
-    graph = build_graph(model, example)
-    groups = prune_groups(graph, model, output_layers(model, example))
-    scores = {g.name: channel_scores(importance("magnitude", 2), g) for g in groups}
+    model, _, graph, _, groups, scores = graph_of()
     broken = groups[0]
     follow = graph.get_pruning_group
 
