@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import console, digits, report, side_by_side, trained
+from common import RESULTS, console, digits, report, side_by_side, trained
 
 from edgekit.host.config import deploy_toml, load_config
 from edgekit.host.optimize.export.onnx_export import export_onnx
@@ -206,6 +206,33 @@ def stop_agent(root: Path) -> None:
             pass
 
 
+def retime(source: str, model: Any, work: Path, name: str) -> None:
+    """Rebuild every aware and uniform file of a result (``--retime NAME``: the widths it recorded, untrained
+    copies of the cached model) and time them all with the unpruned model in one interleaved run: a check of
+    the script's per-row timing, as ratios to the unpruned model."""
+    results = [r for r in json.loads((RESULTS / f"{source}.json").read_text())["results"]]
+    files = {"unpruned": onnx_of(model, work / "retime-full.onnx")}
+    for index, row in enumerate(results):
+        for arm in ("aware", "uniform"):
+            net = pruned_copy(model, ["fc"], row[f"{arm}_widths"])
+            files[f"{arm} b{row['batch']} {row['fraction']:g}"] = onnx_of(net, work / f"retime-{arm}-{index}.onnx")
+    batch = results[0]["batch"]
+    timed = side_by_side(files, batch, rounds=7, per_round=10)
+    full = timed["unpruned"]["median"]
+    rows, data = [], {}
+    for key, value in timed.items():
+        arm, _, fraction = key.partition(" b")
+        recorded = next((r for r in results if f"{r['batch']} {r['fraction']:g}" == fraction), None)
+        agent = recorded["loop_measured_ms"] / recorded["unpruned_ms"] if recorded and arm == "aware" else None
+        script = recorded[f"{arm}_ms"] / recorded["unpruned_ms"] if recorded else None
+        rows.append([key, value["median"], value["median"] / full, script, agent])
+        data[key] = {"median_ms": value["median"], "ratio": value["median"] / full, "row_ratio": script,
+                     "agent_ratio": agent}
+    report(name, f"{source}: every file again, one interleaved run at batch {batch} (ratios to unpruned)",
+           ["file", "ms", "× unpruned", "× in the row's run", "× by the agent"], rows,
+           {"source": source, "files": data})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20:4,mobilenetv2:1")
@@ -220,6 +247,7 @@ def main() -> None:
     parser.add_argument("--finetune-images", type=int, default=0, help="fine-tune on this many of them (0: all)")
     parser.add_argument("--cifar", type=Path, default=None, help="a CIFAR-100/10 python-pickle folder")
     parser.add_argument("--name", default="latency_prune", help="results/<name>.json")
+    parser.add_argument("--retime", default="", help="a result's name: time its files again in one run")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekit-latency-prune")
     args = parser.parse_args()
     work = args.work
@@ -229,6 +257,10 @@ def main() -> None:
         data = Dataset(Split(data.train.images[:args.train_images], data.train.labels[:args.train_images]), data.test,
                        data.classes)
     mean, std = channel_stats(data.train)
+    if args.retime:
+        arch, width = args.models.split(",")[0].split(":")
+        retime(args.retime, trained(work, arch, float(width), args.epochs, data, lr=args.lr)[0], work, args.name)
+        return
     rows, results = [], []
     for spec in args.models.split(","):
         arch, width = spec.split(":")
