@@ -67,6 +67,7 @@ from edgekit.host.optimize.prune.structured import (
     prune_copy,
     prune_groups,
 )
+from edgekit.host.outputs import output_layers
 from edgekit.host.ship.latency import measure_widths, run_job, variant_forms, write_variants
 from edgekit.host.train.data import Dataset, Split, channel_stats, load_cifar, normalize
 from edgekit.host.train.loop import top1, train
@@ -211,10 +212,11 @@ def retime(source: str, model: Any, work: Path, name: str) -> None:
     copies of the cached model) and time them all with the unpruned model in one interleaved run: a check of
     the script's per-row timing, as ratios to the unpruned model."""
     results = [r for r in json.loads((RESULTS / f"{source}.json").read_text())["results"]]
+    protect = output_layers(model.eval(), torch.zeros(1, 3, 32, 32))
     files = {"unpruned": onnx_of(model, work / "retime-full.onnx")}
     for index, row in enumerate(results):
         for arm in ("aware", "uniform"):
-            net = pruned_copy(model, ["fc"], row[f"{arm}_widths"])
+            net = pruned_copy(model, protect, row[f"{arm}_widths"])
             files[f"{arm} b{row['batch']} {row['fraction']:g}"] = onnx_of(net, work / f"retime-{arm}-{index}.onnx")
     batch = results[0]["batch"]
     timed = side_by_side(files, batch, rounds=7, per_round=10)
