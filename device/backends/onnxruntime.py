@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import platform
+import statistics
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -38,21 +41,49 @@ def choose_providers(available: List[str], requested: Any) -> List[str]:
     return chosen + ["CPUExecutionProvider"]
 
 
+PROFILE_RUNS = 30  # profiled runs per whole model; the first third (allocations, thread start) is not counted
+
+
 class OrtEngine(Engine):
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, profiler: Optional[Callable[[str], Any]] = None) -> None:
         self.session = session
         self.input = session.get_inputs()[0].name
         self.output = session.get_outputs()[0].name
+        self.profiler = profiler  # a second session of the same file, with ONNX Runtime's profiler on
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input: inputs})[0]
 
-    def benchmark(self, batch: int, plan: Plan, **_: Any) -> Dict[str, Any]:
+    def benchmark(self, batch: int, plan: Plan, profile_layers: bool = False, **_: Any) -> Dict[str, Any]:
         shape = [batch] + [int(d) for d in self.session.get_inputs()[0].shape[1:]]
         data = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         result = measure(lambda: self.run(data), batch, plan)
         result["transfers"] = "host memory (CPU): no separate H2D/D2H"
+        if profile_layers and self.profiler is not None:
+            result["layers_ms"] = self._profile_layers(data)
         return result
+
+    def _profile_layers(self, data: np.ndarray, runs: int = PROFILE_RUNS) -> Dict[str, float]:
+        """Median time per node as ONNX Runtime's profiler reports it (its own JSON trace, read here), from a
+        separate session: the timed one must not pay for profiling. Names are ONNX Runtime's node names after
+        its fusions (often the fused chain's output tensor); the host maps them onto its layers."""
+        with tempfile.TemporaryDirectory(prefix="edgekit-ort-profile-") as folder:
+            session = self.profiler(str(Path(folder) / "profile"))
+            feed = {session.get_inputs()[0].name: data}
+            for _ in range(runs):
+                session.run(None, feed)
+            trace = session.end_profiling()
+            return node_times(json.loads(Path(trace).read_text()), skip=runs // 3)
+
+
+def node_times(trace: List[Dict[str, Any]], skip: int = 0) -> Dict[str, float]:
+    """ONNX Runtime's profile (Chrome trace events) → median ms per node over its runs, ``skip`` first runs out."""
+    runs = {}  # type: Dict[str, List[float]]
+    for event in trace:
+        name = event.get("name", "") if isinstance(event, dict) else ""
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            runs.setdefault(name[:-len("_kernel_time")], []).append(float(event.get("dur", 0)) / 1000.0)
+    return {name: float(statistics.median(times[skip:] or times)) for name, times in runs.items()}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -89,6 +120,12 @@ class OnnxRuntimeBackend(Backend):
                 "threads": int(options.get("threads", 0))}
 
     def load(self, engine_dir: Path, meta: Dict[str, Any]) -> Engine:
-        session = self.ort.InferenceSession(str(engine_dir / meta["file"]), sess_options=self._options(meta),
-                                            providers=meta["providers"])
-        return OrtEngine(session)
+        path = str(engine_dir / meta["file"])
+        session = self.ort.InferenceSession(path, sess_options=self._options(meta), providers=meta["providers"])
+
+        def profiler(prefix: str) -> Any:
+            options = self._options(meta)
+            options.enable_profiling = True
+            options.profile_file_prefix = prefix
+            return self.ort.InferenceSession(path, sess_options=options, providers=meta["providers"])
+        return OrtEngine(session, profiler)

@@ -39,13 +39,16 @@ class Runtime:
     # its default inference precision, ONNX Runtime FP32
     baseline_precision: str = "fp32"
     # a latency model (prune.target_latency_ms) read from its per-layer profiler on a few whole models, rather
-    # than built and timed one layer variant at a time (device/jobs/latency.py)
+    # than built and timed one layer variant at a time (device/jobs/latency.py): layers timed in context, where a
+    # small layer alone carries a per-call overhead and misses the caches and threads a whole model runs with
+    # (ONNX Runtime at batch 1: the layer table mispredicted MobileNetV2 by -60...+80 %). OpenVINO's counters name
+    # its own transformed nodes (BatchNorm folded into "Multiply_45673"), not the ONNX file's: it times layers
     layer_profile: bool = False
 
 
 # In the order the agent lists them (status, `edgekit device check`).
 RUNTIMES: Dict[str, Runtime] = {runtime.name: runtime for runtime in (
-    Runtime("onnxruntime", race_rank=1),
+    Runtime("onnxruntime", race_rank=1, layer_profile=True),
     Runtime("openvino", fp16=True, race_rank=0, fallback="onnxruntime", build_keys=("openvino_device",),
             precisions=("int8", "fp16", "fp32"), baseline_precision="fp16"),
     Runtime("tensorrt", fp16=True, fp16_typed_files=True, precisions=("int8", "fp16", "fp32"),

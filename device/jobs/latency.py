@@ -33,6 +33,8 @@ BASELINE_VARIANT = "whole:baseline"  # ... this one at the report's baseline pre
 WHOLE_ROUNDS = 5
 WARMUP_RUNS = 3
 PROGRESS_EVERY_S = 1.0
+PROFILE_WARMUP_S = 0.1  # a whole model in profile mode: warm-up, then at least this long timed (and the iterations)
+PROFILE_TIMED_S = 0.5
 SAVE_EVERY = 8
 
 
@@ -168,12 +170,15 @@ def _measure(job: Job, backend: Backend, files: Mapping[str, Path], plan: Mappin
 def _profile(job: Job, backend: Backend, files: Mapping[str, Path], plan: Mapping[str, Any], todo: list,
              table: Dict[str, float], profiles: Dict[str, Dict[str, float]], precision: str, manifest: Manifest,
              path: Path) -> None:
-    """Whole models only (a few engines, not one per layer variant): each timed, then run once more under the
-    runtime's per-layer profiler (TensorRT's IProfiler, ``benchmark(profile_layers=True)``), whose layer names
-    and times go back to the host as they are; the host maps them onto its layers and groups."""
+    """Whole models only (a few engines, not one per layer variant): each timed alone, then run again under the
+    runtime's per-layer profiler (TensorRT's IProfiler, ONNX Runtime's profiler: ``benchmark(profile_layers=True)``),
+    whose layer names and times go back to the host as they are; the host maps them onto its layers and groups.
+    Timed for at least PROFILE_TIMED_S as well as the plan's iterations: a sub-millisecond model's median over 14
+    runs moves by a fifth between two measurements of the same file."""
     start = time.monotonic()
     work = job.folder / "latency-build"
-    timing = Plan(warmup_s=0.0, duration_s=0.0, min_iterations=int(plan["iterations"]) * 2, cv_warn_percent=1e9)
+    timing = Plan(warmup_s=PROFILE_WARMUP_S, duration_s=PROFILE_TIMED_S, min_iterations=int(plan["iterations"]) * 2,
+                  cv_warn_percent=1e9)
     cpu = describe_cpu()
     try:
         for done, ident in enumerate(todo, 1):
