@@ -340,17 +340,30 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "trt_profile_two_groups
 
 
 def profiled_two_groups() -> tuple[list[Layer], dict[str, GroupSpace], dict, dict, list]:
-    """The two-group model of the tests above under the names torch's exporter gives, with the recorded
+    """The two-group model of the tests above, its layers named as ``describe_layers`` names them and its ONNX
+    nodes as torch's exporter does (the wrapper's ``model.`` before every weight), with the recorded
     (synthetic: see its note) TensorRT profiles of its whole models at every profiled level."""
-    from edgekit.host.optimize.prune.layer_profile import parse_exported_profile
+    from edgekit.host.optimize.prune.layer_profile import node_layers, parse_exported_profile
 
     recorded = json.loads(FIXTURE.read_text())
     layers, spaces = two_groups()
-    layers = [Layer(**{**vars(layer), "name": f"model.{name}"}) for layer, name in zip(layers, ("stem", "mid", "fc"))]
     profiles = {ident: parse_exported_profile(json.dumps(rows)) for ident, rows in recorded["profiles"].items()}
-    nodes = {name: weight[:-len(".weight")] for name, _, weight in recorded["onnx_nodes"] if weight}
-    order = [name for name, _, _ in recorded["onnx_nodes"]]
+    nodes, order = node_layers(chain_graph(recorded["onnx_nodes"]), layers)
     return layers, spaces, profiles, nodes, order
+
+
+def chain_graph(nodes: list) -> object:
+    """An ONNX model of (name, op, weight) nodes in a chain, each weight an initializer."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    made, weights, tensor = [], [], "input"
+    for index, (name, op, weight) in enumerate(nodes):
+        inputs = [tensor] + ([weight] if weight else [])
+        weights += [numpy_helper.from_array(np.zeros((1, 1), np.float32), weight)] if weight else []
+        tensor = f"t{index}"
+        made.append(helper.make_node(op, inputs, [tensor], name=name))
+    return helper.make_model(helper.make_graph(made, "chain", [], [], weights))
 
 
 def test_tensorrt_layer_times_go_to_the_layers_their_names_cover():
@@ -363,16 +376,16 @@ def test_tensorrt_layer_times_go_to_the_layers_their_names_cover():
     per_layer, rest = attribute(full, nodes, order, weights)
     stem, mid, foreign = (next(ms for name, ms in full.items() if name.startswith(prefix))
                           for prefix in ("/model/stem/Conv +", "/model/mid/Conv +", "{ForeignNode"))
-    assert per_layer == {"model.stem": stem, "model.mid": mid, "model.fc": foreign}  # the range reaches only fc
+    assert per_layer == {"stem": stem, "mid": mid, "fc": foreign}  # the range reaches only fc
     reformat = next(ms for name, ms in full.items() if name.startswith("Reformatting"))
     assert rest == pytest.approx(reformat)  # a copy that names the stem is nobody's layer time
     # one Myelin layer over both convs: split by their MACs
     fused = {"{ForeignNode[/model/stem/Conv.../model/mid/Conv]}": 1.0}
     split, _ = attribute(fused, nodes, order, weights)
-    assert split["model.stem"] / split["model.mid"] == pytest.approx(weights["model.stem"] / weights["model.mid"])
-    assert "model.fc" not in split and sum(split.values()) == pytest.approx(1.0)
+    assert split["stem"] / split["mid"] == pytest.approx(weights["stem"] / weights["mid"])
+    assert "fc" not in split and sum(split.values()) == pytest.approx(1.0)
     # node names are matched whole: "/model/stem/Conv_1" is not "/model/stem/Conv"
-    assert attribute({"/model/stem/Conv_1 + /model/relu/Relu": 1.0}, nodes, order, weights) == ({}, 1.0)
+    assert attribute({"/model/stem/Conv_1 + /model/pool/GlobalAveragePool": 1.0}, nodes, order, weights) == ({}, 1.0)
     assert set(level_widths(spaces)) == set(profiles)
 
 
@@ -395,6 +408,95 @@ def test_a_latency_model_from_tensorrt_profiles_predicts_what_the_layers_cost():
         assert model.predict(widths) == pytest.approx(truth(widths) + extra, rel=0.05), widths
     found = search_widths(model, {}, model.predict(model.full()) / 2)
     assert found.reached and found.widths["a"] < found.widths["b"]  # cuts where the profile says time goes
+
+
+def exported_whole(tmp_path: Path, arch: str) -> tuple[list[Layer], dict[str, GroupSpace], Path]:
+    """A zoo model's layers as the search names them and its unpruned whole model as the latency job sends it."""
+    import torch
+
+    from edgekit.host.config import deploy_toml, load_config
+    from edgekit.host.optimize.prune.latency import describe_layers
+    from edgekit.host.optimize.prune.structured import PruneSpec, prunable
+    from edgekit.host.ship.latency import whole_onnx
+    from edgekit.host.train.models import create_model
+
+    (tmp_path / "deploy.toml").write_text(deploy_toml(project={"name": arch}, data={"path": "data"}, model={
+        "arch": arch, "num_classes": 10, "checkpoint": "runs/none.pt"}))
+    config = load_config(tmp_path / "deploy.toml")
+    model = create_model(arch, 10, 1.0).eval()
+    example = torch.zeros(1, *config.input.shape)
+    spec = PruneSpec(enabled=True)
+    graph, protect, _, groups = prunable(model, spec, example, example, lambda _: None)
+    spaces = {g.name: group_space(g.name, g.width, spec.round_to, g.ch_groups, spec.max_layer_ratio) for g in groups}
+    path = tmp_path / f"{arch}.onnx"
+    path.write_bytes(whole_onnx(model, protect, {}, config, tmp_path))
+    return describe_layers(model, graph, groups, example), spaces, path
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2"])
+def test_onnx_runtime_profile_of_a_whole_model_lands_on_its_layers(tmp_path, arch):
+    """ONNX Runtime's own per-node profile of the exported model, as the agent reads it, is given to the layers
+    the search prunes: every Conv/Gemm gets time, and what nobody owns (pooling, layout copies) is small."""
+    import onnx
+
+    from edgekit.device.backends.onnxruntime import OnnxRuntimeBackend
+    from edgekit.device.benchmark import Plan
+    from edgekit.host.optimize.prune.layer_profile import attribute, macs, node_layers
+
+    layers, _, path = exported_whole(tmp_path, arch)
+    nodes, order = node_layers(onnx.load(str(path)), layers)
+    assert set(nodes.values()) == {layer.name for layer in layers}  # the exporter's "model." prefix is read through
+    backend = OnnxRuntimeBackend()
+    (tmp_path / "engine").mkdir()
+    meta = backend.build(path, tmp_path / "engine", {"precision": "fp32", "batch_sizes": [1]}, lambda _: None)
+    engine = backend.load(tmp_path / "engine", meta)
+    try:
+        result = engine.benchmark(1, Plan(warmup_s=0.0, duration_s=0.0, min_iterations=3, cv_warn_percent=1e9),
+                                  profile_layers=True)
+    finally:
+        engine.close()
+    profile = result["layers_ms"]
+    assert len(result["samples_ms"]) >= 3 and profile and all(ms >= 0 for ms in profile.values())
+    per_layer, rest = attribute(profile, nodes, order, {layer.name: macs(layer, layer.cin, layer.cout)
+                                                        for layer in layers})
+    assert set(per_layer) == {layer.name for layer in layers}
+    assert rest < 0.2 * sum(profile.values()), sorted(profile.items(), key=lambda item: -item[1])[:5]
+
+
+def test_onnx_runtime_trace_to_node_times():
+    from edgekit.device.backends.onnxruntime import node_times
+
+    def event(name: str, dur: int, cat: str = "Node") -> dict:
+        return {"cat": cat, "name": name, "dur": dur, "args": {"op_name": "FusedConv"}}
+
+    trace = [event("model_run", 900, "Session"), event("a_fence_before", 0)]
+    trace += [event("a_kernel_time", dur) for dur in (500, 100, 120, 140)]  # the first run: allocations
+    trace += [event("b_nchwc_kernel_time", dur) for dur in (50, 10, 10, 30)]
+    assert node_times(trace, skip=1) == {"a": pytest.approx(0.12), "b_nchwc": pytest.approx(0.01)}
+    assert node_times([event("a_kernel_time", 40)], skip=3) == {"a": pytest.approx(0.04)}  # fewer runs than skipped
+
+
+def test_runtime_renamed_nodes_map_to_the_layer_they_were():
+    """ONNX Runtime's passes rename what they rewrite ("<tensor>_nchwc", "<node>_token_12"), and the residual add
+    after a conv runs fused into it: those times belong to that conv's layer, a skip connection's source's not."""
+    from edgekit.host.optimize.prune.layer_profile import attribute, node_layers
+
+    layers, _ = two_groups()
+    model = chain_graph([("/model/stem/Conv", "Conv", "model.stem.weight"), ("/model/relu/Relu", "Relu", ""),
+                         ("/model/mid/Conv", "Conv", "model.mid.weight")])
+    add = onnx_node("Add", ["t2", "t1"], ["sum"], "/model/Add")  # mid's output + the relu's (also read by mid)
+    model.graph.node.append(add)
+    nodes, order = node_layers(model, layers)
+    assert nodes["/model/Add"] == "mid" and nodes["sum"] == "mid"
+    profile = {"/model/relu/Relu_output_0_nchwc": 0.0, "t1_nchwc": 1.0, "/model/mid/Conv_token_7": 2.0, "sum": 4.0,
+               "ReorderOutput": 8.0}
+    assert attribute(profile, nodes, order, {"stem": 1.0, "mid": 1.0}) == ({"stem": 1.0, "mid": 6.0}, 8.0)
+
+
+def onnx_node(op: str, inputs: list, outputs: list, name: str) -> object:
+    from onnx import helper
+
+    return helper.make_node(op, inputs, outputs, name=name)
 
 
 def test_a_variant_is_timed_in_the_file_the_runtime_builds_at_its_precision():
@@ -501,8 +603,10 @@ def test_the_variants_come_in_the_forms_the_device_will_build_at_its_precision()
     cpu_status = {"backends": {"onnxruntime": {"available": True}}, "cpu": vnni}
     auto = DeviceSection(kind="local", root="/nonexistent", backend="auto", precision="auto")
     forms = variant_forms(auto, cpu_status)
-    assert not forms.profile and forms.kinds == {"model.onnx", "model.int8.cpu.onnx"}
+    assert forms.profile and forms.kinds == {"model.onnx", "model.int8.cpu.onnx"}  # ONNX Runtime's profiler
     assert variant_forms(auto, cpu_status, int8=False).kinds == {"model.onnx"}  # quantize.enabled = false
+    with_openvino = {"backends": {"onnxruntime": {"available": True}, "openvino": {"available": True}}, "cpu": vnni}
+    assert not variant_forms(auto, with_openvino).profile  # OpenVINO's counters name its own nodes: layers timed
     unknown_cpu = variant_forms(auto.model_copy(update={"precision": "int8"}), None)  # no status: both CPU kinds
     assert {"model.int8.cpu.onnx", "model.int8.cpu.avx2.onnx"} <= unknown_cpu.kinds
     jetson = DeviceSection(kind="local", root="/nonexistent", backend="tensorrt", precision="int8")

@@ -30,11 +30,10 @@ from .prepare import job_backends
 
 WHOLE = "whole:"  # whole-model variants (the host's ``latency.WHOLE_LEVELS``) ...
 BASELINE_VARIANT = "whole:baseline"  # ... this one at the report's baseline precision (target_speedup's reference)
-WHOLE_ROUNDS = 5
 WARMUP_RUNS = 3
 PROGRESS_EVERY_S = 1.0
-PROFILE_WARMUP_S = 0.1  # a whole model in profile mode: warm-up, then at least this long timed (and the iterations)
-PROFILE_TIMED_S = 0.5
+WHOLE_WARMUP_S = 0.1  # a whole model: warm-up, then at least this long timed (and the plan's iterations)
+WHOLE_TIMED_S = 0.5
 SAVE_EVERY = 8
 
 
@@ -49,8 +48,9 @@ def latency_target(job: Job, manifest: Manifest, files: Mapping[str, Path], plan
     pairs = job_candidates(list(backends), manifest.precision, list(form), manifest.build.get("int8_mode", "explicit"),
                            cpu)
     profile = plan["mode"] == "profile"
-    pairs = [(name, precision) for name, precision in pairs if layer_profile(name) == profile
-             and (profile or name in cpu_runtimes()) and manifest.precision in (AUTO, precision)]
+    # a profile plan needs a runtime with a per-layer profiler; any CPU runtime times layer variants
+    pairs = [(name, precision) for name, precision in pairs if (layer_profile(name) if profile else
+             name in cpu_runtimes()) and manifest.precision in (AUTO, precision)]
     if not pairs:
         raise JobError("the latency model {} here: {} (use prune.ratio on this device)".format(
             "needs a runtime with a per-layer profiler (TensorRT)" if profile else "is measured on CPU runtimes or "
@@ -172,13 +172,9 @@ def _profile(job: Job, backend: Backend, files: Mapping[str, Path], plan: Mappin
              path: Path) -> None:
     """Whole models only (a few engines, not one per layer variant): each timed alone, then run again under the
     runtime's per-layer profiler (TensorRT's IProfiler, ONNX Runtime's profiler: ``benchmark(profile_layers=True)``),
-    whose layer names and times go back to the host as they are; the host maps them onto its layers and groups.
-    Timed for at least PROFILE_TIMED_S as well as the plan's iterations: a sub-millisecond model's median over 14
-    runs moves by a fifth between two measurements of the same file."""
+    whose layer names and times go back to the host as they are; the host maps them onto its layers and groups."""
     start = time.monotonic()
     work = job.folder / "latency-build"
-    timing = Plan(warmup_s=PROFILE_WARMUP_S, duration_s=PROFILE_TIMED_S, min_iterations=int(plan["iterations"]) * 2,
-                  cv_warn_percent=1e9)
     cpu = describe_cpu()
     try:
         for done, ident in enumerate(todo, 1):
@@ -189,7 +185,7 @@ def _profile(job: Job, backend: Backend, files: Mapping[str, Path], plan: Mappin
             engine = _load(backend, files[variant_file(form, backend.name, at, options.get("int8_mode", "explicit"),
                                                        cpu)], work / "whole", options)
             try:
-                result = engine.benchmark(plan["batch"], timing, profile_layers=True)
+                result = engine.benchmark(plan["batch"], _whole_timing(plan), profile_layers=True)
                 table[ident] = float(statistics.median(result["samples_ms"]))
                 profiles[ident] = {str(name): float(ms) for name, ms in result.get("layers_ms", {}).items()}
             finally:
@@ -212,28 +208,33 @@ def _check_bound(start: float, plan: Mapping[str, Any], path: Path, table: Dict[
 
 def _time_wholes(job: Job, backend: Backend, files: Mapping[str, Path], plan: Mapping[str, Any], wholes: list,
                  precision: str, manifest: Manifest, work: Path) -> Dict[str, float]:
-    """The whole models in alternating rounds (a busy device slows them alike): median over every round."""
-    engines = {}
+    """Each whole model loaded, timed and closed alone, as the agent serves one. Interleaved in one process, every
+    ONNX Runtime session kept its thread pool spinning beside the one being timed: the same unpruned MobileNetV2
+    read 1.61 ms in one round-robin, 1.38 ms in another and 1.34 ms alone."""
     cpu = describe_cpu()
+    times = {}
     try:
         for ident in wholes:
             at = baseline_precision(backend.name) if ident == BASELINE_VARIANT else precision
             form = plan["variants"][ident]
             options = _options(job, manifest, files, backend, form, at, plan["batch"])
-            engines[ident] = _load(backend, files[variant_file(form, backend.name, at,
-                                                               options.get("int8_mode", "explicit"), cpu)],
-                                   work / ident.replace(":", "-"), options)
-        samples = {ident: [] for ident in wholes}  # type: Dict[str, List[float]]
-        timing = Plan(warmup_s=0.0, duration_s=0.0, min_iterations=int(plan["iterations"]) * 2, cv_warn_percent=1e9)
-        for round_index in range(WHOLE_ROUNDS):
-            for ident, engine in engines.items():
-                warmup = WARMUP_RUNS if round_index == 0 else 1
-                samples[ident].extend(_samples(engine, plan["batch"], timing, warmup))
-        return {ident: float(statistics.median(values)) for ident, values in samples.items()}
+            engine = _load(backend, files[variant_file(form, backend.name, at, options.get("int8_mode", "explicit"),
+                                                       cpu)], work / "whole", options)
+            try:
+                times[ident] = float(statistics.median(engine.benchmark(plan["batch"], _whole_timing(plan))[
+                    "samples_ms"]))
+            finally:
+                engine.close()
+        return times
     finally:
-        for engine in engines.values():
-            engine.close()
         shutil.rmtree(str(work), ignore_errors=True)
+
+
+def _whole_timing(plan: Mapping[str, Any]) -> Plan:
+    """A whole model: warmed up, then timed for at least WHOLE_TIMED_S and twice the plan's iterations (a
+    sub-millisecond model's median over 14 runs moves by a fifth between two measurements of the same file)."""
+    return Plan(warmup_s=WHOLE_WARMUP_S, duration_s=WHOLE_TIMED_S, min_iterations=int(plan["iterations"]) * 2,
+                cv_warn_percent=1e9)
 
 
 def _load(backend: Backend, model: Path, work: Path, options: Dict[str, Any]) -> Any:

@@ -152,7 +152,10 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
     report, files, plan = run_job(config, device_name, device, prepare, graph_id, say, on_event)
     table = dict(report["ms"])
     if report.get("mode") == "profile":
-        table.update(profile_table_of(files[plan[f"whole:{1.0}"][MODEL_FP32]], layers, spaces, report["profiles"]))
+        whole = plan[f"whole:{1.0}"]
+        table.update(profile_table_of([files[whole[MODEL_FP32]]] + [files[name] for kind, name in whole.items()
+                                                                    if kind != MODEL_FP32], layers, spaces,
+                                      report["profiles"]))
     # the file is the prune stage's input: only what the table says goes in (not whether it was measured now)
     saved = {"device": device_name, "backend": report.get("backend"), "precision": report.get("precision"),
              "precision_requested": report.get("precision_requested", device.precision),
@@ -257,14 +260,21 @@ def check_files(model: Any, protect: list[str], widths: dict[str, int], config: 
     return files, plan, forms
 
 
-def profile_table_of(whole: Path, layers: list[Layer], spaces: dict[str, GroupSpace],
+def profile_table_of(wholes: list[Path], layers: list[Layer], spaces: dict[str, GroupSpace],
                      profiles: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The layer variants' table from TensorRT's profiles, its layer names read against the whole model's nodes."""
+    """The layer variants' table from the runtime's per-layer profiles (TensorRT's, ONNX Runtime's), its names
+    read against the unpruned whole model's nodes in every form sent (the runtime ran one of them: an INT8
+    file's nodes are not the float one's); Myelin ranges are read in the float file's node order."""
     import onnx
 
     from ..optimize.prune.layer_profile import node_layers, profile_table
 
-    nodes, order = node_layers(onnx.load(str(whole), load_external_data=False), layers)
+    nodes: dict[str, str] = {}
+    order: list[str] = []
+    for path in wholes:
+        mapped, names = node_layers(onnx.load(str(path), load_external_data=False), layers)
+        nodes.update(mapped)
+        order = order or names
     return profile_table(layers, spaces, profiles, nodes, order)
 
 

@@ -45,18 +45,63 @@ def parse_exported_profile(text: str) -> dict[str, float]:
     return times
 
 
+_WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1, "ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3,
+                 "QLinearMatMul": 3}  # where each op that carries a layer's weights takes them
+_WEIGHT_PASSES = ("Identity", "DequantizeLinear", "Transpose", "Cast")  # between an initializer and its layer
+_WEIGHT_SUFFIXES = ("_quantized", "_DequantizeLinear_Output", ".weight")
+# What a runtime fuses into the Conv/Gemm before it (TensorRT "conv + relu", ONNX Runtime's FusedConv with its
+# activation or residual add), so a time reported under its name is that layer's. Pooling, reshapes and
+# concatenations are not: they stay nobody's and the whole-model fit carries them.
+_FUSABLE = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Sum", "Mul",
+                      "BatchNormalization", "QuantizeLinear", "DequantizeLinear", "QLinearAdd"})
+# ONNX Runtime's graph passes rename what they rewrite: its NCHWc layout pass the outputs ("<tensor>_nchwc"), its
+# NHWC pass for INT8 kernels the nodes ("<node>_token_145"), either possibly on the other
+_RUNTIME_SUFFIX = re.compile(r"(_nchwc|_token_\d+)+$")
+
+
 def node_layers(model: Any, layers: Iterable[Layer]) -> tuple[dict[str, str], list[str]]:
-    """The ONNX file's Conv/Gemm nodes → our layer names (by the weight initializer ``<layer>.weight``), and every
-    node name in graph order (a Myelin range's ends may be any node)."""
+    """The ONNX file's names → our layer names, and every node name in graph order (a Myelin range's ends may be
+    any node). Mapped: each Conv/Gemm node (by its weight initializer ``[model.]<layer>.weight``, reached through
+    Identity or DequantizeLinear in deduplicated or INT8 files) and, under both its node and its output names,
+    what a runtime fuses into it: the activations and the residual add after it (through single-consumer
+    edges: a skip connection's source is not the add's layer)."""
+    graph = model.graph
     names = {layer.name for layer in layers}
-    mapping = {}
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
-            weight = node.input[1]
-            owner = weight[:-len(".weight")] if weight.endswith(".weight") else weight
-            if owner in names:
-                mapping[node.name] = owner
-    return mapping, [node.name for node in model.graph.node]
+    initializers = {tensor.name for tensor in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for tensor in node.input:
+            consumers[tensor] = consumers.get(tensor, 0) + 1
+    mapping: dict[str, str] = {}
+    for node in graph.node:  # topological order: a node's producers are mapped before it
+        owner = _weight_owner(node, producer, initializers, names) if node.op_type in _WEIGHT_INPUT else \
+            _fused_owner(node, producer, consumers, mapping) if node.op_type in _FUSABLE else None
+        if owner is not None:
+            mapping[node.name] = owner
+            mapping.update({output: owner for output in node.output})
+    return mapping, [node.name for node in graph.node]
+
+
+def _weight_owner(node: Any, producer: Mapping[str, Any], initializers: set[str], names: set[str]) -> str | None:
+    index = _WEIGHT_INPUT[node.op_type]
+    if len(node.input) <= index:
+        return None
+    tensor = node.input[index]
+    while tensor not in initializers and tensor in producer and producer[tensor].op_type in _WEIGHT_PASSES:
+        tensor = producer[tensor].input[0]
+    for suffix in _WEIGHT_SUFFIXES:
+        tensor = tensor[:-len(suffix)] if tensor.endswith(suffix) else tensor
+    parts = tensor.split(".")
+    # the exporter's wrapper adds leading module names ("model.<layer>"): the longest tail that is a layer
+    return next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in names), None)
+
+
+def _fused_owner(node: Any, producer: Mapping[str, Any], consumers: Mapping[str, int], mapping: Mapping[str, str]
+                 ) -> str | None:
+    owners = [mapping[tensor] for tensor in node.input
+              if tensor in mapping and tensor in producer and consumers.get(tensor, 0) == 1]
+    return owners[-1] if owners else None
 
 
 def macs(layer: Layer, cin: int, cout: int) -> float:
@@ -89,12 +134,17 @@ def attribute(profile: Mapping[str, float], nodes: Mapping[str, str], order: lis
 
 
 def _covered(name: str, nodes: Mapping[str, str], order: list[str], position: Mapping[str, int]) -> list[str]:
-    tokens = [token for token in _SEPARATORS.split(name) if token]
+    tokens = [_runtime_name(token) for token in _SEPARATORS.split(name) if token]
     if "ForeignNode" in name:
         ends = [position[token] for token in tokens if token in position]
         if len(ends) >= 2:
             return [node for node in order[min(ends):max(ends) + 1] if node in nodes]
     return [token for token in tokens if token in nodes]
+
+
+def _runtime_name(token: str) -> str:
+    """A name as the ONNX file has it, without what a runtime's own graph passes appended."""
+    return _RUNTIME_SUFFIX.sub("", token)
 
 
 def level_widths(spaces: Mapping[str, GroupSpace]) -> dict[str, dict[str, int]]:
