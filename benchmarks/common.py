@@ -53,32 +53,34 @@ def trained(work: Path, arch: str, width: float, epochs: int, data: Dataset, lr:
     return model.eval(), mean, std
 
 
-def quiet_session(path: Path) -> Any:
-    """The host's ONNX Runtime session, with its thread pool not spinning when idle: several sessions interleaved in
-    one process otherwise leave each other's threads spinning on the cores (on 2 cores, the unpruned ResNet-20 ×4
-    read 16.8 ms among six other sessions against 5.9 ms alone)."""
+def agent_session(path: Path) -> Any:
+    """An ONNX Runtime session as the agent serves a model (``device/backends/onnxruntime.py``): every graph
+    optimisation, the runtime's default thread pool (spinning when idle)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def side_by_side(models: dict[str, Path], batch: int, rounds: int = 7, per_round: int = 10) -> dict[str, dict]:
-    """Median latency per model, candidates interleaved round by round (sessions that do not spin when idle)."""
-    sessions = {name: quiet_session(path) for name, path in models.items()}
+    """Median latency per model in alternating rounds (a busy machine slows them alike), each round a fresh
+    session timed alone and closed, as the agent times and serves one. Sessions alive side by side leave their
+    idle threads spinning on the cores: on 2 cores the unpruned ResNet-20 ×4 read 16.8 ms among six other
+    sessions against 5.9 ms alone; turning spinning off instead measured another policy than the device's (the
+    unpruned MobileNetV2 at batch 1: 2.1 ms against 1.34 ms as served)."""
     data = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
     timings: dict[str, list[float]] = {name: [] for name in models}
-    for s in sessions.values():  # warm-up
-        for _ in range(3):
-            s.run(None, {s.get_inputs()[0].name: data})
     for _ in range(rounds):
-        for name, s in sessions.items():
-            feed = {s.get_inputs()[0].name: data}
+        for name, path in models.items():
+            session = agent_session(path)
+            feed = {session.get_inputs()[0].name: data}
+            for _ in range(3):  # warm-up: the pool's threads, the first allocations
+                session.run(None, feed)
             for _ in range(per_round):
                 tick = time.perf_counter()
-                s.run(None, feed)
+                session.run(None, feed)
                 timings[name].append((time.perf_counter() - tick) * 1000)
+            del session
     return {name: summarize(values) for name, values in timings.items()}
 
 
