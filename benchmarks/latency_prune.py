@@ -68,7 +68,7 @@ from edgekit.host.optimize.prune.structured import (
     prune_groups,
 )
 from edgekit.host.outputs import output_layers
-from edgekit.host.ship.latency import measure_widths, run_job, variant_forms, write_variants
+from edgekit.host.ship.latency import measure_widths, run_job, table_of, variant_forms, write_variants
 from edgekit.host.train.data import Dataset, Split, channel_stats, load_cifar, normalize
 from edgekit.host.train.loop import top1, train
 
@@ -115,9 +115,10 @@ def measure_latency_model(work: Path, name: str, model: Any, batch: int) -> tupl
         return files, plan, forms
 
     graph_id = graph_hash(layers, spaces)
-    out, _, plan = run_job(config, "local", device, prepare, graph_id, lambda m: None, lambda e: None)
+    out, files, plan = run_job(config, "local", device, prepare, graph_id, lambda m: None, lambda e: None)
     saved = {"layers": [vars(layer) for layer in layers], "spaces": [vars(s) for s in spaces.values()],
-             "table": out["ms"], "baseline_ms": out["ms"][BASELINE]}
+             "table": table_of(out, files, plan, layers, spaces), "baseline_ms": out["ms"][BASELINE],
+             "mode": out.get("mode")}
     path = work / f"latency-{name}-b{batch}.json"
     path.write_text(json.dumps(saved))
     latency, _ = load_model_file(path)

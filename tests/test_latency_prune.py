@@ -433,20 +433,21 @@ def exported_whole(tmp_path: Path, arch: str) -> tuple[list[Layer], dict[str, Gr
     return describe_layers(model, graph, groups, example), spaces, path
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("arch", ["resnet20", "mobilenetv2"])
-def test_onnx_runtime_profile_of_a_whole_model_lands_on_its_layers(tmp_path, arch):
-    """ONNX Runtime's own per-node profile of the exported model, as the agent reads it, is given to the layers
+def test_a_runtime_profile_of_a_whole_model_lands_on_its_layers(tmp_path, arch, runtime):
+    """The runtime's own per-node profile of the exported model, as the agent reads it, is given to the layers
     the search prunes: every Conv/Gemm gets time, and what nobody owns (pooling, layout copies) is small."""
     import onnx
 
-    from edgekit.device.backends.onnxruntime import OnnxRuntimeBackend
+    from edgekit.device.backends import get_backend
     from edgekit.device.benchmark import Plan
     from edgekit.host.optimize.prune.layer_profile import attribute, macs, node_layers
 
     layers, _, path = exported_whole(tmp_path, arch)
     nodes, order = node_layers(onnx.load(str(path)), layers)
     assert set(nodes.values()) == {layer.name for layer in layers}  # the exporter's "model." prefix is read through
-    backend = OnnxRuntimeBackend()
+    backend = get_backend(runtime)
     (tmp_path / "engine").mkdir()
     meta = backend.build(path, tmp_path / "engine", {"precision": "fp32", "batch_sizes": [1]}, lambda _: None)
     engine = backend.load(tmp_path / "engine", meta)
@@ -464,6 +465,7 @@ def test_onnx_runtime_profile_of_a_whole_model_lands_on_its_layers(tmp_path, arc
 
 
 def test_onnx_runtime_trace_to_node_times():
+    from edgekit.device.backends.base import median_per_layer
     from edgekit.device.backends.onnxruntime import node_times
 
     def event(name: str, dur: int, cat: str = "Node") -> dict:
@@ -472,8 +474,10 @@ def test_onnx_runtime_trace_to_node_times():
     trace = [event("model_run", 900, "Session"), event("a_fence_before", 0)]
     trace += [event("a_kernel_time", dur) for dur in (500, 100, 120, 140)]  # the first run: allocations
     trace += [event("b_nchwc_kernel_time", dur) for dur in (50, 10, 10, 30)]
-    assert node_times(trace, skip=1) == {"a": pytest.approx(0.12), "b_nchwc": pytest.approx(0.01)}
-    assert node_times([event("a_kernel_time", 40)], skip=3) == {"a": pytest.approx(0.04)}  # fewer runs than skipped
+    runs = node_times(trace)
+    assert runs == {"a": [0.5, 0.1, 0.12, 0.14], "b_nchwc": [0.05, 0.01, 0.01, 0.03]}
+    assert median_per_layer(runs, runs_done=4) == {"a": pytest.approx(0.12), "b_nchwc": pytest.approx(0.01)}
+    assert median_per_layer({"a": [0.04]}, runs_done=9) == {"a": pytest.approx(0.04)}  # fewer runs than skipped
 
 
 def test_runtime_renamed_nodes_map_to_the_layer_they_were():
@@ -491,6 +495,11 @@ def test_runtime_renamed_nodes_map_to_the_layer_they_were():
     profile = {"/model/relu/Relu_output_0_nchwc": 0.0, "t1_nchwc": 1.0, "/model/mid/Conv_token_7": 2.0, "sum": 4.0,
                "ReorderOutput": 8.0}
     assert attribute(profile, nodes, order, {"stem": 1.0, "mid": 1.0}) == ({"stem": 1.0, "mid": 6.0}, 8.0)
+    # a weight renamed on the way (BatchNorm folded on the graph): the node's scopes name the module
+    folded = chain_graph([("/model/features/features.1/block/block.0/block.0.0/Conv", "Conv",
+                           "/model/features/features.1/block/block.0/block.0.0/Conv.folded_weight")])
+    deep = Layer("features.1.block.0.0", "conv", 3, 32, None, "a", (3, 3), (1, 1), (1, 1), (1, 1), 1, False, (32, 32))
+    assert set(node_layers(folded, [deep])[0].values()) == {"features.1.block.0.0"}
 
 
 def onnx_node(op: str, inputs: list, outputs: list, name: str) -> object:
@@ -606,7 +615,7 @@ def test_the_variants_come_in_the_forms_the_device_will_build_at_its_precision()
     assert forms.profile and forms.kinds == {"model.onnx", "model.int8.cpu.onnx"}  # ONNX Runtime's profiler
     assert variant_forms(auto, cpu_status, int8=False).kinds == {"model.onnx"}  # quantize.enabled = false
     with_openvino = {"backends": {"onnxruntime": {"available": True}, "openvino": {"available": True}}, "cpu": vnni}
-    assert not variant_forms(auto, with_openvino).profile  # OpenVINO's counters name its own nodes: layers timed
+    assert variant_forms(auto, with_openvino).profile  # both CPU runtimes profile their layers
     unknown_cpu = variant_forms(auto.model_copy(update={"precision": "int8"}), None)  # no status: both CPU kinds
     assert {"model.int8.cpu.onnx", "model.int8.cpu.avx2.onnx"} <= unknown_cpu.kinds
     jetson = DeviceSection(kind="local", root="/nonexistent", backend="tensorrt", precision="int8")

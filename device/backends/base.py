@@ -13,6 +13,15 @@ from ..contract.runtimes import Runtime, runtime
 Progress = Callable[[str], None]
 
 
+PROFILE_RUNS = 30  # runs under a runtime's per-layer profiler; the first third (allocations, thread start) not counted
+
+
+def median_per_layer(runs: Dict[str, list], runs_done: int = PROFILE_RUNS) -> Dict[str, float]:
+    """Each profiled layer's median ms over its runs after the first third of ``runs_done``."""
+    skip = runs_done // 3
+    return {name: float(np.median(times[skip:] or times)) for name, times in runs.items()}
+
+
 class BackendUnavailable(RuntimeError):
     """The backend's runtime is not installed or cannot run on this device."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 
 from ..benchmark import Plan, measure
 from ..cpu import cpu_model, describe_cpu
-from .base import Backend, BackendUnavailable, Engine, Progress
+from .base import PROFILE_RUNS, Backend, BackendUnavailable, Engine, Progress, median_per_layer
 
 ENGINE_FILE = "model.ort.onnx"
 # Providers we never pick automatically: TensorRT has its own backend, the others need setup.
@@ -39,9 +38,6 @@ def choose_providers(available: List[str], requested: Any) -> List[str]:
         return list(requested)
     chosen = [p for p in available if p not in _SKIP and p != "CPUExecutionProvider"]
     return chosen + ["CPUExecutionProvider"]
-
-
-PROFILE_RUNS = 30  # profiled runs per whole model; the first third (allocations, thread start) is not counted
 
 
 class OrtEngine(Engine):
@@ -73,17 +69,17 @@ class OrtEngine(Engine):
             for _ in range(runs):
                 session.run(None, feed)
             trace = session.end_profiling()
-            return node_times(json.loads(Path(trace).read_text()), skip=runs // 3)
+            return median_per_layer(node_times(json.loads(Path(trace).read_text())), runs)
 
 
-def node_times(trace: List[Dict[str, Any]], skip: int = 0) -> Dict[str, float]:
-    """ONNX Runtime's profile (Chrome trace events) → median ms per node over its runs, ``skip`` first runs out."""
+def node_times(trace: List[Dict[str, Any]]) -> Dict[str, List[float]]:
+    """ONNX Runtime's profile (Chrome trace events) → each node's ms in every run, in run order."""
     runs = {}  # type: Dict[str, List[float]]
     for event in trace:
         name = event.get("name", "") if isinstance(event, dict) else ""
         if event.get("cat") == "Node" and name.endswith("_kernel_time"):
             runs.setdefault(name[:-len("_kernel_time")], []).append(float(event.get("dur", 0)) / 1000.0)
-    return {name: float(statistics.median(times[skip:] or times)) for name, times in runs.items()}
+    return runs
 
 
 class OnnxRuntimeBackend(Backend):

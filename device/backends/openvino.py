@@ -20,7 +20,7 @@ import numpy as np
 
 from ..benchmark import Plan, measure
 from ..cpu import cpu_model, describe_cpu
-from .base import Backend, BackendUnavailable, Engine, Progress
+from .base import PROFILE_RUNS, Backend, BackendUnavailable, Engine, Progress, median_per_layer
 
 IR_FILE = "model.xml"
 DEFAULT_DEVICE = "CPU"
@@ -102,16 +102,50 @@ class OpenVinoEngine(Engine):
             result = request.infer({0: data}, shared_memory=True)
         return np.array(result[0], copy=True)
 
-    def benchmark(self, batch: int, plan: Plan, **_: Any) -> Dict[str, Any]:
+    def benchmark(self, batch: int, plan: Plan, profile_layers: bool = False, **_: Any) -> Dict[str, Any]:
         data = np.random.default_rng(0).standard_normal([batch] + self.chw).astype(np.float32)
         result = measure(lambda: self.run(data), batch, plan)
         result["transfers"] = ("host memory (CPU): no separate H2D/D2H" if self.device == "CPU"
                                else "{}: transfers included in latency".format(self.device))
+        if profile_layers:
+            result["layers_ms"] = self._profile_layers(data)
         return result
+
+    def _profile_layers(self, data: np.ndarray, runs: int = PROFILE_RUNS) -> Dict[str, float]:
+        """Median ms per executed node (OpenVINO's performance counters, read after every run: they hold the last
+        one), from a second compile with the counters on, so the timed one does not pay for them. Each node is
+        named by the ONNX nodes it was made of (the runtime model's ``originalLayersNames``: its own names, such
+        as "Multiply_4979" for a folded BatchNorm, mean nothing to the host); the host maps those onto its layers."""
+        model = self.core.read_model(str(self.ir))
+        model.reshape({model.inputs[0].get_any_name(): list(data.shape)})
+        config = {key: value for key, value in self.config.items() if key != "CACHE_DIR"}
+        compiled = self.core.compile_model(model, self.device, dict(config, PERF_COUNT="YES"))
+        names = original_names(compiled.get_runtime_model())
+        request = compiled.create_infer_request()
+        times = {}  # type: Dict[str, List[float]]
+        for _ in range(runs):
+            request.infer({0: data})
+            for info in request.get_profiling_info():
+                if str(info.status).endswith("EXECUTED"):
+                    times.setdefault(names.get(info.node_name, info.node_name), []).append(
+                        info.real_time.total_seconds() * 1000.0)
+        return median_per_layer(times, runs)
 
     def close(self) -> None:
         self.requests.clear()
         self.compiled.clear()
+
+
+def original_names(runtime_model: Any) -> Dict[str, str]:
+    """Executed node → the source nodes fused into it ("/a/Conv/WithoutBiases, /a/Relu"), where OpenVINO kept them."""
+    names = {}
+    for op in runtime_model.get_ordered_ops():
+        info = op.get_rt_info()
+        if "originalLayersNames" in info:
+            value = info["originalLayersNames"]
+            text = value.astype(str) if hasattr(value, "astype") else str(value)
+            names[op.get_friendly_name()] = ", ".join(part for part in text.split(",") if part)
+    return names
 
 
 def executed_precision(compiled: Any) -> Optional[str]:

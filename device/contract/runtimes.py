@@ -41,8 +41,7 @@ class Runtime:
     # a latency model (prune.target_latency_ms) read from its per-layer profiler on a few whole models, rather
     # than built and timed one layer variant at a time (device/jobs/latency.py): layers timed in context, where a
     # small layer alone carries a per-call overhead and misses the caches and threads a whole model runs with
-    # (ONNX Runtime at batch 1: the layer table mispredicted MobileNetV2 by -60...+80 %). OpenVINO's counters name
-    # its own transformed nodes (BatchNorm folded into "Multiply_45673"), not the ONNX file's: it times layers
+    # (ONNX Runtime at batch 1: the layer table over-predicted MobileNetV2 by 25-56 %)
     layer_profile: bool = False
 
 
@@ -50,7 +49,7 @@ class Runtime:
 RUNTIMES: Dict[str, Runtime] = {runtime.name: runtime for runtime in (
     Runtime("onnxruntime", race_rank=1, layer_profile=True),
     Runtime("openvino", fp16=True, race_rank=0, fallback="onnxruntime", build_keys=("openvino_device",),
-            precisions=("int8", "fp16", "fp32"), baseline_precision="fp16"),
+            precisions=("int8", "fp16", "fp32"), baseline_precision="fp16", layer_profile=True),
     Runtime("tensorrt", fp16=True, fp16_typed_files=True, precisions=("int8", "fp16", "fp32"),
             baseline_precision="fp16", qdq_int8=True, implicit_int8=True, auto_alone=True,
             fallback="onnxruntime", build_keys=("int8_mode", "workspace_mb", "dla_core", "builder_optimization_level"),

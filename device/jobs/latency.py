@@ -1,9 +1,10 @@
 """The latency-model job: time every width variant the host sent, on this device's backend and precision.
 
 Each variant is one layer at one (input, output) width, or a whole model that ties the layers' sum to what a
-whole model costs. Tables are cached in ``<root>/latency/<key>.json`` (key: model graph, backend identity,
-precision, batch, build options), written as the job goes, so a second push measures nothing and a job cut by
-its time bound (``max_seconds``) resumes where it stopped. Progress is an event per few variants.
+whole model costs; in profile mode only whole models, each also run under the runtime's per-layer profiler.
+Tables are cached in ``<root>/latency/<key>.json`` (key: model graph, backend identity, precision, batch, build
+options), written as the job goes, so a second push measures nothing and a job cut by its time bound
+(``max_seconds``) resumes where it stopped. Progress is an event per few variants.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def run_latency_job(job: Job, manifest: Manifest, files: Mapping[str, Path]) -> 
 def _measure(job: Job, backend: Backend, files: Mapping[str, Path], plan: Mapping[str, Any], todo: list,
              table: Dict[str, float], profiles: Dict[str, Dict[str, float]], precision: str, manifest: Manifest,
              path: Path) -> None:
-    """Time every layer variant alone, in the file its runtime builds at ``precision``, then the whole models
-    together (``_time_wholes``); stop, keeping what was measured, at the time bound."""
+    """Time every layer variant alone, in the file its runtime builds at ``precision``, then each whole model
+    (``_time_wholes``); stop, keeping what was measured, at the time bound."""
     start = last = time.monotonic()
     work = job.folder / "latency-build"
     timing = Plan(warmup_s=0.0, duration_s=0.0, min_iterations=int(plan["iterations"]), cv_warn_percent=1e9)

@@ -16,8 +16,11 @@ the agent races the unpruned model at each precision the push's race would build
 fastest (the push re-checks that guess against the precision the final model's race picked:
 ``push.latency_outcome``).
 
-On TensorRT the agent builds a few whole models and reads TensorRT's per-layer profile instead of building one
-engine per layer variant; ``optimize/prune/layer_profile.py`` maps the profile onto the layers here.
+On TensorRT and ONNX Runtime the agent builds a few whole models and reads the runtime's per-layer profile
+instead of building one engine per layer variant (on TensorRT minutes each; on ONNX Runtime a small layer timed
+alone carries a per-call overhead and misses the caches and threads of a whole model: the layer table
+over-predicted MobileNetV2 at batch 1 by 25-56 %); ``optimize/prune/layer_profile.py`` maps the profile onto the
+layers here. OpenVINO times layer variants: its counters name the nodes of its own transformed graph.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def check_target(config: Config, device: DeviceSection, device_name: str) -> Non
 
 @dataclass(frozen=True)
 class Forms:
-    """What the device needs of each variant: ``profile`` (whole models under TensorRT's profiler) or layers
+    """What the device needs of each variant: ``profile`` (whole models under the runtime's profiler) or layers
     alone, and the model-file kinds its runtime may read (``model.onnx`` always: the baseline is float)."""
 
     profile: bool
@@ -150,12 +153,7 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
         return files, plan, forms
 
     report, files, plan = run_job(config, device_name, device, prepare, graph_id, say, on_event)
-    table = dict(report["ms"])
-    if report.get("mode") == "profile":
-        whole = plan[f"whole:{1.0}"]
-        table.update(profile_table_of([files[whole[MODEL_FP32]]] + [files[name] for kind, name in whole.items()
-                                                                    if kind != MODEL_FP32], layers, spaces,
-                                      report["profiles"]))
+    table = table_of(report, files, plan, layers, spaces)
     # the file is the prune stage's input: only what the table says goes in (not whether it was measured now)
     saved = {"device": device_name, "backend": report.get("backend"), "precision": report.get("precision"),
              "precision_requested": report.get("precision_requested", device.precision),
@@ -258,6 +256,19 @@ def check_files(model: Any, protect: list[str], widths: dict[str, int], config: 
     plan = {ident: variant_files(folder, whole_onnx(model, protect, widths, config, folder), forms, files, real),
             BASELINE: variant_files(folder, whole_onnx(model, protect, {}, config, folder), forms, files, real)}
     return files, plan, forms
+
+
+def table_of(report: dict[str, Any], files: dict[str, Path], plan: dict[str, Any], layers: list[Layer],
+             spaces: dict[str, GroupSpace]) -> dict[str, float]:
+    """The latency model's table from the agent's report: what it timed, and in profile mode every layer
+    variant read off the whole models' profiles."""
+    table = dict(report["ms"])
+    if report.get("mode") == "profile":
+        whole = plan[f"whole:{1.0}"]
+        table.update(profile_table_of([files[whole[MODEL_FP32]]] + [files[name] for kind, name in whole.items()
+                                                                    if kind != MODEL_FP32], layers, spaces,
+                                      report["profiles"]))
+    return table
 
 
 def profile_table_of(wholes: list[Path], layers: list[Layer], spaces: dict[str, GroupSpace],
@@ -375,12 +386,17 @@ def _store(folder: Path, payload: bytes, files: dict[str, Path]) -> str:
 
 
 def whole_onnx(model: Any, protect: list[str], widths: dict[str, int], config: Config, folder: Path) -> bytes:
-    """The whole model with every group at ``widths`` (weights irrelevant: it is only timed)."""
+    """The whole model with every group at ``widths`` (weights irrelevant: it is only timed), its BatchNorms
+    folded as the shipped model's are (in torch, what is left on the graph): a runtime that folds them itself
+    names the result after none of its source nodes (OpenVINO: "Multiply_4979"), so a profile could not say
+    whose time it was."""
     import copy
 
     import torch
 
     from ..optimize.export.onnx_export import export_onnx
+    from ..optimize.fold.batchnorm import fold_in_torch
+    from ..optimize.fold.onnx_graph import fold_onnx_file
     from ..optimize.prune.structured import build_graph, prune_groups, prune_to
 
     net = copy.deepcopy(model).eval()
@@ -389,9 +405,11 @@ def whole_onnx(model: Any, protect: list[str], widths: dict[str, int], config: C
         if group.name in widths:
             prune_to(graph, group, torch.arange(group.width // group.ch_groups, dtype=torch.float32),
                      widths[group.name])
+    net, _ = fold_in_torch(net, torch.zeros(1, *config.input.shape), config.model.output)
     path = folder / "whole.tmp.onnx"
     export_onnx(net, path, config.input.shape, opset=config.optimize.opset, input_name=config.input.name,
                 output=config.model.output)
+    fold_onnx_file(path)
     payload = path.read_bytes()
     path.unlink()
     return payload

@@ -1,12 +1,16 @@
-"""A latency model from a runtime's per-layer profile (TensorRT): layer times of a few whole models → the table.
+"""A latency model from a runtime's per-layer profile (TensorRT, ONNX Runtime): a few whole models → the table.
 
-Building one TensorRT engine per layer variant would cost minutes each on a Jetson; instead the agent builds
-the whole model at a few uniform widths (``PROFILE_LEVELS``) and runs each under TensorRT's profiler (IProfiler,
-or ``trtexec --dumpProfile --exportProfile``). TensorRT names its layers after the ONNX nodes it fused
-("/model/conv1/Conv + /model/relu/Relu", "PWN(...)", Myelin's "{ForeignNode[/a/Conv.../b/Gemm]}"); each
-layer's time goes to the Conv/Gemm nodes named in it (a range: every node between its two ends), split by
-MACs when there are several, and each node is one of our ``Layer``s by its weight's name. Reformatting
-layers, pooling and adds alone are nobody's: the whole-model fit (``LatencyModel``'s line) carries them.
+Building one TensorRT engine per layer variant would cost minutes each on a Jetson, and on ONNX Runtime a small
+layer timed alone carries a per-call overhead and misses the caches and threads a whole model runs with; instead
+the agent builds the whole model at a few uniform widths (``PROFILE_LEVELS``) and runs each under the runtime's
+profiler (TensorRT's IProfiler or ``trtexec --dumpProfile --exportProfile``; ONNX Runtime's ``enable_profiling``
+trace). TensorRT names its layers after the ONNX nodes it fused ("/model/conv1/Conv + /model/relu/Relu",
+"PWN(...)", Myelin's "{ForeignNode[/a/Conv.../b/Gemm]}"); ONNX Runtime after the node or output its fused
+kernel ends with, renamed by its layout passes ("/model/relu/Relu_output_0_nchwc", "/model/conv1/Conv_token_12").
+Each layer's time goes to the Conv/Gemm nodes named in it (a range: every node between its two ends), split by
+MACs when there are several; an activation or residual add goes to the Conv it follows (``node_layers``), and
+each Conv is one of our ``Layer``s by its weight's name. Reformatting layers and pooling alone are nobody's: the
+whole-model fit (``LatencyModel``'s line) carries them.
 
 A layer measured at the same fraction of both its widths (the diagonal) gives its time at any other widths
 through its MACs: a (cin, cout) pair is looked up at the diagonal point of the same MACs, interpolated between
@@ -54,9 +58,10 @@ _WEIGHT_SUFFIXES = ("_quantized", "_DequantizeLinear_Output", ".weight")
 # concatenations are not: they stay nobody's and the whole-model fit carries them.
 _FUSABLE = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Sum", "Mul",
                       "BatchNormalization", "QuantizeLinear", "DequantizeLinear", "QLinearAdd"})
-# ONNX Runtime's graph passes rename what they rewrite: its NCHWc layout pass the outputs ("<tensor>_nchwc"), its
-# NHWC pass for INT8 kernels the nodes ("<node>_token_145"), either possibly on the other
-_RUNTIME_SUFFIX = re.compile(r"(_nchwc|_token_\d+)+$")
+# Runtimes rename what they rewrite: ONNX Runtime's NCHWc layout pass the outputs ("<tensor>_nchwc"), its NHWC
+# pass for INT8 kernels the nodes ("<node>_token_145"), either possibly on the other; OpenVINO a Conv whose bias
+# it split off ("<node>/WithoutBiases")
+_RUNTIME_SUFFIX = re.compile(r"(_nchwc|_token_\d+|/WithoutBiases)+$")
 
 
 def node_layers(model: Any, layers: Iterable[Layer]) -> tuple[dict[str, str], list[str]]:
@@ -92,16 +97,32 @@ def _weight_owner(node: Any, producer: Mapping[str, Any], initializers: set[str]
         tensor = producer[tensor].input[0]
     for suffix in _WEIGHT_SUFFIXES:
         tensor = tensor[:-len(suffix)] if tensor.endswith(suffix) else tensor
-    parts = tensor.split(".")
-    # the exporter's wrapper adds leading module names ("model.<layer>"): the longest tail that is a layer
+    return _layer_of(tensor.split("."), names) or _layer_of(_scope_path(node.name), names)
+
+
+def _layer_of(parts: list[str], names: set[str]) -> str | None:
+    """The longest tail of a dotted module path that is a layer: the exporter's wrapper adds leading names."""
     return next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in names), None)
+
+
+def _scope_path(node: str) -> list[str]:
+    """torch's exporter names a node by its module scopes, each child under its parent's name:
+    "/model/features/features.1/block/block.0/block.0.0/Conv" is module ``features.1.block.0.0``. For a weight
+    renamed on the way (BatchNorm folded on the graph: "<node>.folded_weight")."""
+    parts: list[str] = []
+    for scope in [part for part in node.split("/") if part][:-1]:
+        if parts and scope.startswith(parts[-1] + "."):
+            parts[-1] = scope
+        else:
+            parts.append(scope)
+    return ".".join(parts).split(".")
 
 
 def _fused_owner(node: Any, producer: Mapping[str, Any], consumers: Mapping[str, int], mapping: Mapping[str, str]
                  ) -> str | None:
     owners = [mapping[tensor] for tensor in node.input
               if tensor in mapping and tensor in producer and consumers.get(tensor, 0) == 1]
-    return owners[-1] if owners else None
+    return owners[0] if owners else None  # a residual add: the block's own conv comes first (``conv(x) + skip``)
 
 
 def macs(layer: Layer, cin: int, cout: int) -> float:
