@@ -34,6 +34,7 @@ above at the tightest; latency-model prediction within 20 % of measurement.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -45,6 +46,8 @@ from common import RESULTS, console, digits, report, side_by_side, trained
 
 from edgekit.host.config import deploy_toml, load_config
 from edgekit.host.optimize.export.onnx_export import export_onnx
+from edgekit.host.optimize.fold.batchnorm import fold_in_torch
+from edgekit.host.optimize.fold.onnx_graph import fold_onnx_file
 from edgekit.host.optimize.prune.latency import (
     BASELINE,
     CHECK_ROUNDS,
@@ -152,7 +155,12 @@ def pruned_copy(model: Any, protect: list, widths: dict[str, int]) -> Any:
 
 
 def onnx_of(net: Any, path: Path) -> Path:
-    export_onnx(net, path, [3, 32, 32])
+    """The file a push ships (BatchNorm folded in torch, then what is left on the graph), as the latency model's
+    whole models are: ONNX Runtime runs an unfolded export of the same network at other speeds (an untrained
+    pruned MobileNetV2 at batch 1: 0.19 ms unfolded, 0.45 ms folded, both served by the agent's backend)."""
+    folded, _ = fold_in_torch(copy.deepcopy(net).eval(), torch.zeros(1, 3, 32, 32))
+    export_onnx(folded, path, [3, 32, 32])
+    fold_onnx_file(path)
     return path
 
 

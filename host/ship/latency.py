@@ -16,11 +16,11 @@ the agent races the unpruned model at each precision the push's race would build
 fastest (the push re-checks that guess against the precision the final model's race picked:
 ``push.latency_outcome``).
 
-On TensorRT and ONNX Runtime the agent builds a few whole models and reads the runtime's per-layer profile
-instead of building one engine per layer variant (on TensorRT minutes each; on ONNX Runtime a small layer timed
-alone carries a per-call overhead and misses the caches and threads of a whole model: the layer table
+On TensorRT, ONNX Runtime and OpenVINO the agent builds a few whole models and reads the runtime's per-layer
+profile instead of building one engine per layer variant (on TensorRT minutes each; on a CPU a small layer timed
+alone carries a per-call overhead and misses the caches and threads of a whole model: ONNX Runtime's layer table
 over-predicted MobileNetV2 at batch 1 by 25-56 %); ``optimize/prune/layer_profile.py`` maps the profile onto the
-layers here. OpenVINO times layer variants: its counters name the nodes of its own transformed graph.
+layers here. Layer variants remain for a runtime without a profiler (``Forms.profile`` false).
 """
 
 from __future__ import annotations

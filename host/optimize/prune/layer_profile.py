@@ -1,12 +1,14 @@
-"""A latency model from a runtime's per-layer profile (TensorRT, ONNX Runtime): a few whole models → the table.
+"""A latency model from a runtime's per-layer profile (TensorRT, ONNX Runtime, OpenVINO): whole models → the table.
 
-Building one TensorRT engine per layer variant would cost minutes each on a Jetson, and on ONNX Runtime a small
-layer timed alone carries a per-call overhead and misses the caches and threads a whole model runs with; instead
-the agent builds the whole model at a few uniform widths (``PROFILE_LEVELS``) and runs each under the runtime's
+Building one TensorRT engine per layer variant would cost minutes each on a Jetson, and on a CPU a small layer
+timed alone carries a per-call overhead and misses the caches and threads a whole model runs with; instead the
+agent builds the whole model at a few uniform widths (``PROFILE_LEVELS``) and runs each under the runtime's
 profiler (TensorRT's IProfiler or ``trtexec --dumpProfile --exportProfile``; ONNX Runtime's ``enable_profiling``
-trace). TensorRT names its layers after the ONNX nodes it fused ("/model/conv1/Conv + /model/relu/Relu",
-"PWN(...)", Myelin's "{ForeignNode[/a/Conv.../b/Gemm]}"); ONNX Runtime after the node or output its fused
-kernel ends with, renamed by its layout passes ("/model/relu/Relu_output_0_nchwc", "/model/conv1/Conv_token_12").
+trace; OpenVINO's performance counters). TensorRT names its layers after the ONNX nodes it fused
+("/model/conv1/Conv + /model/relu/Relu", "PWN(...)", Myelin's "{ForeignNode[/a/Conv.../b/Gemm]}"); ONNX Runtime
+after the node or output its fused kernel ends with, renamed by its layout passes
+("/model/relu/Relu_output_0_nchwc", "/model/conv1/Conv_token_12"); the agent names OpenVINO's by the source
+nodes OpenVINO says it fused ("/model/conv1/Conv/WithoutBiases, /model/relu/Relu").
 Each layer's time goes to the Conv/Gemm nodes named in it (a range: every node between its two ends), split by
 MACs when there are several; an activation or residual add goes to the Conv it follows (``node_layers``), and
 each Conv is one of our ``Layer``s by its weight's name. Reformatting layers and pooling alone are nobody's: the
