@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--models", default="mobilenetv2:1,resnet20:4")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--name", default="latency_model_error")
+    parser.add_argument("--latency-model", default="profile", choices=("layers", "profile"))
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekit-latency-model-error")
     args = parser.parse_args()
     rows, results = [], []
@@ -58,7 +59,8 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(arch, 10, float(width)).eval()
         work = args.work / f"{arch}x{width}-b{args.batch}"
-        latency, out, _, cost, measure = measure_latency_model(work, f"{arch}x{width}", model, args.batch)
+        latency, out, _, cost, measure = measure_latency_model(work, f"{arch}x{width}", model, args.batch,
+                                                               args.latency_model)
         errors = []
         full = latency.full()
         full_predicted, full_measured = latency.predict(full), measure(full)

@@ -92,7 +92,8 @@ def hard_digits(data: Dataset, seed: int = 0) -> Dataset:
     return Dataset(spoil(data.train), spoil(data.test), data.classes)
 
 
-def measure_latency_model(work: Path, name: str, model: Any, batch: int) -> tuple[Any, dict, list, dict, Any]:
+def measure_latency_model(work: Path, name: str, model: Any, batch: int, method: str = "layers"
+                          ) -> tuple[Any, dict, list, dict, Any]:
     """The local device's latency model of ``model`` at ``batch``, through a real agent and a signed job, and how
     the product's closed loop measures a whole model at chosen widths there (``measure_widths``)."""
     project = work / f"project-{name}-b{batch}"
@@ -100,7 +101,7 @@ def measure_latency_model(work: Path, name: str, model: Any, batch: int) -> tupl
     (project / "deploy.toml").write_text(deploy_toml(
         project={"name": name}, model={"arch": "resnet20", "checkpoint": "none.pt"}, data={"path": "data"},
         input={"batch_sizes": [batch]}, prune={"enabled": True, "target_speedup": 2.0, "target_batch": batch,
-                                               "latency_budget_s": 3600},
+                                               "latency_budget_s": 3600, "latency_model": method},
         devices={"local": {"kind": "local", "root": str(work / "device"), "backend": "onnxruntime",
                            "precision": "fp32"}}))
     config = load_config(project / "deploy.toml")
@@ -112,7 +113,7 @@ def measure_latency_model(work: Path, name: str, model: Any, batch: int) -> tupl
     device = config.device("local")
 
     def prepare(status: dict) -> tuple:
-        forms = variant_forms(device, status)
+        forms = variant_forms(device, status, method=method)
         files, plan = write_variants(model, protect, layers, spaces, config, work / "variants", forms)
         console.print(f"[dim]{name} b{batch}: timing {len(plan)} variants on the local device[/dim]")
         return files, plan, forms
@@ -260,6 +261,8 @@ def main() -> None:
     parser.add_argument("--name", default="latency_prune", help="results/<name>.json")
     parser.add_argument("--retime", default="", help="a result's name: time its files again in one run")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekit-latency-prune")
+    parser.add_argument("--latency-model", default="layers", choices=("layers", "profile"),
+                        help="prune.latency_model: time layer variants, or profile whole models")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -278,7 +281,8 @@ def main() -> None:
         model, _, _ = trained(work, arch, float(width), args.epochs, data, lr=args.lr)
         base_top1 = top1(model.eval(), data.test, mean, std)
         for batch in [int(b) for b in args.batches.split(",")]:
-            latency, out, protect, cost, measure = measure_latency_model(work, f"{arch}x{width}", model, batch)
+            latency, out, protect, cost, measure = measure_latency_model(work, f"{arch}x{width}", model, batch,
+                                                                         args.latency_model)
             unpruned = side_by_side({"full": onnx_of(model, work / "full.onnx")}, batch, rounds=3, per_round=5)
             full_ms = unpruned["full"]["median"]
             costs = costs_of(model, protect, latency, data, mean, std)

@@ -150,6 +150,8 @@ class PruneSection(Strict):
     target_speedup: Optional[float] = Field(default=None, gt=1, description="or: the report's baseline latency / this")
     target_batch: int = Field(default=1, ge=1, le=4096, description="the batch size the target is for")
     latency_budget_s: float = Field(default=300.0, gt=0, le=3600, description="bound on measuring the latency model")
+    latency_model: Literal["layers", "profile"] = Field(
+        default="layers", description="CPU runtimes: time each layer variant, or profile a few whole models")
 
     @model_validator(mode="after")
     def _cost_weight(self) -> "PruneSection":

@@ -612,10 +612,11 @@ def test_the_variants_come_in_the_forms_the_device_will_build_at_its_precision()
     cpu_status = {"backends": {"onnxruntime": {"available": True}}, "cpu": vnni}
     auto = DeviceSection(kind="local", root="/nonexistent", backend="auto", precision="auto")
     forms = variant_forms(auto, cpu_status)
-    assert forms.profile and forms.kinds == {"model.onnx", "model.int8.cpu.onnx"}  # ONNX Runtime's profiler
+    assert not forms.profile and forms.kinds == {"model.onnx", "model.int8.cpu.onnx"}  # layers timed (the default)
+    assert variant_forms(auto, cpu_status, method="profile").profile  # prune.latency_model = "profile"
     assert variant_forms(auto, cpu_status, int8=False).kinds == {"model.onnx"}  # quantize.enabled = false
     with_openvino = {"backends": {"onnxruntime": {"available": True}, "openvino": {"available": True}}, "cpu": vnni}
-    assert variant_forms(auto, with_openvino).profile  # both CPU runtimes profile their layers
+    assert variant_forms(auto, with_openvino, method="profile").profile  # both CPU runtimes have a profiler
     unknown_cpu = variant_forms(auto.model_copy(update={"precision": "int8"}), None)  # no status: both CPU kinds
     assert {"model.int8.cpu.onnx", "model.int8.cpu.avx2.onnx"} <= unknown_cpu.kinds
     jetson = DeviceSection(kind="local", root="/nonexistent", backend="tensorrt", precision="int8")
@@ -753,6 +754,29 @@ def test_the_closed_loop_corrects_a_wrong_table_on_a_real_agent_and_a_second_pus
     new = [device.report(job) for job in {p.name for p in device.jobs.iterdir()} - jobs]
     measuring = [r for r in new if r.get("kind") == "latency_model"]
     assert all(r["measured"] == 0 and not any(i.startswith("whole:check") for i in r["ms"]) for r in measuring)
+
+
+def test_a_profiled_latency_model_on_onnx_runtime_through_a_real_agent(project):
+    """prune.latency_model = "profile" on the local device: the agent profiles a few whole models (no layer
+    variant is sent) and the host reads every layer variant's time off their profiles."""
+    from edgekit.host.config import load_config
+    from edgekit.host.optimize.prune.latency import load_model_file
+    from edgekit.host.optimize.prune.layer_profile import PROFILE_LEVELS
+    from edgekit.host.ship.latency import latency_model_file
+
+    with (project / "deploy.toml").open("a") as toml:
+        toml.write("\n[prune]\nenabled = true\ntarget_latency_ms = 1000.0\ntarget_batch = 1\n"
+                   'latency_model = "profile"\nallow_accuracy_drop = true\n'
+                   '\n[devices.local]\nkind = "local"\nprecision = "fp32"\nbackend = "onnxruntime"\n')
+    said: list[str] = []
+    path = latency_model_file(load_config(project / "deploy.toml"), "local", said.append, lambda _: None)
+    model, saved = load_model_file(path)
+    assert saved["mode"] == "profile" and saved["backend"] == "onnxruntime"
+    assert set(saved["profiles"]) >= {f"whole:{level}" for level in PROFILE_LEVELS}
+    assert any("whole models to profile" in line for line in said)
+    assert set(layer_variants(model.layers, model.spaces)) <= set(saved["table"])
+    assert all(saved["table"][ident] > 0 for ident in layer_variants(model.layers, model.spaces))
+    assert model.predict(model.full()) == pytest.approx(saved["table"]["whole:1.0"], rel=0.25)
 
 
 def test_a_target_missed_after_the_check_rounds_fails_with_the_closest_measured_and_the_table_shows_rounds():

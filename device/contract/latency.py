@@ -8,10 +8,10 @@ code: names, numbers and file names the manifest checks already.
 A variant is one file, or one file per model-file kind (``model.onnx``, ``model.int8.cpu.onnx``,
 ``model.int8.qdq.onnx``...): the INT8 forms of the same variant, quantised on the host, so the agent times the
 file its runtime would build at the precision it ships (``variant_file`` asks ``model_files``, like a push).
-``mode`` is "profile" (whole models only, each timed and run under the runtime's per-layer profiler: TensorRT,
-where one engine per layer variant would cost minutes each, and the CPU runtimes, whose layers timed alone
-mispredict the whole model) or "layers" (every variant built and timed alone: a runtime without a profiler);
-the profile comes back in the report for the host to map onto its layers.
+``mode`` is "layers" (every variant built and timed alone: CPU runtimes by default) or "profile" (whole models
+only, each timed and run under the runtime's per-layer profiler: TensorRT, where one engine per layer variant
+would cost minutes each, and CPU runtimes with ``prune.latency_model = "profile"``); the profile comes back in
+the report for the host to map onto its layers.
 """
 
 from __future__ import annotations

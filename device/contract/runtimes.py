@@ -9,7 +9,7 @@ each ``Backend`` exposes its entry (``Backend.runtime``) and adds what only the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 AUTO = "auto"  # not a runtime: the agent measures the CPU runtimes it has and keeps the fastest
 # Precision "fp16" is a runtime's reduced float precision, no calibration needed: FP16 on TensorRT; on OpenVINO
@@ -38,11 +38,13 @@ class Runtime:
     # the runtime's own default (tests/test_baseline_precision.py): TensorRT users build --fp16, OpenVINO runs
     # its default inference precision, ONNX Runtime FP32
     baseline_precision: str = "fp32"
-    # a latency model (prune.target_latency_ms) read from its per-layer profiler on a few whole models, rather
-    # than built and timed one layer variant at a time (device/jobs/latency.py): layers timed in context, where a
-    # small layer alone carries a per-call overhead and misses the caches and threads a whole model runs with
-    # (ONNX Runtime at batch 1: the layer table over-predicted MobileNetV2 by 25-56 %)
+    # a latency model (prune.target_latency_ms) can be read from its per-layer profiler on a few whole models
+    # (device/jobs/latency.py): layers timed in context, where a small layer alone carries a per-call overhead and
+    # misses the caches and threads a whole model runs with (ONNX Runtime at batch 1: the layer table
+    # over-predicted MobileNetV2 by 25-56 %) ...
     layer_profile: bool = False
+    # ... and whether it can time one layer variant at a time instead (TensorRT cannot: an engine build each)
+    times_layers: bool = True
 
 
 # In the order the agent lists them (status, `edgekit device check`).
@@ -51,7 +53,7 @@ RUNTIMES: Dict[str, Runtime] = {runtime.name: runtime for runtime in (
     Runtime("openvino", fp16=True, race_rank=0, fallback="onnxruntime", build_keys=("openvino_device",),
             precisions=("int8", "fp16", "fp32"), baseline_precision="fp16", layer_profile=True),
     Runtime("tensorrt", fp16=True, fp16_typed_files=True, precisions=("int8", "fp16", "fp32"),
-            baseline_precision="fp16", qdq_int8=True, implicit_int8=True, auto_alone=True,
+            baseline_precision="fp16", qdq_int8=True, implicit_int8=True, auto_alone=True, times_layers=False,
             fallback="onnxruntime", build_keys=("int8_mode", "workspace_mb", "dla_core", "builder_optimization_level"),
             benchmark_keys=("cuda_graph", "profile_layers"),
             benchmark_extras=("cuda_graph", "profile_layers", "cross_check"), cuda_python=True, layer_profile=True),
@@ -137,6 +139,14 @@ def benchmark_keys(backend: str) -> Tuple[str, ...]:
 
 
 def layer_profile(name: str) -> bool:
-    """Whether the latency model on ``name`` comes from its per-layer profile of whole models."""
+    """Whether the latency model on ``name`` can come from its per-layer profile of whole models."""
     entry = RUNTIMES.get(name)
     return entry is not None and entry.layer_profile
+
+
+def profiles_latency(names: Sequence[str], method: str) -> bool:
+    """Whether a latency job over ``names`` profiles whole models: where one of them cannot time layer variants
+    (TensorRT), or where ``prune.latency_model = "profile"`` asks it and every one has a profiler."""
+    entries = [RUNTIMES[name] for name in names if name in RUNTIMES]
+    return any(not entry.times_layers for entry in entries) or (
+        method == "profile" and all(entry.layer_profile for entry in entries))

@@ -16,11 +16,12 @@ the agent races the unpruned model at each precision the push's race would build
 fastest (the push re-checks that guess against the precision the final model's race picked:
 ``push.latency_outcome``).
 
-On TensorRT, ONNX Runtime and OpenVINO the agent builds a few whole models and reads the runtime's per-layer
-profile instead of building one engine per layer variant (on TensorRT minutes each; on a CPU a small layer timed
-alone carries a per-call overhead and misses the caches and threads of a whole model: ONNX Runtime's layer table
-over-predicted MobileNetV2 at batch 1 by 25-56 %); ``optimize/prune/layer_profile.py`` maps the profile onto the
-layers here. Layer variants remain for a runtime without a profiler (``Forms.profile`` false).
+On TensorRT (always) and on ONNX Runtime and OpenVINO with ``prune.latency_model = "profile"`` the agent builds a
+few whole models and reads the runtime's per-layer profile instead of timing one layer variant at a time (on
+TensorRT an engine build each; on a CPU a small layer timed alone carries a per-call overhead and misses the
+caches and threads of a whole model: ONNX Runtime's layer table over-predicted MobileNetV2 at batch 1 by
+25-56 %, while the profile, seeing each layer only at uniform widths, over-states what cutting one of ResNet's
+residual streams saves); ``optimize/prune/layer_profile.py`` maps the profile onto the layers here.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ...device import __version__
 from ...device.contract import manifest as kinds_of
 from ...device.contract.manifest import MODEL_FP32, SCHEMA_VERSION, canonical_bytes, parse_manifest
 from ...device.contract.protocol import LATENCY_MODEL
-from ...device.contract.runtimes import layer_profile
+from ...device.contract.runtimes import profiles_latency
 from ..config import Config, DeviceSection, host_home
 from ..errors import CheckFailed, ConfigError
 from ..optimize.prune.latency import (
@@ -92,10 +93,12 @@ class Forms:
     kinds: frozenset[str]
 
 
-def variant_forms(device: DeviceSection, status: dict[str, Any] | None, int8: bool = True) -> Forms:
+def variant_forms(device: DeviceSection, status: dict[str, Any] | None, int8: bool = True, method: str = "layers"
+                  ) -> Forms:
     """From the device's status (its runtimes, CPU, TensorRT version): the kinds ``model_files`` picks for every
     runtime this job may run on at the device's precision (``auto``: each precision it races), as a push does;
-    without ``int8`` (quantize.enabled = false) no INT8 form, so ``auto`` races only what the push will ship."""
+    without ``int8`` (quantize.enabled = false) no INT8 form, so ``auto`` races only what the push will ship;
+    ``method`` is ``prune.latency_model`` (``profiles_latency`` says what it means on these runtimes)."""
     from ...device.contract.model_files import ModelChoiceError, file_precision, needed_files
     from ..optimize.quantize.fp16 import known_trt_major, needs_typed_files
     from .bundle import device_backends, device_cpus
@@ -115,8 +118,7 @@ def variant_forms(device: DeviceSection, status: dict[str, Any] | None, int8: bo
                 kinds.add(kind)
     if not int8:
         kinds = {kind for kind in kinds if file_precision(kind) != "int8"}
-    profile = all(layer_profile(name) for name in backends)
-    return Forms(profile, frozenset(kinds & set(_WRITERS) | {MODEL_FP32}))
+    return Forms(profiles_latency(backends, method), frozenset(kinds & set(_WRITERS) | {MODEL_FP32}))
 
 
 def latency_model_file(config: Config, device_name: str, say: Say, on_event: EventSink) -> Path:
@@ -144,7 +146,7 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
     graph_id = graph_hash(layers, spaces)
 
     def prepare(status: dict[str, Any] | None) -> tuple[dict[str, Path], dict[str, Any], Forms]:
-        forms = variant_forms(device, status, config.quantize.enabled)
+        forms = variant_forms(device, status, config.quantize.enabled, config.prune.latency_model)
         files, plan = write_variants(model, protect, layers, spaces, config, folder / "files", forms, batch.numpy())
         say(f"latency model of {len(layers)} layers in {len(groups)} prunable groups: {len(plan)} "
             f"{'whole models to profile' if forms.profile else 'variants to time'} on {device_name} at batch "
@@ -239,7 +241,7 @@ def measure_widths(config: Config, device_name: str, device: DeviceSection, mode
     folder = config.state_dir / "latency" / "files"
 
     def prepare(status: dict[str, Any] | None) -> tuple[dict[str, Path], dict[str, Any], Forms]:
-        forms = variant_forms(device, status, config.quantize.enabled)
+        forms = variant_forms(device, status, config.quantize.enabled, config.prune.latency_model)
         return check_files(model, protect, widths, config, folder, forms, images, ident)
 
     report, _, _ = run_job(config, device_name, device, prepare, graph_id, say, on_event)
