@@ -172,7 +172,8 @@ def _profile(job: Job, backend: Backend, files: Mapping[str, Path], plan: Mappin
              table: Dict[str, float], profiles: Dict[str, Dict[str, float]], precision: str, manifest: Manifest,
              path: Path) -> None:
     """Whole models only (a few engines, not one per layer variant): each timed alone, then run again under the
-    runtime's per-layer profiler (TensorRT's IProfiler, ONNX Runtime's profiler: ``benchmark(profile_layers=True)``),
+    runtime's per-layer profiler (TensorRT's IProfiler, ONNX Runtime's trace, OpenVINO's counters:
+    ``benchmark(profile_layers=True)``),
     whose layer names and times go back to the host as they are; the host maps them onto its layers and groups."""
     start = time.monotonic()
     work = job.folder / "latency-build"

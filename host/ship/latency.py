@@ -20,8 +20,8 @@ On TensorRT (always) and on ONNX Runtime and OpenVINO with ``prune.latency_model
 few whole models and reads the runtime's per-layer profile instead of timing one layer variant at a time (on
 TensorRT an engine build each; on a CPU a small layer timed alone carries a per-call overhead and misses the
 caches and threads of a whole model: ONNX Runtime's layer table over-predicted MobileNetV2 at batch 1 by
-25-56 %, while the profile, seeing each layer only at uniform widths, over-states what cutting one of ResNet's
-residual streams saves); ``optimize/prune/layer_profile.py`` maps the profile onto the layers here.
+25-56 %, while the profile sees each layer only at uniform widths); ``optimize/prune/layer_profile.py`` maps
+the profile onto the layers here.
 """
 
 from __future__ import annotations
