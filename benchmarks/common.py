@@ -55,9 +55,9 @@ def trained(work: Path, arch: str, width: float, epochs: int, data: Dataset, lr:
 
 
 def served(path: Path, folder: Path) -> Any:
-    """The file as the agent serves it: built by its ONNX Runtime backend (every graph optimisation, the result
-    saved and loaded again) with the runtime's default thread pool. A raw session of the same file can run at
-    half or twice the speed: an untrained pruned MobileNetV2 at batch 1 read 0.30 ms served and 0.67 ms raw."""
+    """The file as the agent serves it: built by its own ONNX Runtime backend (every graph optimisation, the
+    result saved and loaded again) with the runtime's default thread pool, so the script times what the
+    device's figures are of."""
     from edgekit.device.backends.onnxruntime import OnnxRuntimeBackend
 
     shutil.rmtree(folder, ignore_errors=True)

@@ -34,7 +34,6 @@ above at the tightest; latency-model prediction within 20 % of measurement.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 from pathlib import Path
@@ -45,9 +44,7 @@ import torch
 from common import RESULTS, console, digits, report, side_by_side, trained
 
 from edgekit.host.config import deploy_toml, load_config
-from edgekit.host.optimize.export.onnx_export import export_onnx
-from edgekit.host.optimize.fold.batchnorm import fold_in_torch
-from edgekit.host.optimize.fold.onnx_graph import fold_onnx_file
+from edgekit.host.optimize.fold.batchnorm import export_folded
 from edgekit.host.optimize.prune.latency import (
     BASELINE,
     CHECK_ROUNDS,
@@ -156,13 +153,9 @@ def pruned_copy(model: Any, protect: list, widths: dict[str, int]) -> Any:
 
 
 def onnx_of(net: Any, path: Path) -> Path:
-    """The file a push ships (BatchNorm folded in torch, then what is left on the graph), as the latency model's
-    whole models are: ONNX Runtime runs an unfolded export of the same network at other speeds (an untrained
-    pruned MobileNetV2 at batch 1: 0.19 ms unfolded, 0.45 ms folded, both served by the agent's backend)."""
-    folded, _ = fold_in_torch(copy.deepcopy(net).eval(), torch.zeros(1, 3, 32, 32))
-    export_onnx(folded, path, [3, 32, 32])
-    fold_onnx_file(path)
-    return path
+    """The file as a push ships it and as the latency model's whole models are sent (BatchNorm folded), so
+    both arms and the device time the same kind of graph."""
+    return export_folded(net, path, [3, 32, 32])
 
 
 UNIFORM_PROBES = 6  # four left MobileNetV2's uniform arm at 1.9x the latency-aware model's time at b1, 1/8

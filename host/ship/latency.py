@@ -275,7 +275,7 @@ def table_of(report: dict[str, Any], files: dict[str, Path], plan: dict[str, Any
 
 def profile_table_of(wholes: list[Path], layers: list[Layer], spaces: dict[str, GroupSpace],
                      profiles: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The layer variants' table from the runtime's per-layer profiles (TensorRT's, ONNX Runtime's), its names
+    """The layer variants' table from the runtime's per-layer profiles (TensorRT, ONNX Runtime, OpenVINO), its names
     read against the unpruned whole model's nodes in every form sent (the runtime ran one of them: an INT8
     file's nodes are not the float one's); Myelin ranges are read in the float file's node order."""
     import onnx
@@ -396,9 +396,7 @@ def whole_onnx(model: Any, protect: list[str], widths: dict[str, int], config: C
 
     import torch
 
-    from ..optimize.export.onnx_export import export_onnx
-    from ..optimize.fold.batchnorm import fold_in_torch
-    from ..optimize.fold.onnx_graph import fold_onnx_file
+    from ..optimize.fold.batchnorm import export_folded
     from ..optimize.prune.structured import build_graph, prune_groups, prune_to
 
     net = copy.deepcopy(model).eval()
@@ -407,11 +405,8 @@ def whole_onnx(model: Any, protect: list[str], widths: dict[str, int], config: C
         if group.name in widths:
             prune_to(graph, group, torch.arange(group.width // group.ch_groups, dtype=torch.float32),
                      widths[group.name])
-    net, _ = fold_in_torch(net, torch.zeros(1, *config.input.shape), config.model.output)
-    path = folder / "whole.tmp.onnx"
-    export_onnx(net, path, config.input.shape, opset=config.optimize.opset, input_name=config.input.name,
-                output=config.model.output)
-    fold_onnx_file(path)
+    path = export_folded(net, folder / "whole.tmp.onnx", config.input.shape, opset=config.optimize.opset,
+                         input_name=config.input.name, output=config.model.output)
     payload = path.read_bytes()
     path.unlink()
     return payload

@@ -125,6 +125,19 @@ def fold_in_torch(model: nn.Module, sample: torch.Tensor, which: Any = 0) -> tup
     return folded, report
 
 
+def export_folded(model: nn.Module, path: Path, shape: list[int], **export: Any) -> Path:
+    """``model`` exported with its BatchNorms folded as a push folds them (in torch, then what is left on the
+    graph), for files that stand in for the shipped one (the latency model's whole models, benchmarks).
+    ``export``: ``export_onnx``'s keywords."""
+    from ..export.onnx_export import export_onnx
+    from .onnx_graph import fold_onnx_file
+
+    folded, _ = fold_in_torch(copy.deepcopy(model).eval(), torch.zeros(1, *shape), export.get("output", 0))
+    export_onnx(folded, path, shape, **export)
+    fold_onnx_file(path)
+    return path
+
+
 def fold_in_onnx(path: Path, report: FoldReport) -> FoldReport:
     """Fold what torch left (fused BN+act modules, untraceable models, ConvTranspose+BN) on the graph."""
     from .onnx_graph import fold_onnx_file
