@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +50,7 @@ from ..optimize.prune.latency import (
     Layer,
     Loop,
     Round,
+    Trial,
     closed_loop,
     describe_layers,
     graph_hash,
@@ -61,6 +63,7 @@ from ..optimize.prune.latency import (
     whole_widths,
 )
 from ..optimize.prune.sensitivity import SENSITIVITY_IMAGES, Curve, measured_costs, unmeasured
+from ..optimize.prune.trial import TrialSetup, trial
 from .bundle import file_entries
 
 Say = Callable[[str], None]
@@ -168,34 +171,45 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
     if earlier.get("table_key") == saved["table_key"] and earlier.get("table") == table:  # the same table:
         saved.update({key: earlier[key] for key in ("checks", "checked", "accuracy_costs") if key in earlier})
     path.write_text(json.dumps(saved, indent=1, sort_keys=True))
-    images = data.train.images[:SENSITIVITY_IMAGES]
-    costs = lambda: search_costs(model, spec, graph, groups, protect, spaces,  # noqa: E731
-                                 torch.from_numpy(normalize(images, mean, std)),
-                                 data.train.labels[:SENSITIVITY_IMAGES], say)
+    images = torch.from_numpy(normalize(data.train.images[:SENSITIVITY_IMAGES], mean, std))
+    scores = cache(lambda: search_scores(model, spec, groups, protect, images, data.train.labels[:SENSITIVITY_IMAGES]))
+    costs = lambda: search_costs(model, graph, groups, scores(), spaces, images,  # noqa: E731
+                                 data.train.labels[:SENSITIVITY_IMAGES], spec.output, say)
     measure = lambda widths: measure_widths(config, device_name, device, model, protect, widths,  # noqa: E731
                                             batch.numpy(), graph_id, say, on_event)
-    check_widths(config, device_name, path, costs, measure, say)
+
+    def pick(candidates: list[dict[str, int]]) -> int:
+        return trial(trial_setup(config, data, model, protect, scores(), mean, std), say)(candidates)
+
+    check_widths(config, device_name, path, costs, measure, say, pick if config.prune.trial else None)
     return path
 
 
-def search_costs(model: Any, spec: Any, graph: Any, groups: list[Any], protect: list[str],
-                 spaces: dict[str, GroupSpace], images: Any, labels: Any, say: Say) -> dict[str, Curve]:
-    """The closed loop's accuracy costs (``sensitivity.measured_costs``) at the latency grid's widths, with the
-    channels ranked as the prune stage's first step ranks them (Taylor from these images; bn_scale before its
-    sparsity training): only the widths they lead to are kept, which the prune stage then prunes to."""
+def search_scores(model: Any, spec: Any, groups: list[Any], protect: list[str], images: Any, labels: Any
+                  ) -> dict[str, Any]:
+    """The channels ranked as the prune stage's first step ranks them (Taylor from these images; bn_scale
+    before its sparsity training): the costs and the trial cut these, which the prune stage then prunes."""
     import torch
 
     from ..optimize.prune.structured import accumulate_gradients, importance, score_groups
 
-    labels = torch.as_tensor(labels, dtype=torch.long)
     if spec.method == "taylor":
-        accumulate_gradients(model, [(images, labels)], output=spec.output)
+        accumulate_gradients(model, [(images, torch.as_tensor(labels, dtype=torch.long))], output=spec.output)
     scores = score_groups(importance(spec.method, spec.norm), groups, list(protect), lambda _: None)
     model.zero_grad(set_to_none=True)
+    return scores
+
+
+def search_costs(model: Any, graph: Any, groups: list[Any], scores: dict[str, Any], spaces: dict[str, GroupSpace],
+                 images: Any, labels: Any, output: Any, say: Say) -> dict[str, Curve]:
+    """The closed loop's accuracy costs (``sensitivity.measured_costs``) at the latency grid's widths."""
+    import torch
+
     widths = {name: grid(space, space.width) for name, space in spaces.items()}
     say(f"accuracy cost of each prunable group at {sum(len(w) - 1 for w in widths.values())} widths, measured on "
         f"{len(images)} training images (channels masked, no training)")
-    curves = measured_costs(model, graph, groups, scores, widths, images, labels, spec.output)
+    curves = measured_costs(model, graph, groups, scores, widths, images, torch.as_tensor(labels, dtype=torch.long),
+                            output)
     skipped = unmeasured(curves)
     if skipped:
         say(f"left whole by the latency search (their channels could not be masked to measure a cost): "
@@ -203,8 +217,22 @@ def search_costs(model: Any, spec: Any, graph: Any, groups: list[Any], protect: 
     return curves
 
 
+def trial_setup(config: Config, data: Any, model: Any, protect: list[str], scores: dict[str, Any], mean: list[float],
+                std: list[float]) -> TrialSetup:
+    """The trial fine-tune on the prune stage's own split (``validation_fraction`` held out, the train section's
+    seed) and with its optimiser settings, so the candidate kept is judged as the pruned model will be trained."""
+    import torch
+
+    options = {"batch_size": config.train.batch_size, "lr": config.prune.lr, "momentum": config.train.momentum,
+               "weight_decay": config.train.weight_decay, "augment": tuple(config.train.augment),
+               "seed": config.train.seed}
+    fitting, validation = data.train.hold_out(config.prune.validation_fraction, config.train.seed)
+    return TrialSetup(model, torch.zeros(1, *config.input.shape), protect, scores, fitting, validation, mean, std,
+                      options, config.model.output)
+
+
 def check_widths(config: Config, device_name: str, path: Path, costs: Callable[[], dict[str, Curve]],
-                 measure: Callable[[dict[str, int]], float], say: Say) -> Loop:
+                 measure: Callable[[dict[str, int]], float], say: Say, pick: Trial | None = None) -> Loop:
     """The closed loop (``prune.latency.closed_loop``) against the device (``measure``: ``measure_widths``). The
     checks and the answer are kept in the latency file: a second push with the same table and target measures
     nothing, and the prune stage prunes to the widths measured."""
@@ -224,7 +252,7 @@ def check_widths(config: Config, device_name: str, path: Path, costs: Callable[[
             f"{done.measured_ms:.3g} ms on {device_name} (target {target:.3g} ms); {verdict}")
 
     curves = costs()
-    loop, checks = closed_loop(model, curves, target, measure, shown)
+    loop, checks = closed_loop(model, curves, target, measure, shown, trial=pick)
     saved["accuracy_costs"] = curves  # the prune stage's search (its path, the closest within budget) uses them
     saved["checks"] = [asdict(c) for c in checks]
     saved.setdefault("checked", {})[key] = loop.to_json()

@@ -31,6 +31,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def hold_out(self, fraction: float, seed: int) -> tuple["Split", "Split"]:
+        """(the rest, a held-out ``fraction``) by a seeded shuffle: the prune stage's validation split, which its
+        trial fine-tunes (``prune/trial.py``) are judged on too."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        cut = max(1, int(len(order) * fraction))
+        return (Split(self.images[order[cut:]], self.labels[order[cut:]]),
+                Split(self.images[order[:cut]], self.labels[order[:cut]]))
+
 
 @dataclass
 class Dataset:

@@ -8,6 +8,8 @@ what sits between them (adds, pooling); a straight line fitted through a few who
 
 The search (``search_widths``) is greedy: from full width, repeatedly take one alignment unit off the group
 whose cut costs least accuracy (``sensitivity``) per millisecond saved, until the prediction meets the target.
+Its costs are measured one group at a time, so ``frontier`` also offers uniform widths and a blend at the same
+prediction, and the closed loop keeps whichever a short fine-tune (``trial``) says recovers best.
 The pure parts (grid, interpolation, prediction, search) take plain data and are unit-tested; the torch part
 (``describe_layers``) reads layers and groups from torch-pruning's dependency graph.
 """
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from .sensitivity import Curve, cost_at
+from .sensitivity import Curve, cost_at, unmeasured
 
 LEVELS = (1.0, 0.75, 0.5, 0.25, 0.125)  # fractions of a group's width timed per layer (plus its floor)
 WHOLE_LEVELS = (1.0, 0.5, 0.0)  # whole models timed to calibrate the layer sum (0.0: every group at its floor)
@@ -223,6 +225,9 @@ class Check:
     measured_ms: float
 
 
+Trial = Callable[[list[dict[str, int]]], int]  # fine-tunes candidate widths briefly, returns the best one's index
+
+
 def correction(base_ms: float, anchors: list[tuple[float, float]]) -> float:
     """measured / predicted at the checked widths, interpolated over the table's prediction between them and held
     beyond them: exact at every measured point, local to the range the search is choosing in (the table's error
@@ -253,6 +258,7 @@ class Round:
     predicted_ms: float
     measured_ms: float
     again: bool  # the search runs again after it
+    blend: float = 1.0  # the search's widths (1) and uniform ones (0) mixed in this proportion (``frontier``)
 
 
 @dataclass
@@ -272,26 +278,47 @@ class Loop:
 
 def closed_loop(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float,
                 measure: Callable[[dict[str, int]], float], on_round: Callable[[Round], None],
-                rounds: int = CHECK_ROUNDS) -> tuple[Loop, list[Check]]:
+                rounds: int = CHECK_ROUNDS, trial: Optional[Trial] = None) -> tuple[Loop, list[Check]]:
     """Search, measure the widths found as a whole model (``measure``: the device), and while the measurement
     says so (``search_again``) add it to the model's checks and search again: at most ``rounds`` measurements.
-    Widths measured already are not measured twice. Returns the answer and every check (old and new)."""
+    Widths measured already are not measured twice. Returns the answer and every check (old and new).
+
+    With a ``trial`` the first round's candidates (``frontier``: the search's widths, uniform ones and blends,
+    all at the same prediction) are fine-tuned briefly and the blend that recovers best is kept for every round:
+    the accuracy costs are measured one group at a time and cannot see what cutting several groups together
+    does (a residual block alone is redundant, all of them are not)."""
     checks = list(model.checks)
     done: list[Round] = []
+    blend = None if trial is not None else 1.0
     for index in range(1, rounds + 1):
-        found = search_widths(model.with_checks(checks), costs, target_ms)
+        corrected = model.with_checks(checks)
+        if blend is None and trial is not None:
+            blend = trial_blend(corrected, costs, target_ms, trial)
+        found = blended(corrected, costs, target_ms, blend)
         known = next((c.measured_ms for c in checks if c.widths == found.widths), None)
         measured = known if known is not None else measure(found.widths)
         if known is None:
             checks.append(Check(dict(found.widths), measured))
         again = search_again(target_ms, found.predicted_ms, measured) and index < rounds and known is None
-        done.append(Round(index, dict(found.widths), found.predicted_ms, measured, again))
+        done.append(Round(index, dict(found.widths), found.predicted_ms, measured, again, blend))
         on_round(done[-1])
         if not again:
             break
     best = pick_round(done, target_ms)
     return Loop(target_ms, best.widths, best.predicted_ms, best.measured_ms,
                 best.measured_ms <= target_ms * (1 + TARGET_SLACK), done), checks
+
+
+def trial_blend(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float, trial: Trial) -> float:
+    """The blend whose widths the trial prefers among ``frontier``'s (1, the search's own, when they are all)."""
+    options = frontier(model, costs, target_ms)
+    return list(options)[trial([found.widths for found in options.values()])] if len(options) > 1 else 1.0
+
+
+def blended(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float, blend: float) -> Search:
+    """The widths of one blend at ``target_ms`` (1: the greedy search's)."""
+    return search_widths(model, costs, target_ms) if blend == 1.0 else frontier(model, costs, target_ms,
+                                                                               (blend,))[blend]
 
 
 def pick_round(done: list[Round], target_ms: float) -> Round:
@@ -375,24 +402,60 @@ def closest_on_path(size: int, within: Callable[[int], bool], failing: int, prob
     return low, tried
 
 
-def uniform_widths(model: LatencyModel, target_ms: float, tolerance: float = 1e-3) -> Search:
+def uniform_widths(model: LatencyModel, target_ms: float) -> Search:
     """Uniform pruning tuned to the same predicted latency: one fraction for every group, by bisection."""
-    low, high = 0.0, 1.0
+    return scaled(model, {name: 1.0 for name in model.spaces}, target_ms)
 
-    def at(fraction: float) -> dict[str, int]:
-        return {name: aligned(space, fraction) for name, space in model.spaces.items()}
 
+def scaled(model: LatencyModel, shape: Mapping[str, float], target_ms: float, tolerance: float = 1e-3,
+           held: Iterable[str] = ()) -> Search:
+    """The widest widths of one ``shape`` (a fraction per group, its largest 1) that meet ``target_ms``: every
+    group at ``s × shape`` of its width, ``s`` found by bisection (the prediction falls as ``s`` does); ``held``
+    groups stay whole."""
+    whole = set(held)
+
+    def at(s: float) -> dict[str, int]:
+        return {name: space.width if name in whole else aligned(space, min(1.0, s * shape.get(name, 1.0)))
+                for name, space in model.spaces.items()}
+
+    low, high = 0.0, 1.0 / max(min(shape.values(), default=1.0), 1e-6)
     if model.predict(at(low)) > target_ms:
         widths = at(low)
         return Search(widths, model.predict(widths), False, 0)
     steps = 0
-    while high - low > tolerance:  # the widest fraction that meets the target is in [low, high]
+    while high - low > tolerance:  # the widest scale that meets the target is in [low, high]
         middle = (low + high) / 2
         low, high = (middle, high) if model.predict(at(middle)) <= target_ms else (low, middle)
         steps += 1
     widths = at(low)
     predicted = model.predict(widths)
     return Search(widths, predicted, predicted <= target_ms, steps)
+
+
+BLENDS = (1.0, 0.5, 0.0)  # the trial's candidates: the search's widths, halfway to uniform, uniform
+
+
+def frontier(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float,
+             blends: Iterable[float] = BLENDS) -> dict[float, Search]:
+    """Widths at the same predicted latency from the greedy search's (blend 1) to uniform ones (blend 0): each
+    group's kept fraction mixed ``blend × search + (1 - blend) × uniform``, then scaled to meet the target. The
+    search ranks groups by costs measured one group at a time; a trial among these says whether its answer
+    survives fine-tuning better than uniform pruning does. Identical widths are given once (the first blend)."""
+    greedy = search_widths(model, costs, target_ms)
+    held = unmeasured(costs)  # the search leaves these whole (they could not be masked): so does every candidate
+    flat = scaled(model, {name: 1.0 for name in model.spaces}, target_ms, held=held)
+    found: dict[float, Search] = {}
+    for blend in blends:
+        if blend == 1.0 or not greedy.reached:
+            option = greedy
+        else:
+            shape = {name: blend * greedy.widths[name] / space.width + (1 - blend) * flat.widths[name] / space.width
+                     for name, space in model.spaces.items()}
+            top = max(shape.values())
+            option = scaled(model, {name: value / top for name, value in shape.items()}, target_ms, held=held)
+        if all(option.widths != other.widths for other in found.values()):
+            found[blend] = option
+    return found
 
 
 def resolve_target(target_ms: Optional[float], speedup: Optional[float], baseline_ms: Optional[float]) -> float:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..load import count
 from ..runner import Context, Lazy, Output, Stage
 
@@ -169,7 +167,7 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
 
     from ...train.accelerator import describe, resolve
     from ...train.checkpoint import save_checkpoint
-    from ...train.data import Split, batches, normalize
+    from ...train.data import batches, normalize
     from ...train.loop import top1, train
     from .structured import PruneSpec, prune_model
 
@@ -179,11 +177,7 @@ def prune(ctx: Context, model: Any, data: Any, out: Path) -> tuple[Any, dict[str
     device = resolve(config.train.device)
     model.to(device)
     mean, std = ctx.info["load"]["mean"], ctx.info["load"]["std"]
-    rng = np.random.default_rng(config.train.seed)
-    order = rng.permutation(len(data.train))
-    cut = max(1, int(len(order) * section.validation_fraction))
-    validation = Split(data.train.images[order[:cut]], data.train.labels[order[:cut]])
-    fitting = Split(data.train.images[order[cut:]], data.train.labels[order[cut:]])
+    fitting, validation = data.train.hold_out(section.validation_fraction, config.train.seed)
     baseline = top1(model, validation, mean, std, output=output)
     spec = PruneSpec(**section.model_dump(), output=output, num_classes=config.model.num_classes)
 
@@ -336,7 +330,11 @@ def latency_note(latency: dict[str, Any]) -> str:
                if width != latency["full"][name]]
     checks = ""
     if "check" in latency:
+        rounds = latency["check"]["rounds"]
         checks = "; checked " + ", ".join(f"{r['predicted_ms']:.3g}→{r['measured_ms']:.3g} ms"
-                                          for r in latency["check"]["rounds"]) + " (predicted→measured)"
+                                          for r in rounds) + " (predicted→measured)"
+        checks += {1.0: "", 0.0: "; uniform widths kept by the trial fine-tune"}.get(
+            rounds[0].get("blend", 1.0), f"; widths {rounds[0].get('blend', 1.0):g} of the way from uniform to the "
+                                         "search's kept by the trial fine-tune")
     return (f"target {latency['target_ms']:.3g} ms at b{latency['batch']} on {latency['device']}, predicted "
             f"{latency['predicted_ms']:.3g} ms{checks}; widths {', '.join(changed) or 'unchanged'}")
