@@ -57,8 +57,8 @@ from edgekit.host.optimize.prune.latency import (
     describe_layers,
     graph_hash,
     grid,
-    group_space,
     load_model_file,
+    search_spaces,
 )
 from edgekit.host.optimize.prune.sensitivity import SENSITIVITY_IMAGES, measured_costs
 from edgekit.host.optimize.prune.structured import (
@@ -72,7 +72,7 @@ from edgekit.host.optimize.prune.structured import (
 )
 from edgekit.host.optimize.prune.trial import TrialSetup, trial
 from edgekit.host.outputs import output_layers
-from edgekit.host.ship.latency import measure_widths, run_job, table_of, variant_forms, write_variants
+from edgekit.host.ship.latency import device_multiple, measure_widths, run_job, table_of, variant_forms, write_variants
 from edgekit.host.train.data import Dataset, Split, channel_stats, load_cifar, normalize
 from edgekit.host.train.loop import top1, train
 
@@ -109,9 +109,10 @@ def measure_latency_model(work: Path, name: str, model: Any, batch: int, method:
     spec = PruneSpec(**config.prune.model_dump())
     example = torch.zeros(1, 3, 32, 32)
     graph, protect, _, groups = prunable(model.eval(), spec, example, example, lambda m: None)
-    spaces = {g.name: group_space(g.name, g.width, spec.round_to, g.ch_groups, spec.max_layer_ratio) for g in groups}
-    layers = describe_layers(model, graph, groups, example)
     device = config.device("local")
+    spaces = search_spaces(groups, spec.round_to, spec.max_layer_ratio,
+                           device_multiple(config, "local", device, console.print))
+    layers = describe_layers(model, graph, groups, example)
 
     def prepare(status: dict) -> tuple:
         forms = variant_forms(device, status, method=method)

@@ -152,6 +152,8 @@ class PruneSection(Strict):
     latency_budget_s: float = Field(default=300.0, gt=0, le=3600, description="bound on measuring the latency model")
     latency_model: Literal["layers", "profile"] = Field(
         default="layers", description="CPU runtimes: time each layer variant, or profile a few whole models")
+    align_to_device: bool = Field(default=True, description="widths in multiples of the channels the device's "
+                                  "layout packs (runtimes.channel_multiple), as well as of round_to")
     trial: bool = Field(default=True, description="fine-tune the search's widths, uniform ones and a blend briefly; "
                                                   "keep the one that recovers best (prune/trial.py)")
 

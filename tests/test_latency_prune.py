@@ -27,6 +27,7 @@ from edgekit.host.optimize.prune.latency import (
     layer_onnx,
     layer_variants,
     resolve_target,
+    search_spaces,
     search_widths,
     uniform_widths,
     variant_id,
@@ -35,6 +36,10 @@ from edgekit.host.optimize.prune.latency import (
 from edgekit.host.optimize.prune.sensitivity import magnitude_costs
 
 from .conftest import AGENT
+
+# the tiny test project's groups have 4-16 channels: on an AVX-512 device (16-float blocks) every one would be
+# held whole, so the tests of the search itself keep round_to's steps on every machine
+NO_DEVICE_ALIGNMENT = "align_to_device = false\n"
 
 
 def two_groups() -> tuple[list[Layer], dict[str, GroupSpace]]:
@@ -427,7 +432,7 @@ def exported_whole(tmp_path: Path, arch: str) -> tuple[list[Layer], dict[str, Gr
     example = torch.zeros(1, *config.input.shape)
     spec = PruneSpec(enabled=True)
     graph, protect, _, groups = prunable(model, spec, example, example, lambda _: None)
-    spaces = {g.name: group_space(g.name, g.width, spec.round_to, g.ch_groups, spec.max_layer_ratio) for g in groups}
+    spaces = search_spaces(groups, spec.round_to, spec.max_layer_ratio)
     path = tmp_path / f"{arch}.onnx"
     path.write_bytes(whole_onnx(model, protect, {}, config, tmp_path))
     return describe_layers(model, graph, groups, example), spaces, path
@@ -587,7 +592,7 @@ def test_a_target_out_of_reach_within_the_budget_fails_the_push_before_any_uploa
 
     with (project / "deploy.toml").open("a") as toml:
         toml.write("\n[prune]\nenabled = true\ntarget_speedup = 50.0\ntarget_batch = 1\nmax_accuracy_drop = 0.0\n"
-                   "finetune_epochs = 1\nsparsity_epochs = 0\nlatency_budget_s = 600\n"
+                   "finetune_epochs = 1\nsparsity_epochs = 0\nlatency_budget_s = 600\n" + NO_DEVICE_ALIGNMENT +
                    '\n[devices.local]\nkind = "local"\nprecision = "auto"\n')
     failed = run_cli("push", "local", cwd=project)
     assert failed.returncode == 1, failed.stderr[-2000:]
@@ -602,6 +607,36 @@ def test_a_target_out_of_reach_within_the_budget_fails_the_push_before_any_uploa
     kinds = {json.loads((spool.jobs / job / "report.json").read_text()).get("kind") for job in
              [p.name for p in spool.jobs.iterdir()]}
     assert kinds == {LATENCY_MODEL} and spool.current("tiny") is None  # only the latency job ever ran there
+
+
+def test_widths_are_searched_in_the_channel_vectors_the_device_packs():
+    """A width between two of the runtime's vector sizes is padded to the next one on the device: the search
+    steps in them (with round_to), per runtime, precision and CPU, and a group of one vector stays whole; off with prune.align_to_device = false, and nothing is assumed of a CPU that reports no flags."""
+    from types import SimpleNamespace
+
+    from edgekit.device.contract.runtimes import channel_multiple
+    from edgekit.host.config import DeviceSection
+    from edgekit.host.ship.latency import status_multiple
+
+    assert channel_multiple(["onnxruntime"], ["fp32"], ["avx2", "avx512f"]) == 16
+    assert channel_multiple(["openvino"], ["int8"], ["avx2"]) == 8
+    assert channel_multiple(["onnxruntime"], ["int8"], ["neon", "asimddp"]) == 1  # ARM: no blocked layout
+    assert channel_multiple(["tensorrt"], ["int8", "fp16", "fp32"], []) == 32  # CHW32
+    assert channel_multiple(["tensorrt"], ["fp16"], []) == 8 and channel_multiple(["tensorrt"], ["fp32"], []) == 1
+    jetson = DeviceSection(kind="local", root="/nonexistent", backend="tensorrt", precision="auto")
+    trt = {"backends": {"tensorrt": {"available": True}}, "cpu": {"isa": ["neon", "asimd"]}}
+    assert status_multiple(jetson, trt, int8=True) == 32
+    assert status_multiple(jetson, trt, int8=False) == 8  # auto without INT8 files races FP16 and FP32 only
+    xeon = DeviceSection(kind="local", root="/nonexistent", backend="auto", precision="int8")
+    cpu = {"backends": {"onnxruntime": {"available": True}}, "cpu": {"isa": ["avx2", "avx512f", "avx512_vnni"]}}
+    assert status_multiple(xeon, cpu, int8=True) == 16
+    assert status_multiple(xeon, {"backends": cpu["backends"]}, int8=True) == 1  # no CPU reported: no claim
+
+    groups = [SimpleNamespace(name=name, width=width, ch_groups=1) for name, width in (("a", 64), ("b", 16))]
+    spaces = search_spaces(groups, round_to=8, max_layer_ratio=0.9, multiple=16)
+    assert spaces["a"].unit == 16 and grid(spaces["a"], 64) == [16, 32, 48, 64]
+    assert spaces["b"].floor == spaces["b"].width == 16  # one vector: cut to 8, it is padded back to 16
+    assert search_spaces(groups, round_to=8, max_layer_ratio=0.9)["b"].unit == 8
 
 
 def test_the_variants_come_in_the_forms_the_device_will_build_at_its_precision():
@@ -831,6 +866,7 @@ def test_the_closed_loop_corrects_a_wrong_table_on_a_real_agent_and_a_second_pus
     with (project / "deploy.toml").open("a") as toml:
         toml.write("\n[prune]\nenabled = true\ntarget_latency_ms = 1000.0\ntarget_batch = 1\n"
                    "allow_accuracy_drop = true\nfinetune_epochs = 1\nsparsity_epochs = 0\nlatency_budget_s = 600\n"
+                   + NO_DEVICE_ALIGNMENT +
                    '\n[devices.local]\nkind = "local"\nprecision = "fp32"\nbackend = "onnxruntime"\n')
     path = latency_model_file(load_config(project / "deploy.toml"), "local", lambda _: None, lambda _: None)
     true = json.loads(path.read_text())["table"]
@@ -879,19 +915,26 @@ def test_the_closed_loop_corrects_a_wrong_table_on_a_real_agent_and_a_second_pus
 def test_a_profiled_latency_model_on_onnx_runtime_through_a_real_agent(project):
     """prune.latency_model = "profile" on the local device: the agent profiles a few whole models (no layer
     variant is sent) and the host reads every layer variant's time off their profiles."""
+    from edgekit.device.contract.protocol import DEVICE_INFO
     from edgekit.host.config import load_config
     from edgekit.host.optimize.prune.latency import load_model_file
     from edgekit.host.optimize.prune.layer_profile import PROFILE_LEVELS
-    from edgekit.host.ship.latency import latency_model_file
+    from edgekit.host.ship.latency import latency_model_file, status_multiple
 
     with (project / "deploy.toml").open("a") as toml:
         toml.write("\n[prune]\nenabled = true\ntarget_latency_ms = 1000.0\ntarget_batch = 1\n"
                    'latency_model = "profile"\nallow_accuracy_drop = true\n'
                    '\n[devices.local]\nkind = "local"\nprecision = "fp32"\nbackend = "onnxruntime"\n')
     said: list[str] = []
-    path = latency_model_file(load_config(project / "deploy.toml"), "local", said.append, lambda _: None)
+    config = load_config(project / "deploy.toml")
+    path = latency_model_file(config, "local", said.append, lambda _: None)
     model, saved = load_model_file(path)
     assert saved["mode"] == "profile" and saved["backend"] == "onnxruntime"
+    # the widths step in the channels this machine's CPU packs (prune.align_to_device, on by default)
+    info = json.loads((Path(os.environ["EDGEKIT_HOME"]) / "local-device" / DEVICE_INFO).read_text())
+    multiple = status_multiple(config.device("local"), info, config.quantize.enabled)
+    assert all(space.unit % multiple == 0 or space.floor == space.width for space in model.spaces.values())
+    assert any("runtime packs" in line for line in said) == (8 % multiple != 0)
     assert set(saved["profiles"]) >= {f"whole:{level}" for level in PROFILE_LEVELS}
     assert any("whole models to profile" in line for line in said)
     assert set(layer_variants(model.layers, model.spaces)) <= set(saved["table"])

@@ -45,18 +45,23 @@ class Runtime:
     layer_profile: bool = False
     # ... and whether it can time one layer variant at a time instead (TensorRT cannot: an engine build each)
     times_layers: bool = True
+    # the channel vectors its kernels' native layouts pack (``channel_multiple``): per precision on a GPU, ...
+    channel_vectors: Tuple[Tuple[str, int], ...] = ()
+    # ... or the CPU's SIMD blocks (oneDNN's and MLAS's nChw16c / nChw8c layouts)
+    cpu_blocked: bool = False
 
 
 # In the order the agent lists them (status, `edgekit device check`).
 RUNTIMES: Dict[str, Runtime] = {runtime.name: runtime for runtime in (
-    Runtime("onnxruntime", race_rank=1, layer_profile=True),
+    Runtime("onnxruntime", race_rank=1, layer_profile=True, cpu_blocked=True),
     Runtime("openvino", fp16=True, race_rank=0, fallback="onnxruntime", build_keys=("openvino_device",),
-            precisions=("int8", "fp16", "fp32"), baseline_precision="fp16", layer_profile=True),
+            precisions=("int8", "fp16", "fp32"), baseline_precision="fp16", layer_profile=True, cpu_blocked=True),
     Runtime("tensorrt", fp16=True, fp16_typed_files=True, precisions=("int8", "fp16", "fp32"),
             baseline_precision="fp16", qdq_int8=True, implicit_int8=True, auto_alone=True, times_layers=False,
             fallback="onnxruntime", build_keys=("int8_mode", "workspace_mb", "dla_core", "builder_optimization_level"),
             benchmark_keys=("cuda_graph", "profile_layers"),
-            benchmark_extras=("cuda_graph", "profile_layers", "cross_check"), cuda_python=True, layer_profile=True),
+            benchmark_extras=("cuda_graph", "profile_layers", "cross_check"), cuda_python=True, layer_profile=True,
+            channel_vectors=(("int8", 32), ("fp16", 8))),  # TensorFormat CHW32 (INT8), HWC8 (FP16)
 )}
 
 
@@ -118,6 +123,27 @@ def needs_cuda_python(backend: str) -> bool:
     """Whether `edgekit device setup` ships cuda-python for a device running ``backend``."""
     entry = RUNTIMES.get(backend)
     return entry is not None and entry.cuda_python
+
+
+# x86 SIMD blocks, widest first: the blocked layouts of ONNX Runtime (MLAS NCHWc) and OpenVINO (oneDNN)
+CPU_BLOCKS: Tuple[Tuple[str, int], ...] = (("avx512f", 16), ("avx2", 8))
+
+
+def channel_multiple(backends: Iterable[str], precisions: Iterable[str], isa: Iterable[str]) -> int:
+    """The channel count a width should be a multiple of on these runtimes: their native layouts pack channels
+    in vectors (TensorRT's INT8 CHW32 and FP16 HWC8; a CPU's 16- or 8-float SIMD block), a width between two
+    multiples is padded to the next and costs its time, and ONNX Runtime leaves a conv outside its blocked
+    layout altogether, with a reorder on each side (on an AVX-512 CPU, ResNet-20 ×4 pruned to multiples of 8
+    ran no faster than with those widths rounded up to 16). 1 where nothing is known (ARM CPUs)."""
+    wanted, have = set(precisions), set(isa)
+    multiple = 1
+    for name in backends:
+        entry = runtime(name)
+        sizes = [size for precision, size in entry.channel_vectors if precision in wanted]
+        if entry.cpu_blocked:
+            sizes += [next((size for flag, size in CPU_BLOCKS if flag in have), 1)]
+        multiple = max([multiple, *sizes])
+    return multiple
 
 
 def _configured(backend: str) -> Tuple[Runtime, ...]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -55,11 +56,11 @@ from ..optimize.prune.latency import (
     describe_layers,
     graph_hash,
     grid,
-    group_space,
     layer_onnx,
     layer_variants,
     load_model_file,
     resolve_target,
+    search_spaces,
     whole_widths,
 )
 from ..optimize.prune.sensitivity import SENSITIVITY_IMAGES, Curve, measured_costs, unmeasured
@@ -85,6 +86,36 @@ def check_target(config: Config, device: DeviceSection, device_name: str) -> Non
         raise ConfigError(f"{config.path.name}: devices.{device_name}.int8_mode = \"{device.int8_mode}\": a latency "
                           "target is measured on the explicit Q/DQ INT8 files only (implicit INT8 is deprecated since "
                           "TensorRT 10.1); set int8_mode = \"explicit\" or use prune.ratio")
+
+
+def device_multiple(config: Config, device_name: str, device: DeviceSection, say: Say) -> int:
+    """The channel multiple the widths searched keep on this device (``prune.align_to_device``), from its status:
+    asked before any variant is written, since the variants are the widths searched."""
+    if not config.prune.align_to_device:
+        return 1
+    from .keys import load_or_create_key
+    from .session import connected
+
+    with connected(device_name, device, load_or_create_key(host_home())) as transport:
+        status = transport.status()
+    multiple = status_multiple(device, status, config.quantize.enabled)
+    if math.lcm(config.prune.round_to, multiple) != config.prune.round_to:
+        say(f"widths in steps of {math.lcm(config.prune.round_to, multiple)} channels: {device_name}'s runtime packs "
+            f"{multiple} (prune.align_to_device; round_to = {config.prune.round_to})")
+    return multiple
+
+
+def status_multiple(device: DeviceSection, status: dict[str, Any] | None, int8: bool) -> int:
+    """``runtimes.channel_multiple`` for the runtimes this job may run on, at the precisions the device builds
+    (``auto``: each one it races; no INT8 without quantize.enabled), on the CPU it reports."""
+    from ...device.contract.runtimes import auto_precisions, channel_multiple
+    from .bundle import device_backends
+
+    backends = device_backends(device.model_copy(update={"allow_fallback": False}), status)
+    precisions = {precision for backend in backends
+                  for precision in (auto_precisions(backend) if device.precision == "auto" else (device.precision,))}
+    isa = ((status or {}).get("cpu") or {}).get("isa") or []
+    return channel_multiple(backends, precisions - (set() if int8 else {"int8"}), isa)
 
 
 @dataclass(frozen=True)
@@ -143,7 +174,8 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
     example = torch.zeros(1, *config.input.shape)
     batch = torch.from_numpy(normalize(data.train.images[:PROBE_IMAGES], mean, std))
     graph, protect, _, groups = prunable(model.eval(), spec, example, batch, say)
-    spaces = {g.name: group_space(g.name, g.width, spec.round_to, g.ch_groups, spec.max_layer_ratio) for g in groups}
+    multiple = device_multiple(config, device_name, device, say)
+    spaces = search_spaces(groups, spec.round_to, spec.max_layer_ratio, multiple)
     layers = describe_layers(model, graph, groups, example)
     folder = config.state_dir / "latency"
     graph_id = graph_hash(layers, spaces)

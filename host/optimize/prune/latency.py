@@ -85,6 +85,14 @@ def group_space(name: str, width: int, round_to: int, ch_groups: int, max_layer_
     return GroupSpace(name, width, min(floor, width), unit)
 
 
+def search_spaces(groups: Iterable[Any], round_to: int, max_layer_ratio: float, multiple: int = 1
+                  ) -> dict[str, GroupSpace]:
+    """Every prunable group's widths, in steps of ``round_to`` and of the device's ``multiple``
+    (``runtimes.channel_multiple``: a width between two of its multiples costs the next one's time)."""
+    unit = math.lcm(round_to, multiple)
+    return {g.name: group_space(g.name, g.width, unit, g.ch_groups, max_layer_ratio) for g in groups}
+
+
 def aligned(space: GroupSpace, fraction: float) -> int:
     """The allowed width nearest to ``fraction`` of the full width."""
     if space.floor == space.width:
