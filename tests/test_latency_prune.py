@@ -611,7 +611,8 @@ def test_a_target_out_of_reach_within_the_budget_fails_the_push_before_any_uploa
 
 def test_widths_are_searched_in_the_channel_vectors_the_device_packs():
     """A width between two of the runtime's vector sizes is padded to the next one on the device: the search
-    steps in them (with round_to), per runtime, precision and CPU, and a group of one vector stays whole; off with prune.align_to_device = false, and nothing is assumed of a CPU that reports no flags."""
+    steps in them (with round_to), per runtime, precision and CPU, and a group of one vector stays whole;
+    nothing is assumed of a CPU that reports no flags."""
     from types import SimpleNamespace
 
     from edgekit.device.contract.runtimes import channel_multiple
@@ -733,7 +734,7 @@ def test_after_its_rounds_a_missed_target_keeps_the_closest_measured():
 
 
 def test_the_frontier_spans_the_search_and_uniform_widths_at_one_predicted_latency():
-    from edgekit.host.optimize.prune.latency import frontier
+    from edgekit.host.optimize.prune.latency import BY_CHANNEL_COST, channel_cost_shape, frontier
     from edgekit.host.optimize.prune.sensitivity import UNMEASURED
 
     layers, spaces = two_groups()
@@ -750,6 +751,11 @@ def test_the_frontier_spans_the_search_and_uniform_widths_at_one_predicted_laten
         assert wider == found.widths or model.predict(wider) > target
     # identical widths are offered once
     assert len({tuple(sorted(f.widths.items())) for f in options.values()}) == len(options)
+    # by channel cost: b's channels (a 16×16 output) cost less time than a's (the 32×32 stem's), so b keeps more
+    shape = channel_cost_shape(model)
+    assert shape["b"] == 1.0 and 0 < shape["a"] < 1
+    shaped = frontier(model, flat, target, (BY_CHANNEL_COST,))[BY_CHANNEL_COST]
+    assert shaped.reached and shaped.predicted_ms <= target and shaped.widths["b"] > shaped.widths["a"]
     # a group the costs could not measure (not maskable) stays whole in every candidate, not only the search's
     unmaskable = dict(flat, a=[(32, 0.0), (0, UNMEASURED)])
     assert all(found.widths["a"] == 32 for found in frontier(model, unmaskable, target * 1.9).values())
@@ -965,6 +971,7 @@ def test_a_target_missed_after_the_check_rounds_fails_with_the_closest_measured_
     assert "91.00%" in line
     note = latency_note(latency)
     assert "0.9→1.6 ms" in note and "1→1.4 ms" in note and "a 32→8" in note and "trial" not in note
-    for blend, words in ((0.0, "uniform widths kept by the trial"), (0.5, "0.5 of the way from uniform")):
+    for blend, words in ((0.0, "uniform widths kept by the trial"), (0.5, "0.5 of the way from uniform"),
+                         (-1.0, "shaped by each group's latency per channel")):
         check["rounds"] = [dict(r, blend=blend) for r in rounds]
         assert words in latency_note(latency)

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..load import count
 from ..runner import Context, Lazy, Output, Stage
+from .latency import BY_CHANNEL_COST
 
 PRUNED = "pruned.pt"
 PROBE_IMAGES = 16  # real images run after every pruning step and by the probe for unfollowable layers
@@ -333,8 +334,9 @@ def latency_note(latency: dict[str, Any]) -> str:
         rounds = latency["check"]["rounds"]
         checks = "; checked " + ", ".join(f"{r['predicted_ms']:.3g}→{r['measured_ms']:.3g} ms"
                                           for r in rounds) + " (predicted→measured)"
-        checks += {1.0: "", 0.0: "; uniform widths kept by the trial fine-tune"}.get(
-            rounds[0].get("blend", 1.0), f"; widths {rounds[0].get('blend', 1.0):g} of the way from uniform to the "
-                                         "search's kept by the trial fine-tune")
+        checks += {1.0: "", 0.0: "; uniform widths kept by the trial fine-tune",
+                   BY_CHANNEL_COST: "; widths shaped by each group's latency per channel kept by the trial fine-tune"
+                   }.get(rounds[0].get("blend", 1.0), f"; widths {rounds[0].get('blend', 1.0):g} of the way from "
+                                                      "uniform to the search's kept by the trial fine-tune")
     return (f"target {latency['target_ms']:.3g} ms at b{latency['batch']} on {latency['device']}, predicted "
             f"{latency['predicted_ms']:.3g} ms{checks}; widths {', '.join(changed) or 'unchanged'}")

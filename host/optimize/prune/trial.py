@@ -4,9 +4,10 @@ The latency search ranks groups by accuracy costs measured one group at a time o
 misses what cutting several groups together does: a residual block's channels alone are redundant (the skip
 connection carries the signal), all blocks' together are not, and far enough pruned (a quarter of the latency)
 every unretrained candidate is at chance, so no zero-shot loss tells them apart. NetAdapt's answer is a
-short-term fine-tune of each candidate; here it chooses among the search's widths, uniform ones and a blend
-(``latency.frontier``), every candidate cut from the same model, trained on the same images in the same order,
-judged by the loss on held-out training images (continuous, so steadier than top-1 on a few hundred images).
+short-term fine-tune of each candidate; here it chooses among the search's widths, uniform ones, a blend and
+widths shaped by each group's latency per channel (``latency.frontier``), every candidate cut from the same
+model, trained on the same images in the same order, judged by the loss on held-out training images
+(continuous, so steadier than top-1 on a few hundred images).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def trial(setup: TrialSetup, say: Callable[[str], None]) -> Callable[[list[dict[
             f"{min(TRIAL_IMAGES, len(setup.fitting))} training images")
         losses = [_tried(setup, widths, index, say) for index, widths in enumerate(candidates, 1)]
         best = min(range(len(losses)), key=lambda i: (losses[i][0], i))
-        say("short fine-tune of {} candidate widths at the same predicted latency (search → uniform): held-out "
+        say("short fine-tune of {} candidate widths at the same predicted latency (search → uniform → by channel "
+            "cost): held-out "
             "loss {} / top-1 {}; kept candidate {}".format(
                 len(candidates), " / ".join(f"{loss:.3f}" for loss, _ in losses),
                 " / ".join(f"{acc:.1%}" for _, acc in losses), best + 1))
