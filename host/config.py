@@ -154,7 +154,8 @@ class PruneSection(Strict):
         default="layers", description="CPU runtimes: time each layer variant, or profile a few whole models")
     align_to_device: bool = Field(default=True, description="widths in multiples of the channels the device's "
                                   "layout packs (runtimes.channel_multiple), as well as of round_to")
-    trial: bool = Field(default=True, description="fine-tune the search's widths, uniform ones and a blend briefly; "
+    trial: bool = Field(default=True, description="fine-tune the search's widths, uniform ones, a blend and widths "
+                                                  "shaped by latency per channel briefly; "
                                                   "keep the one that recovers best (prune/trial.py)")
 
     @model_validator(mode="after")
