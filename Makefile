@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test lint install sshd clean
+.PHONY: demo test lint install sshd bench-data clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ sshd:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing $$missing: the SSH tests will be skipped"; fi; \
 	fi
+
+# The latency-target benchmark's harder data set (benchmarks/latency_prune.py --fashion): Fashion-MNIST, which
+# Debian packages (no Python registry ships it; CIFAR is in none of them).
+bench-data:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else echo "as root: apt-get install dataset-fashion-mnist" >&2; exit 1; fi; }
 
 lint: install
 	$(BIN)/ruff check .

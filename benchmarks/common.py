@@ -23,7 +23,7 @@ from rich.table import Table
 
 from edgekit.device.stats import summarize
 from edgekit.host.train.checkpoint import load_model, save_checkpoint
-from edgekit.host.train.data import Dataset, channel_stats, load_cifar, write_digits
+from edgekit.host.train.data import Dataset, Split, channel_stats, load_cifar, write_digits
 from edgekit.host.train.loop import top1, train
 from edgekit.host.train.models import create_model
 
@@ -37,10 +37,39 @@ def digits(work: Path) -> Dataset:
     return load_cifar(work / "digits")
 
 
-def trained(work: Path, arch: str, width: float, epochs: int, data: Dataset, lr: float = 0.05):
-    """Train once and keep the checkpoint in ``work`` so a re-run measures, not trains."""
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist (apt-get install)
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+
+def fashion(root: Path = FASHION, train_images: int = 0, test_images: int = 0) -> Dataset:
+    """Fashion-MNIST (Zalando's 70,000 28×28 grey product photos, 10 classes) as 3×32×32 images: padded by 2 px
+    and repeated to three channels, so a model and its latency table are the ones the digits run uses.
+    ``train_images`` / ``test_images``: the first N of each file (0: all); the files are shuffled already."""
+    import gzip
+
+    def read(name: str, offset: int, count: int) -> np.ndarray:
+        path = Path(root) / name
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found; install Debian's dataset-fashion-mnist "
+                             "(apt-get install dataset-fashion-mnist) or pass --fashion DIR")
+        with gzip.open(path, "rb") as handle:
+            data = np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
+        return data[:count * (28 * 28 if offset == 16 else 1)] if count else data
+
+    def split(prefix: str, count: int) -> Split:
+        labels = read(f"{prefix}-labels-idx1-ubyte.gz", 8, count).astype(np.int64)
+        grey = read(f"{prefix}-images-idx3-ubyte.gz", 16, count).reshape(-1, 28, 28)
+        padded = np.pad(grey, ((0, 0), (2, 2), (2, 2)))
+        return Split(np.ascontiguousarray(np.repeat(padded[:, None], 3, axis=1)), labels)
+
+    return Dataset(split("train", train_images), split("t10k", test_images), list(FASHION_CLASSES))
+
+
+def trained(work: Path, arch: str, width: float, epochs: int, data: Dataset, lr: float = 0.05, tag: str = ""):
+    """Train once and keep the checkpoint in ``work`` so a re-run measures, not trains (``tag``: which data set,
+    when a work folder holds models of several)."""
     mean, std = channel_stats(data.train)
-    path = work / f"{arch}-w{width}-e{epochs}.pt"
+    path = work / f"{arch}-w{width}-e{epochs}{tag}.pt"
     if path.exists():
         model, _ = load_model(path, arch, 10, width, 3)
         return model, mean, std
