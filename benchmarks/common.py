@@ -41,28 +41,26 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 
 
-def fashion(root: Path = FASHION, train_images: int = 0, test_images: int = 0) -> Dataset:
-    """Fashion-MNIST (Zalando's 70,000 28×28 grey product photos, 10 classes) as 3×32×32 images: padded by 2 px
-    and repeated to three channels, so a model and its latency table are the ones the digits run uses.
-    ``train_images`` / ``test_images``: the first N of each file (0: all); the files are shuffled already."""
+def fashion(root: Path = FASHION) -> Dataset:
+    """Fashion-MNIST (Zalando's 70,000 28×28 grey product photos, 10 classes, in shuffled order) as 3×32×32
+    images: padded by 2 px and repeated to three channels, so a model and its latency table are the ones the
+    digits run uses."""
     import gzip
 
-    def read(name: str, offset: int, count: int) -> np.ndarray:
+    def read(name: str, header: int) -> np.ndarray:
         path = Path(root) / name
         if not path.is_file():
             raise SystemExit(f"{path}: not found; install Debian's dataset-fashion-mnist "
-                             "(apt-get install dataset-fashion-mnist) or pass --fashion DIR")
+                             "(make bench-data, as root) or pass --fashion DIR")
         with gzip.open(path, "rb") as handle:
-            data = np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
-        return data[:count * (28 * 28 if offset == 16 else 1)] if count else data
+            return np.frombuffer(handle.read(), dtype=np.uint8, offset=header)  # idx: big-endian header, then bytes
 
-    def split(prefix: str, count: int) -> Split:
-        labels = read(f"{prefix}-labels-idx1-ubyte.gz", 8, count).astype(np.int64)
-        grey = read(f"{prefix}-images-idx3-ubyte.gz", 16, count).reshape(-1, 28, 28)
+    def split(prefix: str) -> Split:
+        grey = read(f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
         padded = np.pad(grey, ((0, 0), (2, 2), (2, 2)))
-        return Split(np.ascontiguousarray(np.repeat(padded[:, None], 3, axis=1)), labels)
+        return Split(np.repeat(padded[:, None], 3, axis=1), read(f"{prefix}-labels-idx1-ubyte.gz", 8).astype(np.int64))
 
-    return Dataset(split("train", train_images), split("t10k", test_images), list(FASHION_CLASSES))
+    return Dataset(split("train"), split("t10k"), list(FASHION_CLASSES))
 
 
 def trained(work: Path, arch: str, width: float, epochs: int, data: Dataset, lr: float = 0.05, tag: str = ""):
