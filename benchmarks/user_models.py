@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from typing import Callable
@@ -83,21 +84,33 @@ def edgekit(args: list[str], cwd: Path, home: Path) -> tuple[subprocess.Complete
     return result, time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Latency:
+    """Part 1f: prune to ``speedup`` × the report's baseline at batch 1 instead of by ratio, on the device's
+    default precision, optionally on one ``backend`` (default: the device's race)."""
+
+    speedup: float
+    backend: str | None = None
+
+
 def project(work: Path, data: Path, name: str, arch: str, width: float, finetune: int, train_epochs: int,
-            allow: bool = True, train: dict | None = None) -> Path:
+            allow: bool = True, train: dict | None = None, latency: Latency | None = None) -> Path:
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "data").exists():
         os.symlink(data, folder / "data")
+    prune = {"enabled": True, "ratio": 0.5, "finetune_epochs": finetune, "early_stop": False,
+             "allow_accuracy_drop": allow, **(train or {}).get("prune", {})}
+    device = {"kind": "local", "precision": "int8"}
+    if latency is not None:
+        prune = dict(prune, target_speedup=latency.speedup, target_batch=1)
+        device = {"kind": "local", **({"backend": latency.backend} if latency.backend else {})}
     (folder / "deploy.toml").write_text(deploy_toml(
         project={"name": name.replace("_", "-")},
         model={"arch": arch, "width": width, "checkpoint": "model.pt", "output": OUTPUT.get(name, 0)},
         data={"path": "data"}, input={"batch_sizes": [1, 32]},
         train={"epochs": train_epochs, "augment": ["crop"], **{k: v for k, v in (train or {}).items() if k != "prune"}},
-        prune={"enabled": True, "ratio": 0.5, "finetune_epochs": finetune, "early_stop": False,
-               "allow_accuracy_drop": allow, **(train or {}).get("prune", {})},
-        benchmark={"warmup_s": 0.1, "duration_s": 1.0},
-        devices={"local": {"kind": "local", "precision": "int8"}}))
+        prune=prune, benchmark={"warmup_s": 0.1, "duration_s": 1.0}, devices={"local": device}))
     return folder
 
 
@@ -119,6 +132,12 @@ def push(folder: Path, home: Path) -> dict:
                        speedup=speedups.get(32) or speedups.get(max(speedups, default=None)),
                        protected=host.get("pruning", {}).get("protected", {}),
                        folding=host.get("folding", {}).get("message", ""))
+        target = report_.get("latency_target")
+        if target:
+            outcome["latency"] = {key: target.get(key) for key in (
+                "target_ms", "measured_ms", "predicted_ms", "met", "model_error", "modelled_as_shipped", "backend",
+                "precision", "verdict")} | {"shipped_on": f"{report_.get('backend')} {report_.get('precision')}",
+                                            "rounds": len((target.get("check") or {}).get("rounds", []))}
     else:
         outcome["error"] = error_line(result.stderr)
     return outcome
@@ -135,7 +154,8 @@ def timm_missing() -> str | None:
 
 def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, train_epochs: int,
         minutes: float = 0.0, on_row: Callable[[list[dict]], None] = lambda rows: None,
-        module: str = "user_models", recipes: dict[str, dict] | None = None) -> list[dict]:
+        module: str = "user_models", recipes: dict[str, dict] | None = None, latency: Latency | None = None
+        ) -> list[dict]:
     """Train and push each model; with ``minutes``, models not started by then are listed as not run."""
     rows: list[dict] = []
     start = time.monotonic()
@@ -146,7 +166,7 @@ def zoo(work: Path, data: Path, models: list[str], width: float, finetune: int, 
             continue
         home = work / "home"
         folder = project(work, data, name, f"{module}:{name}", width, finetune, train_epochs,
-                         train=(recipes or {}).get(name))
+                         train=(recipes or {}).get(name), latency=latency)
         warned, hint = None, None
         if not (folder / "model.pt").exists():  # a re-run with --work reuses the trained model
             trained, train_s = edgekit(["train"], folder, home)
@@ -276,6 +296,23 @@ def zoo_table(rows: list[dict]) -> list[list]:
     return table
 
 
+def latency_table(rows: list[dict]) -> list[list]:
+    """Part 1f's table: the target, what the device measured on the shipped model, the prediction, top-1."""
+    table = []
+    for row in rows:
+        found = row.get("latency") or {}
+        top = row.get("accuracy", {})
+        pruned = next((v for k, v in top.items() if k.startswith("pruned to")), None)
+        status = ("pushed" if row["exit"] == 0 else "not run" if row["exit"] is None else f"exit {row['exit']}")
+        table.append([row["model"], status, "yes" if row["traceback"] else "no",
+                      f"{found['target_ms']:.3g}" if found else "-",
+                      f"{found['measured_ms']:.3g} ({'met' if found['met'] else 'MISSED'})" if found else "-",
+                      f"{found['model_error']:+.0%}" if found else "-", found.get("shipped_on", "-"),
+                      f"{top.get('trained (FP32 baseline)', float('nan')):.1%} → {pruned:.1%}" if pruned else "-",
+                      row.get("error", "")[:160], row["seconds"]])
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=None, help="default: the zoo, or TIMM with --timm")
@@ -284,6 +321,11 @@ def main() -> None:
     parser.add_argument("--structure", action="store_true", help="no training: train step, prune, export, check")
     parser.add_argument("--lr-grid", default=None, help="training only: held-out top-1 per model at each of these "
                         "comma-separated learning rates (results/NAME_lr_grid.json)")
+    parser.add_argument("--latency-speedup", type=float, default=None, help="prune to this speed-up over the "
+                        "report's baseline at batch 1 (prune.target_speedup) instead of by ratio; the device's "
+                        "default precision (results/NAME_latency.json)")
+    parser.add_argument("--backend", default=None, help="with --latency-speedup: the local device's backend "
+                        "(default: its race)")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--finetune", type=int, default=1)
     parser.add_argument("--train-epochs", type=int, default=None, help="default 3, or 15 with --torchvision")
@@ -341,9 +383,18 @@ def main() -> None:
             RESULTS.mkdir(exist_ok=True)
             (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
+        latency = Latency(args.latency_speedup, args.backend) if args.latency_speedup else None
+        if latency is not None:
+            name = args.name or f"{name}_latency"
         rows = zoo(work, data, models, args.width, args.finetune, args.train_epochs, args.minutes, write, module,
-                   recipes)
+                   recipes, latency)
         results["zoo"] = rows
+        if latency is not None:
+            report(name, f"user models pruned to {latency.speedup:g}× the baseline at batch 1 on local "
+                   f"({args.finetune} fine-tune epoch(s))", ["model", "result", "traceback", "target ms",
+                   "device ms", "model error", "shipped on", "top-1 trained → pruned", "error", "seconds"],
+                   latency_table(rows), results)
+            return
         report(name, f"user models, prune 50% + INT8 on local ({args.finetune} fine-tune epoch(s))",
                ["model", "result", "traceback", "protected from pruning", "error / folding", "top-1 FP32 → worst",
                 "speed-up b32", "chance warning", "seconds"], zoo_table(rows), results)

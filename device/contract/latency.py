@@ -68,8 +68,11 @@ def parse_plan(data: Any, files: Mapping[str, Any]) -> Dict[str, Any]:
     mode = data.get("mode", "layers")
     if mode not in MODES:
         raise LatencyPlanError("manifest latency: 'mode' must be one of {}".format(", ".join(MODES)))
+    race = data.get("race", False)
+    if not isinstance(race, bool):
+        raise LatencyPlanError("manifest latency: 'race' must be true or false")
     return {"graph": graph, "batch": batch, "max_seconds": float(seconds), "iterations": iterations,
-            "variants": forms, "mode": mode}
+            "variants": forms, "mode": mode, "race": race}
 
 
 def variant_file(form: Mapping[str, str], backend: str, precision: str, int8_mode: str = "explicit",

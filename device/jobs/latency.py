@@ -20,7 +20,7 @@ from ..backends import Backend
 from ..benchmark import Plan
 from ..contract.latency import LatencyPlanError, missing, parse_plan, table_key, variant_file
 from ..contract.manifest import Manifest
-from ..contract.model_files import job_candidates
+from ..contract.model_files import ModelChoiceError, job_candidates
 from ..contract.protocol import LATENCY
 from ..contract.runtimes import AUTO, baseline_precision, cpu_runtimes, layer_profile
 from ..cpu import describe_cpu
@@ -38,24 +38,56 @@ WHOLE_TIMED_S = 0.5
 SAVE_EVERY = 8
 
 
-def latency_target(job: Job, manifest: Manifest, files: Mapping[str, Path], plan: Mapping[str, Any]
-                   ) -> Tuple[Backend, str]:
-    """The (runtime, precision) the table is measured on: the job's own, or with ``auto`` in either, the pair the
-    push's race will most likely pick here, the fastest on the unpruned model (a short race on it, like auto's;
-    the host re-checks the guess against the precision the final model's race really picked)."""
+def candidate_pairs(manifest: Manifest, plan: Mapping[str, Any]) -> Tuple[Dict[str, Backend], List[Tuple[str, str]]]:
+    """The device's backends and the (runtime, precision) pairs a table may be measured on, as the push's race
+    would build them: a profile plan needs a runtime with a per-layer profiler, any CPU runtime times layers."""
     backends, _ = job_backends(manifest)
-    cpu = describe_cpu()
     form = plan["variants"].get(BASELINE_VARIANT) or next(iter(plan["variants"].values()))
     pairs = job_candidates(list(backends), manifest.precision, list(form), manifest.build.get("int8_mode", "explicit"),
-                           cpu)
+                           describe_cpu())
     profile = plan["mode"] == "profile"
-    # a profile plan needs a runtime with a per-layer profiler; any CPU runtime times layer variants
     pairs = [(name, precision) for name, precision in pairs if (layer_profile(name) if profile else
              name in cpu_runtimes()) and manifest.precision in (AUTO, precision)]
     if not pairs:
         raise JobError("the latency model {} here: {} (use prune.ratio on this device)".format(
             "needs a runtime with a per-layer profiler (TensorRT)" if profile else "is measured on CPU runtimes or "
             "from TensorRT's per-layer profile", ", ".join(backends) or "no runtime"))
+    return backends, pairs
+
+
+def raced(job: Job, manifest: Manifest, files: Mapping[str, Path], plan: Mapping[str, Any], table: Mapping[str, float],
+          chosen: Tuple[str, str]) -> Dict[str, Dict[str, float]]:
+    """A check's whole models timed on every pair the push's race would build (``plan["race"]``), the table's own
+    pair read from the table: the final model's race keeps the fastest, and which that is can change with the
+    widths (torchvision's ResNet-18 unpruned ran fastest on OpenVINO here, pruned to a sixth on ONNX Runtime at
+    a quarter of OpenVINO's time), so a check timed on the table's pair alone would prune for the wrong engine."""
+    backends, pairs = candidate_pairs(manifest, plan)
+    checks = [ident for ident in plan["variants"] if ident != BASELINE_VARIANT]
+    cpu = describe_cpu()
+    times = {ident: {"{} {}".format(*chosen): table[ident]} for ident in checks}
+    for name, precision in pairs:
+        if (name, precision) == chosen:
+            continue
+        try:
+            for ident in checks:
+                variant_file(plan["variants"][ident], name, precision, manifest.build.get("int8_mode", "explicit"), cpu)
+        except (KeyError, ModelChoiceError):
+            continue  # the host wrote no file this pair builds from: the race could not build it either
+        measured = _time_wholes(job, backends[name], files, plan, checks, precision, manifest,
+                                job.folder / "latency-race")
+        for ident, ms in measured.items():
+            times[ident]["{} {}".format(name, precision)] = ms
+    return times
+
+
+def latency_target(job: Job, manifest: Manifest, files: Mapping[str, Path], plan: Mapping[str, Any]
+                   ) -> Tuple[Backend, str]:
+    """The (runtime, precision) the table is measured on: the job's own, or with ``auto`` in either, the pair the
+    push's race will most likely pick here, the fastest on the unpruned model (a short race on it, like auto's;
+    the host re-checks the guess against the precision the final model's race really picked)."""
+    backends, pairs = candidate_pairs(manifest, plan)
+    cpu = describe_cpu()
+    form = plan["variants"].get(BASELINE_VARIANT) or next(iter(plan["variants"].values()))
     if len(pairs) == 1:
         return backends[pairs[0][0]], pairs[0][1]
     if BASELINE_VARIANT not in plan["variants"]:
@@ -130,6 +162,9 @@ def run_latency_job(job: Job, manifest: Manifest, files: Mapping[str, Path]) -> 
               "measured": len(todo), "mode": plan["mode"], "ms": {ident: table[ident] for ident in plan["variants"]}}
     if plan["mode"] == "profile":
         report["profiles"] = {ident: profiles[ident] for ident in plan["variants"] if ident in profiles}
+    if plan["race"]:
+        report["raced"] = raced(job, manifest, files, plan, table, (backend.name, precision))
+        report["ms"].update({ident: min(times.values()) for ident, times in report["raced"].items()})
     return report
 
 
