@@ -309,7 +309,7 @@ def latency_table(rows: list[dict]) -> list[list]:
                       f"{found['measured_ms']:.3g} ({'met' if found['met'] else 'MISSED'})" if found else "-",
                       f"{found['model_error']:+.0%}" if found else "-", found.get("shipped_on", "-"),
                       f"{top.get('trained (FP32 baseline)', float('nan')):.1%} → {pruned:.1%}" if pruned else "-",
-                      row.get("error", "")[:160], row["seconds"]])
+                      row.get("error", "").removeprefix("error: ")[:90], row["seconds"]])
     return table
 
 
