@@ -2,6 +2,7 @@
 
     python benchmarks/user_models.py [--models shufflenet,senet,...] [--width 1.0] [--finetune 1]
                                      [--target] [--rounds 2] [--only-target]
+                                     [--latency-speedup X [--backend NAME]]
 
 Part 1 (the zoo): every model of ``tests/user_models.py`` (and ``densenet121``) is trained for
 ``--train-epochs`` on the digits (real images), then ``edgekit push local`` runs with pruning (50%,
@@ -27,6 +28,14 @@ Results: ``results/user_models_torchvision.json``.
 
 Part 1e (``--torchvision --lr-grid 0.05,0.01``): training alone, per model and learning rate, the held-out
 top-1 that chose the recipe above. Results: ``results/user_models_torchvision_lr_grid.json``.
+
+Part 1f (``--latency-speedup X``, with ``--torchvision``, ``--timm`` or the zoo): the same models pruned to a
+latency target instead of by ratio (``prune.target_speedup = X`` over the report's baseline at batch 1), on the
+device's default precision and, unless ``--backend`` names one, its race: the push measures the device's
+latency model, searches widths, checks them on the device and fails in one line where the target cannot be met.
+The table gives the target, the shipped model's median on the device (judged as the agent's budget judges it),
+the latency model's error, the runtime shipped and top-1 trained → pruned.
+Results: ``results/NAME_latency.json``.
 
 Part 1d (``--torchvision --structure``): no training, minutes not hours: per model, one training step in
 train mode at 32×32 (auxiliary heads, stochastic depth), 50 % pruning, export and the ONNX Runtime check,

@@ -325,11 +325,6 @@ def test_the_measured_latency_decides_whether_the_target_was_met():
     assert "measured 2.2 ms" in rows[0]["note"]
     missed = latency_outcome(rows, report(2.4))
     assert not missed["met"] and "missed" in missed["verdict"]
-    alone = report(2.4)
-    alone["benchmarks"][0]["alone"] = {"median_ms": 2.1, "cv_percent": 3.0}  # slow beside the baselines only
-    judged = latency_outcome(rows, alone)
-    assert judged["met"] and judged["measured_ms"] == 2.1
-    assert "measured 2.1 ms timed alone, as served (2.4 ms beside the baselines) (met" in judged["verdict"]
     assert latency_outcome(rows, {"status": "failed"}) is None
     # precision = "auto": the table was measured at the precision the unpruned model's race favoured; the final
     # model's race is checked against it
@@ -350,21 +345,6 @@ def test_a_missed_target_is_a_budget_failure_on_the_device():
     benches[1]["latency_ms"]["median"] = 2.4
     (line,) = budget_failures(budget, benches, {})
     assert "batch 8" in line and "misses the pruning target 2.000 ms" in line
-
-
-def test_a_target_missed_beside_the_baselines_is_judged_on_the_engine_timed_alone():
-    from edgekit.device.contract.budget import budget_failures, target_limit, target_median, target_missed
-
-    budget = target_limit(2.0, 8)
-    bench = {"batch": 8, "latency_ms": {"median": 2.4}}
-    assert target_missed(budget, bench) and target_median(bench) == 2.4
-    assert not target_missed(budget, {"batch": 1, "latency_ms": {"median": 9.0}})  # not the target's batch
-    assert not target_missed({"max_median_ms": 1.0}, bench)  # no pruning target
-    alone = dict(bench, alone={"median_ms": 2.1, "cv_percent": 3.0})
-    assert target_median(alone) == 2.1 and budget_failures(budget, [alone], {}) == []
-    slow = dict(bench, alone={"median_ms": 2.5, "cv_percent": 3.0})  # too slow alone as well: still a failure
-    (line,) = budget_failures(budget, [slow], {})
-    assert "median 2.500 ms (timed alone) misses the pruning target 2.000 ms" in line
 
 
 def test_the_closest_within_the_accuracy_budget_is_the_furthest_judged_within_not_the_last_tried():

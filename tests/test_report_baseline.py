@@ -99,23 +99,6 @@ def test_report_names_the_runtime_both_models_ran_on_and_the_cpus_int8_isa():
     assert "backend: openvino 2026.4.1 on AMD EPYC [avx512_vnni]" in console.export_text()
 
 
-def test_a_target_batch_timed_alone_says_so_with_both_readings():
-    from rich.console import Console
-
-    from edgekit.host.records.report import print_report
-
-    report = report_with_baseline()
-    report["benchmarks"][0]["alone"] = {"median_ms": 0.322, "cv_percent": 4.0}
-    console = Console(record=True, width=300)
-    print_report(console, report, "local")
-    shown = console.export_text()
-    assert "batch 32: 1 ms beside the baselines missed the pruning target" in shown
-    assert "timed alone, as it is served: 0.322 ms (CV 4 %)" in shown
-    console = Console(record=True, width=300)
-    print_report(console, report_with_baseline(), "local")
-    assert "timed alone" not in console.export_text()
-
-
 def report_with_default_baseline(job: str = "j1", final: float = 1.0) -> dict:
     """A report of this agent: the baseline at OpenVINO's default (bf16), strict FP32 on the final's runtime."""
     report = report_with_baseline(job, final, base=4.0)

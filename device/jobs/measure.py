@@ -15,7 +15,6 @@ from .. import telemetry
 from ..backends import Backend, Engine
 from ..benchmark import Plan, interleaved, round_plan
 from ..contract.benchmark import ROUNDS
-from ..contract.budget import budget_of, target_missed
 from ..contract.manifest import Manifest
 from ..contract.validate import FP32_REFERENCE, compare, reference_key
 from ..errors import JobError
@@ -133,26 +132,12 @@ def benchmark_phase(job: Job, manifest: Manifest, backend: Backend, engine: Engi
         job.event("stage", message, stage="benchmark", batch=batch)
         result = _with_baseline(interleaved(runs, plan, rounds=rounds),
                                 {name: each.info.get("label") for name, each in against.items()})
-        if against and target_missed(budget_of(manifest.raw), result):
-            result["alone"] = _alone(job, result, runs["final"], plan)
         if diagnostics:
             _add_diagnostics(result, served.benchmark(batch, round_plan(plan, rounds, False), **timing, **diagnostics))
         if "warning" in result:
             job.event("warning", result["warning"], batch=batch)
         results.append(result)
     return results
-
-
-def _alone(job: Job, interleaved_result: Dict[str, Any], final: Any, plan: Plan) -> Dict[str, Any]:
-    """The final engine timed alone, as the agent serves it, after a miss of the pruning target interleaved with
-    the baselines (``budget.target_median``): the speed-ups stay the interleaved reading's (fair ratios), the
-    target is judged on this one."""
-    job.event("stage", "batch {}: median {:.3g} ms over the pruning target, timed beside the baselines: timing the "
-              "pruned model alone, as it is served".format(interleaved_result["batch"],
-                                                           interleaved_result["latency_ms"]["median"]),
-              stage="benchmark", batch=interleaved_result["batch"])
-    latency = final(plan)["latency_ms"]
-    return {"median_ms": latency["median"], "cv_percent": latency["cv_percent"]}
 
 
 def _windowed(engine: Engine, batch: int, timing: Dict[str, Any], window: Any) -> Any:

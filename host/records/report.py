@@ -256,11 +256,6 @@ def print_report(console: Console, report: dict[str, Any], device: str) -> None:
     for bench in report.get("benchmarks", []):
         if "warning" in bench:
             console.print(f"[yellow]warning (batch {bench['batch']}): {bench['warning']}[/yellow]")
-        if "alone" in bench:
-            console.print(f"[yellow]batch {bench['batch']}: {bench['latency_ms']['median']:.3g} ms beside the "
-                          f"baselines missed the pruning target; timed alone, as it is served: "
-                          f"{bench['alone']['median_ms']:.3g} ms (CV {bench['alone']['cv_percent']:.0f} %), "
-                          "which the target is judged on[/yellow]")
     if report.get("fallback"):
         console.print(f"[yellow]{report['fallback']}[/yellow]")
     if report.get("auto"):
