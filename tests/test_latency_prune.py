@@ -238,6 +238,11 @@ def test_a_check_is_timed_on_every_runtime_the_race_would_build_and_the_fastest_
     assert {"onnxruntime fp32", "openvino fp32"} <= set(times) and all(ms > 0 for ms in times.values())
     assert report["ms"][check] == min(times.values())
     assert f"{report['backend']} {report['precision']}" in times  # the table's own pair among them
+    again = publish_latency_job(root, key, variants, {"race": True}, backend="auto")  # the check cached there ...
+    run_agent_once(root)
+    second = Spool(root).report(again)
+    assert second["measured"] == 0 and set(second["raced"][check]) == set(times)  # ... is timed again beside them
+    assert second["ms"][check] == min(second["raced"][check].values())
     plain = publish_latency_job(root, key, variants, {}, backend="auto")  # no race: the table's pair only
     run_agent_once(root)
     assert "raced" not in Spool(root).report(plain)
