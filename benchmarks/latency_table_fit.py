@@ -22,17 +22,7 @@ from typing import Any
 
 from common import report
 
-from edgekit.host.optimize.prune.latency import LatencyModel, fit_line, load_model_file, monotone, whole_widths
-
-
-def as_measured(model: LatencyModel, table: dict[str, float]) -> LatencyModel:
-    """The same layers and spaces with the table's variants as the device read them (no fit), and the
-    whole-model line drawn again through them."""
-    raw = LatencyModel(model.layers, model.spaces, table)
-    raw.table = dict(table)
-    points = [(raw.layer_sum(w), table[name]) for name, w in whole_widths(model.spaces).items() if name in table]
-    raw.offset, raw.scale = fit_line(points)
-    return raw
+from edgekit.host.optimize.prune.latency import LatencyModel, load_model_file, monotone
 
 
 def batch_of(path: Path, saved: dict[str, Any]) -> int:
@@ -55,7 +45,7 @@ def checks_of(batch: int, saved: dict[str, Any], rounds: Path | None) -> list[tu
 def row_of(path: Path, rounds: Path | None) -> dict[str, Any]:
     fitted, saved = load_model_file(path)
     fitted = fitted.with_checks([])
-    raw = as_measured(fitted, saved["table"])
+    raw = LatencyModel(fitted.layers, fitted.spaces, saved["table"], fit=False)
     moved = sum(1 for k, v in monotone(saved["table"]).items() if abs(v - saved["table"][k]) > 1e-12)
     batch = batch_of(path, saved)
     errors = [{"measured_ms": ms, "as_measured": raw.uncorrected(w) / ms - 1, "fitted": fitted.uncorrected(w) / ms - 1}

@@ -171,8 +171,9 @@ class LatencyModel:
     """Predicted whole-model latency (ms) for any widths of the groups, from the device's table."""
 
     def __init__(self, layers: list[Layer], spaces: Mapping[str, GroupSpace], table: Mapping[str, float],
-                 checks: Iterable[Check] = ()) -> None:
-        self.layers, self.spaces, self.table = layers, dict(spaces), monotone(table)
+                 checks: Iterable[Check] = (), fit: bool = True) -> None:
+        """``fit``: the layer variants fitted ``monotone`` (False: as the device read them, for comparison)."""
+        self.layers, self.spaces, self.table = layers, dict(spaces), monotone(table) if fit else dict(table)
         self.grids = {layer.name: (grid(self.spaces.get(layer.in_group or ""), layer.cin),
                                    grid(self.spaces.get(layer.out_group or ""), layer.cout)) for layer in layers}
         points = [(self.layer_sum(widths), self.table[name]) for name, widths in whole_widths(self.spaces).items()
@@ -208,7 +209,7 @@ class LatencyModel:
         return base * correction(base, self.anchors)
 
     def with_checks(self, checks: Iterable[Check]) -> "LatencyModel":
-        return LatencyModel(self.layers, self.spaces, self.table, checks)
+        return LatencyModel(self.layers, self.spaces, self.table, checks, fit=False)  # the table is as fitted already
 
     def full(self) -> dict[str, int]:
         return {name: space.width for name, space in self.spaces.items()}
