@@ -49,6 +49,7 @@ from edgekit.device.contract.validate import compare
 from edgekit.device.cpu import describe_cpu
 from edgekit.device.jobs.auto import Candidate, fastest_per_batch, precision_label, serve
 from edgekit.host.config import deploy_toml, load_config
+from edgekit.host.errors import EdgekitError
 from edgekit.host.optimize import optimize
 from edgekit.host.optimize.export.onnx_export import export_onnx, onnx_predict, onnx_top1
 from edgekit.host.train.checkpoint import save_checkpoint
@@ -245,11 +246,14 @@ def main() -> None:
     args = parser.parse_args()
     work = RESULTS / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, refused = [], {}
     for item in args.models.split(","):
         arch, width = item.split(":")
-        results.append(run(arch, float(width), args.epochs, args.finetune, args.rounds, args.round_s, work,
-                           args.cost_weight))
+        try:
+            results.append(run(arch, float(width), args.epochs, args.finetune, args.rounds, args.round_s, work,
+                               args.cost_weight))
+        except EdgekitError as exc:  # the chain's own verdict (an accuracy budget missed): a row, not a traceback
+            refused[f"{arch} ×{float(width):g}"] = str(exc)
     checks = {r["model"]: targets(r) for r in results}
     report(args.name, "the whole chain vs the unpruned model at the runtime's default precision (the report's "
            "baseline, on its fastest runtime) and vs torch-pruning + quantize_static; last column: vs strict FP32 on "
@@ -257,7 +261,10 @@ def main() -> None:
            ["model", "runtime", "candidate [runs]", "top-1", "b1 p50 ms", "b32 p50 ms", "b1 vs baseline",
             "b32 vs baseline", "b32 vs strict FP32"],
            [row for r in results for row in table_rows(r)],
-           {"args": vars(args), "load_average": os.getloadavg(), "results": results, "targets_met": checks})
+           {"args": vars(args), "load_average": os.getloadavg(), "results": results, "targets_met": checks,
+            "refused": refused})
+    for model, reason in refused.items():
+        print(f"REFUSED  {model}: {reason}")
     for r in results:
         print(f"{r['model']}: baseline " + "; ".join(f"b{b}: {base['label']}" for b, base in r["baseline"].items())
               + f"; {r['auto_message']}")

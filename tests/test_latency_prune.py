@@ -352,6 +352,31 @@ def test_a_missed_target_is_a_budget_failure_on_the_device():
     assert "batch 8" in line and "misses the pruning target 2.000 ms" in line
 
 
+def test_a_speedup_target_is_judged_against_the_baseline_timed_beside_the_model_not_an_earlier_minute():
+    """The device slowed 1.6x between the latency model's baseline (2 ms: target 1 ms for 2x) and the final job:
+    the model's 1.5 ms is 2.1x over the baseline timed beside it, which the report shows, so the target is met;
+    a model at 1.3x beside its baseline misses it whatever its milliseconds say."""
+    from edgekit.device.contract.budget import budget_failures, target_limit
+    from edgekit.host.ship.bundle import latency_budget
+    from edgekit.host.ship.push import latency_outcome
+
+    budget = target_limit(1.0, 1, speedup=2.0)
+    slow_phase = [{"batch": 1, "latency_ms": {"median": 1.5}, "speedup": 2.1}]
+    assert budget_failures(budget, slow_phase, {}) == []
+    fast_phase = [{"batch": 1, "latency_ms": {"median": 0.9}, "speedup": 1.3}]
+    (line,) = budget_failures(budget, fast_phase, {})
+    assert "1.30x over the baseline timed beside it misses the pruning target 2.00x" in line
+    assert budget_failures(budget, [{"batch": 1, "latency_ms": {"median": 1.2}}], {})  # no baseline timed: ms
+    assert budget_failures(target_limit(1.0, 1), slow_phase, {})  # a milliseconds target stays milliseconds
+
+    info = {"target_ms": 1.0, "predicted_ms": 0.95, "batch": 1, "target_speedup": 2.0}
+    assert latency_budget({"pruning": {"latency": info}}) == budget  # what the host signs into the manifest
+    outcome = latency_outcome([], {"status": "done", "host": {"pruning": {"latency": info}}, "benchmarks": slow_phase})
+    assert outcome["met"] and "2x over the baseline" in outcome["verdict"] and "measured 2.10x" in outcome["verdict"]
+    outcome = latency_outcome([], {"status": "done", "host": {"pruning": {"latency": info}}, "benchmarks": fast_phase})
+    assert not outcome["met"] and "missed" in outcome["verdict"]
+
+
 def test_the_closest_within_the_accuracy_budget_is_the_furthest_judged_within_not_the_last_tried():
     from edgekit.host.optimize.prune.latency import closest_on_path
 
@@ -856,8 +881,9 @@ def test_the_closed_loop_keeps_the_candidate_the_trial_prefers_in_every_round():
     flat = magnitude_costs({name: [1.0] * 32 for name in spaces}, spaces)
     offered: list[list[dict]] = []
 
-    def prefer_uniform(candidates: list[dict]) -> int:
+    def prefer_uniform(candidates: list[dict], names: list[str]) -> int:
         offered.append(candidates)
+        assert len(names) == len(candidates) and names[0] == "search" and "uniform" in names
         return next(i for i, widths in enumerate(candidates) if len(set(widths.values())) == 1)
 
     target = device.predict(device.full()) * 0.5
@@ -938,7 +964,8 @@ def test_the_push_trials_on_the_prune_stages_split_and_settings(project):
     full = {g.name: g.width for g in groups}
     floors = {name: 1 for name in full}  # every group to one channel: nothing left to recover with
     said: list[str] = []
-    assert trial(setup, said.append)([floors, full]) == 1 and "kept candidate 2" in said[-1]
+    assert trial(setup, said.append)([floors, full], ["search", "uniform"]) == 1
+    assert "(search → uniform)" in said[-1] and said[-1].endswith("kept uniform")
 
 
 @pytest.mark.slow

@@ -104,7 +104,7 @@ def build_settings(device: DeviceSection) -> dict[str, Any]:
 def latency_budget(host: dict[str, Any]) -> dict[str, Any]:
     """A pruning latency target as a budget entry: the agent keeps the active model when the median misses it."""
     latency = (host.get("pruning") or {}).get("latency")
-    return target_limit(latency["target_ms"], latency["batch"]) if latency else {}
+    return target_limit(latency["target_ms"], latency["batch"], latency.get("target_speedup")) if latency else {}
 
 
 def make_manifest(config: Config, device: DeviceSection, files: dict[str, Path], host: dict[str, Any],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from ...device.contract.budget import TARGET_TOLERANCE
+from ...device.contract.budget import TARGET_TOLERANCE, target_failures, target_limit
 from ...device.contract.budget import budget_failures as check_budget
 from ...device.contract.manifest import MODEL_BASELINE, MODEL_FP16, MODEL_INT8_QDQ_FP16, REFERENCE
 from ...device.contract.model_files import MODEL_VARIANTS, file_precision
@@ -182,6 +182,16 @@ def budget_failures(config: Config, report: dict[str, Any]) -> list[str]:
     return check_budget(budget, report.get("benchmarks", []), report.get("host", {}).get("accuracy", {}) or {})
 
 
+def target_words(info: dict[str, Any], bench: dict[str, Any]) -> str:
+    """The target and the device's figure, as the agent judged them (``target_failures``): a speed-up target by
+    the speed-up over the baseline timed beside the model in the same job, when the job timed one."""
+    measured, speedup, asked = float(bench["latency_ms"]["median"]), bench.get("speedup"), info.get("target_speedup")
+    if asked is not None and isinstance(speedup, (int, float)):
+        return (f"latency target {asked:g}x over the baseline at batch {info['batch']} ({info['target_ms']:.3g} ms "
+                f"when the latency model was timed): measured {speedup:.2f}x beside the baseline, {measured:.3g} ms")
+    return f"latency target {info['target_ms']:.3g} ms at batch {info['batch']}: measured {measured:.3g} ms"
+
+
 def latency_outcome(stages: list[dict[str, Any]], report: dict[str, Any]) -> dict[str, Any] | None:
     """A latency target against the device's measurement: met or not, and the latency model's error. The prune
     row of the stage table gets the measured figure beside the predicted one."""
@@ -192,11 +202,10 @@ def latency_outcome(stages: list[dict[str, Any]], report: dict[str, Any]) -> dic
     if bench is None:
         return None
     measured = float(bench["latency_ms"]["median"])
-    met = measured <= info["target_ms"] * (1 + TARGET_TOLERANCE)
+    met = not target_failures(target_limit(info["target_ms"], info["batch"], info.get("target_speedup")), bench)
     error = (info["predicted_ms"] - measured) / measured
-    verdict = (f"latency target {info['target_ms']:.3g} ms at batch {info['batch']}: measured {measured:.3g} ms "
-               f"({'met' if met else 'missed'}, within {TARGET_TOLERANCE:.0%} allowed; latency model predicted "
-               f"{info['predicted_ms']:.3g} ms, {error:+.0%})")
+    verdict = (f"{target_words(info, bench)} ({'met' if met else 'missed'}, within {TARGET_TOLERANCE:.0%} allowed; "
+               f"latency model predicted {info['predicted_ms']:.3g} ms, {error:+.0%})")
     # precision = "auto": the table was measured at the precision the unpruned model's race favoured; the final
     # model's race may pick another (INT8 failing validation, a pruned model where FP32 wins): say so
     final = (report.get("backend"), report.get("precision"))

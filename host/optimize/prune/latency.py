@@ -259,7 +259,8 @@ class Check:
     measured_ms: float
 
 
-Trial = Callable[[list[dict[str, int]]], int]  # fine-tunes candidate widths briefly, returns the best one's index
+Trial = Callable[[list[dict[str, int]], list[str]], int]  # fine-tunes candidate widths (and their names) briefly,
+# returns the best one's index
 
 
 def correction(base_ms: float, anchors: list[tuple[float, float]]) -> float:
@@ -346,7 +347,15 @@ def closed_loop(model: LatencyModel, costs: Mapping[str, Curve], target_ms: floa
 def trial_blend(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float, trial: Trial) -> float:
     """The blend whose widths the trial prefers among ``frontier``'s (1, the search's own, when they are all)."""
     options = frontier(model, costs, target_ms)
-    return list(options)[trial([found.widths for found in options.values()])] if len(options) > 1 else 1.0
+    if len(options) < 2:
+        return 1.0
+    return list(options)[trial([found.widths for found in options.values()], [blend_name(b) for b in options])]
+
+
+def blend_name(blend: float) -> str:
+    """A trial candidate in words, as the trial's line and the stage table name it."""
+    return {1.0: "search", 0.5: "halfway", 0.0: "uniform", BY_CHANNEL_COST: "by channel cost"}.get(
+        blend, f"blend {blend:g}")
 
 
 def blended(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float, blend: float) -> Search:

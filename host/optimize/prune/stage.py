@@ -294,6 +294,7 @@ class LatencyChooser:
                               "<device>` (edgekit optimize alone has no device to measure on)")
         self.model, self.saved = load_model_file(path)
         self.target = resolve_target(section.target_latency_ms, section.target_speedup, self.saved["baseline_ms"])
+        self.speedup = section.target_speedup  # None for a milliseconds target (the config refuses both)
         self.say = say
         self.result: dict[str, Any] | None = None
         self.path: list[tuple[dict[str, int], float]] = []
@@ -311,7 +312,8 @@ class LatencyChooser:
         self.result = {"target_ms": self.target, "predicted_ms": found.predicted_ms, "reached": found.reached,
                        "widths": found.widths, "full": self.model.full(), "batch": saved["batch"],
                        "device": saved["device"], "backend": saved["backend"], "precision": saved["precision"],
-                       "baseline_ms": saved["baseline_ms"], "unpruned_ms": self.model.predict(self.model.full())}
+                       "baseline_ms": saved["baseline_ms"], "unpruned_ms": self.model.predict(self.model.full()),
+                       "target_speedup": self.speedup}
         checked = saved.get("checked", {}).get(f"{self.target:.6g}")
         if checked is not None:  # the push measured widths for this target on the device: those are pruned to
             self.result.update(widths=checked["widths"], predicted_ms=checked["predicted_ms"], reached=checked["met"],

@@ -38,16 +38,14 @@ def trial(setup: TrialSetup, say: Callable[[str], None]) -> Callable[[list[dict[
     """The closed loop's ``trial``: the index of the candidate whose held-out loss is lowest after one short
     fine-tune (ties: the earlier candidate, the search's own widths first)."""
 
-    def pick(candidates: list[dict[str, int]]) -> int:
+    def pick(candidates: list[dict[str, int]], names: list[str]) -> int:
         say(f"trial: fine-tuning {len(candidates)} candidate widths once each over at most "
             f"{min(TRIAL_IMAGES, len(setup.fitting))} training images")
         losses = [_tried(setup, widths, index, say) for index, widths in enumerate(candidates, 1)]
         best = min(range(len(losses)), key=lambda i: (losses[i][0], i))
-        say("short fine-tune of {} candidate widths at the same predicted latency (search → uniform → by channel "
-            "cost): held-out "
-            "loss {} / top-1 {}; kept candidate {}".format(
-                len(candidates), " / ".join(f"{loss:.3f}" for loss, _ in losses),
-                " / ".join(f"{acc:.1%}" for _, acc in losses), best + 1))
+        say("short fine-tune of {} candidate widths at the same predicted latency ({}): held-out loss {} / top-1 {}; "
+            "kept {}".format(len(candidates), " → ".join(names), " / ".join(f"{loss:.3f}" for loss, _ in losses),
+                             " / ".join(f"{acc:.1%}" for _, acc in losses), names[best]))
         return best
 
     return pick
