@@ -927,7 +927,7 @@ def test_a_trial_fine_tune_prefers_the_pruning_that_keeps_the_signal(digits_dir)
                        {"batch_size": 32, "lr": 0.05, "seed": 0})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     said: list[str] = []
-    assert trial(setup, said.append)([starved, even]) == 1
+    assert trial(setup, said.append)([starved, even], ["search", "halfway"]) == 1 and said[-1].endswith("kept halfway")
     assert said[0].startswith("trial: fine-tuning 2 candidate") and "held-out loss" in said[1]
     assert all(torch.equal(value, model.state_dict()[key]) for key, value in before.items())
     assert np.isfinite(float(said[1].split("loss ")[1].split(" ")[0]))
@@ -942,7 +942,7 @@ def test_the_push_trials_on_the_prune_stages_split_and_settings(project):
     from edgekit.host.optimize.load import load_trained, normalization
     from edgekit.host.optimize.prune.structured import PruneSpec, prunable
     from edgekit.host.optimize.prune.trial import trial
-    from edgekit.host.ship.latency import search_scores, trial_setup
+    from edgekit.host.ship.latency import push_trial, search_scores, trial_setup
     from edgekit.host.train.data import normalize
     from edgekit.host.train.project import load_data
 
@@ -966,6 +966,8 @@ def test_the_push_trials_on_the_prune_stages_split_and_settings(project):
     said: list[str] = []
     assert trial(setup, said.append)([floors, full], ["search", "uniform"]) == 1
     assert "(search → uniform)" in said[-1] and said[-1].endswith("kept uniform")
+    chosen = push_trial(config, data, model, protect, lambda: setup.scores, mean, std, said.append)  # as a push does
+    assert chosen([full, floors], ["search", "uniform"]) == 0 and said[-1].endswith("kept search")
 
 
 @pytest.mark.slow

@@ -210,10 +210,8 @@ def latency_model_file(config: Config, device_name: str, say: Say, on_event: Eve
     measure = lambda widths: measure_widths(config, device_name, device, model, protect, widths,  # noqa: E731
                                             batch.numpy(), graph_id, say, on_event)
 
-    def pick(candidates: list[dict[str, int]]) -> int:
-        return trial(trial_setup(config, data, model, protect, scores(), mean, std), say)(candidates)
-
-    check_widths(config, device_name, path, costs, measure, say, pick if config.prune.trial else None)
+    pick = push_trial(config, data, model, protect, scores, mean, std, say) if config.prune.trial else None
+    check_widths(config, device_name, path, costs, measure, say, pick)
     return path
 
 
@@ -261,6 +259,17 @@ def trial_setup(config: Config, data: Any, model: Any, protect: list[str], score
     fitting, validation = data.train.hold_out(config.prune.validation_fraction, config.train.seed)
     return TrialSetup(model, torch.zeros(1, *config.input.shape), protect, scores, fitting, validation, mean, std,
                       options, config.model.output)
+
+
+def push_trial(config: Config, data: Any, model: Any, protect: list[str], scores: Callable[[], dict[str, Any]],
+               mean: list[float], std: list[float], say: Say) -> Trial:
+    """The closed loop's trial for a push (``trial_setup``), set up only when a target has candidates to compare:
+    the channel scores it cuts by are computed then, not for every push."""
+
+    def pick(candidates: list[dict[str, int]], names: list[str]) -> int:
+        return trial(trial_setup(config, data, model, protect, scores(), mean, std), say)(candidates, names)
+
+    return pick
 
 
 def check_widths(config: Config, device_name: str, path: Path, costs: Callable[[], dict[str, Curve]],
