@@ -81,19 +81,21 @@ def trained(work: Path, arch: str, width: float, epochs: int, data: Dataset, lr:
     return model.eval(), mean, std
 
 
-def served(path: Path, folder: Path) -> Any:
-    """The file as the agent serves it: built by its own ONNX Runtime backend (every graph optimisation, the
-    result saved and loaded again) with the runtime's default thread pool, so the script times what the
-    device's figures are of."""
-    from edgekit.device.backends.onnxruntime import OnnxRuntimeBackend
+def served(path: Path, folder: Path, runtime: str = "onnxruntime", precision: str = "fp32") -> Any:
+    """The file as the agent serves it: built by its own backend for ``runtime`` (ONNX Runtime: every graph
+    optimisation, the result saved and loaded again; OpenVINO: at ``precision``, "fp16" being its default) with
+    the runtime's default thread pool, so the script times what the device's figures are of."""
+    from edgekit.device.backends import get_backend
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    backend = OnnxRuntimeBackend()
-    return backend.load(folder, backend.build(path, folder, {"precision": "fp32"}, lambda _: None))
+    backend = get_backend(runtime)
+    return backend.load(folder, backend.build(path, folder, {"precision": precision, "batch_sizes": []},
+                                              lambda _: None))
 
 
-def side_by_side(models: dict[str, Path], batch: int, rounds: int = 7, per_round: int = 10) -> dict[str, dict]:
+def side_by_side(models: dict[str, Path], batch: int, rounds: int = 7, per_round: int = 10,
+                 runtime: str = "onnxruntime", precision: str = "fp32") -> dict[str, dict]:
     """Median latency per model in alternating rounds (a busy machine slows them alike), each round the file
     served afresh (``served``), timed alone and closed, as the agent times and serves one. Sessions alive side by
     side leave their idle threads spinning on the cores: on 2 cores the unpruned ResNet-20 ×4 read 16.8 ms among
@@ -105,7 +107,7 @@ def side_by_side(models: dict[str, Path], batch: int, rounds: int = 7, per_round
     try:
         for _ in range(rounds):
             for name, path in models.items():
-                engine = served(path, folder / "engine")
+                engine = served(path, folder / "engine", runtime, precision)
                 for _ in range(3):  # warm-up: the pool's threads, the first allocations
                     engine.run(data)
                 for _ in range(per_round):

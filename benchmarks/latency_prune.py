@@ -3,10 +3,11 @@
     python benchmarks/latency_prune.py [--models resnet20:4,mobilenetv2:1] [--batches 1,32]
                                        [--fractions 0.5,0.25,0.125] [--epochs 8] [--finetune 2]
                                        [--cifar DIR | --fashion [DIR]] [--train-images N] [--test-images N]
-                                       [--name NAME] [--no-trial]
+                                       [--runtime onnxruntime|openvino] [--name NAME] [--no-trial]
 
 For each model: train (seeded, cached), measure its latency model on the built-in ``local`` device through
-the real path (a signed ``latency_model`` job run by a real agent process on ONNX Runtime, fp32), then for
+the real path (a signed ``latency_model`` job run by a real agent process on ONNX Runtime, fp32; ``--runtime
+openvino``: OpenVINO at its default precision, bf16 on AVX512-BF16/AMX CPUs, both arms timed there too), then for
 each batch size and each target (a fraction of the unpruned model's measured latency):
 
 - latency-aware: the product's closed loop (``closed_loop``: the greedy width search on the latency model and
@@ -82,6 +83,12 @@ from edgekit.host.ship.latency import device_multiple, measure_widths, run_job, 
 from edgekit.host.train.data import Dataset, Split, channel_stats, load_cifar, normalize
 from edgekit.host.train.loop import top1, train
 
+RUNTIMES = {"onnxruntime": ("onnxruntime", "fp32"), "openvino": ("openvino", "fp16")}
+"""``--runtime``: the backend and the precision the device is set to. OpenVINO at "fp16" is its default precision
+(bf16 on CPUs with AVX512-BF16 or AMX, f32 elsewhere), what ``auto`` serves on such a CPU and what the report's
+baseline runs: the issue's targets are fractions of the latency "at the runtime's default precision"."""
+RUNTIME_TAGS = {RUNTIMES["onnxruntime"]: "", RUNTIMES["openvino"]: "-openvino"}  # earlier runs' cached file names
+
 
 def hard_digits(data: Dataset, seed: int = 0) -> Dataset:
     """Digits with heavy noise and random shifts: hard enough that what pruning removes shows in top-1."""
@@ -99,18 +106,18 @@ def hard_digits(data: Dataset, seed: int = 0) -> Dataset:
     return Dataset(spoil(data.train), spoil(data.test), data.classes)
 
 
-def measure_latency_model(work: Path, name: str, model: Any, batch: int, method: str = "layers"
-                          ) -> tuple[Any, dict, list, dict, Any]:
+def measure_latency_model(work: Path, name: str, model: Any, batch: int, method: str = "layers",
+                          runtime: tuple[str, str] = ("onnxruntime", "fp32")) -> tuple[Any, dict, list, dict, Any]:
     """The local device's latency model of ``model`` at ``batch``, through a real agent and a signed job, and how
     the product's closed loop measures a whole model at chosen widths there (``measure_widths``)."""
-    project = work / f"project-{name}-b{batch}"
+    project = work / f"project-{name}-b{batch}{RUNTIME_TAGS[runtime]}"
     project.mkdir(parents=True, exist_ok=True)
     (project / "deploy.toml").write_text(deploy_toml(
         project={"name": name}, model={"arch": "resnet20", "checkpoint": "none.pt"}, data={"path": "data"},
         input={"batch_sizes": [batch]}, prune={"enabled": True, "target_speedup": 2.0, "target_batch": batch,
                                                "latency_budget_s": 3600, "latency_model": method},
-        devices={"local": {"kind": "local", "root": str(work / "device"), "backend": "onnxruntime",
-                           "precision": "fp32"}}))
+        devices={"local": {"kind": "local", "root": str(work / "device"), "backend": runtime[0],
+                           "precision": runtime[1]}}))
     config = load_config(project / "deploy.toml")
     spec = PruneSpec(**config.prune.model_dump())
     example = torch.zeros(1, 3, 32, 32)
@@ -123,15 +130,16 @@ def measure_latency_model(work: Path, name: str, model: Any, batch: int, method:
     def prepare(status: dict) -> tuple:
         forms = variant_forms(device, status, method=method)
         files, plan = write_variants(model, protect, layers, spaces, config, work / "variants", forms)
-        console.print(f"[dim]{name} b{batch}: timing {len(plan)} variants on the local device[/dim]")
         return files, plan, forms
 
     graph_id = graph_hash(layers, spaces)
     out, files, plan = run_job(config, "local", device, prepare, graph_id, lambda m: None, lambda e: None)
+    console.print(f"[dim]{name} b{batch}: latency model of {len(plan)} variants, {out['measured']} timed on the local "
+                  "device now, the rest from its cache[/dim]")
     saved = {"layers": [vars(layer) for layer in layers], "spaces": [vars(s) for s in spaces.values()],
              "table": table_of(out, files, plan, layers, spaces), "baseline_ms": out["ms"][BASELINE],
              "mode": out.get("mode")}
-    path = work / f"latency-{name}-b{batch}.json"
+    path = work / f"latency-{name}-b{batch}{RUNTIME_TAGS[runtime]}.json"
     path.write_text(json.dumps(saved))
     latency, _ = load_model_file(path)
 
@@ -183,7 +191,7 @@ UNIFORM_PROBES = 6  # four left MobileNetV2's uniform arm at 1.9x the latency-aw
 
 
 def uniform_at_measured(model: Any, protect: list, latency: Any, aware_onnx: Path, goal_ms: float, batch: int,
-                        work: Path) -> dict[str, int]:
+                        work: Path, runtime: tuple[str, str]) -> dict[str, int]:
     """Uniform widths as fast as the latency-aware file: bisection on one keep-fraction, from the latency model's
     guess for ``goal_ms``, at most UNIFORM_PROBES probes, each timed side by side with the aware file and judged
     by the ratio of the two. This 2-core machine flips between two speeds for minutes at a time (the same file
@@ -195,7 +203,8 @@ def uniform_at_measured(model: Any, protect: list, latency: Any, aware_onnx: Pat
         fraction = (low + high) / 2 if attempt else _predicted_fraction(latency, goal_ms)
         widths = {name: aligned(space, fraction) for name, space in latency.spaces.items()}
         path = onnx_of(pruned_copy(model, protect, widths), work / f"uniform-probe-{attempt}.onnx")
-        both = side_by_side({"u": path, "a": aware_onnx}, batch, rounds=3, per_round=5)
+        both = side_by_side({"u": path, "a": aware_onnx}, batch, rounds=3, per_round=5, runtime=runtime[0],
+                            precision=runtime[1])
         ratio = both["u"]["median"] / both["a"]["median"]
         if best is None or abs(ratio - 1) < abs(best[1] - 1):
             best = (widths, ratio)
@@ -246,7 +255,7 @@ def stop_agent(root: Path) -> None:
             pass
 
 
-def retime(source: str, model: Any, work: Path, name: str) -> None:
+def retime(source: str, model: Any, work: Path, name: str, runtime: tuple[str, str]) -> None:
     """Rebuild every aware and uniform file of a result (``--retime NAME``: the widths it recorded, untrained
     copies of the cached model) and time them all with the unpruned model in one interleaved run: a check of
     the script's per-row timing, as ratios to the unpruned model."""
@@ -258,7 +267,7 @@ def retime(source: str, model: Any, work: Path, name: str) -> None:
             net = pruned_copy(model, protect, row[f"{arm}_widths"])
             files[f"{arm} b{row['batch']} {row['fraction']:g}"] = onnx_of(net, work / f"retime-{arm}-{index}.onnx")
     batch = results[0]["batch"]
-    timed = side_by_side(files, batch, rounds=7, per_round=10)
+    timed = side_by_side(files, batch, rounds=7, per_round=10, runtime=runtime[0], precision=runtime[1])
     full = timed["unpruned"]["median"]
     rows, data = [], {}
     for key, value in timed.items():
@@ -313,6 +322,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekit-latency-prune")
     parser.add_argument("--no-trial", dest="trial", action="store_false",
                         help="skip the closed loop's short fine-tune of candidate widths (the search's own widths)")
+    parser.add_argument("--runtime", default="onnxruntime", choices=sorted(RUNTIMES),
+                        help="the device's backend, at fp32 (onnxruntime) or its default precision (openvino)")
     parser.add_argument("--latency-model", default="layers", choices=("layers", "profile"),
                         help="prune.latency_model: time layer variants, or profile whole models")
     args = parser.parse_args()
@@ -323,10 +334,12 @@ def main() -> None:
     if args.train_images or args.test_images:
         data = Dataset(head_of(data.train, args.train_images), head_of(data.test, args.test_images), data.classes)
     mean, std = channel_stats(data.train)
+    runtime = RUNTIMES[args.runtime]
+    timing = {"runtime": runtime[0], "precision": runtime[1]}
     if args.retime:
         arch, width = args.models.split(",")[0].split(":")
         model = trained(work, arch, float(width), args.epochs, data, lr=args.lr, tag=data_tag(args, data))[0]
-        retime(args.retime, model, work, args.name)
+        retime(args.retime, model, work, args.name, runtime)
         return
     rows, results = [], []
     for spec in args.models.split(","):
@@ -335,8 +348,9 @@ def main() -> None:
         base_top1 = top1(model.eval(), data.test, mean, std)
         for batch in [int(b) for b in args.batches.split(",")]:
             latency, out, protect, cost, measure = measure_latency_model(work, f"{arch}x{width}", model, batch,
-                                                                         args.latency_model)
-            unpruned = side_by_side({"full": onnx_of(model, work / "full.onnx")}, batch, rounds=3, per_round=5)
+                                                                         args.latency_model, runtime)
+            unpruned = side_by_side({"full": onnx_of(model, work / "full.onnx")}, batch, rounds=3, per_round=5,
+                                    **timing)
             full_ms = unpruned["full"]["median"]
             costs = costs_of(model, protect, latency, data, mean, std)
             pick = trial(trial_setup(model, protect, data, mean, std), console.print) if args.trial else None
@@ -347,11 +361,13 @@ def main() -> None:
                     f"{r.measured_ms:.3g} ms (target {goal:.3g} ms)[/dim]"), trial=pick)
                 aware = pruned_copy(model, protect, found.widths)
                 aware_onnx = onnx_of(aware, work / "aware.onnx")
-                aware_ms = side_by_side({"a": aware_onnx}, batch, rounds=3, per_round=5)["a"]["median"]
-                uniform_widths_ = uniform_at_measured(model, protect, latency, aware_onnx, aware_ms, batch, work)
+                aware_ms = side_by_side({"a": aware_onnx}, batch, rounds=3, per_round=5, **timing)["a"]["median"]
+                uniform_widths_ = uniform_at_measured(model, protect, latency, aware_onnx, aware_ms, batch, work,
+                                                      runtime)
                 uniform = pruned_copy(model, protect, uniform_widths_)
                 uniform_onnx = onnx_of(uniform, work / "uniform.onnx")
-                both = side_by_side({"aware": aware_onnx, "uniform": uniform_onnx}, batch, rounds=5, per_round=8)
+                both = side_by_side({"aware": aware_onnx, "uniform": uniform_onnx}, batch, rounds=5, per_round=8,
+                                    **timing)
                 aware_ms, uniform_ms = both["aware"]["median"], both["uniform"]["median"]
                 tuning = (data, mean, std, args.finetune, args.finetune_images, args.seeds)
                 aware_seeds, uniform_seeds = finetuned_top1(aware, *tuning), finetuned_top1(uniform, *tuning)
@@ -381,14 +397,16 @@ def main() -> None:
                                 "aware_top1_seeds": aware_seeds, "uniform_top1_seeds": uniform_seeds,
                                 "device_model_error": device_error,
                                 "uniform_widths": uniform_widths_, "latency_model": cost,
-                                "latency_backend": out.get("backend"), "blend": found.rounds[0].blend})
+                                "latency_backend": out.get("backend"), "latency_precision": out.get("precision"),
+                                "blend": found.rounds[0].blend})
                 (work / "partial.json").write_text(json.dumps(results))  # a run cut short still leaves its rows
     stop_agent(work / "device")
     columns = ["model", "batch", "target ×", "target ms", "device ms", "aware ms", "uniform ms", "predicted ms",
                "err before", "rounds", "err on device", "err side by side", "met on device", "met side by side",
                "unpruned top-1",
                "aware top-1", "uniform top-1", "Δ pt"]
-    report(args.name, "latency-aware vs uniform pruning at equal measured latency (local, ONNX Runtime fp32)",
+    title = {"onnxruntime": "ONNX Runtime fp32", "openvino": "OpenVINO at its default precision"}[args.runtime]
+    report(args.name, f"latency-aware vs uniform pruning at equal measured latency (local, {title})",
            columns, rows, {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
                            "data": data_name(args, data)})
 

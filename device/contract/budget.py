@@ -51,11 +51,19 @@ def latency_failures(budget: Mapping[str, Any], benchmarks: Sequence[Mapping[str
     return failures
 
 
+def judged_speedup(asked: Any, bench: Mapping[str, Any]) -> Optional[float]:
+    """The figure a speed-up target is judged by: the speed-up over the baseline this job timed beside the engine.
+    None for a target in milliseconds, or a job that timed no baseline: milliseconds judge those."""
+    speedup = bench.get("speedup")
+    return float(speedup) if asked is not None and isinstance(speedup, (int, float)) else None
+
+
 def target_failures(budget: Mapping[str, Any], bench: Mapping[str, Any]) -> List[str]:
     """A pruning target at its batch size: a speed-up target by the speed-up over the baseline timed beside the
     engine (when this job timed one), else the median against the milliseconds."""
-    least, speedup = budget.get("target_min_speedup"), bench.get("speedup")
-    if least is not None and isinstance(speedup, (int, float)):
+    least = budget.get("target_min_speedup")
+    speedup = judged_speedup(least, bench)
+    if least is not None and speedup is not None:
         if speedup >= float(least):
             return []
         return ["batch {}: {:.2f}x over the baseline timed beside it misses the pruning target {:.2f}x by more than "

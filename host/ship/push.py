@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from ...device.contract.budget import TARGET_TOLERANCE, target_failures, target_limit
+from ...device.contract.budget import TARGET_TOLERANCE, judged_speedup, target_failures, target_limit
 from ...device.contract.budget import budget_failures as check_budget
 from ...device.contract.manifest import MODEL_BASELINE, MODEL_FP16, MODEL_INT8_QDQ_FP16, REFERENCE
 from ...device.contract.model_files import MODEL_VARIANTS, file_precision
@@ -185,8 +185,9 @@ def budget_failures(config: Config, report: dict[str, Any]) -> list[str]:
 def target_words(info: dict[str, Any], bench: dict[str, Any]) -> str:
     """The target and the device's figure, as the agent judged them (``target_failures``): a speed-up target by
     the speed-up over the baseline timed beside the model in the same job, when the job timed one."""
-    measured, speedup, asked = float(bench["latency_ms"]["median"]), bench.get("speedup"), info.get("target_speedup")
-    if asked is not None and isinstance(speedup, (int, float)):
+    measured, asked = float(bench["latency_ms"]["median"]), info.get("target_speedup")
+    speedup = judged_speedup(asked, bench)
+    if speedup is not None:
         return (f"latency target {asked:g}x over the baseline at batch {info['batch']} ({info['target_ms']:.3g} ms "
                 f"when the latency model was timed): measured {speedup:.2f}x beside the baseline, {measured:.3g} ms")
     return f"latency target {info['target_ms']:.3g} ms at batch {info['batch']}: measured {measured:.3g} ms"
