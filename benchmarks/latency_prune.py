@@ -13,8 +13,9 @@ each batch size and each target (a fraction of the unpruned model's measured lat
 - latency-aware: the product's closed loop (``closed_loop``: the greedy width search on the latency model and
   the accuracy costs measured on training images (``sensitivity``), magnitude ranking within a group, then
   the chosen widths timed whole on the device and the model corrected, at most ``CHECK_ROUNDS`` rounds), with
-  the product's trial (``prune.trial``: the search's widths, uniform ones, a blend and widths shaped by each
-  group's latency per channel, fine-tuned briefly, the best kept; ``--no-trial``: the search's own); each row
+  the product's trial (``prune.trial``: the search's widths, uniform ones, a blend, widths shaped by each
+  group's latency per channel and widths wider late and narrower inside blocks, fine-tuned briefly, the best
+  kept; ``--no-trial``: the search's own); each row
   records the rounds, the blend kept, the prediction before correction and the final error;
 - uniform: one keep-fraction for every group, tuned until its *measured* latency matches the latency-aware
   model's (bisection, up to 6 probes, each timed side by side with the aware file and judged by the ratio), so
@@ -64,6 +65,7 @@ from edgekit.host.optimize.prune.latency import (
     describe_layers,
     graph_hash,
     grid,
+    kept_blend,
     load_model_file,
     search_spaces,
 )
@@ -398,7 +400,7 @@ def main() -> None:
                                 "device_model_error": device_error,
                                 "uniform_widths": uniform_widths_, "latency_model": cost,
                                 "latency_backend": out.get("backend"), "latency_precision": out.get("precision"),
-                                "blend": found.rounds[0].blend})
+                                "blend": kept_blend(found.to_json())})
                 (work / "partial.json").write_text(json.dumps(results))  # a run cut short still leaves its rows
     stop_agent(work / "device")
     columns = ["model", "batch", "target ×", "target ms", "device ms", "aware ms", "uniform ms", "predicted ms",

@@ -11,12 +11,14 @@ first 2,000 training and test images, the model trained 8 epochs, as ``latency_p
 of the unpruned model's predicted latency on the local device (ONNX Runtime fp32, the latency model as
 ``latency_prune.py`` measures it):
 
-- each group's kept fraction is ``s × exp(tilt × (depth − ½)) × (ratio if the group is block-internal)``, largest 1:
-  ``depth`` is the group's place in the network (0 first, 1 last), ``tilt`` > 0 keeps late layers wider; a
-  block-internal group is one a single layer writes (a MobileNetV2 expansion, a ResNet block's first conv),
-  the others are residual streams several layers add into; ``ratio`` < 1 prunes the block-internal ones
-  harder. ``s`` is set on the latency model, then corrected until the shape's file runs within 4 % of the
-  uniform widths' file timed side by side (interleaved rounds, up to 4 tries, the closest kept);
+- each group's kept fraction is ``s × exp(tilt × (depth − ½)) × (ratio if the group is an expansion)``, largest
+  1 (``latency.depth_shape``, the product's own): ``depth`` is the group's place in the network (0 first, 1
+  last), ``tilt`` > 0 keeps late layers wider; an expansion is a group one full convolution writes at least as
+  wide as it reads (a MobileNetV2 block's expanded channels, a ResNet block's inner conv, the head), the others
+  are residual streams several layers add into and projections that narrow the signal; ``ratio`` < 1 prunes
+  the expansions harder; the push's trial offers tilt 1.5 and 0 at ratio 0.5. ``s`` is set
+  on the latency model, then corrected until the shape's file runs within 4 % of the uniform widths' file
+  timed side by side (interleaved rounds, up to 4 tries, the closest kept);
 - each is fine-tuned like ``latency_prune.py``'s arms (``--finetune`` epochs, ``--seeds`` seeds, mean top-1);
 - then all of them are timed again in one interleaved run, as ratios to uniform.
 
@@ -27,7 +29,6 @@ find; none at any shape says width allocation alone has nothing to give at this 
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,23 +37,12 @@ import numpy as np
 from common import FASHION, console, fashion, report, side_by_side, trained
 from latency_prune import costs_of, finetuned_top1, head_of, measure_latency_model, onnx_of, pruned_copy
 
-from edgekit.host.optimize.prune.latency import LatencyModel, scaled
+from edgekit.host.optimize.prune.latency import LatencyModel, depth_shape, scaled
 from edgekit.host.optimize.prune.sensitivity import unmeasured
 from edgekit.host.train.data import Dataset, channel_stats
 
 CLOSE = 0.04  # a shape's file within this of the uniform file's time, side by side, counts as equally fast
 TRIES = 4
-
-
-def shape_of(latency: LatencyModel, tilt: float, ratio: float) -> dict[str, float]:
-    """A kept fraction per group (largest 1) for one (tilt, ratio): see the module's docstring."""
-    order = sorted(latency.spaces, key=lambda n: min(i for i, layer in enumerate(latency.layers)
-                                                     if n in (layer.in_group, layer.out_group)))
-    depth = {name: i / max(1, len(order) - 1) for i, name in enumerate(order)}
-    writers = {name: sum(layer.out_group == name for layer in latency.layers) for name in order}
-    raw = {name: math.exp(tilt * (depth[name] - 0.5)) * (ratio if writers[name] <= 1 else 1.0) for name in order}
-    top = max(raw.values())
-    return {name: value / top for name, value in raw.items()}
 
 
 def at_uniform_time(latency: LatencyModel, shape: dict[str, float], target: float, held: list[str], model: Any,
@@ -102,7 +92,7 @@ def main() -> None:
         for ratio in [float(r) for r in args.ratios.split(",")]:
             key = f"tilt {tilt:+g}, ratio {ratio:g}"
             widths = uniform if (tilt, ratio) == (0.0, 1.0) else at_uniform_time(
-                latency, shape_of(latency, tilt, ratio), target, held, model, protect, uniform_onnx, args.batch,
+                latency, depth_shape(latency, tilt, ratio), target, held, model, protect, uniform_onnx, args.batch,
                 args.work)[0]
             if any(row["widths"] == widths for row in shapes.values()):
                 continue  # at the floors two shapes can give the same widths

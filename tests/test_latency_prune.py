@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -870,6 +871,44 @@ def test_the_frontier_spans_the_search_and_uniform_widths_at_one_predicted_laten
     assert all(found.widths["a"] == 32 for found in frontier(model, unmaskable, target * 1.9).values())
 
 
+def inverted_residuals() -> tuple[list[Layer], dict[str, GroupSpace]]:
+    """A MobileNetV2 in small: a stem stream ``s`` a block adds back into, expansions ``e`` and ``f`` (each with
+    its depthwise conv), a projection ``p`` that narrows 192 to 64 for a head ``h`` that widens it again."""
+    def conv(name: str, cin: int, cout: int, src: Optional[str], dst: str, size: int, dw: bool = False) -> Layer:
+        k = (3, 3) if dw or src is None else (1, 1)
+        pad = (1, 1) if k == (3, 3) else (0, 0)
+        return Layer(name, "conv", cin, cout, src, dst, k, (1, 1), pad, (1, 1), cout if dw else 1, dw, (size, size))
+
+    layers = [conv("stem", 3, 32, None, "s", 32), conv("b1.expand", 32, 96, "s", "e", 32),
+              conv("b1.dw", 96, 96, "e", "e", 32, dw=True), conv("b1.project", 96, 32, "e", "s", 32),
+              conv("b2.expand", 32, 192, "s", "f", 16), conv("b2.dw", 192, 192, "f", "f", 16, dw=True),
+              conv("b2.project", 192, 64, "f", "p", 16), conv("head", 64, 256, "p", "h", 8),
+              Layer("fc", "linear", 256, 10, "h", None)]
+    spaces = {name: group_space(name, width, 8, 1, 0.9)
+              for name, width in {"s": 32, "e": 96, "f": 192, "p": 64, "h": 256}.items()}
+    return layers, spaces
+
+
+def test_the_late_and_lean_candidate_keeps_late_streams_and_cuts_expansions():
+    """Expansions (one conv writes them at least as wide as it reads) are told from what blocks exchange: the
+    stream several convs add into and the projection that narrows; the shape keeps late groups wider."""
+    from edgekit.host.optimize.prune.latency import BLENDS, LATE_AND_LEAN, blend_name, depth_shape, expansions, frontier
+
+    layers, spaces = inverted_residuals()
+    model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
+    assert expansions(model) == {"e", "f", "h"}
+    assert depth_shape(model, tilt=0.0, ratio=0.5) == {"s": 1.0, "p": 1.0, "e": 0.5, "f": 0.5, "h": 0.5}
+    by_depth = depth_shape(model, tilt=1.5, ratio=1.0)
+    assert [by_depth[n] for n in ("s", "e", "f", "p", "h")] == sorted(by_depth.values()) and by_depth["h"] == 1.0
+    target = model.predict(model.full()) * 0.4
+    flat = magnitude_costs({name: [1.0] * space.width for name, space in spaces.items()}, spaces)
+    shaped = frontier(model, flat, target, (LATE_AND_LEAN,))[LATE_AND_LEAN]
+    kept = {name: shaped.widths[name] / space.width for name, space in spaces.items()}
+    assert shaped.reached and shaped.predicted_ms <= target
+    assert kept["p"] > kept["s"] and kept["p"] > kept["f"]  # the late projection keeps most, its expansion less
+    assert len({blend_name(blend) for blend in BLENDS}) == len(BLENDS)  # the trial's line tells them apart
+
+
 def test_the_closed_loop_keeps_the_candidate_the_trial_prefers_in_every_round():
     """A trial that prefers uniform widths: every round searches that blend, and the widths measured are uniform."""
     from edgekit.host.optimize.prune.latency import closed_loop
@@ -894,6 +933,31 @@ def test_the_closed_loop_keeps_the_candidate_the_trial_prefers_in_every_round():
     # without a trial the search's own widths are measured (a cuts deeper than b here)
     plain, _ = closed_loop(model, flat, target, device.predict, lambda _: None)
     assert plain.rounds[0].blend == 1.0 and plain.widths["a"] < plain.widths["b"]
+
+
+def test_a_table_timed_slow_does_not_skip_the_trial_it_waits_for_the_corrected_model():
+    """The table says the target is below every width's floor (timed while the device ran 3x slower); the first
+    measurement corrects it, and the trial then chooses among candidates that meet the target, for the round
+    shipped, whose blend the stage table names."""
+    from edgekit.host.optimize.prune.latency import closed_loop, kept_blend
+
+    layers, spaces = two_groups(128)
+    table = synthetic_table(layers, spaces)
+    slow = LatencyModel(layers, spaces, {k: 3.0 * v for k, v in table.items()})
+    device = LatencyModel(layers, spaces, table)
+    flat = magnitude_costs({name: [1.0] * 128 for name in spaces}, spaces)
+    target = 0.5 * slow.predict({name: space.floor for name, space in spaces.items()})  # the device's floor: ⅓
+    assert not search_widths(slow, flat, target).reached
+    offered: list[list[dict]] = []
+
+    def prefer_uniform(candidates: list[dict], names: list[str]) -> int:
+        offered.append(candidates)
+        return names.index("uniform")
+
+    loop, _ = closed_loop(slow, flat, target, device.predict, lambda _: None, trial=prefer_uniform)
+    assert len(offered) == 1 and len(offered[0]) >= 2 and loop.met
+    assert loop.rounds[0].blend == 1.0 and loop.rounds[-1].blend == 0.0
+    assert len(set(loop.widths.values())) == 1 and kept_blend(loop.to_json()) == 0.0
 
 
 def test_a_trial_fine_tune_prefers_the_pruning_that_keeps_the_signal(digits_dir):
@@ -1088,6 +1152,7 @@ def test_a_target_missed_after_the_check_rounds_fails_with_the_closest_measured_
     note = latency_note(latency)
     assert "0.9→1.6 ms" in note and "1→1.4 ms" in note and "a 32→8" in note and "trial" not in note
     for blend, words in ((0.0, "uniform widths kept by the trial"), (0.5, "0.5 of the way from uniform"),
-                         (-1.0, "shaped by each group's latency per channel")):
+                         (-1.0, "shaped by each group's latency per channel"),
+                         (-2.0, "wider late and narrower inside blocks"), (-3.0, "; widths narrower inside")):
         check["rounds"] = [dict(r, blend=blend) for r in rounds]
         assert words in latency_note(latency)

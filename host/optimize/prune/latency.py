@@ -8,9 +8,10 @@ what sits between them (adds, pooling); a straight line fitted through a few who
 
 The search (``search_widths``) is greedy: from full width, repeatedly take one alignment unit off the group
 whose cut costs least accuracy (``sensitivity``) per millisecond saved, until the prediction meets the target.
-Its costs are measured one group at a time, so ``frontier`` also offers uniform widths, a blend and widths
-shaped by each group's latency per channel at the same prediction, and the closed loop keeps whichever a short
-fine-tune (``trial``) says recovers best.
+Its costs are measured one group at a time, so ``frontier`` also offers uniform widths, a blend, widths
+shaped by each group's latency per channel and widths narrower inside blocks (wider late, or at every depth
+alike), all at the same prediction, and the closed loop keeps whichever a short fine-tune (``trial``) says
+recovers best.
 The pure parts (grid, interpolation, prediction, search) take plain data and are unit-tested; the torch part
 (``describe_layers``) reads layers and groups from torch-pruning's dependency graph.
 """
@@ -293,7 +294,7 @@ class Round:
     predicted_ms: float
     measured_ms: float
     again: bool  # the search runs again after it
-    blend: float = 1.0  # the search's widths (1) and uniform ones (0) mixed in this proportion, or BY_CHANNEL_COST
+    blend: float = 1.0  # the search's widths (1) and uniform ones (0) mixed in this proportion, or a shape's
 
 
 @dataclass
@@ -329,13 +330,14 @@ def closed_loop(model: LatencyModel, costs: Mapping[str, Curve], target_ms: floa
         corrected = model.with_checks(checks)
         if blend is None and trial is not None:
             blend = trial_blend(corrected, costs, target_ms, trial)
-        found = blended(corrected, costs, target_ms, blend)
+        found = blended(corrected, costs, target_ms, 1.0 if blend is None else blend)
         known = next((c.measured_ms for c in checks if c.widths == found.widths), None)
         measured = known if known is not None else measure(found.widths)
         if known is None:
             checks.append(Check(dict(found.widths), measured))
         again = search_again(target_ms, found.predicted_ms, measured) and index < rounds and known is None
-        done.append(Round(index, dict(found.widths), found.predicted_ms, measured, again, blend))
+        done.append(Round(index, dict(found.widths), found.predicted_ms, measured, again,
+                          1.0 if blend is None else blend))
         on_round(done[-1])
         if not again:
             break
@@ -344,18 +346,28 @@ def closed_loop(model: LatencyModel, costs: Mapping[str, Curve], target_ms: floa
                 best.measured_ms <= target_ms * (1 + TARGET_SLACK), done), checks
 
 
-def trial_blend(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float, trial: Trial) -> float:
-    """The blend whose widths the trial prefers among ``frontier``'s (1, the search's own, when they are all)."""
+def kept_blend(loop: Mapping[str, Any]) -> float:
+    """The blend of the round a loop (``Loop.to_json()``) ships: a trial that waited for a corrected model
+    leaves the search's widths in the rounds before it."""
+    rounds = loop["rounds"]
+    return next((r for r in reversed(rounds) if r["widths"] == loop["widths"]), rounds[-1]).get("blend", 1.0)
+
+
+def trial_blend(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float, trial: Trial
+                ) -> Optional[float]:
+    """The blend whose widths the trial prefers among ``frontier``'s (1, the search's own, when they are all).
+    None while the model says the target is out of reach: every candidate is then the same floor, and a table
+    timed while the device ran slower says so of targets the device meets (measured 2.6 ms for a predicted
+    5.6 ms floor); the next round's corrected model offers the candidates again."""
     options = frontier(model, costs, target_ms)
     if len(options) < 2:
-        return 1.0
+        return 1.0 if options[1.0].reached else None
     return list(options)[trial([found.widths for found in options.values()], [blend_name(b) for b in options])]
 
 
 def blend_name(blend: float) -> str:
     """A trial candidate in words, as the trial's line and the stage table name it."""
-    return {1.0: "search", 0.5: "halfway", 0.0: "uniform", BY_CHANNEL_COST: "by channel cost"}.get(
-        blend, f"blend {blend:g}")
+    return {1.0: "search", 0.5: "halfway", 0.0: "uniform", **SHAPES}.get(blend, f"blend {blend:g}")
 
 
 def blended(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float, blend: float) -> Search:
@@ -476,8 +488,13 @@ def scaled(model: LatencyModel, shape: Mapping[str, float], target_ms: float, to
 
 
 BY_CHANNEL_COST = -1.0  # the candidate shaped by each group's latency per channel (``channel_cost_shape``)
-BLENDS = (1.0, 0.5, 0.0, BY_CHANNEL_COST)  # the search's widths, halfway to uniform, uniform, by channel cost
+LATE_AND_LEAN = -2.0  # the candidate wider late and narrower inside blocks (``depth_shape``)
+LEAN_INSIDE = -3.0  # the candidate narrower inside blocks, every depth alike (``depth_shape`` without a tilt)
+BLENDS = (1.0, 0.5, 0.0, BY_CHANNEL_COST, LATE_AND_LEAN, LEAN_INSIDE)  # the search's, halfway, uniform, shapes
+SHAPES = {BY_CHANNEL_COST: "by channel cost", LATE_AND_LEAN: "late wide, lean inside", LEAN_INSIDE: "lean inside"}
 COST_SHAPE_POWER = 0.5  # kept fraction ∝ (cheapest channel's cost / this group's) ** this
+DEPTH_TILT = 1.5  # kept fraction ∝ exp(tilt × (depth - ½)): the last group keeps e^1.5 ≈ 4.5x the first's share
+EXPANSION_RATIO = 0.5  # and an expansion keeps half a stream's share
 
 
 def channel_cost_shape(model: LatencyModel, power: float = COST_SHAPE_POWER) -> dict[str, float]:
@@ -496,13 +513,51 @@ def channel_cost_shape(model: LatencyModel, power: float = COST_SHAPE_POWER) -> 
     return {name: (cheapest / c) ** power if c > 0 else 1.0 for name, c in cost.items()}
 
 
+def expansions(model: LatencyModel) -> set[str]:
+    """Groups that one full convolution writes at least as wide as it reads: a MobileNetV2 block's expanded
+    channels, a ResNet block's inner conv, the 1,280-channel head. They feed one layer inside a block and are
+    redundant by design. The others are what blocks exchange: residual streams several layers add into, and
+    projections that narrow the signal to what the next stage reads (everything downstream sees them)."""
+    found = set()
+    for name in model.spaces:
+        writers = [layer for layer in model.layers if layer.out_group == name and not layer.depthwise]
+        if len(writers) == 1 and writers[0].cout >= writers[0].cin:
+            found.add(name)
+    return found
+
+
+def depth_shape(model: LatencyModel, tilt: float = DEPTH_TILT, ratio: float = EXPANSION_RATIO) -> dict[str, float]:
+    """A kept fraction per group (the largest 1): ``exp(tilt × (depth - ½))``, times ``ratio`` for an expansion;
+    ``depth`` is the group's place in the network, 0 first, 1 last. Late layers run on small feature maps, so
+    their channels cost little time, and they hold the classes apart; the expansions are the cheapest place to
+    take channels from. At ⅛ of MobileNetV2's latency (Fashion-MNIST, b32, the same measured time) tilt 1.5 or
+    0 with ratio 0.5 scored 0.7 point above uniform widths, the channel-cost shape 0.2; on ResNet-20 ×4 ratio
+    0.5 gained 0.4 without a tilt and lost 0.3 with one (``benchmarks/width_shapes.py``): the trial decides."""
+    first = {name: min(i for i, layer in enumerate(model.layers) if name in (layer.in_group, layer.out_group))
+             for name in model.spaces}
+    order = sorted(model.spaces, key=lambda name: first[name])
+    inner = expansions(model)
+    raw = {name: math.exp(tilt * (i / max(1, len(order) - 1) - 0.5)) * (ratio if name in inner else 1.0)
+           for i, name in enumerate(order)}
+    top = max(raw.values(), default=1.0)
+    return {name: value / top for name, value in raw.items()}
+
+
+def shape_of(model: LatencyModel, shape: float) -> dict[str, float]:
+    """The kept fractions of one of ``SHAPES``."""
+    if shape == BY_CHANNEL_COST:
+        return channel_cost_shape(model)
+    return depth_shape(model, tilt=DEPTH_TILT if shape == LATE_AND_LEAN else 0.0)
+
+
 def frontier(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float,
              blends: Iterable[float] = BLENDS) -> dict[float, Search]:
     """Widths at the same predicted latency from the greedy search's (blend 1) to uniform ones (blend 0): each
     group's kept fraction mixed ``blend × search + (1 - blend) × uniform``, then scaled to meet the target; and
-    (BY_CHANNEL_COST) widths shaped by each group's latency per channel. The search ranks groups by costs
-    measured one group at a time; a trial among these says whether its answer survives fine-tuning better
-    than the others do. Identical widths are given once (the first blend)."""
+    (BY_CHANNEL_COST) widths shaped by each group's latency per channel, and (LATE_AND_LEAN, LEAN_INSIDE) by
+    depth and block role (``depth_shape``). The search ranks groups by costs measured one group at a time; a
+    trial among these says whether its answer survives fine-tuning better than the others do. Identical widths
+    are given once (the first blend)."""
     greedy = search_widths(model, costs, target_ms)
     held = unmeasured(costs)  # the search leaves these whole (they could not be masked): so does every candidate
     flat = scaled(model, {name: 1.0 for name in model.spaces}, target_ms, held=held)
@@ -510,8 +565,8 @@ def frontier(model: LatencyModel, costs: Mapping[str, Curve], target_ms: float,
     for blend in blends:
         if blend == 1.0 or not greedy.reached:
             option = greedy
-        elif blend == BY_CHANNEL_COST:
-            option = scaled(model, channel_cost_shape(model), target_ms, held=held)
+        elif blend in SHAPES:
+            option = scaled(model, shape_of(model, blend), target_ms, held=held)
         else:
             shape = {name: blend * greedy.widths[name] / space.width + (1 - blend) * flat.widths[name] / space.width
                      for name, space in model.spaces.items()}

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..load import count
 from ..runner import Context, Lazy, Output, Stage
-from .latency import BY_CHANNEL_COST
+from .latency import BY_CHANNEL_COST, LATE_AND_LEAN, LEAN_INSIDE, kept_blend
 
 PRUNED = "pruned.pt"
 PROBE_IMAGES = 16  # real images run after every pruning step and by the probe for unfollowable layers
@@ -336,9 +336,12 @@ def latency_note(latency: dict[str, Any]) -> str:
         rounds = latency["check"]["rounds"]
         checks = "; checked " + ", ".join(f"{r['predicted_ms']:.3g}→{r['measured_ms']:.3g} ms"
                                           for r in rounds) + " (predicted→measured)"
+        blend = kept_blend(latency["check"])
         checks += {1.0: "", 0.0: "; uniform widths kept by the trial fine-tune",
-                   BY_CHANNEL_COST: "; widths shaped by each group's latency per channel kept by the trial fine-tune"
-                   }.get(rounds[0].get("blend", 1.0), f"; widths {rounds[0].get('blend', 1.0):g} of the way from "
-                                                      "uniform to the search's kept by the trial fine-tune")
+                   BY_CHANNEL_COST: "; widths shaped by each group's latency per channel kept by the trial fine-tune",
+                   LATE_AND_LEAN: "; widths wider late and narrower inside blocks kept by the trial fine-tune",
+                   LEAN_INSIDE: "; widths narrower inside blocks kept by the trial fine-tune"
+                   }.get(blend, f"; widths {blend:g} of the way from uniform to the search's kept by the trial "
+                                "fine-tune")
     return (f"target {latency['target_ms']:.3g} ms at b{latency['batch']} on {latency['device']}, predicted "
             f"{latency['predicted_ms']:.3g} ms{checks}; widths {', '.join(changed) or 'unchanged'}")

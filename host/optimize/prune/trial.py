@@ -20,7 +20,8 @@ TRIAL_EPOCHS = 3
 """Passes per candidate. After one, a network cut to ⅛ of its latency is still near chance (held-out loss
 2.25-2.35, chance 2.30): the losses ranked seven MobileNetV2 shapes at the same measured time against their
 5-epoch top-1 with Spearman -0.68 and kept one 1.6 points under the best; after three, +0.82, 0.3 point
-under it (Fashion-MNIST, batch 32: ``benchmarks/trial_passes.py``)."""
+under it (Fashion-MNIST, batch 32: ``benchmarks/trial_passes.py``). On stop 41's shapes: 0.21 and 0.68, both
+keeping the best."""
 
 
 @dataclass(frozen=True)
