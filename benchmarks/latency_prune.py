@@ -14,8 +14,8 @@ each batch size and each target (a fraction of the unpruned model's measured lat
   the accuracy costs measured on training images (``sensitivity``), magnitude ranking within a group, then
   the chosen widths timed whole on the device and the model corrected, at most ``CHECK_ROUNDS`` rounds), with
   the product's trial (``prune.trial``: the search's widths, uniform ones, a blend, widths shaped by each
-  group's latency per channel and widths wider late and narrower inside blocks, fine-tuned briefly, the best
-  kept; ``--no-trial``: the search's own); each row
+  group's latency per channel and widths narrower inside blocks, fine-tuned briefly, the best kept if clearly
+  better than uniform widths; ``--no-trial``: the search's own); each row
   records the rounds, the blend kept, the prediction before correction and the final error;
 - uniform: one keep-fraction for every group, tuned until its *measured* latency matches the latency-aware
   model's (bisection, up to 6 probes, each timed side by side with the aware file and judged by the ratio), so

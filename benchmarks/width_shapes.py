@@ -2,21 +2,21 @@
 
     python benchmarks/width_shapes.py --model mobilenetv2:1 [--batch 32] [--fraction 0.125] [--seeds 3]
                                       [--tilts -1.5,0,1.5] [--ratios 0.5,1,2] [--finetune 5] [--lr 0.05]
-                                      [--name NAME] [--work DIR]
+                                      [--train-images 2000] [--test-images 2000] [--name NAME] [--work DIR]
 
 ``latency_prune.py`` compares the product's choice with uniform widths; this asks the question before it: does
 *any* allocation of the same time beat uniform widths, and which. On Fashion-MNIST (``make bench-data``: the
-first 2,000 training and test images, the model trained 8 epochs, as ``latency_prune.py --fashion
---train-images 2000 --test-images 2000`` trains and caches it in the same ``--work`` folder), at ``--fraction``
-of the unpruned model's predicted latency on the local device (ONNX Runtime fp32, the latency model as
-``latency_prune.py`` measures it):
+first 2,000 training and test images unless ``--train-images`` / ``--test-images`` say otherwise, the model
+trained 8 epochs, as ``latency_prune.py --fashion --train-images 2000 --test-images 2000`` trains and caches it
+in the same ``--work`` folder), at ``--fraction`` of the unpruned model's predicted latency on the local device
+(ONNX Runtime fp32, the latency model as ``latency_prune.py`` measures it):
 
 - each group's kept fraction is ``s × exp(tilt × (depth − ½)) × (ratio if the group is an expansion)``, largest
   1 (``latency.depth_shape``, the product's own): ``depth`` is the group's place in the network (0 first, 1
   last), ``tilt`` > 0 keeps late layers wider; an expansion is a group one full convolution writes at least as
   wide as it reads (a MobileNetV2 block's expanded channels, a ResNet block's inner conv, the head), the others
   are residual streams several layers add into and projections that narrow the signal; ``ratio`` < 1 prunes
-  the expansions harder; the push's trial offers tilt 1.5 and 0 at ratio 0.5. ``s`` is set
+  the expansions harder; the push's trial offers tilt 0 at ratio 0.5 ("lean inside"). ``s`` is set
   on the latency model, then corrected until the shape's file runs within 4 % of the uniform widths' file
   timed side by side (interleaved rounds, up to 4 tries, the closest kept);
 - each is fine-tuned like ``latency_prune.py``'s arms (``--finetune`` epochs, ``--seeds`` seeds, mean top-1);
@@ -73,15 +73,18 @@ def main() -> None:
     parser.add_argument("--finetune", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.05, help="training learning rate (ResNet-20 ×4: 0.02)")
+    parser.add_argument("--train-images", type=int, default=2000, help="train and fine-tune on this many images")
+    parser.add_argument("--test-images", type=int, default=2000, help="judge on this many test images")
     parser.add_argument("--name", default="width_shapes")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekit-latency-prune")
     args = parser.parse_args()
     arch, width = args.model.split(":")
     full = fashion(FASHION)
-    data = Dataset(head_of(full.train, 2000), head_of(full.test, 2000), full.classes)
+    data = Dataset(head_of(full.train, args.train_images), head_of(full.test, args.test_images), full.classes)
     mean, std = channel_stats(data.train)
     args.work.mkdir(parents=True, exist_ok=True)
-    model, _, _ = trained(args.work, arch, float(width), args.epochs, data, lr=args.lr, tag="-fashion2000")
+    model, _, _ = trained(args.work, arch, float(width), args.epochs, data, lr=args.lr,
+                          tag=f"-fashion{len(data.train)}")
     latency, _, protect, _, _ = measure_latency_model(args.work, f"{arch}x{width}", model, args.batch)
     target = args.fraction * latency.predict(latency.full())  # the table's units: the machine changes speed
     held = unmeasured(costs_of(model, protect, latency, data, mean, std))

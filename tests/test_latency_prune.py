@@ -889,23 +889,23 @@ def inverted_residuals() -> tuple[list[Layer], dict[str, GroupSpace]]:
     return layers, spaces
 
 
-def test_the_late_and_lean_candidate_keeps_late_streams_and_cuts_expansions():
+def test_the_lean_inside_candidate_cuts_expansions_and_keeps_what_blocks_exchange():
     """Expansions (one conv writes them at least as wide as it reads) are told from what blocks exchange: the
-    stream several convs add into and the projection that narrows; the shape keeps late groups wider."""
-    from edgekit.host.optimize.prune.latency import BLENDS, LATE_AND_LEAN, blend_name, depth_shape, expansions, frontier
+    stream several convs add into and the projection that narrows; the trial's shape cuts the expansions more."""
+    from edgekit.host.optimize.prune.latency import BLENDS, LEAN_INSIDE, blend_name, depth_shape, expansions, frontier
 
     layers, spaces = inverted_residuals()
     model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
     assert expansions(model) == {"e", "f", "h"}
-    assert depth_shape(model, tilt=0.0, ratio=0.5) == {"s": 1.0, "p": 1.0, "e": 0.5, "f": 0.5, "h": 0.5}
-    by_depth = depth_shape(model, tilt=1.5, ratio=1.0)
+    assert depth_shape(model) == {"s": 1.0, "p": 1.0, "e": 0.5, "f": 0.5, "h": 0.5}
+    by_depth = depth_shape(model, tilt=1.5, ratio=1.0)  # the benchmark's family: later groups keep more
     assert [by_depth[n] for n in ("s", "e", "f", "p", "h")] == sorted(by_depth.values()) and by_depth["h"] == 1.0
     target = model.predict(model.full()) * 0.4
     flat = magnitude_costs({name: [1.0] * space.width for name, space in spaces.items()}, spaces)
-    shaped = frontier(model, flat, target, (LATE_AND_LEAN,))[LATE_AND_LEAN]
+    shaped = frontier(model, flat, target, (LEAN_INSIDE,))[LEAN_INSIDE]
     kept = {name: shaped.widths[name] / space.width for name, space in spaces.items()}
     assert shaped.reached and shaped.predicted_ms <= target
-    assert kept["p"] > kept["s"] and kept["p"] > kept["f"]  # the late projection keeps most, its expansion less
+    assert min(kept["s"], kept["p"]) > max(kept["e"], kept["f"], kept["h"])  # streams and projections keep most
     assert len({blend_name(blend) for blend in BLENDS}) == len(BLENDS)  # the trial's line tells them apart
 
 
@@ -995,6 +995,32 @@ def test_a_trial_fine_tune_prefers_the_pruning_that_keeps_the_signal(digits_dir)
     assert said[0].startswith("trial: fine-tuning 2 candidate") and "held-out loss" in said[1]
     assert all(torch.equal(value, model.state_dict()[key]) for key, value in before.items())
     assert np.isfinite(float(said[1].split("loss ")[1].split(" ")[0]))
+
+
+def test_the_trial_keeps_uniform_widths_unless_another_is_clearly_better():
+    """A lower held-out loss is kept only when it is lower by more than the held-out images' noise (paired, per
+    image); a gap inside it keeps uniform widths, and the trial's line says why."""
+    import random
+
+    from edgekit.host.optimize.prune.trial import MARGIN, Tried, choose, paired_gap
+
+    rng = random.Random(0)
+    uniform = [rng.uniform(0.1, 2.0) for _ in range(200)]
+    noisy = [loss + rng.gauss(-0.01, 0.3) for loss in uniform]  # 0.01 lower on average, noise 0.3 an image
+    clear = [loss - 0.1 + rng.gauss(0, 0.05) for loss in uniform]
+
+    def tried(losses: list[float]) -> Tried:
+        return Tried(sum(losses) / len(losses), 0.5, losses)
+
+    gap, error = paired_gap(noisy, uniform)
+    assert gap > -MARGIN * error and paired_gap(clear, uniform)[0] < -MARGIN * paired_gap(clear, uniform)[1]
+    names = ["search", "uniform", "lean inside"]
+    kept, why = choose([tried([x + 0.5 for x in uniform]), tried(uniform), tried(noisy)], names)
+    assert tried(noisy).loss < tried(uniform).loss and kept == 1
+    assert "lean inside's loss" in why and "200 held-out" in why
+    assert choose([tried([x + 0.5 for x in uniform]), tried(uniform), tried(clear)], names) == (2, "")
+    assert choose([tried(noisy), tried(uniform)], ["search", "halfway"]) == (0, "")  # no uniform offered
+    assert choose([tried(noisy), Tried(float("inf"), 0.0)], ["search", "uniform"]) == (0, "")  # uniform failed
 
 
 def test_the_push_trials_on_the_prune_stages_split_and_settings(project):
@@ -1153,6 +1179,6 @@ def test_a_target_missed_after_the_check_rounds_fails_with_the_closest_measured_
     assert "0.9→1.6 ms" in note and "1→1.4 ms" in note and "a 32→8" in note and "trial" not in note
     for blend, words in ((0.0, "uniform widths kept by the trial"), (0.5, "0.5 of the way from uniform"),
                          (-1.0, "shaped by each group's latency per channel"),
-                         (-2.0, "wider late and narrower inside blocks"), (-3.0, "; widths narrower inside")):
+                         (-2.0, "candidate no longer offered"), (-3.0, "; widths narrower inside")):
         check["rounds"] = [dict(r, blend=blend) for r in rounds]
         assert words in latency_note(latency)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..load import count
 from ..runner import Context, Lazy, Output, Stage
-from .latency import BY_CHANNEL_COST, LATE_AND_LEAN, LEAN_INSIDE, kept_blend
+from .latency import BY_CHANNEL_COST, LEAN_INSIDE, kept_blend
 
 PRUNED = "pruned.pt"
 PROBE_IMAGES = 16  # real images run after every pruning step and by the probe for unfollowable layers
@@ -339,9 +339,9 @@ def latency_note(latency: dict[str, Any]) -> str:
         blend = kept_blend(latency["check"])
         checks += {1.0: "", 0.0: "; uniform widths kept by the trial fine-tune",
                    BY_CHANNEL_COST: "; widths shaped by each group's latency per channel kept by the trial fine-tune",
-                   LATE_AND_LEAN: "; widths wider late and narrower inside blocks kept by the trial fine-tune",
                    LEAN_INSIDE: "; widths narrower inside blocks kept by the trial fine-tune"
                    }.get(blend, f"; widths {blend:g} of the way from uniform to the search's kept by the trial "
-                                "fine-tune")
+                                "fine-tune" if 0 < blend < 1 else "; widths of a trial candidate no longer offered "
+                                "(a check cached by an earlier edgekit)")
     return (f"target {latency['target_ms']:.3g} ms at b{latency['batch']} on {latency['device']}, predicted "
             f"{latency['predicted_ms']:.3g} ms{checks}; widths {', '.join(changed) or 'unchanged'}")
