@@ -34,8 +34,7 @@ did not carry over to the full fine-tune: at ⅛ of ResNet-20 ×4's latency the 
 0.03 lower in loss than uniform widths, which ended 0.8 and 0.6 point under them (Fashion-MNIST, b32, 3
 seeds). A gap inside the held-out images' own noise is no evidence; this guard asks for one outside it. It
 is no cure for a short fine-tune misjudging a long one: the 0.03 gap was inside 2 × 0.017 and is now refused,
-the 0.07 one, at a like
-error, would pass."""
+the 0.07 one, at a like error, would pass."""
 
 
 class Tried(NamedTuple):
