@@ -909,6 +909,28 @@ def test_the_lean_inside_candidate_cuts_expansions_and_keeps_what_blocks_exchang
     assert len({blend_name(blend) for blend in BLENDS}) == len(BLENDS)  # the trial's line tells them apart
 
 
+def test_the_trial_is_told_which_candidate_holds_uniform_widths_even_when_another_blend_found_them():
+    """Close to the full latency the search's own widths are uniform ones: ``frontier`` lists them once, as the
+    search's, and the trial must still see them named "uniform", the default its guard falls back to."""
+    from edgekit.host.optimize.prune.latency import BLENDS, blend_name, frontier, trial_blend
+
+    layers, spaces = inverted_residuals()
+    model = LatencyModel(layers, spaces, synthetic_table(layers, spaces))
+    flat = magnitude_costs({name: [1.0] * space.width for name, space in spaces.items()}, spaces)
+    target = model.predict(model.full()) * 0.93
+    options = frontier(model, flat, target)
+    assert 0.0 not in options and len(options) > 1  # uniform widths were found first, as another blend
+    seen: list[list[str]] = []
+
+    def keep_default(candidates: list[dict], names: list[str]) -> int:
+        seen.append(names)
+        return names.index("uniform")
+
+    kept = trial_blend(model, flat, target, keep_default)
+    assert "uniform" in seen[0] and options[kept].widths == frontier(model, flat, target, (0.0,))[0.0].widths
+    assert len(seen[0]) == len(options) and set(seen[0]) <= {blend_name(b) for b in BLENDS}
+
+
 def test_the_closed_loop_keeps_the_candidate_the_trial_prefers_in_every_round():
     """A trial that prefers uniform widths: every round searches that blend, and the widths measured are uniform."""
     from edgekit.host.optimize.prune.latency import closed_loop

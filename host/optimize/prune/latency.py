@@ -358,11 +358,15 @@ def trial_blend(model: LatencyModel, costs: Mapping[str, Curve], target_ms: floa
     """The blend whose widths the trial prefers among ``frontier``'s (1, the search's own, when they are all).
     None while the model says the target is out of reach: every candidate is then the same floor, and a table
     timed while the device ran slower says so of targets the device meets (measured 2.6 ms for a predicted
-    5.6 ms floor); the next round's corrected model offers the candidates again."""
+    5.6 ms floor); the next round's corrected model offers the candidates again. The candidate holding
+    uniform widths is named "uniform" even when ``frontier`` found them first under another blend (the
+    search's own widths can be uniform), so the trial's guard (``trial.choose``) always knows its default."""
     options = frontier(model, costs, target_ms)
     if len(options) < 2:
         return 1.0 if options[1.0].reached else None
-    return list(options)[trial([found.widths for found in options.values()], [blend_name(b) for b in options])]
+    uniform = blended(model, costs, target_ms, 0.0).widths  # named so wherever it falls: the trial's default
+    names = ["uniform" if found.widths == uniform else blend_name(b) for b, found in options.items()]
+    return list(options)[trial([found.widths for found in options.values()], names)]
 
 
 def blend_name(blend: float) -> str:
