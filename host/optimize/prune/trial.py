@@ -83,15 +83,15 @@ def choose(tried: Sequence[Tried], names: Sequence[str]) -> tuple[int, str]:
     """The candidate to keep and, when DEFAULT is kept over a lower loss, why: the lowest held-out loss (ties:
     the earlier candidate) if it is at least MARGIN paired standard errors below DEFAULT's, else DEFAULT."""
     best = min(range(len(tried)), key=lambda i: (tried[i].loss, i))
-    if DEFAULT not in names or best == names.index(DEFAULT) or not math.isfinite(tried[names.index(DEFAULT)].loss):
+    fallback = names.index(DEFAULT) if DEFAULT in names else best
+    default = tried[fallback]
+    if fallback == best or not math.isfinite(default.loss):
         return best, ""
-    default = tried[names.index(DEFAULT)]
     gap, error = paired_gap(tried[best].losses, default.losses)
     if gap <= -MARGIN * error:
         return best, ""
-    return names.index(DEFAULT), (f" ({names[best]}'s loss {default.loss - tried[best].loss:.3f} lower, within "
-                                  f"{MARGIN:g} paired standard errors ({error:.3f}) on {len(default.losses)} "
-                                  "held-out images)")
+    return fallback, (f" ({names[best]}'s loss {default.loss - tried[best].loss:.3f} lower, within {MARGIN:g} "
+                      f"paired standard errors ({error:.3f}) on {len(default.losses)} held-out images)")
 
 
 def paired_gap(losses: Sequence[float], default: Sequence[float]) -> tuple[float, float]:
