@@ -17,9 +17,12 @@ each batch size and each target (a fraction of the unpruned model's measured lat
   group's latency per channel and widths narrower inside blocks, fine-tuned briefly, the best kept if clearly
   better than uniform widths; ``--no-trial``: the search's own); each row
   records the rounds, the blend kept, the prediction before correction and the final error;
-- uniform: one keep-fraction for every group, tuned until its *measured* latency matches the latency-aware
-  model's (bisection, up to 6 probes, each timed side by side with the aware file and judged by the ratio), so
-  the two are compared at equal speed.
+- uniform: one keep-fraction for every group in the device's channel steps (what edgekit's own ``prune.ratio``
+  cuts), tuned until its *measured* latency matches the latency-aware model's (up to 6 probes, each timed side
+  by side with the aware file and judged by the ratio), so the two are compared at equal speed;
+- plain uniform (``--no-plain`` skips it): the same, but each group keeps int(width × fraction) channels as
+  Torch-Pruning does by default (``round_to=None``): uniform pruning as users run it today, without the
+  device's channel step, tuned to the same measured latency.
 
 Both are fine-tuned alike (same epochs, seeds, learning rate; ``--seeds`` fine-tunes each, mean top-1),
 exported to ONNX and timed side by side (interleaved rounds). Columns: top-1 of each, measured latency of each,
@@ -47,8 +50,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -192,18 +196,44 @@ def onnx_of(net: Any, path: Path) -> Path:
 UNIFORM_PROBES = 6  # four left MobileNetV2's uniform arm at 1.9x the latency-aware model's time at b1, 1/8
 
 
-def uniform_at_measured(model: Any, protect: list, latency: Any, aware_onnx: Path, goal_ms: float, batch: int,
-                        work: Path, runtime: tuple[str, str]) -> dict[str, int]:
-    """Uniform widths as fast as the latency-aware file: bisection on one keep-fraction, from the latency model's
-    guess for ``goal_ms``, at most UNIFORM_PROBES probes, each timed side by side with the aware file and judged
-    by the ratio of the two. This 2-core machine flips between two speeds for minutes at a time (the same file
-    read 0.57 and 1.03 ms two minutes apart), so a probe timed alone and compared with a figure from before
-    could land on either side (b1 ⅛: the uniform arm ran at 0.41 ms against the aware file's 0.70)."""
-    low, high = 0.0, 1.0
-    best = None
+def aligned_uniform(latency: Any, fraction: float) -> dict[str, int]:
+    """Uniform widths as edgekit's own ``prune.ratio`` cuts them: every group to ``fraction``, in the device's
+    channel steps (16 on this AVX-512 CPU), which is itself knowledge of the device."""
+    return {name: aligned(space, fraction) for name, space in latency.spaces.items()}
+
+
+def plain_uniform(latency: Any, fraction: float) -> dict[str, int]:
+    """Uniform widths as Torch-Pruning cuts them with its default ``round_to=None``: each group keeps
+    int(width × fraction) channels, the rule its ``BasePruner`` applies, with no step a runtime packs."""
+    return {name: max(1, int(space.width * fraction)) for name, space in latency.spaces.items()}
+
+
+def next_fraction(probes: list[tuple[float, float]], low: float, high: float) -> float:
+    """The next keep-fraction to probe, from the (fraction, time ratio) probes so far: the secant through the
+    last two (where the ratio would be 1), or from one probe the fraction its time predicts (time ∝ fraction²,
+    both sides of a conv shrink); the bracket's middle when the guess falls outside it. Plain bisection from
+    [0, 1] spent its probes far from the answer and once left the arm 12 % off the aware file's time; the
+    square rule alone crawls where a per-call floor flattens the time (MobileNetV2 at b1)."""
+    fraction, ratio = probes[-1]
+    guess = fraction / ratio**0.5
+    if len(probes) > 1:
+        (f0, r0), (f1, r1) = probes[-2:]
+        if r1 != r0:
+            guess = f1 + (1 - r1) * (f1 - f0) / (r1 - r0)
+    return guess if low < guess < high else (low + high) / 2
+
+
+def uniform_at_measured(model: Any, protect: list, widths_at: Callable[[float], dict[str, int]], start: float,
+                        aware_onnx: Path, batch: int, work: Path, runtime: tuple[str, str]) -> dict[str, int]:
+    """Uniform widths as fast as the latency-aware file: from ``start`` (the latency model's guess), at most
+    UNIFORM_PROBES probes, each timed side by side with the aware file and judged by the ratio of the two. This
+    2-core machine flips between two speeds for minutes at a time (the same file read 0.57 and 1.03 ms two
+    minutes apart), so a probe timed alone and compared with a figure from before could land on either side
+    (b1 ⅛: the uniform arm ran at 0.41 ms against the aware file's 0.70)."""
+    low, high, fraction = 0.0, 1.0, start
+    best, probes = None, []
     for attempt in range(UNIFORM_PROBES):
-        fraction = (low + high) / 2 if attempt else _predicted_fraction(latency, goal_ms)
-        widths = {name: aligned(space, fraction) for name, space in latency.spaces.items()}
+        widths = widths_at(fraction)
         path = onnx_of(pruned_copy(model, protect, widths), work / f"uniform-probe-{attempt}.onnx")
         both = side_by_side({"u": path, "a": aware_onnx}, batch, rounds=3, per_round=5, runtime=runtime[0],
                             precision=runtime[1])
@@ -213,6 +243,8 @@ def uniform_at_measured(model: Any, protect: list, latency: Any, aware_onnx: Pat
         if abs(ratio - 1) <= 0.03:
             break
         low, high = (fraction, high) if ratio < 1 else (low, fraction)
+        probes.append((fraction, ratio))
+        fraction = next_fraction(probes, low, high)
     return best[0]
 
 
@@ -220,8 +252,7 @@ def _predicted_fraction(latency: Any, goal_ms: float) -> float:
     low, high = 0.0, 1.0  # the widest fraction predicted to meet goal_ms is in [low, high]
     for _ in range(20):
         middle = (low + high) / 2
-        widths = {name: aligned(space, middle) for name, space in latency.spaces.items()}
-        low, high = (middle, high) if latency.predict(widths) <= goal_ms else (low, middle)
+        low, high = (middle, high) if latency.predict(aligned_uniform(latency, middle)) <= goal_ms else (low, middle)
     return low
 
 
@@ -326,6 +357,8 @@ def main() -> None:
                         help="skip the closed loop's short fine-tune of candidate widths (the search's own widths)")
     parser.add_argument("--runtime", default="onnxruntime", choices=sorted(RUNTIMES),
                         help="the device's backend, at fp32 (onnxruntime) or its default precision (openvino)")
+    parser.add_argument("--no-plain", dest="plain", action="store_false",
+                        help="skip the third arm: uniform widths as Torch-Pruning cuts them (round_to=None)")
     parser.add_argument("--latency-model", default="layers", choices=("layers", "profile"),
                         help="prune.latency_model: time layer variants, or profile whole models")
     args = parser.parse_args()
@@ -364,16 +397,26 @@ def main() -> None:
                 aware = pruned_copy(model, protect, found.widths)
                 aware_onnx = onnx_of(aware, work / "aware.onnx")
                 aware_ms = side_by_side({"a": aware_onnx}, batch, rounds=3, per_round=5, **timing)["a"]["median"]
-                uniform_widths_ = uniform_at_measured(model, protect, latency, aware_onnx, aware_ms, batch, work,
-                                                      runtime)
+                start = _predicted_fraction(latency, aware_ms)
+                uniform_widths_ = uniform_at_measured(model, protect, partial(aligned_uniform, latency), start,
+                                                      aware_onnx, batch, work, runtime)
                 uniform = pruned_copy(model, protect, uniform_widths_)
-                uniform_onnx = onnx_of(uniform, work / "uniform.onnx")
-                both = side_by_side({"aware": aware_onnx, "uniform": uniform_onnx}, batch, rounds=5, per_round=8,
-                                    **timing)
+                files = {"aware": aware_onnx, "uniform": onnx_of(uniform, work / "uniform.onnx")}
+                if args.plain:
+                    plain_widths = uniform_at_measured(model, protect, partial(plain_uniform, latency), start,
+                                                       aware_onnx, batch, work, runtime)
+                    plain = pruned_copy(model, protect, plain_widths)
+                    files["plain"] = onnx_of(plain, work / "plain.onnx")
+                both = side_by_side(files, batch, rounds=5, per_round=8, **timing)
                 aware_ms, uniform_ms = both["aware"]["median"], both["uniform"]["median"]
                 tuning = (data, mean, std, args.finetune, args.finetune_images, args.seeds)
                 aware_seeds, uniform_seeds = finetuned_top1(aware, *tuning), finetuned_top1(uniform, *tuning)
                 aware_top1, uniform_top1 = float(np.mean(aware_seeds)), float(np.mean(uniform_seeds))
+                plain_row = {}
+                if args.plain:
+                    plain_seeds = finetuned_top1(plain, *tuning)
+                    plain_row = {"plain_ms": both["plain"]["median"], "plain_top1": float(np.mean(plain_seeds)),
+                                 "plain_top1_seeds": plain_seeds, "plain_widths": plain_widths}
                 error = (found.predicted_ms - aware_ms) / aware_ms
                 last = found.rounds[-1]
                 device_error = (last.predicted_ms - last.measured_ms) / last.measured_ms
@@ -384,7 +427,10 @@ def main() -> None:
                        len(found.rounds), f"{device_error:+.0%}", f"{error:+.0%}", "yes" if found.met else "no",
                        "yes" if met else "no",
                        f"{base_top1:.2%}", f"{aware_top1:.2%}",
-                       f"{uniform_top1:.2%}", f"{(aware_top1 - uniform_top1) * 100:+.1f}"]
+                       f"{uniform_top1:.2%}", f"{(aware_top1 - uniform_top1) * 100:+.1f}",
+                       f"{plain_row['plain_ms']:.3g}" if plain_row else "-",
+                       f"{plain_row['plain_top1']:.2%}" if plain_row else "-",
+                       f"{(aware_top1 - plain_row['plain_top1']) * 100:+.1f}" if plain_row else "-"]
                 rows.append(row)
                 console.print(row)
                 results.append({"model": f"{arch}x{width}", "batch": batch, "fraction": fraction,
@@ -400,13 +446,13 @@ def main() -> None:
                                 "device_model_error": device_error,
                                 "uniform_widths": uniform_widths_, "latency_model": cost,
                                 "latency_backend": out.get("backend"), "latency_precision": out.get("precision"),
-                                "blend": kept_blend(found.to_json())})
+                                "blend": kept_blend(found.to_json()), **plain_row})
                 (work / "partial.json").write_text(json.dumps(results))  # a run cut short still leaves its rows
     stop_agent(work / "device")
     columns = ["model", "batch", "target ×", "target ms", "device ms", "aware ms", "uniform ms", "predicted ms",
                "err before", "rounds", "err on device", "err side by side", "met on device", "met side by side",
                "unpruned top-1",
-               "aware top-1", "uniform top-1", "Δ pt"]
+               "aware top-1", "uniform top-1", "Δ pt", "plain uniform ms", "plain uniform top-1", "Δ vs plain pt"]
     title = {"onnxruntime": "ONNX Runtime fp32", "openvino": "OpenVINO at its default precision"}[args.runtime]
     report(args.name, f"latency-aware vs uniform pruning at equal measured latency (local, {title})",
            columns, rows, {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
